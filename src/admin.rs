@@ -1,0 +1,78 @@
+//! The admin listener: `/healthz` (alive), `/readyz` (serving, with each route's token state),
+//! `/metrics` (Prometheus). Nothing here ever shows a token or secret.
+
+use crate::error::Body;
+use crate::metrics::Metrics;
+use crate::route::RouteTable;
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use serde_json::json;
+use std::sync::Arc;
+
+pub struct Admin {
+    pub routes: Arc<crate::proxy::Proxy>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Admin {
+    pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "GET only\n".into(),
+            );
+        }
+        match request.uri().path() {
+            "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
+            "/readyz" => text(
+                StatusCode::OK,
+                "application/json",
+                readiness(&self.routes.routes).to_string(),
+            ),
+            "/metrics" => text(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                self.metrics.encode(),
+            ),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "not found: try /healthz, /readyz or /metrics\n".into(),
+            ),
+        }
+    }
+}
+
+/// Ready means the configuration is loaded and both listeners accept; token states are shown, not
+/// required, so a Maskinporten outage does not take every replica out of service at once.
+fn readiness(routes: &RouteTable) -> serde_json::Value {
+    let routes: Vec<_> = routes
+        .iter()
+        .map(|r| {
+            let key = r.token.key();
+            json!({
+                "name": r.name.as_str(),
+                "prefix": r.prefix,
+                "upstream": r.upstream.to_string(),
+                "client": r.client.as_str(),
+                "scopes": key.grant.scope,
+                "consumer_org": key.grant.consumer_org,
+                "token": r.token.status(),
+            })
+        })
+        .collect();
+    json!({ "status": "ready", "routes": routes })
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}

@@ -1,0 +1,204 @@
+//! Composition root: builds the proxy from a validated [`Config`] and starts its listeners.
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::route::{Route, RouteTable, Target};
+use crate::token::{client, ClientIdentity, GrantSpec, TokenCache, TokenEndpoint, TokenKey};
+use anyhow::Context as _;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How long shutdown waits for in-flight requests.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// The one TLS configuration for every outbound connection: rustls with the Mozilla roots.
+pub fn tls_config() -> anyhow::Result<rustls::ClientConfig> {
+    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS setup")?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
+}
+
+/// Builds the request pipeline: route table, token cache slots and upstream client.
+pub fn build(config: &Config) -> anyhow::Result<Proxy> {
+    let tls = tls_config()?;
+    let metrics = Arc::new(Metrics::new());
+    let http = client::http_client(tls.clone(), config.maskinporten.timeout)
+        .context("building the token endpoint client")?;
+    let endpoint = Arc::new(TokenEndpoint::new(
+        http,
+        config.maskinporten.token_endpoint.clone(),
+        config.maskinporten.issuer.clone(),
+    ));
+    let cache = TokenCache::new(endpoint, Arc::clone(&metrics), config.maskinporten.timeout);
+    let clients: HashMap<&str, Arc<ClientIdentity>> = config
+        .clients
+        .iter()
+        .map(|c| {
+            let identity = ClientIdentity {
+                name: Arc::new(c.name.clone()),
+                client_id: c.client_id.clone(),
+                key: Arc::clone(&c.key),
+            };
+            (c.name.as_str(), Arc::new(identity))
+        })
+        .collect();
+    let mut routes = Vec::with_capacity(config.routes.len());
+    for r in &config.routes {
+        let client = clients
+            .get(r.client.as_str())
+            .with_context(|| format!("route {} names unknown client {}", r.name, r.client))?;
+        let key = TokenKey {
+            client: Arc::clone(&client.name),
+            key: client.key.thumbprint().to_string(),
+            grant: GrantSpec::new(
+                &r.scopes,
+                r.resource.as_ref(),
+                r.consumer_org.as_deref(),
+                &r.authorization_details,
+            ),
+        };
+        let upstream = Target::from_uri(&r.upstream)
+            .with_context(|| format!("route {}: upstream has no scheme or host", r.name))?;
+        routes.push(Arc::new(Route {
+            name: Arc::new(r.name.clone()),
+            prefix: r.prefix.clone(),
+            upstream,
+            client: Arc::clone(&client.name),
+            token: cache.slot(key, client),
+            headers: r
+                .headers
+                .iter()
+                .map(|(n, v)| (n.clone(), v.expose().clone()))
+                .collect(),
+            timeout: r.timeout,
+        }));
+    }
+    Ok(Proxy::new(
+        RouteTable::new(routes),
+        crate::upstream::client(tls),
+        metrics,
+    ))
+}
+
+/// A started portvakt: its bound addresses and the handle to stop it.
+pub struct Running {
+    pub listen: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub proxy: Arc<Proxy>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting and drains in-flight requests (up to the grace period), then returns.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Runs until SIGTERM or Ctrl-C, then shuts down gracefully.
+    pub async fn until_signal(self) {
+        wait_for_signal().await;
+        tracing::info!(
+            grace_seconds = SHUTDOWN_GRACE.as_secs(),
+            "shutting down: draining in-flight requests"
+        );
+        self.shutdown().await;
+    }
+}
+
+/// Binds both listeners (before anything is served, so a port in use fails the start) and serves.
+pub async fn start(config: &Config) -> anyhow::Result<Running> {
+    let proxy = Arc::new(build(config)?);
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let admin_listener = match config.admin_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (admin_listen)"))?,
+        ),
+        None => None,
+    };
+    start_on(proxy, listener, admin_listener)
+}
+
+/// Serves on listeners the caller already bound (the demo picks free ports this way).
+pub fn start_on(
+    proxy: Arc<Proxy>,
+    listener: TcpListener,
+    admin_listener: Option<TcpListener>,
+) -> anyhow::Result<Running> {
+    let (shutdown, stop) = watch::channel(false);
+    let listen = listener.local_addr()?;
+    let mut tasks = Vec::new();
+    let p = Arc::clone(&proxy);
+    tasks.push(tokio::spawn(crate::server::serve(
+        listener,
+        move |req| Arc::clone(&p).handle(req),
+        stop.clone(),
+        SHUTDOWN_GRACE,
+    )));
+    let admin = match admin_listener {
+        Some(l) => {
+            let addr = l.local_addr()?;
+            let admin = Arc::new(Admin {
+                routes: Arc::clone(&proxy),
+                metrics: Arc::clone(&proxy.metrics),
+            });
+            tasks.push(tokio::spawn(crate::server::serve(
+                l,
+                move |req| Arc::clone(&admin).handle(req),
+                stop,
+                SHUTDOWN_GRACE,
+            )));
+            Some(addr)
+        }
+        None => None,
+    };
+    tracing::info!(%listen, admin = ?admin, routes = proxy.routes.iter().count(), "portvakt listening");
+    Ok(Running {
+        listen,
+        admin,
+        proxy,
+        shutdown,
+        tasks,
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

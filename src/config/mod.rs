@@ -1,0 +1,129 @@
+//! The validated configuration: what `portvakt run` and `portvakt check` build everything from.
+//! `load` reads the YAML file, checks every field and loads every key, and reports all problems at once.
+
+mod reader;
+mod validate;
+
+pub use reader::Issue;
+
+use crate::keys::SigningKey;
+use crate::secret::Secret;
+use http::{HeaderName, HeaderValue, Uri};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The checked configuration. Built only by [`load`] (or [`from_str`]), so a `Config` is always valid.
+#[derive(Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub maskinporten: Maskinporten,
+    pub clients: Vec<Client>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Prod,
+    Test,
+    Custom,
+}
+
+impl Environment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Prod => "prod",
+            Environment::Test => "test",
+            Environment::Custom => "custom",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Maskinporten {
+    pub environment: Environment,
+    /// The grant's `aud`, exactly as Maskinporten publishes its issuer (with the trailing slash).
+    pub issuer: String,
+    pub token_endpoint: String,
+    /// Overall time for one token request; default 10 s.
+    pub timeout: Duration,
+}
+
+/// A Maskinporten client (an integration registered in Samarbeidsportalen) and its signing key.
+#[derive(Debug)]
+pub struct Client {
+    pub name: String,
+    pub client_id: String,
+    pub key: Arc<SigningKey>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    /// Normalised: starts with `/`, no trailing `/` unless it is `/` itself.
+    pub prefix: String,
+    pub upstream: Uri,
+    pub client: String,
+    pub scopes: Vec<String>,
+    pub consumer_org: Option<String>,
+    /// Sent as configured: a string stays a string, a list stays a list.
+    pub resource: Option<serde_json::Value>,
+    pub authorization_details: Vec<serde_json::Value>,
+    pub headers: Vec<(HeaderName, Secret<HeaderValue>)>,
+    /// How long to wait for the upstream's response headers; default 30 s.
+    pub timeout: Duration,
+}
+
+/// Every problem found in one configuration file.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub issues: Vec<Issue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.issues.len();
+        write!(
+            f,
+            "{} has {n} problem{}:",
+            self.file.display(),
+            if n == 1 { "" } else { "s" }
+        )?;
+        for issue in &self.issues {
+            write!(f, "\n  {}: {issue}", self.file.display())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads, checks and loads the configuration at `path` with the process environment for `${NAME}`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        issues: vec![Issue {
+            path: String::new(),
+            message: format!("cannot read the configuration file: {e}"),
+        }],
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    from_str(&text, path, base, &|name| std::env::var(name).ok())
+}
+
+/// Checks a configuration text. `file` names it in errors; relative key paths resolve against `base`.
+pub fn from_str(
+    text: &str,
+    file: &Path,
+    base: &Path,
+    env: reader::EnvLookup<'_>,
+) -> Result<Config, ConfigError> {
+    validate::validate(text, base, env).map_err(|issues| ConfigError {
+        file: file.to_path_buf(),
+        issues,
+    })
+}

@@ -1,0 +1,115 @@
+//! `portvakt demo`: the mock Maskinporten, an echo upstream and portvakt itself on loopback, with
+//! the configuration written to `config/demo.yaml` and loaded exactly as `portvakt run` loads it.
+
+use crate::keys::SigningKey;
+use crate::mock::{EchoUpstream, MockClient, MockMaskinporten, DEMO_CLIENT_KEY_PEM};
+use anyhow::Context as _;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+pub const DEMO_CLIENT_ID: &str = "2f6c1e0a-5d3b-4c7e-9a1f-demo00000001";
+pub const DEMO_KID: &str = "portvakt-demo-TEST.2026-11";
+/// The supplier (the demo client's own organisation) and the customer it acts for.
+pub const SUPPLIER_ORG: &str = "991825827";
+pub const CUSTOMER_ORG: &str = "910753614";
+
+/// A loopback port, the preferred one when free, else any free one.
+async fn bind(preferred: u16) -> std::io::Result<TcpListener> {
+    match TcpListener::bind(("127.0.0.1", preferred)).await {
+        Ok(l) => Ok(l),
+        Err(_) => TcpListener::bind("127.0.0.1:0").await,
+    }
+}
+
+/// Starts everything, prints how to try it, and serves until Ctrl-C (or, with `once`, makes one
+/// call through the proxy, prints the answer and stops).
+pub async fn run(dir: &Path, once: bool) -> anyhow::Result<()> {
+    let key = SigningKey::from_pem(DEMO_CLIENT_KEY_PEM.as_bytes(), DEMO_KID)?;
+    let client = MockClient::new(DEMO_CLIENT_ID, SUPPLIER_ORG)
+        .key(&key)
+        .scopes(["demo:echo", "nav:forsikring/samtykke"])
+        .delegation(CUSTOMER_ORG, "nav:forsikring/samtykke");
+    let mock = MockMaskinporten::start(vec![client], 120).await?;
+    let upstream = EchoUpstream::start(Some(mock.decoding_key())).await?;
+    let listener = bind(8080).await?;
+    let admin_listener = bind(9090).await?;
+    let (listen, admin) = (listener.local_addr()?, admin_listener.local_addr()?);
+
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let key_path = dir.join("demo-client-key.pem");
+    write_private(&key_path, DEMO_CLIENT_KEY_PEM)?;
+    let config_path = dir.join("demo.yaml");
+    let yaml = format!(
+        r#"# Written by `portvakt demo`: a mock Maskinporten and an echo upstream on loopback.
+listen: {listen}
+admin_listen: {admin}
+maskinporten:
+  environment: custom
+  issuer: {issuer}
+clients:
+  demo:
+    client_id: {DEMO_CLIENT_ID}
+    key:
+      pem: demo-client-key.pem
+      kid: {DEMO_KID}
+routes:
+  - name: echo
+    prefix: /echo/
+    upstream: {upstream}
+    client: demo
+    scopes: [demo:echo]
+  - name: nav-samtykke
+    prefix: /nav/
+    upstream: {upstream}forsikring/
+    client: demo
+    scopes: [nav:forsikring/samtykke]
+    consumer_org: "{CUSTOMER_ORG}"
+"#,
+        issuer = mock.issuer(),
+        upstream = upstream.url(),
+    );
+    std::fs::write(&config_path, yaml)
+        .with_context(|| format!("cannot write {}", config_path.display()))?;
+    let config = crate::config::load(&config_path)?;
+    let proxy = Arc::new(crate::app::build(&config)?);
+    let running = crate::app::start_on(proxy, listener, Some(admin_listener))?;
+
+    println!(
+        "portvakt demo is running (config: {})",
+        config_path.display()
+    );
+    println!("  mock Maskinporten  {}", mock.issuer());
+    println!("  echo upstream      {}", upstream.url());
+    println!("  portvakt           http://{listen}/  (admin: http://{admin}/readyz, /metrics)");
+    println!();
+    println!("Call the echo API through portvakt; the answer shows the token portvakt injected:");
+    println!("  curl -s http://{listen}/echo/hello?x=1");
+    println!("The same with delegation (consumer_org {CUSTOMER_ORG}, supplier {SUPPLIER_ORG}):");
+    println!("  curl -s http://{listen}/nav/samtykke");
+    println!();
+
+    if once {
+        let answer = reqwest::get(format!("http://{listen}/echo/hello?x=1"))
+            .await?
+            .text()
+            .await?;
+        println!("{answer}");
+        println!("token requests made to the mock: {}", mock.token_requests());
+        running.shutdown().await;
+    } else {
+        println!("Press Ctrl-C to stop.");
+        running.until_signal().await;
+    }
+    Ok(())
+}
+
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    std::fs::write(path, contents).with_context(|| format!("cannot write {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! Every answer portvakt makes itself: one error type, its status and its problem+json body, in one place.
+
+use crate::token::cache::TokenError;
+use crate::token::FetchError;
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::{Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use serde_json::{json, Map, Value};
+use std::time::Duration;
+
+/// The response body: streamed from the upstream, or one of portvakt's own small answers.
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route matches {path}")]
+    NoRoute { path: String, prefixes: Vec<String> },
+    #[error("the path would leave the route's prefix once decoded")]
+    PathEscapes,
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("upstream {upstream} is unreachable: {reason}")]
+    UpstreamUnreachable { upstream: String, reason: String },
+    #[error("upstream {upstream} sent no response within {} s", after.as_secs())]
+    UpstreamTimeout { upstream: String, after: Duration },
+    #[error("upstream {upstream} failed: {reason}")]
+    UpstreamFailed { upstream: String, reason: String },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::PathEscapes => StatusCode::BAD_REQUEST,
+            ProxyError::Token(TokenError::WaitTimeout(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Token(TokenError::Failed { error, .. }) => match error {
+                FetchError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                FetchError::Rejected { .. } | FetchError::InvalidAnswer(_) => {
+                    StatusCode::BAD_GATEWAY
+                }
+                FetchError::Signing(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamFailed { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn kind(&self) -> (&'static str, &'static str) {
+        match self {
+            ProxyError::NoRoute { .. } => ("no-route", "No route for this path"),
+            ProxyError::PathEscapes => ("path-escapes-route", "Path not allowed"),
+            ProxyError::Token(TokenError::WaitTimeout(_)) => {
+                ("token-unavailable", "Maskinporten token unavailable")
+            }
+            ProxyError::Token(TokenError::Failed { error, .. }) => match error {
+                FetchError::Unavailable(_) => {
+                    ("token-unavailable", "Maskinporten token unavailable")
+                }
+                FetchError::Rejected { .. } => {
+                    ("token-rejected", "Maskinporten rejected the grant")
+                }
+                FetchError::InvalidAnswer(_) => (
+                    "token-invalid-answer",
+                    "Maskinporten's answer was not a token",
+                ),
+                FetchError::Signing(_) => ("grant-signing-failed", "The grant could not be signed"),
+            },
+            ProxyError::UpstreamUnreachable { .. } => {
+                ("upstream-unreachable", "Upstream unreachable")
+            }
+            ProxyError::UpstreamTimeout { .. } => ("upstream-timeout", "Upstream timed out"),
+            ProxyError::UpstreamFailed { .. } => ("upstream-failed", "Upstream failed"),
+            ProxyError::Internal(_) => ("internal", "Internal error"),
+        }
+    }
+
+    /// How long a caller should wait before trying again, where that is known.
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ProxyError::Token(TokenError::Failed {
+                error: FetchError::Unavailable(_),
+                retry_after,
+            }) => Some(*retry_after),
+            ProxyError::Token(TokenError::WaitTimeout(_)) => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            ProxyError::NoRoute { path, prefixes } => {
+                format!("no route matches {path}; the configured prefixes are {}", prefixes.join(", "))
+            }
+            ProxyError::Token(TokenError::Failed { error: FetchError::Rejected { error, description, code, hint, .. }, .. }) => {
+                let mut d = format!("Maskinporten answered {error}");
+                if let Some(code) = code {
+                    d.push_str(&format!(" ({code})"));
+                }
+                if let Some(desc) = description {
+                    d.push_str(&format!(": {desc}"));
+                }
+                d.push_str(&format!(". Hint: {hint}"));
+                d
+            }
+            ProxyError::PathEscapes => {
+                "the path contains `.`/`..` segments, encoded slashes, backslashes or NUL, which could leave the route's prefix; the request was not forwarded".into()
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// The `application/problem+json` answer (RFC 9457) naming the route.
+    pub fn to_response(&self, route: Option<&str>) -> Response<Body> {
+        let (slug, title) = self.kind();
+        let status = self.status();
+        let mut body = Map::new();
+        body.insert("type".into(), json!(format!("urn:portvakt:problem:{slug}")));
+        body.insert("title".into(), json!(title));
+        body.insert("status".into(), json!(status.as_u16()));
+        body.insert("detail".into(), json!(self.detail()));
+        if let Some(route) = route {
+            body.insert("route".into(), json!(route));
+        }
+        if let ProxyError::Token(TokenError::Failed {
+            error: FetchError::Rejected { error, code, .. },
+            ..
+        }) = self
+        {
+            body.insert("maskinporten_error".into(), json!(error));
+            if let Some(code) = code {
+                body.insert("maskinporten_code".into(), json!(code));
+            }
+        }
+        let mut response = problem(status, &Value::Object(body));
+        if let Some(after) = self.retry_after() {
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        response
+    }
+}
+
+fn problem(status: StatusCode, body: &Value) -> Response<Body> {
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    response
+}

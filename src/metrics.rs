@@ -1,0 +1,97 @@
+//! Prometheus metrics, served on the admin listener. Labels never carry a token, key or header value.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Empty when no route matched.
+    pub route: Arc<String>,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FetchLabels {
+    pub client: Arc<String>,
+    /// ok, rejected, unavailable, invalid_answer or signing_failed.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientLabels {
+    pub client: Arc<String>,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: HistogramFamily<RequestLabels>,
+    pub token_fetches: Family<FetchLabels, Counter>,
+    pub token_fetch_duration: HistogramFamily<ClientLabels>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms .. ~16 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("portvakt");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let request_duration: HistogramFamily<RequestLabels> =
+            Family::new_with_constructor(latency_histogram);
+        let token_fetches = Family::<FetchLabels, Counter>::default();
+        let token_fetch_duration: HistogramFamily<ClientLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "requests",
+            "Requests answered, by route and status",
+            requests.clone(),
+        );
+        registry.register_with_unit(
+            "request_duration",
+            "Time from request received to response headers sent, by route and status",
+            prometheus_client::registry::Unit::Seconds,
+            request_duration.clone(),
+        );
+        registry.register(
+            "token_fetches",
+            "Token requests to Maskinporten, by client and result",
+            token_fetches.clone(),
+        );
+        registry.register_with_unit(
+            "token_fetch_duration",
+            "Time one token request to Maskinporten took, by client",
+            prometheus_client::registry::Unit::Seconds,
+            token_fetch_duration.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            token_fetches,
+            token_fetch_duration,
+        }
+    }
+
+    /// The Prometheus/OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,600 @@
+//! A mock Maskinporten on loopback that enforces the real rules for JWT grants and answers like
+//! Maskinporten does: a JWT access token, or `{error, error_description, error_uri}` with MP codes.
+//! Used by `portvakt demo` and the tests; it counts and records every grant it sees.
+
+use crate::keys::SigningKey;
+use crate::server;
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{json, Map, Value};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// The claims Maskinporten documents for a grant; anything else is "Invalid assertion".
+const DOCUMENTED_CLAIMS: &[&str] = &[
+    "aud",
+    "iss",
+    "iat",
+    "exp",
+    "jti",
+    "scope",
+    "resource",
+    "consumer_org",
+    "authorization_details",
+    "pid",
+    "iss_onbehalfof",
+];
+const MAX_GRANT_LIFETIME: i64 = 120;
+const MAX_CLOCK_SKEW: i64 = 10;
+pub const SIGNING_KID: &str = "mock-maskinporten-1";
+
+/// A client registered with the mock, as in Samarbeidsportalen.
+#[derive(Debug, Clone)]
+pub struct MockClient {
+    pub client_id: String,
+    pub org: String,
+    /// kid -> (n, e) base64url
+    pub keys: HashMap<String, (String, String)>,
+    pub scopes: HashSet<String>,
+    /// (consumer org, scope) pairs the consumer delegated to this client's organisation.
+    pub delegations: HashSet<(String, String)>,
+}
+
+impl MockClient {
+    pub fn new(client_id: &str, org: &str) -> Self {
+        MockClient {
+            client_id: client_id.into(),
+            org: org.into(),
+            keys: HashMap::new(),
+            scopes: HashSet::new(),
+            delegations: HashSet::new(),
+        }
+    }
+
+    /// Registers the public half of `key` under its kid.
+    pub fn key(mut self, key: &SigningKey) -> Self {
+        let jwk = key.public_jwk();
+        let part = |name: &str| jwk[name].as_str().unwrap_or_default().to_string();
+        self.keys
+            .insert(key.kid().to_string(), (part("n"), part("e")));
+        self
+    }
+
+    pub fn scopes<I: IntoIterator<Item = S>, S: Into<String>>(mut self, scopes: I) -> Self {
+        self.scopes.extend(scopes.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn delegation(mut self, consumer_org: &str, scope: &str) -> Self {
+        self.delegations.insert((consumer_org.into(), scope.into()));
+        self
+    }
+}
+
+/// How the mock behaves, switchable while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Normal,
+    /// Answers every token request with this 5xx/429 status.
+    Failing(u16),
+}
+
+/// A grant as it reached the mock, for tests to inspect.
+#[derive(Debug, Clone)]
+pub struct RecordedGrant {
+    pub header: Value,
+    pub claims: Map<String, Value>,
+    /// `None` when accepted, else the error code it got.
+    pub rejected: Option<String>,
+}
+
+struct Inner {
+    issuer: String,
+    signing: SigningKey,
+    clients: Mutex<HashMap<String, MockClient>>,
+    expires_in: AtomicU64,
+    delay_ms: AtomicU64,
+    mode: Mutex<Mode>,
+    token_requests: AtomicUsize,
+    jtis: Mutex<HashSet<String>>,
+    grants: Mutex<Vec<RecordedGrant>>,
+}
+
+/// A running mock Maskinporten.
+pub struct MockMaskinporten {
+    addr: SocketAddr,
+    inner: Arc<Inner>,
+    shutdown: watch::Sender<bool>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl MockMaskinporten {
+    /// Starts on 127.0.0.1 on a free port, issuing tokens that live `expires_in` seconds.
+    pub async fn start(clients: Vec<MockClient>, expires_in: u64) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(listener, clients, expires_in)
+    }
+
+    pub fn start_on(
+        listener: TcpListener,
+        clients: Vec<MockClient>,
+        expires_in: u64,
+    ) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let signing = SigningKey::from_pem(super::MOCK_SIGNING_KEY_PEM.as_bytes(), SIGNING_KID)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let inner = Arc::new(Inner {
+            issuer: format!("http://{addr}/"),
+            signing,
+            clients: Mutex::new(
+                clients
+                    .into_iter()
+                    .map(|c| (c.client_id.clone(), c))
+                    .collect(),
+            ),
+            expires_in: AtomicU64::new(expires_in),
+            delay_ms: AtomicU64::new(0),
+            mode: Mutex::new(Mode::Normal),
+            token_requests: AtomicUsize::new(0),
+            jtis: Mutex::new(HashSet::new()),
+            grants: Mutex::new(Vec::new()),
+        });
+        let (shutdown, stop) = watch::channel(false);
+        let state = Arc::clone(&inner);
+        tokio::spawn(server::serve(
+            listener,
+            move |req| handle(Arc::clone(&state), req),
+            stop,
+            Duration::from_secs(1),
+        ));
+        Ok(MockMaskinporten {
+            addr,
+            inner,
+            shutdown,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    /// `http://127.0.0.1:PORT/`: the grant's `aud`.
+    pub fn issuer(&self) -> String {
+        self.inner.issuer.clone()
+    }
+    pub fn token_endpoint(&self) -> String {
+        format!("{}token", self.inner.issuer)
+    }
+    /// POSTs to `/token`, accepted or not.
+    pub fn token_requests(&self) -> usize {
+        self.inner.token_requests.load(Ordering::SeqCst)
+    }
+    pub fn grants(&self) -> Vec<RecordedGrant> {
+        lock(&self.inner.grants).clone()
+    }
+    pub fn set_mode(&self, mode: Mode) {
+        *lock(&self.inner.mode) = mode;
+    }
+    pub fn set_expires_in(&self, seconds: u64) {
+        self.inner.expires_in.store(seconds, Ordering::SeqCst);
+    }
+    /// Delays every token answer, so tests can pile requests onto one fetch.
+    pub fn set_delay(&self, delay: Duration) {
+        self.inner
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+    /// The key its access tokens are signed with, for upstreams that verify them.
+    pub fn decoding_key(&self) -> DecodingKey {
+        decoding_key(&self.inner.signing.public_jwk())
+    }
+    pub fn jwks(&self) -> Value {
+        json!({ "keys": [self.inner.signing.public_jwk()] })
+    }
+    pub fn stop(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+impl Drop for MockMaskinporten {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn decoding_key(jwk: &Value) -> DecodingKey {
+    let part = |name: &str| jwk[name].as_str().unwrap_or_default().to_string();
+    DecodingKey::from_rsa_components(&part("n"), &part("e"))
+        .unwrap_or_else(|_| DecodingKey::from_secret(b"invalid"))
+}
+
+type Answer = Response<Full<Bytes>>;
+
+fn json_answer(status: StatusCode, body: &Value) -> Answer {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// A refusal as Maskinporten words it.
+struct Refusal {
+    status: StatusCode,
+    error: &'static str,
+    code: &'static str,
+    description: String,
+}
+
+fn refuse(error: &'static str, code: &'static str, description: impl Into<String>) -> Refusal {
+    Refusal {
+        status: StatusCode::BAD_REQUEST,
+        error,
+        code,
+        description: description.into(),
+    }
+}
+
+async fn handle(inner: Arc<Inner>, request: Request<Incoming>) -> Answer {
+    match (request.method(), request.uri().path()) {
+        (&Method::POST, "/token") => token(&inner, request).await,
+        (&Method::GET, "/jwk") => json_answer(
+            StatusCode::OK,
+            &json!({ "keys": [inner.signing.public_jwk()] }),
+        ),
+        (&Method::GET, "/.well-known/oauth-authorization-server") => json_answer(
+            StatusCode::OK,
+            &json!({
+                "issuer": inner.issuer,
+                "token_endpoint": format!("{}token", inner.issuer),
+                "jwks_uri": format!("{}jwk", inner.issuer),
+                "grant_types_supported": ["urn:ietf:params:oauth:grant-type:jwt-bearer"],
+                "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+            }),
+        ),
+        (_, "/stats") => json_answer(
+            StatusCode::OK,
+            &json!({ "token_requests": inner.token_requests.load(Ordering::SeqCst) }),
+        ),
+        _ => json_answer(StatusCode::NOT_FOUND, &json!({ "error": "not_found" })),
+    }
+}
+
+async fn token(inner: &Inner, request: Request<Incoming>) -> Answer {
+    inner.token_requests.fetch_add(1, Ordering::SeqCst);
+    let delay = inner.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    if let Mode::Failing(status) = *lock(&inner.mode) {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        return json_answer(status, &json!({ "error": "temporarily_unavailable" }));
+    }
+    let form_ok = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let body = match Limited::new(request.into_body(), 64 * 1024).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return error_answer(&refuse(
+                "invalid_request",
+                "MP-000",
+                "unreadable or too large body",
+            ))
+        }
+    };
+    if !form_ok {
+        return error_answer(&refuse(
+            "invalid_request",
+            "MP-000",
+            "Content-Type must be application/x-www-form-urlencoded",
+        ));
+    }
+    let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
+    if form.get("grant_type").map(String::as_str)
+        != Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
+    {
+        return error_answer(&refuse(
+            "unsupported_grant_type",
+            "MP-000",
+            "grant_type must be urn:ietf:params:oauth:grant-type:jwt-bearer",
+        ));
+    }
+    let Some(assertion) = form.get("assertion") else {
+        return error_answer(&refuse("invalid_request", "MP-000", "assertion is missing"));
+    };
+    let header = jsonwebtoken::decode_header(assertion).ok();
+    let claims: Option<Map<String, Value>> =
+        jsonwebtoken::dangerous::insecure_decode_claims(assertion).ok();
+    let outcome = match (&header, &claims) {
+        (Some(h), Some(c)) => check_grant(inner, assertion, h, c),
+        _ => Err(refuse(
+            "invalid_grant",
+            "MP-000",
+            "Invalid assertion: not a JWT",
+        )),
+    };
+    if let Some(claims) = claims {
+        lock(&inner.grants).push(RecordedGrant {
+            header: header
+                .as_ref()
+                .and_then(|h| serde_json::to_value(h).ok())
+                .unwrap_or(Value::Null),
+            claims,
+            rejected: outcome.as_ref().err().map(|r| r.code.to_string()),
+        });
+    }
+    match outcome {
+        Ok(answer) => json_answer(StatusCode::OK, &answer),
+        Err(refusal) => error_answer(&refusal),
+    }
+}
+
+fn error_answer(r: &Refusal) -> Answer {
+    json_answer(
+        r.status,
+        &json!({
+            "error": r.error,
+            "error_description": format!("{} ({})", r.description, r.code),
+            "error_uri": format!("https://docs.digdir.no/docs/Maskinporten/maskinporten_feilsoking#{}", r.code),
+        }),
+    )
+}
+
+fn now_unix() -> i64 {
+    crate::token::grant::unix_now() as i64
+}
+
+/// The checks Maskinporten makes on a grant, in the order it makes them.
+fn check_grant(
+    inner: &Inner,
+    assertion: &str,
+    header: &jsonwebtoken::Header,
+    claims: &Map<String, Value>,
+) -> Result<Value, Refusal> {
+    if !matches!(
+        header.alg,
+        Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512
+    ) {
+        return Err(refuse(
+            "invalid_grant",
+            "MP-124",
+            "Invalid assertion: alg must be RS256, RS384 or RS512",
+        ));
+    }
+    if let Some(extra) = claims
+        .keys()
+        .find(|k| !DOCUMENTED_CLAIMS.contains(&k.as_str()))
+    {
+        return Err(refuse(
+            "invalid_grant",
+            "MP-000",
+            format!("Invalid assertion: undocumented claim {extra}"),
+        ));
+    }
+    let client_id = claims
+        .get("iss")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let client = lock(&inner.clients)
+        .get(client_id)
+        .cloned()
+        .ok_or_else(|| {
+            refuse(
+                "invalid_grant",
+                "MP-100",
+                "Invalid assertion: client not found",
+            )
+        })?;
+    let kid = match (&header.kid, &header.x5c) {
+        (Some(kid), None) => kid,
+        (None, Some(_)) => {
+            return Err(refuse(
+                "invalid_grant",
+                "MP-120",
+                "Invalid assertion: this client uses registered keys, send kid",
+            ))
+        }
+        _ => {
+            return Err(refuse(
+                "invalid_grant",
+                "MP-123",
+                "Invalid assertion: exactly one of kid and x5c is required",
+            ))
+        }
+    };
+    let (n, e) = client.keys.get(kid).ok_or_else(|| {
+        refuse(
+            "invalid_grant",
+            "MP-124",
+            format!("Invalid assertion: no key with kid {kid} registered for the client"),
+        )
+    })?;
+    let key = DecodingKey::from_rsa_components(n, e)
+        .map_err(|_| refuse("invalid_grant", "MP-124", "registered key unusable"))?;
+    let mut validation = Validation::new(header.alg);
+    validation.validate_exp = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    jsonwebtoken::decode::<Map<String, Value>>(assertion, &key, &validation).map_err(|_| {
+        refuse(
+            "invalid_grant",
+            "MP-124",
+            "Invalid assertion: signature does not verify with the registered key",
+        )
+    })?;
+    if claims.get("aud") != Some(&Value::String(inner.issuer.clone())) {
+        return Err(refuse(
+            "invalid_grant",
+            "MP-110",
+            format!("Invalid assertion: aud must be {}", inner.issuer),
+        ));
+    }
+    let (Some(iat), Some(exp)) = (
+        claims.get("iat").and_then(Value::as_i64),
+        claims.get("exp").and_then(Value::as_i64),
+    ) else {
+        return Err(refuse(
+            "invalid_grant",
+            "MP-130",
+            "Invalid assertion: iat and exp are required numbers",
+        ));
+    };
+    let now = now_unix();
+    if exp - iat > MAX_GRANT_LIFETIME || exp <= iat {
+        return Err(refuse(
+            "invalid_grant",
+            "MP-130",
+            "Invalid assertion: exp - iat must be at most 120 seconds",
+        ));
+    }
+    if (iat - now).abs() > MAX_CLOCK_SKEW || exp < now {
+        return Err(refuse(
+            "invalid_grant",
+            "MP-130",
+            "Invalid assertion: iat is not within 10 seconds of the server's clock",
+        ));
+    }
+    let jti = claims
+        .get("jti")
+        .and_then(Value::as_str)
+        .filter(|j| !j.is_empty());
+    let Some(jti) = jti else {
+        return Err(refuse(
+            "invalid_grant",
+            "MP-012",
+            "Invalid assertion: jti is required",
+        ));
+    };
+    if !lock(&inner.jtis).insert(jti.to_string()) {
+        return Err(refuse(
+            "invalid_grant",
+            "MP-012",
+            "Invalid assertion: jti has been used before",
+        ));
+    }
+    let scope = claims
+        .get("scope")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let scopes: Vec<&str> = scope.split_whitespace().collect();
+    if scopes.is_empty() {
+        return Err(refuse("invalid_scope", "MP-200", "scope is missing"));
+    }
+    if let Some(missing) = scopes.iter().find(|s| !client.scopes.contains(**s)) {
+        return Err(refuse(
+            "invalid_scope",
+            "MP-200",
+            format!("Invalid scope: client lacks {missing}"),
+        ));
+    }
+    let mut consumer = client.org.clone();
+    let mut supplier = None;
+    if let Some(org) = claims.get("consumer_org") {
+        let org = org.as_str().unwrap_or_default();
+        if org.len() != 9 || !org.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(refuse(
+                "invalid_request",
+                "MP-250",
+                "consumer_org must be a 9-digit organisation number",
+            ));
+        }
+        if org == client.org {
+            return Err(refuse(
+                "invalid_request",
+                "MP-250",
+                "consumer_org is the client's own organisation",
+            ));
+        }
+        if let Some(s) = scopes.iter().find(|s| {
+            !client
+                .delegations
+                .contains(&(org.to_string(), (**s).to_string()))
+        }) {
+            return Err(refuse(
+                "forbidden",
+                "MP-251",
+                format!("{org} has not delegated {s} to the supplier"),
+            ));
+        }
+        supplier = Some(client.org.clone());
+        consumer = org.to_string();
+    }
+    if let Some(details) = claims.get("authorization_details") {
+        let ok = details.as_array().is_some_and(|a| {
+            a.iter()
+                .all(|d| d.get("type").is_some_and(Value::is_string))
+        });
+        if !ok {
+            return Err(refuse(
+                "invalid_request",
+                "MP-301",
+                "authorization_details must be a list of objects with a type",
+            ));
+        }
+    }
+    if let Some(resource) = claims.get("resource") {
+        let ok = resource.is_string()
+            || resource
+                .as_array()
+                .is_some_and(|a| a.iter().all(Value::is_string));
+        if !ok {
+            return Err(refuse(
+                "invalid_request",
+                "MP-000",
+                "resource must be a string or a list of strings",
+            ));
+        }
+    }
+
+    let expires_in = inner.expires_in.load(Ordering::SeqCst) as i64;
+    let actor =
+        |org: &str| json!({ "authority": "iso6523-actorid-upis", "ID": format!("0192:{org}") });
+    let mut token = json!({
+        "iss": inner.issuer,
+        "client_id": client.client_id,
+        "client_amr": "private_key_jwt",
+        "token_type": "Bearer",
+        "scope": scope,
+        "consumer": actor(&consumer),
+        "iat": now,
+        "exp": now + expires_in,
+        "jti": uuid::Uuid::new_v4().to_string(),
+    });
+    if let Some(supplier) = supplier {
+        token["supplier"] = actor(&supplier);
+        token["delegation_source"] = json!("https://www.altinn.no/");
+    }
+    if let Some(resource) = claims.get("resource") {
+        token["aud"] = resource.clone();
+    }
+    if let Some(details) = claims.get("authorization_details") {
+        token["authorization_details"] = details.clone();
+    }
+    let mut jwt_header = jsonwebtoken::Header::new(Algorithm::RS256);
+    jwt_header.kid = Some(SIGNING_KID.into());
+    let access_token = jsonwebtoken::encode(&jwt_header, &token, inner.signing.encoding_key())
+        .map_err(|_| Refusal {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            error: "server_error",
+            code: "MP-000",
+            description: "signing failed".into(),
+        })?;
+    Ok(
+        json!({ "access_token": access_token, "token_type": "Bearer", "expires_in": expires_in, "scope": scope }),
+    )
+}

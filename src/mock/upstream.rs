@@ -1,0 +1,253 @@
+//! An echo upstream on loopback that records what reached it and checks the Bearer token against
+//! the mock Maskinporten's key. `GET /bytes/N` streams N bytes back; any other request is echoed
+//! as JSON (method, path, query, headers, body size and SHA-256, token check and claims).
+
+use crate::server;
+use bytes::Bytes;
+use http::{header, HeaderMap, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use jsonwebtoken::{DecodingKey, Validation};
+use serde_json::{json, Map, Value};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// One request as the upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    /// Path and query exactly as received.
+    pub target: String,
+    pub headers: HeaderMap,
+    pub body_len: u64,
+    pub body_sha256: String,
+    /// Whether the Bearer token verified (signature, and `exp` still in the future on arrival).
+    pub token_valid: bool,
+    pub token_error: Option<String>,
+    pub token_claims: Option<Map<String, Value>>,
+}
+
+struct Inner {
+    verify_with: Option<DecodingKey>,
+    records: Mutex<Vec<Recorded>>,
+}
+
+pub struct EchoUpstream {
+    addr: SocketAddr,
+    inner: Arc<Inner>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl EchoUpstream {
+    /// Starts on 127.0.0.1 on a free port; tokens are verified with `verify_with` when given.
+    pub async fn start(verify_with: Option<DecodingKey>) -> std::io::Result<Self> {
+        Self::start_on(TcpListener::bind("127.0.0.1:0").await?, verify_with)
+    }
+
+    pub fn start_on(
+        listener: TcpListener,
+        verify_with: Option<DecodingKey>,
+    ) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let inner = Arc::new(Inner {
+            verify_with,
+            records: Mutex::new(Vec::new()),
+        });
+        let (shutdown, stop) = watch::channel(false);
+        let state = Arc::clone(&inner);
+        tokio::spawn(server::serve(
+            listener,
+            move |req| handle(Arc::clone(&state), req),
+            stop,
+            Duration::from_secs(1),
+        ));
+        Ok(EchoUpstream {
+            addr,
+            inner,
+            shutdown,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+    pub fn records(&self) -> Vec<Recorded> {
+        self.inner
+            .records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl Drop for EchoUpstream {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+/// Responses: JSON, or N streamed bytes.
+pub enum EchoBody {
+    Json(Option<Bytes>),
+    Pattern { sent: u64, total: u64 },
+}
+
+/// The byte at offset `i` of a `/bytes/N` answer, so tests can recompute the hash.
+pub fn pattern_byte(i: u64) -> u8 {
+    (i.wrapping_mul(31).wrapping_add(i >> 13)) as u8
+}
+
+impl Body for EchoBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        match this {
+            EchoBody::Json(body) => Poll::Ready(body.take().map(|b| Ok(Frame::data(b)))),
+            EchoBody::Pattern { sent, total } if *sent >= *total => Poll::Ready(None),
+            EchoBody::Pattern { sent, total } => {
+                const CHUNK: u64 = 64 * 1024;
+                let n = (*total - *sent).min(CHUNK);
+                let chunk: Vec<u8> = (*sent..*sent + n).map(pattern_byte).collect();
+                *sent += n;
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from(chunk)))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            EchoBody::Json(body) => body.is_none(),
+            EchoBody::Pattern { sent, total } => sent >= total,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            EchoBody::Json(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            EchoBody::Json(None) => SizeHint::with_exact(0),
+            EchoBody::Pattern { sent, total } => SizeHint::with_exact(total - sent),
+        }
+    }
+}
+
+fn check_token(
+    inner: &Inner,
+    headers: &HeaderMap,
+) -> (bool, Option<String>, Option<Map<String, Value>>) {
+    let Some(token) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return (false, Some("no Bearer token".into()), None);
+    };
+    let claims: Option<Map<String, Value>> =
+        jsonwebtoken::dangerous::insecure_decode_claims(token).ok();
+    let Some(key) = &inner.verify_with else {
+        return (false, Some("not verified".into()), claims);
+    };
+    let mut validation = Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.validate_aud = false;
+    validation.leeway = 0;
+    validation.required_spec_claims = ["exp".to_string()].into_iter().collect();
+    match jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation) {
+        Ok(_) => (true, None, claims),
+        Err(e) => (false, Some(e.to_string()), claims),
+    }
+}
+
+async fn handle(inner: Arc<Inner>, request: Request<Incoming>) -> Response<EchoBody> {
+    let (parts, mut body) = request.into_parts();
+    let (token_valid, token_error, token_claims) = check_token(&inner, &parts.headers);
+    let mut hasher = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut body_len = 0u64;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    hasher.update(data);
+                    body_len += data.len() as u64;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let body_sha256 = hex(hasher.finish().as_ref());
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str().to_string())
+        .unwrap_or_default();
+    let record = Recorded {
+        method: parts.method.to_string(),
+        target: target.clone(),
+        headers: parts.headers.clone(),
+        body_len,
+        body_sha256: body_sha256.clone(),
+        token_valid,
+        token_error: token_error.clone(),
+        token_claims: token_claims.clone(),
+    };
+    inner
+        .records
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(record);
+
+    if let Some(n) = parts
+        .uri
+        .path()
+        .strip_prefix("/bytes/")
+        .and_then(|n| n.parse::<u64>().ok())
+    {
+        let mut response = Response::new(EchoBody::Pattern { sent: 0, total: n });
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/octet-stream"),
+        );
+        return response;
+    }
+    let headers: Map<String, Value> = parts
+        .headers
+        .iter()
+        .filter(|(name, _)| *name != header::AUTHORIZATION)
+        .map(|(name, value)| {
+            (
+                name.to_string(),
+                json!(String::from_utf8_lossy(value.as_bytes())),
+            )
+        })
+        .collect();
+    let echo = json!({
+        "method": parts.method.as_str(),
+        "target": target,
+        "headers": headers,
+        "body": { "bytes": body_len, "sha256": body_sha256 },
+        "token": { "verified": token_valid, "error": token_error, "claims": token_claims },
+    });
+    let text = serde_json::to_string_pretty(&echo).unwrap_or_default() + "\n";
+    let mut response = Response::new(EchoBody::Json(Some(Bytes::from(text))));
+    *response.status_mut() = StatusCode::OK;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

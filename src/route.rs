@@ -1,0 +1,184 @@
+//! The route table: which route serves a path (longest prefix, on whole segments) and where its
+//! upstream request goes. Pure functions, tested by table.
+
+use crate::token::TokenSlot;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderName, HeaderValue, Uri};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A configured route, ready to serve.
+pub struct Route {
+    pub name: Arc<String>,
+    pub prefix: String,
+    pub upstream: Target,
+    pub client: Arc<String>,
+    pub token: Arc<TokenSlot>,
+    /// Static headers, values marked sensitive.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub timeout: Duration,
+}
+
+/// Where a route's calls go: scheme and authority, and the base path the remainder is appended to.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// Without a trailing `/`; empty for the root.
+    pub base_path: String,
+}
+
+impl Target {
+    pub fn from_uri(uri: &Uri) -> Option<Target> {
+        Some(Target {
+            scheme: uri.scheme()?.clone(),
+            authority: uri.authority()?.clone(),
+            base_path: uri.path().trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// The upstream URI for a request whose path, after the route's prefix, is `remainder`.
+    /// The remainder and query are passed byte for byte, percent-escapes included.
+    pub fn uri(&self, remainder: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+        let mut pq = String::with_capacity(
+            self.base_path.len() + remainder.len() + query.map_or(0, |q| q.len() + 1) + 1,
+        );
+        pq.push_str(&self.base_path);
+        pq.push_str(remainder);
+        if pq.is_empty() {
+            pq.push('/');
+        }
+        if let Some(q) = query {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(PathAndQuery::try_from(pq)?)
+            .build()
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}{}/", self.scheme, self.authority, self.base_path)
+    }
+}
+
+/// Routes ordered longest prefix first, so the first match is the most specific.
+pub struct RouteTable {
+    routes: Vec<Arc<Route>>,
+}
+
+impl RouteTable {
+    pub fn new(mut routes: Vec<Arc<Route>>) -> Self {
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        RouteTable { routes }
+    }
+
+    /// The route for `path` and the path's remainder after the prefix.
+    pub fn find<'p>(&self, path: &'p str) -> Option<(&Arc<Route>, &'p str)> {
+        self.routes
+            .iter()
+            .find_map(|r| remainder(&r.prefix, path).map(|rest| (r, rest)))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes.iter()
+    }
+
+    pub fn prefixes(&self) -> Vec<&str> {
+        self.routes.iter().map(|r| r.prefix.as_str()).collect()
+    }
+}
+
+/// The rest of `path` after `prefix` when the prefix matches whole segments: `/nav` matches
+/// `/nav` and `/nav/x`, never `/navx`. The prefix is normalised (no trailing `/` except the root).
+pub fn remainder<'p>(prefix: &str, path: &'p str) -> Option<&'p str> {
+    if prefix == "/" {
+        return path.starts_with('/').then_some(path);
+    }
+    let rest = path.strip_prefix(prefix)?;
+    (rest.is_empty() || rest.starts_with('/')).then_some(rest)
+}
+
+/// True when a remainder could climb out of the route's base path once the upstream decodes it:
+/// `.` or `..` segments (also percent-encoded), encoded slashes or backslashes, or NUL.
+pub fn escapes_prefix(remainder: &str) -> bool {
+    let lower = remainder.to_ascii_lowercase();
+    if lower.contains("%2f")
+        || lower.contains("%5c")
+        || lower.contains('\\')
+        || lower.contains("%00")
+    {
+        return true;
+    }
+    lower.split('/').any(|segment| {
+        let decoded = segment.replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        let cases = [
+            ("/nav", "/nav", Some("")),
+            ("/nav", "/nav/", Some("/")),
+            ("/nav", "/nav/a/b", Some("/a/b")),
+            ("/nav", "/navx", None),
+            ("/nav", "/na", None),
+            ("/", "/anything", Some("/anything")),
+            ("/nav/v1", "/nav/v1/x", Some("/x")),
+        ];
+        for (prefix, path, want) in cases {
+            assert_eq!(remainder(prefix, path), want, "{prefix} {path}");
+        }
+    }
+
+    #[test]
+    fn upstream_uris_keep_remainder_and_query_byte_for_byte() {
+        let t = Target::from_uri(&"https://api.nav.no/forsikring/".parse().unwrap()).unwrap();
+        let cases = [
+            ("/a/b", Some("x=1"), "https://api.nav.no/forsikring/a/b?x=1"),
+            ("", None, "https://api.nav.no/forsikring"),
+            ("/", None, "https://api.nav.no/forsikring/"),
+            (
+                "/%C3%A6%20x",
+                Some("q=%2F&y"),
+                "https://api.nav.no/forsikring/%C3%A6%20x?q=%2F&y",
+            ),
+        ];
+        for (rest, query, want) in cases {
+            assert_eq!(t.uri(rest, query).unwrap().to_string(), want);
+        }
+        let root = Target::from_uri(&"http://127.0.0.1:8/".parse().unwrap()).unwrap();
+        assert_eq!(
+            root.uri("", None).unwrap().to_string(),
+            "http://127.0.0.1:8/"
+        );
+    }
+
+    #[test]
+    fn traversal_is_detected() {
+        for bad in [
+            "/../x",
+            "/a/..",
+            "/%2e%2E/x",
+            "/.%2e",
+            "/a%2Fb",
+            "/a\\b",
+            "/./x",
+            "/a%00",
+        ] {
+            assert!(escapes_prefix(bad), "{bad}");
+        }
+        for good in ["/a/b", "/a..b", "/.well-known/x", "", "/%C3%A6"] {
+            assert!(!escapes_prefix(good), "{good}");
+        }
+    }
+}

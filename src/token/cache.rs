@@ -1,0 +1,310 @@
+//! The token cache: one slot per [`TokenKey`], one fetch at a time per slot however many requests
+//! wait, refresh ahead of expiry while the current token keeps serving, backoff after failures.
+
+use super::client::FetchError;
+use super::policy::{self, Schedule};
+use super::{ClientIdentity, TokenEndpoint, TokenKey};
+use crate::metrics::{ClientLabels, FetchLabels, Metrics};
+use http::HeaderValue;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Quick attempts inside one fetch when Maskinporten is unreachable or answers 5xx/429.
+const ATTEMPTS_PER_FETCH: u32 = 3;
+
+/// A cached access token. The `Authorization` value is built once per token, not per request.
+pub struct Token {
+    bearer: HeaderValue,
+    pub expires_in: u64,
+    pub schedule: Schedule,
+}
+
+impl Token {
+    /// `Bearer <token>`, marked sensitive so it is never printed by hyper or tracing.
+    pub fn bearer(&self) -> &HeaderValue {
+        &self.bearer
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("bearer", &"***")
+            .field("expires_in", &self.expires_in)
+            .finish()
+    }
+}
+
+/// Why a request gets no token.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TokenError {
+    /// The last fetch failed; the next attempt is not before `retry_after` from now.
+    #[error("{error}")]
+    Failed {
+        error: FetchError,
+        retry_after: Duration,
+    },
+    /// A fetch is under way but did not finish within the waiting bound.
+    #[error("no token from Maskinporten within {} s", .0.as_secs())]
+    WaitTimeout(Duration),
+}
+
+#[derive(Debug, Clone)]
+struct Failure {
+    error: FetchError,
+    since: std::time::SystemTime,
+    retry_at: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    token: Option<Arc<Token>>,
+    fetching: bool,
+    failures: u32,
+    failure: Option<Failure>,
+}
+
+/// What `/readyz` shows about one slot; never the token.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SlotStatus {
+    /// `valid`, `empty` (not fetched yet), `refreshing`, `fetching` or `failing`.
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in_seconds: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failing_since_unix: Option<u64>,
+}
+
+/// One token's cache entry and the single flight that fills it.
+pub struct TokenSlot {
+    key: TokenKey,
+    client: Arc<ClientIdentity>,
+    endpoint: Arc<TokenEndpoint>,
+    metrics: Arc<Metrics>,
+    wait_timeout: Duration,
+    state: Mutex<State>,
+    changed: watch::Sender<u64>,
+}
+
+impl TokenSlot {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the state half-written (every write is one
+        // assignment), so a poisoned lock is still safe to use.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn key(&self) -> &TokenKey {
+        &self.key
+    }
+
+    /// A token with enough life left, waiting for a fetch if there is none. Starts a background
+    /// refresh when the token is due for one. The fetch runs in its own task, so a caller that goes
+    /// away does not cancel it for the others.
+    pub async fn get(self: &Arc<Self>) -> Result<Arc<Token>, TokenError> {
+        let deadline = Instant::now() + self.wait_timeout;
+        let mut changed = self.changed.subscribe();
+        loop {
+            {
+                let mut st = self.lock();
+                let now = Instant::now();
+                let may_fetch = st.failure.as_ref().is_none_or(|f| now >= f.retry_at);
+                if let Some(token) = st.token.clone() {
+                    if now < token.schedule.serve_until {
+                        if now >= token.schedule.refresh_at && !st.fetching && may_fetch {
+                            self.start_fetch(&mut st);
+                        }
+                        return Ok(token);
+                    }
+                }
+                if !st.fetching {
+                    match &st.failure {
+                        Some(f) if now < f.retry_at => {
+                            return Err(TokenError::Failed {
+                                error: f.error.clone(),
+                                retry_after: f.retry_at - now,
+                            });
+                        }
+                        _ => self.start_fetch(&mut st),
+                    }
+                }
+            }
+            if tokio::time::timeout_at(deadline, changed.changed())
+                .await
+                .is_err()
+            {
+                return Err(TokenError::WaitTimeout(self.wait_timeout));
+            }
+        }
+    }
+
+    fn start_fetch(self: &Arc<Self>, st: &mut State) {
+        st.fetching = true;
+        let slot = Arc::clone(self);
+        tokio::spawn(async move { slot.fetch().await });
+    }
+
+    async fn fetch(self: Arc<Self>) {
+        let mut attempt = 0;
+        let result = loop {
+            let requested_at = Instant::now();
+            let started = std::time::Instant::now();
+            let result = self
+                .endpoint
+                .request(&self.client.client_id, &self.client.key, &self.key.grant)
+                .await;
+            self.metrics
+                .token_fetch_duration
+                .get_or_create(&ClientLabels {
+                    client: self.client.name.clone(),
+                })
+                .observe(started.elapsed().as_secs_f64());
+            let label = result
+                .as_ref()
+                .map_or_else(FetchError::result_label, |_| "ok");
+            self.metrics
+                .token_fetches
+                .get_or_create(&FetchLabels {
+                    client: self.client.name.clone(),
+                    result: label,
+                })
+                .inc();
+            match result {
+                Ok(issued) => break Ok((issued, requested_at)),
+                Err(FetchError::Unavailable(reason)) if attempt + 1 < ATTEMPTS_PER_FETCH => {
+                    tracing::warn!(client = %self.client.name, scopes = %self.key.grant.scope, attempt = attempt + 1, %reason, "token request failed, retrying");
+                    tokio::time::sleep(policy::retry_delay(attempt, fastrand::f64())).await;
+                    attempt += 1;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        let consumer_org = self.key.grant.consumer_org.as_deref().unwrap_or("-");
+        let mut st = self.lock();
+        match result {
+            Ok((issued, requested_at)) => {
+                tracing::info!(client = %self.client.name, scopes = %self.key.grant.scope, consumer_org, expires_in = issued.expires_in, result = "ok", "token fetched");
+                match bearer(issued.access_token.expose()) {
+                    Some(bearer) => {
+                        let schedule =
+                            policy::schedule(requested_at, Duration::from_secs(issued.expires_in));
+                        st.token = Some(Arc::new(Token {
+                            bearer,
+                            expires_in: issued.expires_in,
+                            schedule,
+                        }));
+                        st.failures = 0;
+                        st.failure = None;
+                    }
+                    None => self.record_failure(
+                        &mut st,
+                        FetchError::InvalidAnswer(
+                            "access_token is not a valid header value".into(),
+                        ),
+                    ),
+                }
+            }
+            Err(error) => {
+                tracing::warn!(client = %self.client.name, scopes = %self.key.grant.scope, consumer_org, result = error.result_label(), %error, "token fetch failed");
+                self.record_failure(&mut st, error);
+            }
+        }
+        st.fetching = false;
+        drop(st);
+        self.changed.send_modify(|generation| *generation += 1);
+    }
+
+    fn record_failure(&self, st: &mut State, error: FetchError) {
+        st.failures += 1;
+        let retry_at = Instant::now() + policy::backoff(st.failures, fastrand::f64());
+        let since = match &st.failure {
+            Some(f) => f.since,
+            None => std::time::SystemTime::now(),
+        };
+        st.failure = Some(Failure {
+            error,
+            since,
+            retry_at,
+        });
+    }
+
+    pub fn status(&self) -> SlotStatus {
+        let st = self.lock();
+        let now = Instant::now();
+        let valid = st.token.as_ref().filter(|t| now < t.schedule.serve_until);
+        let state = match (valid, st.fetching, &st.failure) {
+            (Some(_), true, _) => "refreshing",
+            (Some(_), false, _) => "valid",
+            (None, true, _) => "fetching",
+            (None, false, Some(_)) => "failing",
+            (None, false, None) => "empty",
+        };
+        SlotStatus {
+            state,
+            expires_in_seconds: valid.map(|t| {
+                t.schedule
+                    .expires_at
+                    .saturating_duration_since(now)
+                    .as_secs()
+            }),
+            error: st.failure.as_ref().map(|f| f.error.to_string()),
+            failing_since_unix: st
+                .failure
+                .as_ref()
+                .and_then(|f| f.since.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs()),
+        }
+    }
+}
+
+fn bearer(token: &str) -> Option<HeaderValue> {
+    let mut value = HeaderValue::try_from(format!("Bearer {token}")).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+/// All slots, so routes that need the same token share one.
+pub struct TokenCache {
+    endpoint: Arc<TokenEndpoint>,
+    metrics: Arc<Metrics>,
+    wait_timeout: Duration,
+    slots: Mutex<HashMap<TokenKey, Arc<TokenSlot>>>,
+}
+
+impl TokenCache {
+    /// `wait_timeout` bounds how long a request waits for a fetch under way.
+    pub fn new(
+        endpoint: Arc<TokenEndpoint>,
+        metrics: Arc<Metrics>,
+        wait_timeout: Duration,
+    ) -> Self {
+        TokenCache {
+            endpoint,
+            metrics,
+            wait_timeout,
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The slot for `key`, created on first use.
+    pub fn slot(&self, key: TokenKey, client: &Arc<ClientIdentity>) -> Arc<TokenSlot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(slots.entry(key.clone()).or_insert_with(|| {
+            let (changed, _) = watch::channel(0);
+            Arc::new(TokenSlot {
+                key,
+                client: Arc::clone(client),
+                endpoint: Arc::clone(&self.endpoint),
+                metrics: Arc::clone(&self.metrics),
+                wait_timeout: self.wait_timeout,
+                state: Mutex::new(State::default()),
+                changed,
+            })
+        }))
+    }
+}

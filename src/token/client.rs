@@ -1,0 +1,267 @@
+//! Talks to Maskinporten's token endpoint: posts a fresh grant, reads the token or the error.
+
+use super::grant::{self, GrantSpec};
+use crate::keys::SigningKey;
+use crate::secret::Secret;
+use serde::Deserialize;
+use std::time::Duration;
+
+/// Why no token came back. Cloned to every request that waited for the same fetch.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchError {
+    /// Maskinporten refused the grant (4xx): retrying the same grant will not help.
+    #[error("Maskinporten rejected the grant: {error}{}", code.as_ref().map(|c| format!(" ({c})")).unwrap_or_default())]
+    Rejected {
+        status: u16,
+        error: String,
+        description: Option<String>,
+        code: Option<String>,
+        hint: String,
+    },
+    /// Unreachable, timed out, 5xx or 429: worth retrying later.
+    #[error("Maskinporten is unavailable: {0}")]
+    Unavailable(String),
+    #[error("Maskinporten's answer is not a token: {0}")]
+    InvalidAnswer(String),
+    #[error("the grant could not be signed: {0}")]
+    Signing(String),
+}
+
+impl FetchError {
+    /// The label for the token fetch metric.
+    pub fn result_label(&self) -> &'static str {
+        match self {
+            FetchError::Rejected { .. } => "rejected",
+            FetchError::Unavailable(_) => "unavailable",
+            FetchError::InvalidAnswer(_) => "invalid_answer",
+            FetchError::Signing(_) => "signing_failed",
+        }
+    }
+}
+
+/// A token as Maskinporten issued it.
+#[derive(Debug)]
+pub struct Issued {
+    pub access_token: Secret<String>,
+    pub expires_in: u64,
+}
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    access_token: String,
+    #[serde(default)]
+    token_type: Option<String>,
+    expires_in: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct ErrorAnswer {
+    error: String,
+    #[serde(default)]
+    error_description: Option<String>,
+    #[serde(default)]
+    error_uri: Option<String>,
+}
+
+/// One Maskinporten environment's token endpoint, shared by all clients.
+#[derive(Debug, Clone)]
+pub struct TokenEndpoint {
+    http: reqwest::Client,
+    url: String,
+    audience: String,
+}
+
+impl TokenEndpoint {
+    pub fn new(http: reqwest::Client, url: String, audience: String) -> Self {
+        TokenEndpoint {
+            http,
+            url,
+            audience,
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Signs a grant right now and exchanges it for a token.
+    pub async fn request(
+        &self,
+        client_id: &str,
+        key: &SigningKey,
+        spec: &GrantSpec,
+    ) -> Result<Issued, FetchError> {
+        let assertion = grant::sign(&self.audience, client_id, key, spec, grant::unix_now())
+            .map_err(|e| FetchError::Signing(e.to_string()))?;
+        let response = self
+            .http
+            .post(&self.url)
+            .form(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+                ("assertion", assertion.as_str()),
+            ])
+            .send()
+            .await
+            .map_err(|e| FetchError::Unavailable(describe_transport(&e)))?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| {
+            FetchError::Unavailable(format!(
+                "reading the answer failed: {}",
+                describe_transport(&e)
+            ))
+        })?;
+        if status.is_success() {
+            let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|_| {
+                FetchError::InvalidAnswer(format!(
+                    "HTTP {status} without access_token and expires_in"
+                ))
+            })?;
+            if answer
+                .token_type
+                .as_deref()
+                .is_some_and(|t| !t.eq_ignore_ascii_case("bearer"))
+            {
+                return Err(FetchError::InvalidAnswer("token_type is not Bearer".into()));
+            }
+            let expires_in = answer
+                .expires_in
+                .filter(|e| *e > 0)
+                .ok_or_else(|| FetchError::InvalidAnswer("expires_in is missing or zero".into()))?;
+            if answer.access_token.is_empty()
+                || !answer.access_token.bytes().all(|b| b.is_ascii_graphic())
+            {
+                return Err(FetchError::InvalidAnswer(
+                    "access_token is empty or not printable".into(),
+                ));
+            }
+            return Ok(Issued {
+                access_token: Secret::new(answer.access_token),
+                expires_in,
+            });
+        }
+        if status.is_server_error() || status.as_u16() == 429 {
+            return Err(FetchError::Unavailable(format!("HTTP {status}")));
+        }
+        // Only the parsed, documented fields are kept: the raw body never reaches logs or callers.
+        let (error, description, code) = match serde_json::from_slice::<ErrorAnswer>(&body) {
+            Ok(e) => {
+                let code = mp_code(e.error_uri.as_deref())
+                    .or_else(|| mp_code(e.error_description.as_deref()));
+                (e.error, e.error_description.map(|d| clean(&d)), code)
+            }
+            Err(_) => (format!("http_{}", status.as_u16()), None, None),
+        };
+        let hint = hint(code.as_deref(), &error, spec);
+        Err(FetchError::Rejected {
+            status: status.as_u16(),
+            error: clean(&error),
+            description,
+            code,
+            hint,
+        })
+    }
+}
+
+/// Builds the HTTP client for the token endpoint on the shared rustls configuration.
+pub fn http_client(
+    tls: rustls::ClientConfig,
+    timeout: Duration,
+) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("portvakt/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+fn describe_transport(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connect() {
+        "connection failed".into()
+    } else {
+        // reqwest's Display includes the URL, which holds no secret; the chain explains the cause.
+        let mut msg = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            msg.push_str(": ");
+            msg.push_str(&s.to_string());
+            source = s.source();
+        }
+        msg
+    }
+}
+
+/// The `MP-123` code at the end of `error_uri` (or inside a description).
+fn mp_code(text: Option<&str>) -> Option<String> {
+    let text = text?;
+    let start = text.rfind("MP-")?;
+    let digits: String = text[start + 3..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    (!digits.is_empty()).then(|| format!("MP-{digits}"))
+}
+
+/// Keeps an error field short and printable: it goes into logs and problem+json details.
+fn clean(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(300).collect()
+}
+
+/// What an operator should do about a rejection, from Maskinporten's error codes.
+pub fn hint(code: Option<&str>, error: &str, spec: &GrantSpec) -> String {
+    let scope = &spec.scope;
+    match code {
+        Some("MP-100") => "client not found: check client_id and that the client is registered in this environment (test and prod are separate)".into(),
+        Some("MP-110") => "wrong audience: maskinporten.environment or issuer does not match the token endpoint".into(),
+        Some("MP-120" | "MP-124") => "the key or certificate was not accepted (bad signature, unknown kid, or a prod certificate in test / test in prod): check the key and kid registered for the client".into(),
+        Some("MP-121") => "the registered key has expired (keys live at most one year after upload): create a new key and register it in Samarbeidsportalen".into(),
+        Some("MP-122" | "MP-123") => "the certificate's organisation is not the client's, or x5c is malformed".into(),
+        Some("MP-130") => "the grant was outside Maskinporten's time window: check this machine's clock (NTP)".into(),
+        Some("MP-012") => "the grant was reused (same jti): another process may be replaying grants".into(),
+        Some("MP-200" | "MP-201") => format!("the client lacks scope {scope}: ask the API owner for access (for ks:fiks, KS must register the organisation first)"),
+        Some("MP-250" | "MP-251") => match &spec.consumer_org {
+            Some(org) => format!("organisation {org} has not delegated scope {scope} to this supplier in Altinn, or lacks the scope itself"),
+            None => format!("the consumer lacks scope {scope} or has not delegated it"),
+        },
+        Some("MP-301" | "MP-302" | "MP-303") => "authorization_details was not accepted: for system users check systemuser_org and externalRef".into(),
+        _ => match error {
+            "invalid_scope" => format!("the client lacks scope {scope}: ask the API owner for access"),
+            "invalid_client" | "invalid_grant" => "check client_id, key and kid against Samarbeidsportalen, and this machine's clock".into(),
+            "forbidden" | "access_denied" => format!("access to scope {scope} was refused: check delegations in Altinn"),
+            "invalid_request" => "the grant was malformed: check resource and authorization_details".into(),
+            _ => "see Maskinporten's error description".into(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_mp_codes() {
+        assert_eq!(
+            mp_code(Some(
+                "https://docs.digdir.no/maskinporten_feilsoking#MP-121"
+            ))
+            .as_deref(),
+            Some("MP-121")
+        );
+        assert_eq!(
+            mp_code(Some("Invalid scope (MP-200)")).as_deref(),
+            Some("MP-200")
+        );
+        assert_eq!(mp_code(Some("nothing")), None);
+        assert_eq!(mp_code(None), None);
+    }
+
+    #[test]
+    fn hints_name_the_scope() {
+        let spec = GrantSpec::new(&["nav:x".to_string()], None, None, &[]);
+        assert!(hint(Some("MP-200"), "invalid_scope", &spec).contains("lacks scope nav:x"));
+        assert!(hint(None, "invalid_scope", &spec).contains("ask the API owner"));
+    }
+}

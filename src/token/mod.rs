@@ -1,0 +1,30 @@
+//! Maskinporten tokens: sign the grant, fetch the token, cache it per [`TokenKey`].
+
+pub mod cache;
+pub mod client;
+pub mod grant;
+pub mod policy;
+
+pub use cache::{SlotStatus, TokenCache, TokenSlot};
+pub use client::{FetchError, TokenEndpoint};
+pub use grant::GrantSpec;
+
+use crate::keys::SigningKey;
+use std::sync::Arc;
+
+/// A Maskinporten client as the token code needs it.
+#[derive(Debug)]
+pub struct ClientIdentity {
+    pub name: Arc<String>,
+    pub client_id: String,
+    pub key: Arc<SigningKey>,
+}
+
+/// Everything that changes the token: a route with the same key shares the cached token.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TokenKey {
+    pub client: Arc<String>,
+    /// The signing key's thumbprint, so a token fetched with an old key is never taken for a new one's.
+    pub key: String,
+    pub grant: GrantSpec,
+}
