@@ -76,8 +76,13 @@ pub fn validate(text: &str, base: &Path, env: EnvLookup<'_>) -> Result<Config, V
     let admin_listen = socket_addr(&mut r, top.get("admin_listen"), "admin_listen", false);
     let maskinporten = maskinporten(&mut r, top.get("maskinporten"));
     let clients = clients(&mut r, top.get("clients"), base);
-    let known: Vec<&str> = clients.iter().map(|c| c.name.as_str()).collect();
-    let routes = routes(&mut r, top.get("routes"), &known);
+    // Routes are checked against every declared client, loaded or not, so a bad key is reported
+    // once, at the key, and not again at each route that uses the client.
+    let declared: Vec<&str> = match top.get("clients") {
+        Some(Value::Object(map)) => map.keys().map(String::as_str).collect(),
+        _ => Vec::new(),
+    };
+    let routes = routes(&mut r, top.get("routes"), &declared);
 
     if let (Some(a), Some(b)) = (listen, admin_listen) {
         if a == b && a.port() != 0 {

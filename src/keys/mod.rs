@@ -64,8 +64,12 @@ impl SigningKey {
         algorithm: Algorithm,
         form: &'static str,
     ) -> Result<Self, KeyError> {
-        let pair = KeyPair::from_der(pkcs1)
-            .map_err(|e| KeyError::Invalid(format!("not a usable RSA private key ({e})")))?;
+        let pair = KeyPair::from_der(pkcs1).map_err(|e| match e.description_() {
+            "TooSmall" => KeyError::Invalid(format!(
+                "the RSA key is smaller than {MIN_RSA_BITS} bits; Maskinporten needs at least {MIN_RSA_BITS}"
+            )),
+            other => KeyError::Invalid(format!("not a usable RSA private key ({other})")),
+        })?;
         let bits = pair.public_modulus_len() * 8;
         if bits < MIN_RSA_BITS {
             return Err(KeyError::Invalid(format!(

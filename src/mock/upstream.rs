@@ -1,5 +1,5 @@
 //! An echo upstream on loopback that records what reached it and checks the Bearer token against
-//! the mock Maskinporten's key. `GET /bytes/N` streams N bytes back; any other request is echoed
+//! the mock Maskinporten's key. `GET .../bytes/N` streams N bytes back; any other request is echoed
 //! as JSON (method, path, query, headers, body size and SHA-256, token check and claims).
 
 use crate::server;
@@ -210,8 +210,8 @@ async fn handle(inner: Arc<Inner>, request: Request<Incoming>) -> Response<EchoB
     if let Some(n) = parts
         .uri
         .path()
-        .strip_prefix("/bytes/")
-        .and_then(|n| n.parse::<u64>().ok())
+        .rsplit_once("/bytes/")
+        .and_then(|(_, n)| n.parse::<u64>().ok())
     {
         let mut response = Response::new(EchoBody::Pattern { sent: 0, total: n });
         response.headers_mut().insert(

@@ -1,0 +1,142 @@
+//! Fixtures for end-to-end tests: a mock Maskinporten, an echo upstream and portvakt itself, all on
+//! 127.0.0.1 with ports picked by the OS.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use portvakt::app::Running;
+use portvakt::keys::SigningKey;
+use portvakt::mock::{EchoUpstream, MockClient, MockMaskinporten};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub const CLIENT_ID: &str = "7e1f2a3b-0000-4000-8000-00000000000a";
+pub const KID: &str = "client-a-TEST.2026-11";
+pub const SUPPLIER_ORG: &str = "991825827";
+pub const CUSTOMER_ORG: &str = "910753614";
+pub const SCOPE: &str = "nav:forsikring/samtykke";
+pub const OTHER_SCOPE: &str = "ks:fiks";
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+pub fn client_key() -> SigningKey {
+    let pem = std::fs::read(fixtures().join("client-a.pem")).unwrap();
+    SigningKey::from_pem(&pem, KID).unwrap()
+}
+
+/// The client registered with the mock: both scopes, and a delegation from CUSTOMER_ORG for SCOPE.
+pub fn registered_client() -> MockClient {
+    MockClient::new(CLIENT_ID, SUPPLIER_ORG)
+        .key(&client_key())
+        .scopes([SCOPE, OTHER_SCOPE])
+        .delegation(CUSTOMER_ORG, SCOPE)
+}
+
+pub struct Harness {
+    pub mock: MockMaskinporten,
+    pub upstream: EchoUpstream,
+    pub proxy: Running,
+    pub http: reqwest::Client,
+}
+
+impl Harness {
+    /// Starts mock, upstream and proxy; `routes` is the YAML list under `routes:` where
+    /// `{upstream}` stands for the echo upstream's base URL.
+    pub async fn start(routes: &str, expires_in: u64) -> Harness {
+        let mock = MockMaskinporten::start(vec![registered_client()], expires_in)
+            .await
+            .unwrap();
+        Self::start_with_mock(mock, routes).await
+    }
+
+    pub async fn start_with_mock(mock: MockMaskinporten, routes: &str) -> Harness {
+        let upstream = EchoUpstream::start(Some(mock.decoding_key()))
+            .await
+            .unwrap();
+        let yaml = config_yaml(
+            &mock.issuer(),
+            &mock.token_endpoint(),
+            &routes.replace("{upstream}", &upstream.url()),
+        );
+        let proxy = spawn_proxy(&yaml, &HashMap::new()).await;
+        Harness {
+            mock,
+            upstream,
+            proxy,
+            http: http_client(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.proxy.listen, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.proxy.admin.unwrap(), path)
+    }
+}
+
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// A whole configuration around `routes`, with one client `vendor` using the fixture key.
+pub fn config_yaml(issuer: &str, token_endpoint: &str, routes: &str) -> String {
+    format!(
+        r#"listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+maskinporten:
+  environment: custom
+  issuer: {issuer}
+  token_endpoint: {token_endpoint}
+  timeout_seconds: 5
+clients:
+  vendor:
+    client_id: {CLIENT_ID}
+    key:
+      pem: client-a.pem
+      kid: {KID}
+routes:
+{routes}"#
+    )
+}
+
+/// Parses `yaml` (key paths relative to tests/fixtures, `${NAME}` from `env`) and starts portvakt.
+pub async fn spawn_proxy(yaml: &str, env: &HashMap<String, String>) -> Running {
+    let lookup = |name: &str| env.get(name).cloned();
+    let config = portvakt::config::from_str(yaml, Path::new("test.yaml"), &fixtures(), &lookup)
+        .unwrap_or_else(|e| panic!("{e}"));
+    portvakt::app::start(&config).await.unwrap()
+}
+
+/// Parses a problem+json answer, checking its content type.
+pub async fn problem(response: reqwest::Response) -> serde_json::Value {
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(content_type, "application/problem+json");
+    response.json().await.unwrap()
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    portvakt::mock::upstream::hex(
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref(),
+    )
+}
+
+/// Sends `request` byte for byte (clients such as reqwest normalise `%2e%2e` away) and returns the
+/// status code of the answer.
+pub async fn raw_status(addr: std::net::SocketAddr, request: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = stream.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    head.split_whitespace().nth(1).unwrap().parse().unwrap()
+}

@@ -1,0 +1,369 @@
+//! Configuration: every problem reported at once with its YAML path; keys in every supported form;
+//! examples in config/ parse; secrets never printed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::fixtures;
+use std::collections::HashMap;
+use std::path::Path;
+
+fn parse_with(
+    yaml: &str,
+    env: &[(&str, &str)],
+) -> Result<portvakt::config::Config, portvakt::config::ConfigError> {
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let lookup = move |name: &str| env.get(name).cloned();
+    portvakt::config::from_str(yaml, Path::new("portvakt.yaml"), &fixtures(), &lookup)
+}
+
+fn issues(yaml: &str) -> Vec<String> {
+    match parse_with(yaml, &[]) {
+        Ok(_) => panic!("expected the configuration to be refused"),
+        Err(e) => e.issues.iter().map(ToString::to_string).collect(),
+    }
+}
+
+const GOOD: &str = r#"listen: 127.0.0.1:8080
+admin_listen: 127.0.0.1:9090
+maskinporten:
+  environment: test
+clients:
+  vendor:
+    client_id: 5f0c3a6e-0000-4000-8000-000000000001
+    key:
+      pem: client-a.pem
+      kid: vendor-TEST.2026-11
+routes:
+  - name: nav
+    prefix: /nav/
+    upstream: https://api.nav.no/forsikring/
+    client: vendor
+    scopes: [nav:forsikring/samtykke]
+"#;
+
+#[test]
+fn a_good_config_loads_with_environment_defaults() {
+    let c = parse_with(GOOD, &[]).unwrap();
+    assert_eq!(c.maskinporten.issuer, "https://test.maskinporten.no/");
+    assert_eq!(
+        c.maskinporten.token_endpoint,
+        "https://test.maskinporten.no/token"
+    );
+    assert_eq!(c.routes[0].prefix, "/nav");
+    assert_eq!(c.clients[0].key.kid(), "vendor-TEST.2026-11");
+    assert_eq!(c.clients[0].key.bits(), 2048);
+    let prod = parse_with(&GOOD.replace("environment: test", "environment: prod"), &[]).unwrap();
+    assert_eq!(prod.maskinporten.issuer, "https://maskinporten.no/");
+}
+
+#[test]
+fn custom_environment_needs_an_issuer_and_defaults_the_endpoint() {
+    let yaml = GOOD.replace(
+        "environment: test",
+        "environment: custom\n  issuer: http://127.0.0.1:9999/",
+    );
+    let c = parse_with(&yaml, &[]).unwrap();
+    assert_eq!(c.maskinporten.token_endpoint, "http://127.0.0.1:9999/token");
+    let missing = issues(&GOOD.replace("environment: test", "environment: custom"));
+    assert_eq!(missing, ["maskinporten.issuer: is required"]);
+    let fixed = issues(&GOOD.replace(
+        "environment: test",
+        "environment: test\n  issuer: https://x/",
+    ));
+    assert!(
+        fixed[0].starts_with("maskinporten.issuer: is fixed by environment test"),
+        "{fixed:?}"
+    );
+}
+
+#[test]
+fn unknown_keys_are_refused_with_a_suggestion() {
+    let found = issues(&GOOD.replace("    scopes:", "    scpoe:"));
+    assert!(
+        found.contains(&"routes[0].scpoe: unknown key (did you mean `scopes`?)".to_string()),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|i| i.starts_with("routes[0].scopes: is required")),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once_with_its_path() {
+    let yaml = r#"listen: localhost:8080
+maskinporten:
+  environment: staging
+clients:
+  vendor:
+    client_id: abc
+    key:
+      pem: client-a.pem
+      kid: k1
+      jwk: client-b.jwk.json
+routes:
+  - name: nav
+    prefix: nav
+    upstream: ftp://x/
+    client: vendor
+    scopes: [a]
+  - name: fiks
+    prefix: /fiks/
+    upstream: https://api.fiks.ks.no/
+    client: fiks
+    scopes: [ks:fiks]
+    consumer_org: "123456789"
+    headers:
+      IntegrasjonPassord: ${FIKS_PASSWORD}
+"#;
+    let found = issues(yaml);
+    let expect = [
+        "listen: `localhost:8080` is not an IP address and port",
+        "maskinporten.environment: unknown environment `staging`",
+        "clients.vendor.key: needs exactly one key form (pem + kid, jwk, jwk_base64), found pem and jwk",
+        "routes[0].prefix: `nav` must start with `/`",
+        "routes[0].upstream: `ftp://x/` is not an http:// or https:// URL",
+        "routes[1].client: unknown client \"fiks\" (known: vendor)",
+        "routes[1].consumer_org: `123456789` is not an organisation number",
+        "routes[1].headers.IntegrasjonPassord: environment variable FIKS_PASSWORD is not set (used as ${FIKS_PASSWORD})",
+    ];
+    for e in expect {
+        assert!(
+            found.iter().any(|f| f.starts_with(e)),
+            "missing {e:?} in {found:#?}"
+        );
+    }
+    assert_eq!(found.len(), expect.len(), "{found:#?}");
+}
+
+#[test]
+fn unknown_client_lists_the_known_ones() {
+    let found = issues(&GOOD.replace("    client: vendor", "    client: fiks"));
+    assert_eq!(
+        found,
+        ["routes[0].client: unknown client \"fiks\" (known: vendor)"]
+    );
+}
+
+#[test]
+fn the_error_names_the_file() {
+    let err = parse_with(&GOOD.replace("    client: vendor", "    client: fiks"), &[]).unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("portvakt.yaml has 1 problem:"), "{text}");
+    assert!(
+        text.contains("portvakt.yaml: routes[0].client: unknown client"),
+        "{text}"
+    );
+}
+
+#[test]
+fn invalid_yaml_and_empty_files_are_explained() {
+    assert!(issues("listen: [unclosed")[0].starts_with("not valid YAML"));
+    assert!(issues("")[0].starts_with("the file is empty"));
+}
+
+#[test]
+fn duplicate_names_and_prefixes_are_refused() {
+    let route = "  - name: nav\n    prefix: /nav/\n    upstream: https://api.nav.no/\n    client: vendor\n    scopes: [a]\n";
+    let found = issues(&format!("{GOOD}{route}"));
+    assert!(
+        found
+            .iter()
+            .any(|f| f.starts_with("routes[1].name: `nav` is used by an earlier route")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|f| f.starts_with("routes[1].prefix: `/nav` is used by an earlier route")),
+        "{found:?}"
+    );
+}
+
+fn with_key(key: &str) -> String {
+    GOOD.replace(
+        "      pem: client-a.pem\n      kid: vendor-TEST.2026-11\n",
+        key,
+    )
+}
+
+#[test]
+fn keys_load_in_every_form() {
+    let pkcs1 = parse_with(
+        &with_key("      pem: client-a.pkcs1.pem\n      kid: a\n"),
+        &[],
+    )
+    .unwrap();
+    let pkcs8 = parse_with(&with_key("      pem: client-a.pem\n      kid: a\n"), &[]).unwrap();
+    assert_eq!(
+        pkcs1.clients[0].key.thumbprint(),
+        pkcs8.clients[0].key.thumbprint()
+    );
+
+    let jwk = parse_with(&with_key("      jwk: client-b.jwk.json\n"), &[]).unwrap();
+    assert_eq!(jwk.clients[0].key.kid(), "client-b-TEST.2026-11-21");
+    let set = parse_with(&with_key("      jwk: client-b.jwks.json\n"), &[]).unwrap();
+    assert_eq!(
+        set.clients[0].key.kid(),
+        "client-b-TEST.2026-11-21",
+        "the last key of a set is the current one"
+    );
+    let b64 = std::fs::read_to_string(fixtures().join("client-b.jwk.b64")).unwrap();
+    let from_env = parse_with(
+        &with_key("      jwk_base64: ${MP_JWK}\n"),
+        &[("MP_JWK", b64.trim())],
+    )
+    .unwrap();
+    assert_eq!(
+        from_env.clients[0].key.thumbprint(),
+        jwk.clients[0].key.thumbprint()
+    );
+    assert_eq!(from_env.clients[0].key.form(), "jwk_base64");
+}
+
+#[test]
+fn bad_keys_are_startup_errors_naming_the_client_and_file() {
+    let cases = [
+        (
+            "      pem: small-1024.pem\n      kid: a\n",
+            "clients.vendor.key.pem:",
+            "smaller than 2048 bits; Maskinporten needs at least 2048",
+        ),
+        (
+            "      pem: ec.pem\n      kid: a\n",
+            "clients.vendor.key.pem:",
+            "RSA",
+        ),
+        (
+            "      pem: missing.pem\n      kid: a\n",
+            "clients.vendor.key.pem: cannot read",
+            "missing.pem",
+        ),
+        (
+            "      pem: client-a.pem\n",
+            "clients.vendor.key.kid: is required with pem",
+            "",
+        ),
+        (
+            "      jwk: client-b.jwk.json\n      kid: x\n",
+            "clients.vendor.key.kid: does not go with jwk",
+            "",
+        ),
+        (
+            "      jwk_base64: not-base64!!\n",
+            "clients.vendor.key.jwk_base64: jwk_base64 is not valid base64",
+            "",
+        ),
+        (
+            "      pkcs12: cert.p12\n      password: x\n",
+            "clients.vendor.key.pkcs12:",
+            "not supported",
+        ),
+        (
+            "      {}\n",
+            "clients.vendor.key: needs exactly one key form",
+            "found none",
+        ),
+    ];
+    for (key, start, contains) in cases {
+        let found = issues(&with_key(key));
+        assert_eq!(found.len(), 1, "{key}: {found:?}");
+        assert!(
+            found[0].starts_with(start) && found[0].contains(contains),
+            "{key}: {found:?}"
+        );
+    }
+}
+
+#[test]
+fn public_jwk_is_refused() {
+    let dir = std::env::temp_dir().join(format!("portvakt-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let public = r#"{"kty":"RSA","kid":"k","n":"AQAB","e":"AQAB"}"#;
+    std::fs::write(dir.join("public.json"), public).unwrap();
+    let yaml = with_key(&format!(
+        "      jwk: {}\n",
+        dir.join("public.json").display()
+    ));
+    let found = issues(&yaml);
+    assert!(found[0].contains("this is a public JWK"), "{found:?}");
+}
+
+#[test]
+fn secrets_never_show_in_debug_output_or_errors() {
+    let b64 = std::fs::read_to_string(fixtures().join("client-b.jwk.b64")).unwrap();
+    let yaml = with_key("      jwk_base64: ${MP_JWK}\n").replace(
+        "    scopes: [nav:forsikring/samtykke]\n",
+        "    scopes: [nav:forsikring/samtykke]\n    headers:\n      IntegrasjonPassord: ${PASS}\n",
+    );
+    let config = parse_with(
+        &yaml,
+        &[("MP_JWK", b64.trim()), ("PASS", "very-secret-passord")],
+    )
+    .unwrap();
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("very-secret-passord"));
+    assert!(!debug.contains(b64.trim()));
+    let d = serde_json::from_str::<serde_json::Value>(
+        &std::fs::read_to_string(fixtures().join("client-b.jwk.json")).unwrap(),
+    )
+    .unwrap()["d"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!debug.contains(&d[..20]));
+    let summary = portvakt::check::summary(&config, Path::new("portvakt.yaml"));
+    assert!(
+        !summary.contains("very-secret-passord")
+            && summary.contains("integrasjonpassord (values hidden)"),
+        "{summary}"
+    );
+
+    // A bad header value is reported by name, never by value.
+    let bad = parse_with(
+        &yaml,
+        &[("MP_JWK", b64.trim()), ("PASS", "line\nbreak-secret")],
+    )
+    .unwrap_err();
+    let text = bad.to_string();
+    assert!(
+        text.contains("headers.IntegrasjonPassord") && !text.contains("break-secret"),
+        "{text}"
+    );
+}
+
+#[test]
+fn every_example_in_config_parses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if !name.ends_with(".yaml") || name == "demo.yaml" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Examples point at keys under /secrets; resolve them to the fixtures instead.
+        let text = text
+            .replace("/secrets/key.pem", "client-a.pem")
+            .replace("/secrets/key.jwk.json", "client-b.jwk.json");
+        let b64 = std::fs::read_to_string(fixtures().join("client-b.jwk.b64")).unwrap();
+        let env = [
+            ("FIKS_INTEGRASJON_ID", "id"),
+            ("FIKS_INTEGRASJON_PASSORD", "pw"),
+            ("MP_JWK", b64.trim()),
+            ("ALTINN_SUBSCRIPTION_KEY", "k"),
+        ];
+        if let Err(e) = parse_with(&text, &env) {
+            panic!("{name}: {e}");
+        }
+        seen += 1;
+    }
+    assert!(seen >= 1, "no examples found in config/");
+}

@@ -1,0 +1,661 @@
+//! End to end through real sockets: caller -> portvakt -> mock Maskinporten / echo upstream.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use portvakt::mock::upstream::pattern_byte;
+use portvakt::mock::{MockMaskinporten, Mode};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const ONE_ROUTE: &str = r#"  - name: nav
+    prefix: /nav/
+    upstream: {upstream}forsikring/
+    client: vendor
+    scopes: [nav:forsikring/samtykke]
+"#;
+
+#[tokio::test]
+async fn injects_a_token_the_upstream_accepts_and_drops_the_callers_credentials() {
+    let h = Harness::start(ONE_ROUTE, 120).await;
+    let response = h
+        .http
+        .get(h.url("/nav/samtykke/v1?fnr=1&x=%20"))
+        .header("Authorization", "Basic c2VjcmV0OnNlY3JldA==")
+        .header("Proxy-Authorization", "Basic eA==")
+        .header("Connection", "X-Hop")
+        .header("X-Hop", "must-not-pass")
+        .header("NAV-Samtykke-Token", "consent-token")
+        .header("X-Correlation-Id", "abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let records = h.upstream.records();
+    assert_eq!(records.len(), 1);
+    let seen = &records[0];
+    assert!(
+        seen.token_valid,
+        "upstream rejected the token: {:?}",
+        seen.token_error
+    );
+    assert_eq!(seen.method, "GET");
+    assert_eq!(seen.target, "/forsikring/samtykke/v1?fnr=1&x=%20");
+    let auth = seen
+        .headers
+        .get_all("authorization")
+        .iter()
+        .collect::<Vec<_>>();
+    assert_eq!(auth.len(), 1, "exactly one Authorization header");
+    assert!(auth[0].to_str().unwrap().starts_with("Bearer ey"));
+    assert!(seen.headers.get("proxy-authorization").is_none());
+    assert!(seen.headers.get("x-hop").is_none());
+    assert_eq!(seen.headers["nav-samtykke-token"], "consent-token");
+    assert_eq!(seen.headers["x-correlation-id"], "abc");
+    assert_eq!(seen.headers["host"], h.upstream.addr().to_string().as_str());
+    let claims = seen.token_claims.as_ref().unwrap();
+    assert_eq!(claims["scope"], SCOPE);
+    assert_eq!(claims["client_id"], CLIENT_ID);
+    assert_eq!(claims["consumer"]["ID"], format!("0192:{SUPPLIER_ORG}"));
+    assert_eq!(h.mock.token_requests(), 1);
+
+    // A second call reuses the cached token.
+    assert_eq!(
+        h.http.get(h.url("/nav/x")).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(h.mock.token_requests(), 1);
+}
+
+#[tokio::test]
+async fn maps_prefixes_on_whole_segments_keeping_query_and_escapes() {
+    let routes = r#"  - name: api
+    prefix: /api
+    upstream: {upstream}base/
+    client: vendor
+    scopes: [nav:forsikring/samtykke]
+  - name: api-v2
+    prefix: /api/v2/
+    upstream: {upstream}v2base
+    client: vendor
+    scopes: [nav:forsikring/samtykke]
+  - name: root
+    prefix: /
+    upstream: {upstream}rooted/
+    client: vendor
+    scopes: [ks:fiks]
+"#;
+    let h = Harness::start(routes, 120).await;
+    let cases = [
+        (
+            "/api/a%20b/%C3%A6?q=a%2Fb&x=1&x=2",
+            "/base/a%20b/%C3%A6?q=a%2Fb&x=1&x=2",
+        ),
+        ("/api", "/base"),
+        ("/api/", "/base/"),
+        ("/api/v2/items?page=2", "/v2base/items?page=2"),
+        ("/api/v2", "/v2base"),
+        ("/api/v20", "/base/v20"),
+        ("/apix/y", "/rooted/apix/y"),
+        ("/", "/rooted/"),
+    ];
+    for (path, _) in &cases {
+        let status = h.http.get(h.url(path)).send().await.unwrap().status();
+        assert_eq!(status, 200, "{path}");
+    }
+    let seen: Vec<String> = h.upstream.records().into_iter().map(|r| r.target).collect();
+    let want: Vec<String> = cases.iter().map(|(_, t)| t.to_string()).collect();
+    assert_eq!(seen, want);
+    // Two scopes, two tokens: one per distinct grant, not per route.
+    assert_eq!(h.mock.token_requests(), 2);
+}
+
+#[tokio::test]
+async fn refuses_paths_that_would_leave_the_prefix() {
+    let h = Harness::start(ONE_ROUTE, 120).await;
+    for path in [
+        "/nav/%2e%2e/admin",
+        "/nav/../admin",
+        "/nav/a%2Fb",
+        "/nav/..%2fx",
+        "/nav/a\\b",
+        "/nav/x/./y",
+    ] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: portvakt\r\nConnection: close\r\n\r\n");
+        assert_eq!(raw_status(h.proxy.listen, &request).await, 400, "{path}");
+    }
+    // The answer is problem+json naming the route.
+    let response = h.http.get(h.url("/nav/a%2Fb")).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(problem(response).await["route"], "nav");
+    assert!(h.upstream.records().is_empty());
+    assert_eq!(h.mock.token_requests(), 0);
+}
+
+#[tokio::test]
+async fn streams_20_mb_up_and_down_intact() {
+    let h = Harness::start(ONE_ROUTE, 120).await;
+    const SIZE: usize = 20 * 1024 * 1024;
+    let upload: Vec<u8> = (0..SIZE as u64)
+        .map(|i| (i * 7 + (i >> 11)) as u8)
+        .collect();
+    let want = sha256_hex(&upload);
+    let response = h
+        .http
+        .post(h.url("/nav/upload"))
+        .body(upload)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let echoed: Value = response.json().await.unwrap();
+    assert_eq!(echoed["body"]["bytes"], SIZE as u64);
+    assert_eq!(echoed["body"]["sha256"], want);
+
+    let response = h
+        .http
+        .get(h.url(&format!("/nav/bytes/{SIZE}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.bytes().await.unwrap();
+    assert_eq!(body.len(), SIZE);
+    let expected: Vec<u8> = (0..SIZE as u64).map(pattern_byte).collect();
+    assert_eq!(sha256_hex(&body), sha256_hex(&expected));
+    assert_eq!(
+        h.upstream.records()[1].target,
+        format!("/forsikring/bytes/{SIZE}")
+    );
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_requests_on_a_cold_cache_make_one_token_request() {
+    let h = Harness::start(ONE_ROUTE, 120).await;
+    h.mock.set_delay(Duration::from_millis(300));
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let (http, url) = (h.http.clone(), h.url(&format!("/nav/c/{i}")));
+        tasks.push(tokio::spawn(async move {
+            http.get(url).send().await.unwrap().status()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(h.mock.token_requests(), 1);
+    let records = h.upstream.records();
+    assert_eq!(records.len(), 200);
+    assert!(records.iter().all(|r| r.token_valid));
+}
+
+#[tokio::test]
+async fn a_waiting_caller_that_leaves_does_not_cancel_the_fetch_for_others() {
+    let h = Harness::start(ONE_ROUTE, 120).await;
+    h.mock.set_delay(Duration::from_millis(500));
+    let quitter = reqwest::Client::builder()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    assert!(quitter.get(h.url("/nav/a")).send().await.is_err());
+    let response = h.http.get(h.url("/nav/b")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(h.mock.token_requests(), 1);
+}
+
+#[tokio::test]
+async fn short_lived_tokens_are_refreshed_and_never_reach_the_upstream_expired() {
+    let h = Harness::start(ONE_ROUTE, 3).await;
+    let started = std::time::Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_secs(10) {
+        let status = h
+            .http
+            .get(h.url(&format!("/nav/tick/{n}")))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let records = h.upstream.records();
+    assert_eq!(records.len(), n);
+    for r in &records {
+        assert!(r.token_valid, "{}: {:?}", r.target, r.token_error);
+    }
+    // A 3 s token is served for 2 s, so 10 s need about 5 fetches; never one per request.
+    let fetches = h.mock.token_requests();
+    assert!(
+        (4..=8).contains(&fetches),
+        "{fetches} token requests for {n} calls"
+    );
+    let distinct: std::collections::HashSet<_> = records
+        .iter()
+        .map(|r| r.headers["authorization"].clone())
+        .collect();
+    assert_eq!(distinct.len(), fetches);
+}
+
+#[tokio::test]
+async fn grant_carries_exactly_the_documented_claims_as_configured() {
+    let routes = r#"  - name: delegated
+    prefix: /delegated/
+    upstream: {upstream}
+    client: vendor
+    scopes: [nav:forsikring/samtykke]
+    consumer_org: "910753614"
+    resource: https://api.nav.no/
+    authorization_details:
+      - type: urn:altinn:systemuser
+        systemuser_org: { authority: iso6523-actorid-upis, ID: "0192:910753614" }
+        externalRef: ref-1
+  - name: listed
+    prefix: /listed/
+    upstream: {upstream}
+    client: vendor
+    scopes: [ks:fiks, nav:forsikring/samtykke]
+    resource: [https://a.example/, https://b.example/]
+"#;
+    let h = Harness::start(routes, 120).await;
+    assert_eq!(
+        h.http
+            .get(h.url("/delegated/x"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        h.http
+            .get(h.url("/listed/x"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let grants = h.mock.grants();
+    assert_eq!(grants.len(), 2);
+    for g in &grants {
+        assert_eq!(g.rejected, None);
+        assert_eq!(g.header["alg"], "RS256");
+        assert_eq!(g.header["kid"], KID);
+        assert!(g.header.get("x5c").is_none_or(Value::is_null));
+        let iat = g.claims["iat"].as_u64().unwrap();
+        let exp = g.claims["exp"].as_u64().unwrap();
+        assert!(exp > iat && exp - iat <= 120);
+        let now = portvakt::token::grant::unix_now();
+        assert!(iat.abs_diff(now) <= 5);
+        assert_eq!(g.claims["aud"], h.mock.issuer());
+        assert_eq!(g.claims["iss"], CLIENT_ID);
+        assert_eq!(
+            uuid::Uuid::parse_str(g.claims["jti"].as_str().unwrap())
+                .unwrap()
+                .get_version_num(),
+            4
+        );
+    }
+    let delegated = grants
+        .iter()
+        .find(|g| g.claims.contains_key("consumer_org"))
+        .unwrap();
+    let mut keys: Vec<&str> = delegated.claims.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "aud",
+            "authorization_details",
+            "consumer_org",
+            "exp",
+            "iat",
+            "iss",
+            "jti",
+            "resource",
+            "scope"
+        ]
+    );
+    assert_eq!(delegated.claims["scope"], SCOPE);
+    assert_eq!(delegated.claims["consumer_org"], CUSTOMER_ORG);
+    assert_eq!(delegated.claims["resource"], "https://api.nav.no/");
+    assert_eq!(
+        delegated.claims["authorization_details"],
+        json!([{"type": "urn:altinn:systemuser", "systemuser_org": {"authority": "iso6523-actorid-upis", "ID": "0192:910753614"}, "externalRef": "ref-1"}])
+    );
+    let listed = grants
+        .iter()
+        .find(|g| !g.claims.contains_key("consumer_org"))
+        .unwrap();
+    let mut keys: Vec<&str> = listed.claims.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["aud", "exp", "iat", "iss", "jti", "resource", "scope"]
+    );
+    assert_eq!(listed.claims["scope"], "ks:fiks nav:forsikring/samtykke");
+    assert_eq!(
+        listed.claims["resource"],
+        json!(["https://a.example/", "https://b.example/"])
+    );
+    assert_ne!(grants[0].claims["jti"], grants[1].claims["jti"]);
+
+    // The upstream sees delegation in the token: the customer as consumer, the vendor as supplier.
+    let seen = h.upstream.records();
+    let token = seen[0].token_claims.as_ref().unwrap();
+    assert_eq!(token["consumer"]["ID"], format!("0192:{CUSTOMER_ORG}"));
+    assert_eq!(token["supplier"]["ID"], format!("0192:{SUPPLIER_ORG}"));
+}
+
+#[tokio::test]
+async fn unknown_route_is_404_and_contacts_nobody() {
+    let h = Harness::start(ONE_ROUTE, 120).await;
+    let response = h.http.get(h.url("/unknown/x?y=1")).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    let body = problem(response).await;
+    assert_eq!(body["status"], 404);
+    assert!(body["title"].is_string());
+    assert!(body["detail"].as_str().unwrap().contains("/nav"), "{body}");
+    assert!(h.upstream.records().is_empty());
+    assert_eq!(h.mock.token_requests(), 0);
+}
+
+#[tokio::test]
+async fn missing_scope_is_a_502_with_the_mp_code_and_a_hint() {
+    let routes = r#"  - name: altinn
+    prefix: /altinn/
+    upstream: {upstream}
+    client: vendor
+    scopes: [altinn:instances.read]
+"#;
+    let h = Harness::start(routes, 120).await;
+    let response = h.http.get(h.url("/altinn/x")).send().await.unwrap();
+    assert_eq!(response.status(), 502);
+    let body = problem(response).await;
+    assert_eq!(body["route"], "altinn");
+    assert_eq!(body["maskinporten_error"], "invalid_scope");
+    assert_eq!(body["maskinporten_code"], "MP-200");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("lacks scope altinn:instances.read: ask the API owner for access"),
+        "{detail}"
+    );
+    // Further calls get the same answer without hammering Maskinporten.
+    let again = h.http.get(h.url("/altinn/y")).send().await.unwrap();
+    assert_eq!(again.status(), 502);
+    assert_eq!(h.mock.token_requests(), 1);
+    assert!(h.upstream.records().is_empty());
+}
+
+#[tokio::test]
+async fn undelegated_consumer_is_refused_with_its_hint() {
+    let routes = r#"  - name: fiks-for-customer
+    prefix: /fiks/
+    upstream: {upstream}
+    client: vendor
+    scopes: [ks:fiks]
+    consumer_org: "910753614"
+"#;
+    let h = Harness::start(routes, 120).await;
+    let response = h.http.get(h.url("/fiks/x")).send().await.unwrap();
+    assert_eq!(response.status(), 502);
+    let body = problem(response).await;
+    assert_eq!(body["maskinporten_code"], "MP-251");
+    assert!(body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("910753614 has not delegated scope ks:fiks"));
+    assert!(h.upstream.records().is_empty());
+}
+
+#[tokio::test]
+async fn maskinporten_down_is_503_with_retry_after_and_recovers() {
+    let h = Harness::start(ONE_ROUTE, 120).await;
+    h.mock.set_mode(Mode::Failing(503));
+    let response = h.http.get(h.url("/nav/x")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after));
+    let body = problem(response).await;
+    assert_eq!(body["route"], "nav");
+    assert!(body["detail"].as_str().unwrap().contains("unavailable"));
+    // Three quick attempts, then backoff: no retry storm.
+    assert_eq!(h.mock.token_requests(), 3);
+    assert!(h.upstream.records().is_empty());
+
+    h.mock.set_mode(Mode::Normal);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = h.http.get(h.url("/nav/x")).send().await.unwrap().status();
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(std::time::Instant::now() < deadline, "did not recover");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(h.upstream.records().len(), 1);
+}
+
+#[tokio::test]
+async fn unreachable_token_endpoint_is_503() {
+    // A port that was free a moment ago: nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let upstream = portvakt::mock::EchoUpstream::start(None).await.unwrap();
+    let yaml = config_yaml(
+        &format!("http://{closed}/"),
+        &format!("http://{closed}/token"),
+        &ONE_ROUTE.replace("{upstream}", &upstream.url()),
+    );
+    let proxy = spawn_proxy(&yaml, &Default::default()).await;
+    let response = http_client()
+        .get(format!("http://{}/nav/x", proxy.listen))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let body = problem(response).await;
+    assert_eq!(body["title"], "Maskinporten token unavailable");
+    assert!(upstream.records().is_empty());
+}
+
+#[tokio::test]
+async fn upstream_unreachable_is_502_and_slow_upstream_is_504() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    // A listener that accepts and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let routes = format!(
+        r#"  - name: gone
+    prefix: /gone/
+    upstream: http://{closed}/
+    client: vendor
+    scopes: [ks:fiks]
+  - name: slow
+    prefix: /slow/
+    upstream: http://{silent_addr}/
+    client: vendor
+    scopes: [ks:fiks]
+    timeout_seconds: 1
+"#
+    );
+    let h = Harness::start(&routes, 120).await;
+    let response = h.http.get(h.url("/gone/x")).send().await.unwrap();
+    assert_eq!(response.status(), 502);
+    assert_eq!(problem(response).await["route"], "gone");
+    let response = h.http.get(h.url("/slow/x")).send().await.unwrap();
+    assert_eq!(response.status(), 504);
+    assert_eq!(problem(response).await["route"], "slow");
+}
+
+#[tokio::test]
+async fn admin_endpoints_show_state_and_metrics_but_no_token() {
+    let h = Harness::start(ONE_ROUTE, 120).await;
+    assert_eq!(
+        h.http
+            .get(h.admin_url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let ready: Value = h
+        .http
+        .get(h.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["status"], "ready");
+    assert_eq!(ready["routes"][0]["name"], "nav");
+    assert_eq!(ready["routes"][0]["token"]["state"], "empty");
+
+    assert_eq!(
+        h.http.get(h.url("/nav/x")).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        h.http.get(h.url("/nope")).send().await.unwrap().status(),
+        404
+    );
+    let token = h.upstream.records()[0].headers["authorization"]
+        .to_str()
+        .unwrap()[7..]
+        .to_string();
+
+    let ready = h
+        .http
+        .get(h.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let ready_json: Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!(ready_json["routes"][0]["token"]["state"], "valid");
+    assert!(
+        ready_json["routes"][0]["token"]["expires_in_seconds"]
+            .as_u64()
+            .unwrap()
+            > 100
+    );
+    let metrics = h
+        .http
+        .get(h.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"portvakt_requests_total{route="nav",status="200"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"portvakt_requests_total{route="",status="404"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"portvakt_token_fetches_total{client="vendor",result="ok"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("portvakt_request_duration_seconds_bucket"),
+        "{metrics}"
+    );
+    for text in [&ready, &metrics] {
+        assert!(!text.contains(&token));
+        assert!(!text.contains("Bearer"));
+    }
+}
+
+#[tokio::test]
+async fn route_headers_are_added_and_replace_the_callers() {
+    let routes = r#"  - name: fiks
+    prefix: /fiks/
+    upstream: {upstream}
+    client: vendor
+    scopes: [ks:fiks]
+    headers:
+      IntegrasjonId: ${FIKS_ID}
+      IntegrasjonPassord: ${FIKS_PASSWORD}
+"#;
+    let mock = MockMaskinporten::start(vec![registered_client()], 120)
+        .await
+        .unwrap();
+    let upstream = portvakt::mock::EchoUpstream::start(Some(mock.decoding_key()))
+        .await
+        .unwrap();
+    let yaml = config_yaml(
+        &mock.issuer(),
+        &mock.token_endpoint(),
+        &routes.replace("{upstream}", &upstream.url()),
+    );
+    let env = [
+        ("FIKS_ID", "3f1b-integration"),
+        ("FIKS_PASSWORD", "s3cret-passord"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let proxy = spawn_proxy(&yaml, &env).await;
+    let response = http_client()
+        .get(format!("http://{}/fiks/mottak", proxy.listen))
+        .header("IntegrasjonPassord", "callers-own")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = &upstream.records()[0];
+    assert_eq!(seen.headers["integrasjonid"], "3f1b-integration");
+    assert_eq!(
+        seen.headers
+            .get_all("integrasjonpassord")
+            .iter()
+            .collect::<Vec<_>>(),
+        ["s3cret-passord"]
+    );
+    assert!(seen.token_valid);
+}
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_requests() {
+    let h = Harness::start(ONE_ROUTE, 120).await;
+    h.mock.set_delay(Duration::from_millis(700));
+    let (http, url) = (h.http.clone(), h.url("/nav/in-flight"));
+    let in_flight = tokio::spawn(async move { http.get(url).send().await.unwrap().status() });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let listen = h.proxy.listen;
+    h.proxy.shutdown().await;
+    assert_eq!(in_flight.await.unwrap(), 200);
+    assert!(
+        tokio::net::TcpStream::connect(listen).await.is_err(),
+        "still accepting after shutdown"
+    );
+}
