@@ -150,7 +150,7 @@ pub fn start_on(
     let p = Arc::clone(&proxy);
     tasks.push(tokio::spawn(crate::server::serve(
         listener,
-        move |req| Arc::clone(&p).handle(req),
+        move |req, _peer| Arc::clone(&p).handle(req),
         stop.clone(),
         SHUTDOWN_GRACE,
     )));
@@ -163,7 +163,7 @@ pub fn start_on(
             });
             tasks.push(tokio::spawn(crate::server::serve(
                 l,
-                move |req| Arc::clone(&admin).handle(req),
+                move |req, _peer| Arc::clone(&admin).handle(req),
                 stop,
                 SHUTDOWN_GRACE,
             )));

@@ -7,11 +7,12 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// Serves HTTP/1.1 (and h2c) on `listener` until `shutdown` turns true, then stops accepting and
+/// Serves HTTP/1.1 (and h2c) on `listener`, handing each request to `handler` with the peer's address, until `shutdown` turns true, then stops accepting and
 /// lets in-flight requests finish for up to `grace`.
 pub async fn serve<H, F, B>(
     listener: TcpListener,
@@ -19,7 +20,7 @@ pub async fn serve<H, F, B>(
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: Body + Send + 'static,
     B::Data: Send,
@@ -36,7 +37,7 @@ pub async fn serve<H, F, B>(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, _peer) = match accepted {
+                let (stream, peer) = match accepted {
                     Ok(conn) => conn,
                     Err(e) => {
                         // Out of file descriptors and the like: pause instead of spinning.
@@ -49,7 +50,7 @@ pub async fn serve<H, F, B>(
                 let handler = handler.clone();
                 let service = hyper::service::service_fn(move |request| {
                     let handler = handler.clone();
-                    async move { Ok::<_, Infallible>(handler(request).await) }
+                    async move { Ok::<_, Infallible>(handler(request, peer).await) }
                 });
                 let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 let connection = graceful.watch(connection);

@@ -659,3 +659,24 @@ async fn shutdown_drains_in_flight_requests() {
         "still accepting after shutdown"
     );
 }
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let h = Harness::start(ONE_ROUTE, 120).await;
+    for i in 0..20 {
+        let status = h
+            .http
+            .get(h.url(&format!("/nav/seq/{i}")))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+    }
+    let peers: std::collections::HashSet<_> = h.upstream.records().iter().map(|r| r.peer).collect();
+    assert_eq!(
+        peers.len(),
+        1,
+        "sequential calls should share one pooled upstream connection"
+    );
+}

@@ -51,7 +51,7 @@ const RESERVED_HEADERS: &[&str] = &[
 ];
 
 pub fn validate(text: &str, base: &Path, env: EnvLookup<'_>) -> Result<Config, Vec<Issue>> {
-    let root: Value = match serde_saphyr::from_str(text) {
+    let root: Value = match serde_saphyr::from_str_with_options(text, yaml_options()) {
         Ok(v) => v,
         Err(e) => {
             return Err(vec![Issue {
@@ -103,6 +103,11 @@ pub fn validate(text: &str, base: &Path, env: EnvLookup<'_>) -> Result<Config, V
         }),
         _ => Err(r.issues),
     }
+}
+
+/// YAML 1.2 booleans only: `no`, `on`, `yes` stay strings (the "Norway problem" matters here).
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! { strict_booleans: true }
 }
 
 fn socket_addr(
@@ -629,5 +634,20 @@ mod tests {
         for bad in ["910753615", "91075361", "9107536140", "91075361a", ""] {
             assert!(!is_org_number(bad), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod yaml_tests {
+    use serde_json::{json, Value};
+
+    #[test]
+    fn yaml_1_2_keeps_norway_a_string() {
+        let text = "country: NO\nanswer: no\nflag: true\nport: 8080\n";
+        let v: Value = serde_saphyr::from_str_with_options(text, super::yaml_options()).unwrap();
+        assert_eq!(
+            v,
+            json!({"country": "NO", "answer": "no", "flag": true, "port": 8080})
+        );
     }
 }

@@ -154,7 +154,7 @@ impl MockMaskinporten {
         let state = Arc::clone(&inner);
         tokio::spawn(server::serve(
             listener,
-            move |req| handle(Arc::clone(&state), req),
+            move |req, _peer| handle(Arc::clone(&state), req),
             stop,
             Duration::from_secs(1),
         ));

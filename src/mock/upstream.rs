@@ -20,6 +20,8 @@ use tokio::sync::watch;
 /// One request as the upstream saw it.
 #[derive(Debug, Clone)]
 pub struct Recorded {
+    /// The connecting side's address: one value for many requests shows a reused connection.
+    pub peer: SocketAddr,
     pub method: String,
     /// Path and query exactly as received.
     pub target: String,
@@ -62,7 +64,7 @@ impl EchoUpstream {
         let state = Arc::clone(&inner);
         tokio::spawn(server::serve(
             listener,
-            move |req| handle(Arc::clone(&state), req),
+            move |req, peer| handle(Arc::clone(&state), req, peer),
             stop,
             Duration::from_secs(1),
         ));
@@ -169,7 +171,11 @@ fn check_token(
     }
 }
 
-async fn handle(inner: Arc<Inner>, request: Request<Incoming>) -> Response<EchoBody> {
+async fn handle(
+    inner: Arc<Inner>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<EchoBody> {
     let (parts, mut body) = request.into_parts();
     let (token_valid, token_error, token_claims) = check_token(&inner, &parts.headers);
     let mut hasher = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
@@ -192,6 +198,7 @@ async fn handle(inner: Arc<Inner>, request: Request<Incoming>) -> Response<EchoB
         .map(|pq| pq.as_str().to_string())
         .unwrap_or_default();
     let record = Recorded {
+        peer,
         method: parts.method.to_string(),
         target: target.clone(),
         headers: parts.headers.clone(),

@@ -1,0 +1,181 @@
+//! The command line as an operator uses it: `check`, `run` and `demo`, as real processes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_portvakt");
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("portvakt-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(fixtures().join("client-a.pem"), dir.join("client-a.pem")).unwrap();
+    dir
+}
+
+#[test]
+fn check_prints_a_summary_without_secrets() {
+    let dir = temp_dir("check-ok");
+    let yaml = config_yaml("http://127.0.0.1:9/", "http://127.0.0.1:9/token", "  - name: fiks\n    prefix: /fiks/\n    upstream: https://api.fiks.test.ks.no/\n    client: vendor\n    scopes: [ks:fiks]\n    headers:\n      IntegrasjonPassord: ${PV_TEST_PASSORD}\n");
+    std::fs::write(dir.join("portvakt.yaml"), yaml).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(dir.join("portvakt.yaml"))
+        .env("PV_TEST_PASSORD", "hemmelig-passord")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("vendor: client_id 7e1f2a3b"), "{stdout}");
+    assert!(stdout.contains(&format!("key pem (kid {KID}")), "{stdout}");
+    assert!(
+        stdout.contains("fiks: /fiks -> https://api.fiks.test.ks.no/"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("scopes ks:fiks"), "{stdout}");
+    assert!(!stdout.contains("hemmelig-passord"));
+}
+
+#[test]
+fn check_and_run_refuse_a_bad_config_listing_every_problem() {
+    let dir = temp_dir("check-bad");
+    let yaml = config_yaml("http://127.0.0.1:9/", "http://127.0.0.1:9/token", "  - name: nav\n    prefix: /nav/\n    upstream: https://api.nav.no/\n    client: fiks\n    scpoe: [x]\n");
+    let path = dir.join("bad.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    for command in ["check", "run"] {
+        let out = Command::new(BIN)
+            .args([command, "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{command}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("bad.yaml has 3 problems"), "{stderr}");
+        assert!(
+            stderr.contains("routes[0].client: unknown client \"fiks\" (known: vendor)"),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("routes[0].scpoe: unknown key (did you mean `scopes`?)"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("routes[0].scopes: is required"), "{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn run_serves_from_portvakt_config_and_drains_on_sigterm() {
+    let mock = portvakt::mock::MockMaskinporten::start(vec![registered_client()], 120)
+        .await
+        .unwrap();
+    let upstream = portvakt::mock::EchoUpstream::start(Some(mock.decoding_key()))
+        .await
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = temp_dir("run");
+    let yaml = config_yaml(&mock.issuer(), &mock.token_endpoint(), &format!("  - name: nav\n    prefix: /nav/\n    upstream: {}\n    client: vendor\n    scopes: [ks:fiks]\n", upstream.url()))
+        .replace("listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}"));
+    std::fs::write(dir.join("portvakt.yaml"), yaml).unwrap();
+    let mut child = Command::new(BIN)
+        .arg("run")
+        .env("PORTVAKT_CONFIG", dir.join("portvakt.yaml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let http = http_client();
+    let url = format!("http://127.0.0.1:{port}/nav/hello");
+    let mut answered = None;
+    for _ in 0..100 {
+        if let Ok(r) = http.get(&url).send().await {
+            answered = Some(r.status());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(answered, Some(reqwest::StatusCode::OK));
+    assert!(upstream.records()[0].token_valid);
+
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(
+        mock.token_requests(),
+        1,
+        "the second call used the cached token"
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut exited = None;
+    for _ in 0..100 {
+        if let Some(s) = child.try_wait().unwrap() {
+            exited = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let exited = exited.expect("portvakt did not stop on SIGTERM");
+    assert!(exited.success(), "{exited:?}");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("shutting down"), "{stderr}");
+    assert_eq!(
+        stderr
+            .matches("request route=\"nav\" method=GET status=200")
+            .count(),
+        2,
+        "one line per request: {stderr}"
+    );
+    assert!(
+        stderr.contains("token fetched client=vendor scopes=ks:fiks"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("hello"),
+        "paths are not logged at info: {stderr}"
+    );
+    assert!(!stderr.contains("Bearer"), "{stderr}");
+}
+
+#[test]
+fn demo_once_shows_a_verified_token() {
+    let dir = std::env::temp_dir().join(format!("portvakt-cli-demo-{}", std::process::id()));
+    let out = Command::new(BIN)
+        .args(["demo", "--once", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("curl -s http://127.0.0.1:"), "{stdout}");
+    assert!(stdout.contains("\"verified\": true"), "{stdout}");
+    assert!(stdout.contains("\"scope\": \"demo:echo\""), "{stdout}");
+    assert!(dir.join("demo.yaml").exists());
+    // The written config is a real one: `check` accepts it.
+    let check = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(dir.join("demo.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
