@@ -9,6 +9,25 @@ use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portvakt");
 
+/// Runs the binary to completion with extra environment variables.
+fn portvakt(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = Command::new(BIN);
+    command.args(args);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().unwrap()
+}
+
+fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn temp_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("portvakt-cli-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -21,18 +40,13 @@ fn check_prints_a_summary_without_secrets() {
     let dir = temp_dir("check-ok");
     let yaml = config_yaml("http://127.0.0.1:9/", "http://127.0.0.1:9/token", "  - name: fiks\n    prefix: /fiks/\n    upstream: https://api.fiks.test.ks.no/\n    client: vendor\n    scopes: [ks:fiks]\n    headers:\n      IntegrasjonPassord: ${PV_TEST_PASSORD}\n");
     std::fs::write(dir.join("portvakt.yaml"), yaml).unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(dir.join("portvakt.yaml"))
-        .env("PV_TEST_PASSORD", "hemmelig-passord")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
+    let config = dir.join("portvakt.yaml");
+    let out = portvakt(
+        &["check".as_ref(), "--config".as_ref(), config.as_os_str()],
+        &[("PV_TEST_PASSORD", "hemmelig-passord")],
     );
+    assert_success(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("vendor: client_id 7e1f2a3b"), "{stdout}");
     assert!(stdout.contains(&format!("key pem (kid {KID}")), "{stdout}");
     assert!(
@@ -50,11 +64,10 @@ fn check_and_run_refuse_a_bad_config_listing_every_problem() {
     let path = dir.join("bad.yaml");
     std::fs::write(&path, yaml).unwrap();
     for command in ["check", "run"] {
-        let out = Command::new(BIN)
-            .args([command, "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
+        let out = portvakt(
+            &[command.as_ref(), "--config".as_ref(), path.as_os_str()],
+            &[],
+        );
         assert_eq!(out.status.code(), Some(64), "{command}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("bad.yaml has 3 problems"), "{stderr}");
@@ -152,30 +165,25 @@ async fn run_serves_from_portvakt_config_and_drains_on_sigterm() {
 #[test]
 fn demo_once_shows_a_verified_token() {
     let dir = std::env::temp_dir().join(format!("portvakt-cli-demo-{}", std::process::id()));
-    let out = Command::new(BIN)
-        .args(["demo", "--once", "--dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = portvakt(
+        &[
+            "demo".as_ref(),
+            "--once".as_ref(),
+            "--dir".as_ref(),
+            dir.as_os_str(),
+        ],
+        &[],
     );
+    assert_success(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("curl -s http://127.0.0.1:"), "{stdout}");
     assert!(stdout.contains("\"verified\": true"), "{stdout}");
     assert!(stdout.contains("\"scope\": \"demo:echo\""), "{stdout}");
     assert!(dir.join("demo.yaml").exists());
     // The written config is a real one: `check` accepts it.
-    let check = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(dir.join("demo.yaml"))
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
+    let demo_yaml = dir.join("demo.yaml");
+    assert_success(&portvakt(
+        &["check".as_ref(), "--config".as_ref(), demo_yaml.as_os_str()],
+        &[],
+    ));
 }

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use portvakt::mock::upstream::pattern_byte;
-use portvakt::mock::{MockMaskinporten, Mode};
+use portvakt::mock::Mode;
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -62,10 +62,7 @@ async fn injects_a_token_the_upstream_accepts_and_drops_the_callers_credentials(
     assert_eq!(h.mock.token_requests(), 1);
 
     // A second call reuses the cached token.
-    assert_eq!(
-        h.http.get(h.url("/nav/x")).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(h.get("/nav/x").await.status(), 200);
     assert_eq!(h.mock.token_requests(), 1);
 }
 
@@ -102,7 +99,7 @@ async fn maps_prefixes_on_whole_segments_keeping_query_and_escapes() {
         ("/", "/rooted/"),
     ];
     for (path, _) in &cases {
-        let status = h.http.get(h.url(path)).send().await.unwrap().status();
+        let status = h.get(path).await.status();
         assert_eq!(status, 200, "{path}");
     }
     let seen: Vec<String> = h.upstream.records().into_iter().map(|r| r.target).collect();
@@ -127,7 +124,7 @@ async fn refuses_paths_that_would_leave_the_prefix() {
         assert_eq!(raw_status(h.proxy.listen, &request).await, 400, "{path}");
     }
     // The answer is problem+json naming the route.
-    let response = h.http.get(h.url("/nav/a%2Fb")).send().await.unwrap();
+    let response = h.get("/nav/a%2Fb").await;
     assert_eq!(response.status(), 400);
     assert_eq!(problem(response).await["route"], "nav");
     assert!(h.upstream.records().is_empty());
@@ -154,12 +151,7 @@ async fn streams_20_mb_up_and_down_intact() {
     assert_eq!(echoed["body"]["bytes"], SIZE as u64);
     assert_eq!(echoed["body"]["sha256"], want);
 
-    let response = h
-        .http
-        .get(h.url(&format!("/nav/bytes/{SIZE}")))
-        .send()
-        .await
-        .unwrap();
+    let response = h.get(&format!("/nav/bytes/{SIZE}")).await;
     assert_eq!(response.status(), 200);
     let body = response.bytes().await.unwrap();
     assert_eq!(body.len(), SIZE);
@@ -200,7 +192,7 @@ async fn a_waiting_caller_that_leaves_does_not_cancel_the_fetch_for_others() {
         .build()
         .unwrap();
     assert!(quitter.get(h.url("/nav/a")).send().await.is_err());
-    let response = h.http.get(h.url("/nav/b")).send().await.unwrap();
+    let response = h.get("/nav/b").await;
     assert_eq!(response.status(), 200);
     assert_eq!(h.mock.token_requests(), 1);
 }
@@ -211,13 +203,7 @@ async fn short_lived_tokens_are_refreshed_and_never_reach_the_upstream_expired()
     let started = std::time::Instant::now();
     let mut n = 0;
     while started.elapsed() < Duration::from_secs(10) {
-        let status = h
-            .http
-            .get(h.url(&format!("/nav/tick/{n}")))
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let status = h.get(&format!("/nav/tick/{n}")).await.status();
         assert_eq!(status, 200);
         n += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -261,24 +247,8 @@ async fn grant_carries_exactly_the_documented_claims_as_configured() {
     resource: [https://a.example/, https://b.example/]
 "#;
     let h = Harness::start(routes, 120).await;
-    assert_eq!(
-        h.http
-            .get(h.url("/delegated/x"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        h.http
-            .get(h.url("/listed/x"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(h.get("/delegated/x").await.status(), 200);
+    assert_eq!(h.get("/listed/x").await.status(), 200);
     let grants = h.mock.grants();
     assert_eq!(grants.len(), 2);
     for g in &grants {
@@ -354,7 +324,7 @@ async fn grant_carries_exactly_the_documented_claims_as_configured() {
 #[tokio::test]
 async fn unknown_route_is_404_and_contacts_nobody() {
     let h = Harness::start(ONE_ROUTE, 120).await;
-    let response = h.http.get(h.url("/unknown/x?y=1")).send().await.unwrap();
+    let response = h.get("/unknown/x?y=1").await;
     assert_eq!(response.status(), 404);
     let body = problem(response).await;
     assert_eq!(body["status"], 404);
@@ -373,7 +343,7 @@ async fn missing_scope_is_a_502_with_the_mp_code_and_a_hint() {
     scopes: [altinn:instances.read]
 "#;
     let h = Harness::start(routes, 120).await;
-    let response = h.http.get(h.url("/altinn/x")).send().await.unwrap();
+    let response = h.get("/altinn/x").await;
     assert_eq!(response.status(), 502);
     let body = problem(response).await;
     assert_eq!(body["route"], "altinn");
@@ -385,7 +355,7 @@ async fn missing_scope_is_a_502_with_the_mp_code_and_a_hint() {
         "{detail}"
     );
     // Further calls get the same answer without hammering Maskinporten.
-    let again = h.http.get(h.url("/altinn/y")).send().await.unwrap();
+    let again = h.get("/altinn/y").await;
     assert_eq!(again.status(), 502);
     assert_eq!(h.mock.token_requests(), 1);
     assert!(h.upstream.records().is_empty());
@@ -401,7 +371,7 @@ async fn undelegated_consumer_is_refused_with_its_hint() {
     consumer_org: "910753614"
 "#;
     let h = Harness::start(routes, 120).await;
-    let response = h.http.get(h.url("/fiks/x")).send().await.unwrap();
+    let response = h.get("/fiks/x").await;
     assert_eq!(response.status(), 502);
     let body = problem(response).await;
     assert_eq!(body["maskinporten_code"], "MP-251");
@@ -416,7 +386,7 @@ async fn undelegated_consumer_is_refused_with_its_hint() {
 async fn maskinporten_down_is_503_with_retry_after_and_recovers() {
     let h = Harness::start(ONE_ROUTE, 120).await;
     h.mock.set_mode(Mode::Failing(503));
-    let response = h.http.get(h.url("/nav/x")).send().await.unwrap();
+    let response = h.get("/nav/x").await;
     assert_eq!(response.status(), 503);
     let retry_after: u64 = response.headers()["retry-after"]
         .to_str()
@@ -434,7 +404,7 @@ async fn maskinporten_down_is_503_with_retry_after_and_recovers() {
     h.mock.set_mode(Mode::Normal);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let status = h.http.get(h.url("/nav/x")).send().await.unwrap().status();
+        let status = h.get("/nav/x").await.status();
         if status == 200 {
             break;
         }
@@ -501,10 +471,10 @@ async fn upstream_unreachable_is_502_and_slow_upstream_is_504() {
 "#
     );
     let h = Harness::start(&routes, 120).await;
-    let response = h.http.get(h.url("/gone/x")).send().await.unwrap();
+    let response = h.get("/gone/x").await;
     assert_eq!(response.status(), 502);
     assert_eq!(problem(response).await["route"], "gone");
-    let response = h.http.get(h.url("/slow/x")).send().await.unwrap();
+    let response = h.get("/slow/x").await;
     assert_eq!(response.status(), 504);
     assert_eq!(problem(response).await["route"], "slow");
 }
@@ -512,50 +482,20 @@ async fn upstream_unreachable_is_502_and_slow_upstream_is_504() {
 #[tokio::test]
 async fn admin_endpoints_show_state_and_metrics_but_no_token() {
     let h = Harness::start(ONE_ROUTE, 120).await;
-    assert_eq!(
-        h.http
-            .get(h.admin_url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    let ready: Value = h
-        .http
-        .get(h.admin_url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(h.admin_get("/healthz").await.status(), 200);
+    let ready: Value = h.admin_get("/readyz").await.json().await.unwrap();
     assert_eq!(ready["status"], "ready");
     assert_eq!(ready["routes"][0]["name"], "nav");
     assert_eq!(ready["routes"][0]["token"]["state"], "empty");
 
-    assert_eq!(
-        h.http.get(h.url("/nav/x")).send().await.unwrap().status(),
-        200
-    );
-    assert_eq!(
-        h.http.get(h.url("/nope")).send().await.unwrap().status(),
-        404
-    );
+    assert_eq!(h.get("/nav/x").await.status(), 200);
+    assert_eq!(h.get("/nope").await.status(), 404);
     let token = h.upstream.records()[0].headers["authorization"]
         .to_str()
         .unwrap()[7..]
         .to_string();
 
-    let ready = h
-        .http
-        .get(h.admin_url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let ready = h.admin_get("/readyz").await.text().await.unwrap();
     let ready_json: Value = serde_json::from_str(&ready).unwrap();
     assert_eq!(ready_json["routes"][0]["token"]["state"], "valid");
     assert!(
@@ -564,15 +504,7 @@ async fn admin_endpoints_show_state_and_metrics_but_no_token() {
             .unwrap()
             > 100
     );
-    let metrics = h
-        .http
-        .get(h.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.admin_get("/metrics").await.text().await.unwrap();
     assert!(
         metrics.contains(r#"portvakt_requests_total{route="nav",status="200"} 1"#),
         "{metrics}"
@@ -606,33 +538,20 @@ async fn route_headers_are_added_and_replace_the_callers() {
       IntegrasjonId: ${FIKS_ID}
       IntegrasjonPassord: ${FIKS_PASSWORD}
 "#;
-    let mock = MockMaskinporten::start(vec![registered_client()], 120)
-        .await
-        .unwrap();
-    let upstream = portvakt::mock::EchoUpstream::start(Some(mock.decoding_key()))
-        .await
-        .unwrap();
-    let yaml = config_yaml(
-        &mock.issuer(),
-        &mock.token_endpoint(),
-        &routes.replace("{upstream}", &upstream.url()),
-    );
     let env = [
         ("FIKS_ID", "3f1b-integration"),
         ("FIKS_PASSWORD", "s3cret-passord"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    let proxy = spawn_proxy(&yaml, &env).await;
-    let response = http_client()
-        .get(format!("http://{}/fiks/mottak", proxy.listen))
+    ];
+    let h = Harness::start_with_env(routes, 120, &env).await;
+    let response = h
+        .http
+        .get(h.url("/fiks/mottak"))
         .header("IntegrasjonPassord", "callers-own")
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let seen = &upstream.records()[0];
+    let seen = &h.upstream.records()[0];
     assert_eq!(seen.headers["integrasjonid"], "3f1b-integration");
     assert_eq!(
         seen.headers
@@ -664,13 +583,7 @@ async fn shutdown_drains_in_flight_requests() {
 async fn upstream_connections_are_kept_alive_and_reused() {
     let h = Harness::start(ONE_ROUTE, 120).await;
     for i in 0..20 {
-        let status = h
-            .http
-            .get(h.url(&format!("/nav/seq/{i}")))
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let status = h.get(&format!("/nav/seq/{i}")).await.status();
         assert_eq!(status, 200);
     }
     let peers: std::collections::HashSet<_> = h.upstream.records().iter().map(|r| r.peer).collect();

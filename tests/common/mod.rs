@@ -43,13 +43,14 @@ impl Harness {
     /// Starts mock, upstream and proxy; `routes` is the YAML list under `routes:` where
     /// `{upstream}` stands for the echo upstream's base URL.
     pub async fn start(routes: &str, expires_in: u64) -> Harness {
+        Self::start_with_env(routes, expires_in, &[]).await
+    }
+
+    /// As [`Harness::start`], with `${NAME}` in the configuration taken from `env`.
+    pub async fn start_with_env(routes: &str, expires_in: u64, env: &[(&str, &str)]) -> Harness {
         let mock = MockMaskinporten::start(vec![registered_client()], expires_in)
             .await
             .unwrap();
-        Self::start_with_mock(mock, routes).await
-    }
-
-    pub async fn start_with_mock(mock: MockMaskinporten, routes: &str) -> Harness {
         let upstream = EchoUpstream::start(Some(mock.decoding_key()))
             .await
             .unwrap();
@@ -58,7 +59,11 @@ impl Harness {
             &mock.token_endpoint(),
             &routes.replace("{upstream}", &upstream.url()),
         );
-        let proxy = spawn_proxy(&yaml, &HashMap::new()).await;
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let proxy = spawn_proxy(&yaml, &env).await;
         Harness {
             mock,
             upstream,
@@ -69,6 +74,15 @@ impl Harness {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.proxy.listen, path)
+    }
+
+    /// GET through the proxy.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn admin_get(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.admin_url(path)).send().await.unwrap()
     }
 
     pub fn admin_url(&self, path: &str) -> String {
