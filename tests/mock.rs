@@ -1,0 +1,242 @@
+//! The mock Maskinporten enforces the real rules: every test that relies on it relies on these.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use portvakt::keys::{KeySource, SigningKey};
+use portvakt::mock::MockMaskinporten;
+use portvakt::token::grant::{self, unix_now, GrantSpec};
+use serde_json::{json, Value};
+
+async fn post(mock: &MockMaskinporten, assertion: &str) -> (u16, Value) {
+    let response = http_client()
+        .post(mock.token_endpoint())
+        .form(&[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+            ("assertion", assertion),
+        ])
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+/// A grant with arbitrary claims, signed with `key` under `kid`.
+fn signed(key: &SigningKey, kid: &str, claims: &Value) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(&header, claims, key.encoding_key()).unwrap()
+}
+
+fn claims(mock: &MockMaskinporten) -> Value {
+    let now = unix_now();
+    json!({
+        "aud": mock.issuer(),
+        "iss": CLIENT_ID,
+        "iat": now,
+        "exp": now + 120,
+        "jti": uuid::Uuid::new_v4().to_string(),
+        "scope": SCOPE,
+    })
+}
+
+fn with(mut base: Value, key: &str, value: Value) -> Value {
+    base[key] = value;
+    base
+}
+
+#[tokio::test]
+async fn accepts_a_good_grant_and_answers_like_maskinporten() {
+    let mock = MockMaskinporten::start(vec![registered_client()], 599)
+        .await
+        .unwrap();
+    let spec = GrantSpec::new(&[SCOPE.to_string()], None, None, &[]);
+    let assertion =
+        grant::sign(&mock.issuer(), CLIENT_ID, &client_key(), &spec, unix_now()).unwrap();
+    let (status, body) = post(&mock, &assertion).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 599);
+    assert_eq!(body["scope"], SCOPE);
+    let token: Value =
+        jsonwebtoken::dangerous::insecure_decode_claims(body["access_token"].as_str().unwrap())
+            .unwrap();
+    assert_eq!(
+        token["consumer"],
+        json!({"authority": "iso6523-actorid-upis", "ID": format!("0192:{SUPPLIER_ORG}")})
+    );
+    assert_eq!(token["client_amr"], "private_key_jwt");
+    assert!(token.get("supplier").is_none());
+    // The same grant again is a replay.
+    let (status, body) = post(&mock, &assertion).await;
+    assert_eq!(
+        (status, body["error"].as_str().unwrap()),
+        (400, "invalid_grant")
+    );
+    assert!(body["error_uri"].as_str().unwrap().ends_with("MP-012"));
+}
+
+#[tokio::test]
+async fn refuses_grants_that_break_the_rules() {
+    let mock = MockMaskinporten::start(vec![registered_client()], 120)
+        .await
+        .unwrap();
+    let key = client_key();
+    // A real key, but not the one registered under KID.
+    let stranger = portvakt::keys::load(&KeySource::Jwk {
+        path: fixtures().join("client-b.jwk.json"),
+    })
+    .unwrap();
+    let now = unix_now();
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        (
+            "wrong aud",
+            signed(
+                &key,
+                KID,
+                &with(claims(&mock), "aud", json!(mock.token_endpoint())),
+            ),
+            "invalid_grant",
+            "MP-110",
+        ),
+        (
+            "aud as a list",
+            signed(
+                &key,
+                KID,
+                &with(claims(&mock), "aud", json!([mock.issuer()])),
+            ),
+            "invalid_grant",
+            "MP-110",
+        ),
+        (
+            "unknown client",
+            signed(
+                &key,
+                KID,
+                &with(claims(&mock), "iss", json!("no-such-client")),
+            ),
+            "invalid_grant",
+            "MP-100",
+        ),
+        (
+            "unknown kid",
+            signed(&key, "not-registered", &claims(&mock)),
+            "invalid_grant",
+            "MP-124",
+        ),
+        (
+            "signed with another key",
+            signed(&stranger, KID, &claims(&mock)),
+            "invalid_grant",
+            "MP-124",
+        ),
+        (
+            "lives too long",
+            signed(&key, KID, &with(claims(&mock), "exp", json!(now + 121))),
+            "invalid_grant",
+            "MP-130",
+        ),
+        (
+            "issued 30 s ago",
+            signed(
+                &key,
+                KID,
+                &with(
+                    with(claims(&mock), "iat", json!(now - 30)),
+                    "exp",
+                    json!(now + 60),
+                ),
+            ),
+            "invalid_grant",
+            "MP-130",
+        ),
+        (
+            "issued in the future",
+            signed(
+                &key,
+                KID,
+                &with(
+                    with(claims(&mock), "iat", json!(now + 30)),
+                    "exp",
+                    json!(now + 100),
+                ),
+            ),
+            "invalid_grant",
+            "MP-130",
+        ),
+        (
+            "undocumented claim",
+            signed(&key, KID, &with(claims(&mock), "sub", json!(CLIENT_ID))),
+            "invalid_grant",
+            "MP-000",
+        ),
+        (
+            "no jti",
+            signed(&key, KID, &with(claims(&mock), "jti", json!(""))),
+            "invalid_grant",
+            "MP-012",
+        ),
+        (
+            "unregistered scope",
+            signed(&key, KID, &with(claims(&mock), "scope", json!("altinn:x"))),
+            "invalid_scope",
+            "MP-200",
+        ),
+        (
+            "no delegation",
+            signed(
+                &key,
+                KID,
+                &with(
+                    with(claims(&mock), "consumer_org", json!(CUSTOMER_ORG)),
+                    "scope",
+                    json!(OTHER_SCOPE),
+                ),
+            ),
+            "forbidden",
+            "MP-251",
+        ),
+        (
+            "own org as consumer",
+            signed(
+                &key,
+                KID,
+                &with(claims(&mock), "consumer_org", json!(SUPPLIER_ORG)),
+            ),
+            "invalid_request",
+            "MP-250",
+        ),
+    ];
+    for (what, assertion, error, code) in cases {
+        let (status, body) = post(&mock, &assertion).await;
+        assert_eq!(status, 400, "{what}: {body}");
+        assert_eq!(body["error"], error, "{what}: {body}");
+        assert!(
+            body["error_uri"].as_str().unwrap().ends_with(code),
+            "{what}: {body}"
+        );
+        assert!(body["error_description"].is_string(), "{what}");
+    }
+    assert!(mock.grants().iter().all(|g| g.rejected.is_some()));
+}
+
+#[tokio::test]
+async fn delegation_makes_the_customer_consumer_and_the_vendor_supplier() {
+    let mock = MockMaskinporten::start(vec![registered_client()], 120)
+        .await
+        .unwrap();
+    let assertion = signed(
+        &client_key(),
+        KID,
+        &with(claims(&mock), "consumer_org", json!(CUSTOMER_ORG)),
+    );
+    let (status, body) = post(&mock, &assertion).await;
+    assert_eq!(status, 200, "{body}");
+    let token: Value =
+        jsonwebtoken::dangerous::insecure_decode_claims(body["access_token"].as_str().unwrap())
+            .unwrap();
+    assert_eq!(token["consumer"]["ID"], format!("0192:{CUSTOMER_ORG}"));
+    assert_eq!(token["supplier"]["ID"], format!("0192:{SUPPLIER_ORG}"));
+}
