@@ -4,10 +4,8 @@
 use crate::error::Body;
 use crate::metrics::Metrics;
 use crate::route::RouteTable;
-use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{Either, Full};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use serde_json::json;
 use std::sync::Arc;
@@ -69,10 +67,5 @@ fn readiness(routes: &RouteTable) -> serde_json::Value {
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
+    crate::error::full(status, content_type, body).map(Either::Right)
 }

@@ -150,11 +150,31 @@ impl ProxyError {
 }
 
 fn problem(status: StatusCode, body: &Value) -> Response<Body> {
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+    full(status, "application/problem+json", body.to_string()).map(Either::Right)
+}
+
+/// A small, complete answer: portvakt's own, the admin listener's and the mocks'.
+pub fn full(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
     response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// An error with its causes, for operators: the top-level messages of hyper and reqwest alone say little.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
 }

@@ -17,5 +17,6 @@ pub mod proxy;
 pub mod route;
 pub mod secret;
 pub mod server;
+pub mod sync;
 pub mod token;
 pub mod upstream;

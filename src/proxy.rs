@@ -128,13 +128,13 @@ impl Proxy {
             Ok(Err(e)) if e.is_connect() => {
                 return Err(ProxyError::UpstreamUnreachable {
                     upstream: route.upstream.to_string(),
-                    reason: chain(&e),
+                    reason: crate::error::chain(&e),
                 })
             }
             Ok(Err(e)) => {
                 return Err(ProxyError::UpstreamFailed {
                     upstream: route.upstream.to_string(),
-                    reason: chain(&e),
+                    reason: crate::error::chain(&e),
                 })
             }
             Ok(Ok(response)) => response,
@@ -143,16 +143,4 @@ impl Proxy {
         *response.version_mut() = Version::HTTP_11;
         Ok(response.map(Either::Left))
     }
-}
-
-/// An error with its causes, for operators: hyper's top-level messages alone say little.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
 }

@@ -4,6 +4,7 @@
 
 use crate::keys::SigningKey;
 use crate::server;
+use crate::sync::lock;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -115,10 +116,6 @@ pub struct MockMaskinporten {
     shutdown: watch::Sender<bool>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl MockMaskinporten {
     /// Starts on 127.0.0.1 on a free port, issuing tokens that live `expires_in` seconds.
     pub async fn start(clients: Vec<MockClient>, expires_in: u64) -> std::io::Result<Self> {
@@ -221,13 +218,7 @@ fn decoding_key(jwk: &Value) -> DecodingKey {
 type Answer = Response<Full<Bytes>>;
 
 fn json_answer(status: StatusCode, body: &Value) -> Answer {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    r
+    crate::error::full(status, "application/json", body.to_string())
 }
 
 /// A refusal as Maskinporten words it.

@@ -82,11 +82,7 @@ impl EchoUpstream {
         format!("http://{}/", self.addr)
     }
     pub fn records(&self) -> Vec<Recorded> {
-        self.inner
-            .records
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        crate::sync::lock(&self.inner.records).clone()
     }
 }
 
@@ -208,11 +204,7 @@ async fn handle(
         token_error: token_error.clone(),
         token_claims: token_claims.clone(),
     };
-    inner
-        .records
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(record);
+    crate::sync::lock(&inner.records).push(record);
 
     if let Some(n) = parts
         .uri

@@ -94,9 +94,7 @@ pub struct TokenSlot {
 
 impl TokenSlot {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding this lock cannot leave the state half-written (every write is one
-        // assignment), so a poisoned lock is still safe to use.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     pub fn key(&self) -> &TokenKey {
@@ -293,7 +291,7 @@ impl TokenCache {
 
     /// The slot for `key`, created on first use.
     pub fn slot(&self, key: TokenKey, client: &Arc<ClientIdentity>) -> Arc<TokenSlot> {
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slots = crate::sync::lock(&self.slots);
         Arc::clone(slots.entry(key.clone()).or_insert_with(|| {
             let (changed, _) = watch::channel(0);
             Arc::new(TokenSlot {

@@ -179,18 +179,9 @@ pub fn http_client(
 fn describe_transport(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         "timed out".into()
-    } else if e.is_connect() {
-        "connection failed".into()
     } else {
-        // reqwest's Display includes the URL, which holds no secret; the chain explains the cause.
-        let mut msg = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            msg.push_str(": ");
-            msg.push_str(&s.to_string());
-            source = s.source();
-        }
-        msg
+        // reqwest's message includes the endpoint URL, which holds no secret; the causes say why.
+        crate::error::chain(e)
     }
 }
 
