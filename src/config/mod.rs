@@ -2,6 +2,7 @@
 //! `load` reads the YAML file, checks every field and loads every key, and reports all problems at once.
 
 mod reader;
+mod routes;
 mod validate;
 
 pub use reader::Issue;

@@ -15,6 +15,14 @@ pub const CUSTOMER_ORG: &str = "910753614";
 pub const SCOPE: &str = "nav:forsikring/samtykke";
 pub const OTHER_SCOPE: &str = "ks:fiks";
 
+/// One route, `/nav/` to the echo upstream's `/forsikring/`, with the delegable scope.
+pub const ONE_ROUTE: &str = r#"  - name: nav
+    prefix: /nav/
+    upstream: {upstream}forsikring/
+    client: vendor
+    scopes: [nav:forsikring/samtykke]
+"#;
+
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }

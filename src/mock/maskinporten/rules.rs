@@ -1,0 +1,289 @@
+//! The checks Maskinporten makes on a JWT grant, and the token it issues when they pass.
+
+use super::{Inner, SIGNING_KID};
+use crate::sync::lock;
+use http::StatusCode;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{json, Map, Value};
+use std::sync::atomic::Ordering;
+
+/// The claims Maskinporten documents for a grant; anything else is "Invalid assertion".
+const DOCUMENTED_CLAIMS: &[&str] = &[
+    "aud",
+    "iss",
+    "iat",
+    "exp",
+    "jti",
+    "scope",
+    "resource",
+    "consumer_org",
+    "authorization_details",
+    "pid",
+    "iss_onbehalfof",
+];
+const MAX_GRANT_LIFETIME: i64 = 120;
+const MAX_CLOCK_SKEW: i64 = 10;
+/// A refusal as Maskinporten words it.
+pub(super) struct Refusal {
+    pub(super) status: StatusCode,
+    pub(super) error: &'static str,
+    pub(super) code: &'static str,
+    pub(super) description: String,
+}
+
+pub(super) fn refuse(
+    error: &'static str,
+    code: &'static str,
+    description: impl Into<String>,
+) -> Refusal {
+    Refusal {
+        status: StatusCode::BAD_REQUEST,
+        error,
+        code,
+        description: description.into(),
+    }
+}
+
+fn now_unix() -> i64 {
+    crate::token::grant::unix_now() as i64
+}
+
+/// The checks Maskinporten makes on a grant, in the order it makes them.
+pub(super) fn check_grant(
+    inner: &Inner,
+    assertion: &str,
+    header: &jsonwebtoken::Header,
+    claims: &Map<String, Value>,
+) -> Result<Value, Refusal> {
+    if !matches!(
+        header.alg,
+        Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512
+    ) {
+        return Err(refuse(
+            "invalid_grant",
+            "MP-124",
+            "Invalid assertion: alg must be RS256, RS384 or RS512",
+        ));
+    }
+    if let Some(extra) = claims
+        .keys()
+        .find(|k| !DOCUMENTED_CLAIMS.contains(&k.as_str()))
+    {
+        return Err(refuse(
+            "invalid_grant",
+            "MP-000",
+            format!("Invalid assertion: undocumented claim {extra}"),
+        ));
+    }
+    let client_id = claims
+        .get("iss")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let client = lock(&inner.clients)
+        .get(client_id)
+        .cloned()
+        .ok_or_else(|| {
+            refuse(
+                "invalid_grant",
+                "MP-100",
+                "Invalid assertion: client not found",
+            )
+        })?;
+    let kid = match (&header.kid, &header.x5c) {
+        (Some(kid), None) => kid,
+        (None, Some(_)) => {
+            return Err(refuse(
+                "invalid_grant",
+                "MP-120",
+                "Invalid assertion: this client uses registered keys, send kid",
+            ))
+        }
+        _ => {
+            return Err(refuse(
+                "invalid_grant",
+                "MP-123",
+                "Invalid assertion: exactly one of kid and x5c is required",
+            ))
+        }
+    };
+    let (n, e) = client.keys.get(kid).ok_or_else(|| {
+        refuse(
+            "invalid_grant",
+            "MP-124",
+            format!("Invalid assertion: no key with kid {kid} registered for the client"),
+        )
+    })?;
+    let key = DecodingKey::from_rsa_components(n, e)
+        .map_err(|_| refuse("invalid_grant", "MP-124", "registered key unusable"))?;
+    let mut validation = Validation::new(header.alg);
+    validation.validate_exp = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    jsonwebtoken::decode::<Map<String, Value>>(assertion, &key, &validation).map_err(|_| {
+        refuse(
+            "invalid_grant",
+            "MP-124",
+            "Invalid assertion: signature does not verify with the registered key",
+        )
+    })?;
+    if claims.get("aud") != Some(&Value::String(inner.issuer.clone())) {
+        return Err(refuse(
+            "invalid_grant",
+            "MP-110",
+            format!("Invalid assertion: aud must be {}", inner.issuer),
+        ));
+    }
+    let (Some(iat), Some(exp)) = (
+        claims.get("iat").and_then(Value::as_i64),
+        claims.get("exp").and_then(Value::as_i64),
+    ) else {
+        return Err(refuse(
+            "invalid_grant",
+            "MP-130",
+            "Invalid assertion: iat and exp are required numbers",
+        ));
+    };
+    let now = now_unix();
+    if exp - iat > MAX_GRANT_LIFETIME || exp <= iat {
+        return Err(refuse(
+            "invalid_grant",
+            "MP-130",
+            "Invalid assertion: exp - iat must be at most 120 seconds",
+        ));
+    }
+    if (iat - now).abs() > MAX_CLOCK_SKEW || exp < now {
+        return Err(refuse(
+            "invalid_grant",
+            "MP-130",
+            "Invalid assertion: iat is not within 10 seconds of the server's clock",
+        ));
+    }
+    let jti = claims
+        .get("jti")
+        .and_then(Value::as_str)
+        .filter(|j| !j.is_empty());
+    let Some(jti) = jti else {
+        return Err(refuse(
+            "invalid_grant",
+            "MP-012",
+            "Invalid assertion: jti is required",
+        ));
+    };
+    if !lock(&inner.jtis).insert(jti.to_string()) {
+        return Err(refuse(
+            "invalid_grant",
+            "MP-012",
+            "Invalid assertion: jti has been used before",
+        ));
+    }
+    let scope = claims
+        .get("scope")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let scopes: Vec<&str> = scope.split_whitespace().collect();
+    if scopes.is_empty() {
+        return Err(refuse("invalid_scope", "MP-200", "scope is missing"));
+    }
+    if let Some(missing) = scopes.iter().find(|s| !client.scopes.contains(**s)) {
+        return Err(refuse(
+            "invalid_scope",
+            "MP-200",
+            format!("Invalid scope: client lacks {missing}"),
+        ));
+    }
+    let mut consumer = client.org.clone();
+    let mut supplier = None;
+    if let Some(org) = claims.get("consumer_org") {
+        let org = org.as_str().unwrap_or_default();
+        if org.len() != 9 || !org.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(refuse(
+                "invalid_request",
+                "MP-250",
+                "consumer_org must be a 9-digit organisation number",
+            ));
+        }
+        if org == client.org {
+            return Err(refuse(
+                "invalid_request",
+                "MP-250",
+                "consumer_org is the client's own organisation",
+            ));
+        }
+        if let Some(s) = scopes.iter().find(|s| {
+            !client
+                .delegations
+                .contains(&(org.to_string(), (**s).to_string()))
+        }) {
+            return Err(refuse(
+                "forbidden",
+                "MP-251",
+                format!("{org} has not delegated {s} to the supplier"),
+            ));
+        }
+        supplier = Some(client.org.clone());
+        consumer = org.to_string();
+    }
+    if let Some(details) = claims.get("authorization_details") {
+        let ok = details.as_array().is_some_and(|a| {
+            a.iter()
+                .all(|d| d.get("type").is_some_and(Value::is_string))
+        });
+        if !ok {
+            return Err(refuse(
+                "invalid_request",
+                "MP-301",
+                "authorization_details must be a list of objects with a type",
+            ));
+        }
+    }
+    if let Some(resource) = claims.get("resource") {
+        let ok = resource.is_string()
+            || resource
+                .as_array()
+                .is_some_and(|a| a.iter().all(Value::is_string));
+        if !ok {
+            return Err(refuse(
+                "invalid_request",
+                "MP-000",
+                "resource must be a string or a list of strings",
+            ));
+        }
+    }
+
+    let expires_in = inner.expires_in.load(Ordering::SeqCst) as i64;
+    let actor =
+        |org: &str| json!({ "authority": "iso6523-actorid-upis", "ID": format!("0192:{org}") });
+    let mut token = json!({
+        "iss": inner.issuer,
+        "client_id": client.client_id,
+        "client_amr": "private_key_jwt",
+        "token_type": "Bearer",
+        "scope": scope,
+        "consumer": actor(&consumer),
+        "iat": now,
+        "exp": now + expires_in,
+        "jti": uuid::Uuid::new_v4().to_string(),
+    });
+    if let Some(supplier) = supplier {
+        token["supplier"] = actor(&supplier);
+        token["delegation_source"] = json!("https://www.altinn.no/");
+    }
+    if let Some(resource) = claims.get("resource") {
+        token["aud"] = resource.clone();
+    }
+    if let Some(details) = claims.get("authorization_details") {
+        token["authorization_details"] = details.clone();
+    }
+    let mut jwt_header = jsonwebtoken::Header::new(Algorithm::RS256);
+    jwt_header.kid = Some(SIGNING_KID.into());
+    let access_token = jsonwebtoken::encode(&jwt_header, &token, inner.signing.encoding_key())
+        .map_err(|_| Refusal {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            error: "server_error",
+            code: "MP-000",
+            description: "signing failed".into(),
+        })?;
+    Ok(
+        json!({ "access_token": access_token, "token_type": "Bearer", "expires_in": expires_in, "scope": scope }),
+    )
+}
