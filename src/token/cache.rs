@@ -3,7 +3,7 @@
 
 use super::client::FetchError;
 use super::policy::{self, Schedule};
-use super::{ClientIdentity, TokenEndpoint, TokenKey};
+use super::{ClientIdentity, TokenKey, TokenSource};
 use crate::metrics::{ClientLabels, FetchLabels, Metrics};
 use http::HeaderValue;
 use std::collections::HashMap;
@@ -85,7 +85,7 @@ pub struct SlotStatus {
 pub struct TokenSlot {
     key: TokenKey,
     client: Arc<ClientIdentity>,
-    endpoint: Arc<TokenEndpoint>,
+    source: Arc<dyn TokenSource>,
     metrics: Arc<Metrics>,
     wait_timeout: Duration,
     state: Mutex<State>,
@@ -152,10 +152,7 @@ impl TokenSlot {
         let result = loop {
             let requested_at = Instant::now();
             let started = std::time::Instant::now();
-            let result = self
-                .endpoint
-                .request(&self.client.client_id, &self.client.key, &self.key.grant)
-                .await;
+            let result = self.source.fetch(&self.client, &self.key.grant).await;
             self.metrics
                 .token_fetch_duration
                 .get_or_create(&ClientLabels {
@@ -268,7 +265,7 @@ fn bearer(token: &str) -> Option<HeaderValue> {
 
 /// All slots, so routes that need the same token share one.
 pub struct TokenCache {
-    endpoint: Arc<TokenEndpoint>,
+    source: Arc<dyn TokenSource>,
     metrics: Arc<Metrics>,
     wait_timeout: Duration,
     slots: Mutex<HashMap<TokenKey, Arc<TokenSlot>>>,
@@ -277,12 +274,12 @@ pub struct TokenCache {
 impl TokenCache {
     /// `wait_timeout` bounds how long a request waits for a fetch under way.
     pub fn new(
-        endpoint: Arc<TokenEndpoint>,
+        source: Arc<dyn TokenSource>,
         metrics: Arc<Metrics>,
         wait_timeout: Duration,
     ) -> Self {
         TokenCache {
-            endpoint,
+            source,
             metrics,
             wait_timeout,
             slots: Mutex::new(HashMap::new()),
@@ -297,7 +294,7 @@ impl TokenCache {
             Arc::new(TokenSlot {
                 key,
                 client: Arc::clone(client),
-                endpoint: Arc::clone(&self.endpoint),
+                source: Arc::clone(&self.source),
                 metrics: Arc::clone(&self.metrics),
                 wait_timeout: self.wait_timeout,
                 state: Mutex::new(State::default()),

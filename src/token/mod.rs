@@ -10,6 +10,8 @@ pub use client::{FetchError, TokenEndpoint};
 pub use grant::GrantSpec;
 
 use crate::keys::SigningKey;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 /// A Maskinporten client as the token code needs it.
@@ -27,4 +29,20 @@ pub struct TokenKey {
     /// The signing key's thumbprint, so a token fetched with an old key is never taken for a new one's.
     pub key: String,
     pub grant: GrantSpec,
+}
+
+pub type FetchFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<client::Issued, FetchError>> + Send + 'a>>;
+
+/// Where the cache gets tokens: Maskinporten's token endpoint in production, a script in the
+/// cache's own tests (which run on a paused clock without sockets).
+pub trait TokenSource: Send + Sync {
+    /// Signs a fresh grant for `client` and exchanges it for a token.
+    fn fetch<'a>(&'a self, client: &'a ClientIdentity, grant: &'a GrantSpec) -> FetchFuture<'a>;
+}
+
+impl TokenSource for TokenEndpoint {
+    fn fetch<'a>(&'a self, client: &'a ClientIdentity, grant: &'a GrantSpec) -> FetchFuture<'a> {
+        Box::pin(self.request(&client.client_id, &client.key, grant))
+    }
 }
