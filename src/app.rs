@@ -6,9 +6,12 @@ use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::route::{Route, RouteTable, Target};
 use crate::token::{client, ClientIdentity, GrantSpec, TokenCache, TokenEndpoint, TokenKey};
+use crate::upstream::UpstreamClient;
 use anyhow::Context as _;
+use rustls_pki_types::CertificateDer;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -18,9 +21,16 @@ use tokio::task::JoinHandle;
 /// How long shutdown waits for in-flight requests.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-/// The one TLS configuration for every outbound connection: rustls with the Mozilla roots.
-pub fn tls_config() -> anyhow::Result<rustls::ClientConfig> {
-    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+/// The TLS configuration for outbound connections: rustls with the Mozilla roots, plus the CA
+/// certificates in `extra_roots` (a route's `ca_file`).
+pub fn tls_config(extra_roots: &[CertificateDer<'static>]) -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots =
+        rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for cert in extra_roots {
+        roots
+            .add(cert.clone())
+            .context("a ca_file certificate is not a usable CA certificate")?;
+    }
     Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
@@ -32,7 +42,10 @@ pub fn tls_config() -> anyhow::Result<rustls::ClientConfig> {
 
 /// Builds the request pipeline: route table, token cache slots and upstream client.
 pub fn build(config: &Config) -> anyhow::Result<Proxy> {
-    let tls = tls_config()?;
+    let tls = tls_config(&[])?;
+    let default_upstream = crate::upstream::client(tls.clone());
+    // One pooled client per distinct ca_file; routes without one share the default.
+    let mut upstream_clients: HashMap<PathBuf, UpstreamClient> = HashMap::new();
     let metrics = Arc::new(Metrics::new());
     let http = client::http_client(tls.clone(), config.maskinporten.timeout)
         .context("building the token endpoint client")?;
@@ -69,6 +82,20 @@ pub fn build(config: &Config) -> anyhow::Result<Proxy> {
                 &r.authorization_details,
             ),
         };
+        let http = match &r.ca_file {
+            None => default_upstream.clone(),
+            Some(ca) => match upstream_clients.get(&ca.path) {
+                Some(client) => client.clone(),
+                None => {
+                    let client = crate::upstream::client(
+                        tls_config(&ca.certs)
+                            .with_context(|| format!("route {}: {}", r.name, ca.path.display()))?,
+                    );
+                    upstream_clients.insert(ca.path.clone(), client.clone());
+                    client
+                }
+            },
+        };
         let upstream = Target::from_uri(&r.upstream)
             .with_context(|| format!("route {}: upstream has no scheme or host", r.name))?;
         routes.push(Arc::new(Route {
@@ -83,13 +110,10 @@ pub fn build(config: &Config) -> anyhow::Result<Proxy> {
                 .map(|(n, v)| (n.clone(), v.expose().clone()))
                 .collect(),
             timeout: r.timeout,
+            http,
         }));
     }
-    Ok(Proxy::new(
-        RouteTable::new(routes),
-        crate::upstream::client(tls),
-        metrics,
-    ))
+    Ok(Proxy::new(RouteTable::new(routes), metrics))
 }
 
 /// A started portvakt: its bound addresses and the handle to stop it.

@@ -4,7 +4,7 @@
 use crate::error::{Body, ProxyError};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::route::{self, Route, RouteTable};
-use crate::upstream::{self, UpstreamClient};
+use crate::upstream;
 use http::header::{AUTHORIZATION, HOST};
 use http::{Request, Response, Version};
 use http_body_util::Either;
@@ -15,16 +15,14 @@ use std::time::Instant;
 /// Everything the request path needs, shared by all connections.
 pub struct Proxy {
     pub routes: RouteTable,
-    pub client: UpstreamClient,
     pub metrics: Arc<Metrics>,
     no_route: Arc<String>,
 }
 
 impl Proxy {
-    pub fn new(routes: RouteTable, client: UpstreamClient, metrics: Arc<Metrics>) -> Self {
+    pub fn new(routes: RouteTable, metrics: Arc<Metrics>) -> Self {
         Proxy {
             routes,
-            client,
             metrics,
             no_route: Arc::new(String::new()),
         }
@@ -117,7 +115,7 @@ impl Proxy {
             parts.headers.insert(name.clone(), value.clone());
         }
 
-        let call = self.client.request(Request::from_parts(parts, body));
+        let call = route.http.request(Request::from_parts(parts, body));
         let mut response = match tokio::time::timeout(route.timeout, call).await {
             Err(_) => {
                 return Err(ProxyError::UpstreamTimeout {

@@ -2,6 +2,7 @@
 //! upstream request goes. Pure functions, tested by table.
 
 use crate::token::TokenSlot;
+use crate::upstream::UpstreamClient;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderName, HeaderValue, Uri};
 use std::sync::Arc;
@@ -17,6 +18,8 @@ pub struct Route {
     /// Static headers, values marked sensitive.
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub timeout: Duration,
+    /// The pooled client for this route's upstream (shared by routes with the same TLS trust).
+    pub http: UpstreamClient,
 }
 
 /// Where a route's calls go: scheme and authority, and the base path the remainder is appended to.

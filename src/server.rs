@@ -1,4 +1,4 @@
-//! Accept loop and graceful shutdown, shared by the proxy, the admin listener and the mocks.
+//! Accept loop (plain or TLS) and graceful shutdown, shared by the proxy, the admin listener and the mocks.
 
 use hyper::body::{Body, Incoming};
 use hyper::{Request, Response};
@@ -11,11 +11,33 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
-/// Serves HTTP/1.1 (and h2c) on `listener`, handing each request to `handler` with the peer's address, until `shutdown` turns true, then stops accepting and
-/// lets in-flight requests finish for up to `grace`.
+/// How long a TLS client may take to finish its handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves plain HTTP/1.1 (and h2c) on `listener`: see [`serve_on`].
 pub async fn serve<H, F, B>(
     listener: TcpListener,
+    handler: H,
+    shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    serve_on(listener, None, handler, shutdown, grace).await
+}
+
+/// Serves HTTP/1.1 and HTTP/2 (h2c, or by ALPN under `tls`) on `listener`, handing each request to
+/// `handler` with the peer's address, until `shutdown` turns true; then stops accepting and lets
+/// in-flight requests finish for up to `grace`.
+pub async fn serve_on<H, F, B>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     handler: H,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
@@ -52,11 +74,26 @@ pub async fn serve<H, F, B>(
                     let handler = handler.clone();
                     async move { Ok::<_, Infallible>(handler(request, peer).await) }
                 });
-                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let connection = graceful.watch(connection);
+                // Errors while serving are a caller or peer going away mid-request: nothing to answer.
+                let Some(acceptor) = &tls else {
+                    let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+                    tokio::spawn(async move {
+                        if let Err(e) = connection.await {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                    });
+                    continue;
+                };
+                // The handshake runs in the connection's task so a slow client cannot stall the accept loop.
+                let (acceptor, builder, watcher) = (acceptor.clone(), builder.clone(), graceful.watcher());
                 tokio::spawn(async move {
-                    // Errors here are a caller or peer going away mid-request: nothing to answer.
-                    if let Err(e) = connection.await {
+                    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                    };
+                    let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                    if let Err(e) = watcher.watch(connection).await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                 });

@@ -367,3 +367,25 @@ fn every_example_in_config_parses() {
     }
     assert!(seen >= 1, "no examples found in config/");
 }
+
+#[test]
+fn ca_files_must_hold_certificates() {
+    let route = |ca: &str| {
+        GOOD.replace(
+            "    scopes: [nav:forsikring/samtykke]\n",
+            &format!("    scopes: [nav:forsikring/samtykke]\n    ca_file: {ca}\n"),
+        )
+    };
+    let ok = parse_with(&route("test-ca.pem"), &[]).unwrap();
+    assert_eq!(ok.routes[0].ca_file.as_ref().unwrap().certs.len(), 1);
+    let found = issues(&route("client-a.pem"));
+    assert!(
+        found[0].starts_with("routes[0].ca_file: ") && found[0].contains("no PEM certificate"),
+        "{found:?}"
+    );
+    let found = issues(&route("nowhere.pem"));
+    assert!(
+        found[0].starts_with("routes[0].ca_file: ") && found[0].contains("cannot read"),
+        "{found:?}"
+    );
+}

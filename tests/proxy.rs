@@ -320,3 +320,59 @@ async fn upstream_connections_are_kept_alive_and_reused() {
         "sequential calls should share one pooled upstream connection"
     );
 }
+
+#[tokio::test]
+async fn https_upstreams_are_verified_and_reached_over_http2_by_alpn() {
+    let mock = portvakt::mock::MockMaskinporten::start(vec![registered_client()], 120)
+        .await
+        .unwrap();
+    let upstream = portvakt::mock::EchoUpstream::start_tls(
+        Some(mock.decoding_key()),
+        &fixtures().join("upstream.pem"),
+        &fixtures().join("upstream.key"),
+    )
+    .await
+    .unwrap();
+    let base = format!("https://127.0.0.1:{}/api/", upstream.addr().port());
+    let routes = format!(
+        "  - name: trusted\n    prefix: /trusted/\n    upstream: {base}\n    client: vendor\n    scopes: [ks:fiks]\n    ca_file: test-ca.pem\n  - name: untrusted\n    prefix: /untrusted/\n    upstream: {base}\n    client: vendor\n    scopes: [ks:fiks]\n"
+    );
+    let proxy = spawn_proxy(
+        &config_yaml(&mock.issuer(), &mock.token_endpoint(), &routes),
+        &Default::default(),
+    )
+    .await;
+    let http = http_client();
+
+    let response = http
+        .get(format!("http://{}/trusted/x?y=1", proxy.listen))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.version(),
+        reqwest::Version::HTTP_11,
+        "the caller keeps HTTP/1.1"
+    );
+    let seen = upstream.records();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].version, http::Version::HTTP_2);
+    assert_eq!(seen[0].target, "/api/x?y=1");
+    assert!(seen[0].token_valid, "{:?}", seen[0].token_error);
+
+    // The same server without its CA in the trust store: refused, and nothing was sent.
+    let response = http
+        .get(format!("http://{}/untrusted/x", proxy.listen))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let body = problem(response).await;
+    assert_eq!(body["route"], "untrusted");
+    assert!(
+        body["detail"].as_str().unwrap().contains("certificate"),
+        "{body}"
+    );
+    assert_eq!(upstream.records().len(), 1);
+}

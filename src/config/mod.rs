@@ -76,6 +76,26 @@ pub struct RouteConfig {
     pub headers: Vec<(HeaderName, Secret<HeaderValue>)>,
     /// How long to wait for the upstream's response headers; default 30 s.
     pub timeout: Duration,
+    /// Extra CA certificates trusted for this upstream, besides the Mozilla roots.
+    pub ca_file: Option<CaFile>,
+}
+
+/// A PEM file of CA certificates, loaded.
+#[derive(Clone)]
+pub struct CaFile {
+    pub path: PathBuf,
+    pub certs: Vec<rustls_pki_types::CertificateDer<'static>>,
+}
+
+impl fmt::Debug for CaFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "CaFile({}, {} certificates)",
+            self.path.display(),
+            self.certs.len()
+        )
+    }
 }
 
 /// Every problem found in one configuration file.

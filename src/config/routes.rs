@@ -2,11 +2,13 @@
 
 use super::reader::{index, join, Reader};
 use super::validate::http_url;
-use super::RouteConfig;
+use super::{CaFile, RouteConfig};
 use crate::secret::Secret;
 use http::{HeaderName, HeaderValue, Uri};
+use rustls_pki_types::CertificateDer;
 use serde_json::Value;
 use std::collections::HashSet;
+use std::path::Path;
 use std::time::Duration;
 
 const ROUTE: &[&str] = &[
@@ -20,6 +22,7 @@ const ROUTE: &[&str] = &[
     "authorization_details",
     "headers",
     "timeout_seconds",
+    "ca_file",
 ];
 
 /// Headers portvakt owns on the way upstream; a route may not set them.
@@ -37,7 +40,12 @@ const RESERVED_HEADERS: &[&str] = &[
     "content-length",
 ];
 
-pub(super) fn routes(r: &mut Reader, v: Option<&Value>, clients: &[&str]) -> Vec<RouteConfig> {
+pub(super) fn routes(
+    r: &mut Reader,
+    v: Option<&Value>,
+    clients: &[&str],
+    base: &Path,
+) -> Vec<RouteConfig> {
     let Some(v) = v else {
         r.issue(
             "routes",
@@ -56,7 +64,7 @@ pub(super) fn routes(r: &mut Reader, v: Option<&Value>, clients: &[&str]) -> Vec
     let (mut names, mut prefixes) = (HashSet::new(), HashSet::new());
     for (i, item) in items.iter().enumerate() {
         let path = index("routes", i);
-        let Some(route) = route(r, item, &path, clients) else {
+        let Some(route) = route(r, item, &path, clients, base) else {
             continue;
         };
         if !names.insert(route.name.clone()) {
@@ -82,7 +90,13 @@ pub(super) fn routes(r: &mut Reader, v: Option<&Value>, clients: &[&str]) -> Vec
     out
 }
 
-fn route(r: &mut Reader, v: &Value, path: &str, clients: &[&str]) -> Option<RouteConfig> {
+fn route(
+    r: &mut Reader,
+    v: &Value,
+    path: &str,
+    clients: &[&str],
+    base: &Path,
+) -> Option<RouteConfig> {
     let m = r.mapping(v, path, ROUTE)?;
     let p = |k: &str| join(path, k);
     let name = r.required_string(m.get("name"), &p("name"));
@@ -133,6 +147,9 @@ fn route(r: &mut Reader, v: &Value, path: &str, clients: &[&str]) -> Option<Rout
         &p("authorization_details"),
     );
     let headers = headers(r, m.get("headers"), &p("headers"));
+    let ca_file = r
+        .string(m.get("ca_file"), &p("ca_file"))
+        .and_then(|f| ca_file(r, &base.join(f), &p("ca_file")));
     let timeout = r
         .positive_u64(m.get("timeout_seconds"), &p("timeout_seconds"))
         .unwrap_or(30);
@@ -147,7 +164,38 @@ fn route(r: &mut Reader, v: &Value, path: &str, clients: &[&str]) -> Option<Rout
         authorization_details,
         headers,
         timeout: Duration::from_secs(timeout),
+        ca_file,
     })
+}
+
+/// Extra CA certificates (PEM) this upstream's certificate may chain to, besides the Mozilla roots.
+fn ca_file(r: &mut Reader, file: &Path, path: &str) -> Option<CaFile> {
+    use rustls_pki_types::pem::PemObject;
+    let certs =
+        CertificateDer::pem_file_iter(file).and_then(|certs| certs.collect::<Result<Vec<_>, _>>());
+    match certs {
+        Ok(certs) if !certs.is_empty() => Some(CaFile {
+            path: file.to_path_buf(),
+            certs,
+        }),
+        Ok(_) => {
+            r.issue(
+                path,
+                format!(
+                    "{}: no PEM certificate (BEGIN CERTIFICATE) in the file",
+                    file.display()
+                ),
+            );
+            None
+        }
+        Err(e) => {
+            r.issue(
+                path,
+                format!("{}: cannot read the certificates: {e}", file.display()),
+            );
+            None
+        }
+    }
 }
 
 fn prefix(r: &mut Reader, s: &str, path: &str) -> Option<String> {

@@ -54,7 +54,7 @@ pub fn validate(text: &str, base: &Path, env: EnvLookup<'_>) -> Result<Config, V
         Some(Value::Object(map)) => map.keys().map(String::as_str).collect(),
         _ => Vec::new(),
     };
-    let routes = routes(&mut r, top.get("routes"), &declared);
+    let routes = routes(&mut r, top.get("routes"), &declared, base);
 
     if let (Some(a), Some(b)) = (listen, admin_listen) {
         if a == b && a.port() != 0 {

@@ -10,6 +10,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use jsonwebtoken::{DecodingKey, Validation};
 use serde_json::{json, Map, Value};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -23,6 +24,7 @@ pub struct Recorded {
     /// The connecting side's address: one value for many requests shows a reused connection.
     pub peer: SocketAddr,
     pub method: String,
+    pub version: http::Version,
     /// Path and query exactly as received.
     pub target: String,
     pub headers: HeaderMap,
@@ -41,6 +43,7 @@ struct Inner {
 
 pub struct EchoUpstream {
     addr: SocketAddr,
+    scheme: &'static str,
     inner: Arc<Inner>,
     shutdown: watch::Sender<bool>,
 }
@@ -55,21 +58,62 @@ impl EchoUpstream {
         listener: TcpListener,
         verify_with: Option<DecodingKey>,
     ) -> std::io::Result<Self> {
+        Self::start_with(listener, None, verify_with)
+    }
+
+    /// Starts an HTTPS upstream (ALPN h2 and http/1.1) with the PEM certificate chain and key given.
+    pub async fn start_tls(
+        verify_with: Option<DecodingKey>,
+        cert_pem: &Path,
+        key_pem: &Path,
+    ) -> std::io::Result<Self> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let invalid = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
+        let certs = CertificateDer::pem_file_iter(cert_pem)
+            .map_err(|e| invalid(&e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid(&e))?;
+        let key = PrivateKeyDer::from_pem_file(key_pem).map_err(|e| invalid(&e))?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid(&e))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| invalid(&e))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        Self::start_with(
+            TcpListener::bind("127.0.0.1:0").await?,
+            Some(acceptor),
+            verify_with,
+        )
+    }
+
+    fn start_with(
+        listener: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        verify_with: Option<DecodingKey>,
+    ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let inner = Arc::new(Inner {
             verify_with,
             records: Mutex::new(Vec::new()),
         });
         let (shutdown, stop) = watch::channel(false);
         let state = Arc::clone(&inner);
-        tokio::spawn(server::serve(
+        tokio::spawn(server::serve_on(
             listener,
+            tls,
             move |req, peer| handle(Arc::clone(&state), req, peer),
             stop,
             Duration::from_secs(1),
         ));
         Ok(EchoUpstream {
             addr,
+            scheme,
             inner,
             shutdown,
         })
@@ -79,7 +123,7 @@ impl EchoUpstream {
         self.addr
     }
     pub fn url(&self) -> String {
-        format!("http://{}/", self.addr)
+        format!("{}://{}/", self.scheme, self.addr)
     }
     pub fn records(&self) -> Vec<Recorded> {
         crate::sync::lock(&self.inner.records).clone()
@@ -196,6 +240,7 @@ async fn handle(
     let record = Recorded {
         peer,
         method: parts.method.to_string(),
+        version: parts.version,
         target: target.clone(),
         headers: parts.headers.clone(),
         body_len,
