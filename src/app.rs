@@ -47,7 +47,12 @@ pub fn build(config: &Config) -> anyhow::Result<Proxy> {
     // One pooled client per distinct ca_file; routes without one share the default.
     let mut upstream_clients: HashMap<PathBuf, UpstreamClient> = HashMap::new();
     let metrics = Arc::new(Metrics::new());
-    let http = client::http_client(tls.clone(), config.maskinporten.timeout)
+    let token_tls = match &config.maskinporten.ca_file {
+        Some(ca) => tls_config(&ca.certs)
+            .with_context(|| format!("maskinporten.ca_file: {}", ca.path.display()))?,
+        None => tls.clone(),
+    };
+    let http = client::http_client(token_tls, config.maskinporten.timeout)
         .context("building the token endpoint client")?;
     let endpoint = Arc::new(TokenEndpoint::new(
         http,

@@ -272,3 +272,48 @@ async fn unreachable_token_endpoint_is_503() {
     assert_eq!(body["title"], "Maskinporten token unavailable");
     assert!(upstream.records().is_empty());
 }
+
+#[tokio::test]
+async fn the_token_endpoint_is_reached_over_verified_tls() {
+    let (cert, key) = (
+        fixtures().join("upstream.pem"),
+        fixtures().join("upstream.key"),
+    );
+    let mock =
+        portvakt::mock::MockMaskinporten::start_tls(vec![registered_client()], 120, &cert, &key)
+            .await
+            .unwrap();
+    assert!(mock.issuer().starts_with("https://127.0.0.1:"));
+    let upstream = portvakt::mock::EchoUpstream::start(Some(mock.decoding_key()))
+        .await
+        .unwrap();
+    let routes = ONE_ROUTE.replace("{upstream}", &upstream.url());
+    let trusted = config_yaml(&mock.issuer(), &mock.token_endpoint(), &routes).replace(
+        "  timeout_seconds: 5\n",
+        "  timeout_seconds: 5\n  ca_file: test-ca.pem\n",
+    );
+    let proxy = spawn_proxy(&trusted, &Default::default()).await;
+    let response = http_client()
+        .get(format!("http://{}/nav/x", proxy.listen))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(upstream.records()[0].token_valid);
+
+    // Without the CA the handshake fails: Maskinporten is unavailable, the call is not forwarded.
+    let untrusted = config_yaml(&mock.issuer(), &mock.token_endpoint(), &routes);
+    let proxy = spawn_proxy(&untrusted, &Default::default()).await;
+    let response = http_client()
+        .get(format!("http://{}/nav/x", proxy.listen))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(upstream.records().len(), 1);
+    assert_eq!(
+        mock.token_requests(),
+        1,
+        "the untrusted proxy never completed a request"
+    );
+}

@@ -51,6 +51,8 @@ pub struct Maskinporten {
     pub token_endpoint: String,
     /// Overall time for one token request; default 10 s.
     pub timeout: Duration,
+    /// Extra CA certificates trusted for the token endpoint, besides the Mozilla roots.
+    pub ca_file: Option<CaFile>,
 }
 
 /// A Maskinporten client (an integration registered in Samarbeidsportalen) and its signing key.

@@ -1,11 +1,10 @@
 //! The `routes` list: each route's fields, checked with their YAML paths.
 
 use super::reader::{index, join, Reader};
-use super::validate::http_url;
-use super::{CaFile, RouteConfig};
+use super::validate::{ca_file, http_url};
+use super::RouteConfig;
 use crate::secret::Secret;
 use http::{HeaderName, HeaderValue, Uri};
-use rustls_pki_types::CertificateDer;
 use serde_json::Value;
 use std::collections::HashSet;
 use std::path::Path;
@@ -166,36 +165,6 @@ fn route(
         timeout: Duration::from_secs(timeout),
         ca_file,
     })
-}
-
-/// Extra CA certificates (PEM) this upstream's certificate may chain to, besides the Mozilla roots.
-fn ca_file(r: &mut Reader, file: &Path, path: &str) -> Option<CaFile> {
-    use rustls_pki_types::pem::PemObject;
-    let certs =
-        CertificateDer::pem_file_iter(file).and_then(|certs| certs.collect::<Result<Vec<_>, _>>());
-    match certs {
-        Ok(certs) if !certs.is_empty() => Some(CaFile {
-            path: file.to_path_buf(),
-            certs,
-        }),
-        Ok(_) => {
-            r.issue(
-                path,
-                format!(
-                    "{}: no PEM certificate (BEGIN CERTIFICATE) in the file",
-                    file.display()
-                ),
-            );
-            None
-        }
-        Err(e) => {
-            r.issue(
-                path,
-                format!("{}: cannot read the certificates: {e}", file.display()),
-            );
-            None
-        }
-    }
 }
 
 fn prefix(r: &mut Reader, s: &str, path: &str) -> Option<String> {

@@ -2,10 +2,11 @@
 
 use super::reader::{join, EnvLookup, Issue, Reader};
 use super::routes::routes;
-use super::{Client, Config, Environment, Maskinporten};
+use super::{CaFile, Client, Config, Environment, Maskinporten};
 use crate::keys::{self, KeySource};
 use crate::secret::Secret;
 use http::Uri;
+use rustls_pki_types::CertificateDer;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -19,7 +20,13 @@ const TOP: &[&str] = &[
     "clients",
     "routes",
 ];
-const MASKINPORTEN: &[&str] = &["environment", "issuer", "token_endpoint", "timeout_seconds"];
+const MASKINPORTEN: &[&str] = &[
+    "environment",
+    "issuer",
+    "token_endpoint",
+    "timeout_seconds",
+    "ca_file",
+];
 const CLIENT: &[&str] = &["client_id", "key"];
 const KEY: &[&str] = &["pem", "kid", "jwk", "jwk_base64", "pkcs12", "password"];
 pub fn validate(text: &str, base: &Path, env: EnvLookup<'_>) -> Result<Config, Vec<Issue>> {
@@ -46,7 +53,7 @@ pub fn validate(text: &str, base: &Path, env: EnvLookup<'_>) -> Result<Config, V
 
     let listen = socket_addr(&mut r, top.get("listen"), "listen", true);
     let admin_listen = socket_addr(&mut r, top.get("admin_listen"), "admin_listen", false);
-    let maskinporten = maskinporten(&mut r, top.get("maskinporten"));
+    let maskinporten = maskinporten(&mut r, top.get("maskinporten"), base);
     let clients = clients(&mut r, top.get("clients"), base);
     // Routes are checked against every declared client, loaded or not, so a bad key is reported
     // once, at the key, and not again at each route that uses the client.
@@ -107,7 +114,7 @@ fn socket_addr(
     }
 }
 
-fn maskinporten(r: &mut Reader, v: Option<&Value>) -> Option<Maskinporten> {
+fn maskinporten(r: &mut Reader, v: Option<&Value>, base: &Path) -> Option<Maskinporten> {
     let path = "maskinporten";
     let Some(v) = v else {
         r.issue(path, "is required: set environment to prod, test or custom");
@@ -164,11 +171,15 @@ fn maskinporten(r: &mut Reader, v: Option<&Value>) -> Option<Maskinporten> {
             (issuer, endpoint)
         }
     };
+    let ca_file = r
+        .string(m.get("ca_file"), &join(path, "ca_file"))
+        .and_then(|f| ca_file(r, &base.join(f), &join(path, "ca_file")));
     Some(Maskinporten {
         environment,
         issuer,
         token_endpoint,
         timeout: Duration::from_secs(timeout),
+        ca_file,
     })
 }
 
@@ -295,6 +306,36 @@ fn key(r: &mut Reader, v: &Value, path: &str, base: &Path) -> Option<keys::Signi
         Ok(key) => Some(key),
         Err(e) => {
             r.issue(&form_path, e.to_string());
+            None
+        }
+    }
+}
+
+/// A PEM file of extra CA certificates, trusted besides the Mozilla roots.
+pub(super) fn ca_file(r: &mut Reader, file: &Path, path: &str) -> Option<CaFile> {
+    use rustls_pki_types::pem::PemObject;
+    let certs =
+        CertificateDer::pem_file_iter(file).and_then(|certs| certs.collect::<Result<Vec<_>, _>>());
+    match certs {
+        Ok(certs) if !certs.is_empty() => Some(CaFile {
+            path: file.to_path_buf(),
+            certs,
+        }),
+        Ok(_) => {
+            r.issue(
+                path,
+                format!(
+                    "{}: no PEM certificate (BEGIN CERTIFICATE) in the file",
+                    file.display()
+                ),
+            );
+            None
+        }
+        Err(e) => {
+            r.issue(
+                path,
+                format!("{}: cannot read the certificates: {e}", file.display()),
+            );
             None
         }
     }

@@ -11,3 +11,27 @@ pub use upstream::EchoUpstream;
 pub const MOCK_SIGNING_KEY_PEM: &str = include_str!("keys/mock-signing.pem");
 /// The demo client's key, registered with the mock. A fixed, public test key: never use it elsewhere.
 pub const DEMO_CLIENT_KEY_PEM: &str = include_str!("keys/demo-client.pem");
+
+/// A TLS acceptor for a loopback test server (ALPN h2 and http/1.1) from PEM files.
+pub fn tls_acceptor(
+    cert_pem: &std::path::Path,
+    key_pem: &std::path::Path,
+) -> std::io::Result<tokio_rustls::TlsAcceptor> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let invalid = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
+    let certs = CertificateDer::pem_file_iter(cert_pem)
+        .map_err(|e| invalid(&e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(&e))?;
+    let key = PrivateKeyDer::from_pem_file(key_pem).map_err(|e| invalid(&e))?;
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(&e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| invalid(&e))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
+}

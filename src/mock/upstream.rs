@@ -62,28 +62,13 @@ impl EchoUpstream {
     }
 
     /// Starts an HTTPS upstream (ALPN h2 and http/1.1) with the PEM certificate chain and key given.
+    /// Starts an HTTPS upstream (ALPN h2 and http/1.1) with the PEM certificate chain and key given.
     pub async fn start_tls(
         verify_with: Option<DecodingKey>,
         cert_pem: &Path,
         key_pem: &Path,
     ) -> std::io::Result<Self> {
-        use rustls_pki_types::pem::PemObject;
-        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-        let invalid = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
-        let certs = CertificateDer::pem_file_iter(cert_pem)
-            .map_err(|e| invalid(&e))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| invalid(&e))?;
-        let key = PrivateKeyDer::from_pem_file(key_pem).map_err(|e| invalid(&e))?;
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| invalid(&e))?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .map_err(|e| invalid(&e))?;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = super::tls_acceptor(cert_pem, key_pem)?;
         Self::start_with(
             TcpListener::bind("127.0.0.1:0").await?,
             Some(acceptor),

@@ -115,11 +115,37 @@ impl MockMaskinporten {
         clients: Vec<MockClient>,
         expires_in: u64,
     ) -> std::io::Result<Self> {
+        Self::start_with(listener, None, clients, expires_in)
+    }
+
+    /// Starts on HTTPS with the PEM certificate and key given; the issuer is `https://127.0.0.1:PORT/`.
+    pub async fn start_tls(
+        clients: Vec<MockClient>,
+        expires_in: u64,
+        cert_pem: &std::path::Path,
+        key_pem: &std::path::Path,
+    ) -> std::io::Result<Self> {
+        let acceptor = super::tls_acceptor(cert_pem, key_pem)?;
+        Self::start_with(
+            TcpListener::bind("127.0.0.1:0").await?,
+            Some(acceptor),
+            clients,
+            expires_in,
+        )
+    }
+
+    fn start_with(
+        listener: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        clients: Vec<MockClient>,
+        expires_in: u64,
+    ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let signing = SigningKey::from_pem(super::MOCK_SIGNING_KEY_PEM.as_bytes(), SIGNING_KID)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let inner = Arc::new(Inner {
-            issuer: format!("http://{addr}/"),
+            issuer: format!("{scheme}://{addr}/"),
             signing,
             clients: Mutex::new(
                 clients
@@ -136,8 +162,9 @@ impl MockMaskinporten {
         });
         let (shutdown, stop) = watch::channel(false);
         let state = Arc::clone(&inner);
-        tokio::spawn(server::serve(
+        tokio::spawn(server::serve_on(
             listener,
+            tls,
             move |req, _peer| handle(Arc::clone(&state), req),
             stop,
             Duration::from_secs(1),
