@@ -24,6 +24,14 @@ pub fn summary(config: &Config, file: &Path) -> String {
         m.issuer,
         m.token_endpoint
     );
+    if let Some(ca) = &m.ca_file {
+        let _ = writeln!(
+            out,
+            "              ca_file {} ({} certificates)",
+            ca.path.display(),
+            ca.certs.len()
+        );
+    }
     let _ = writeln!(out, "clients:");
     for c in &config.clients {
         let k = &c.key;
@@ -66,6 +74,15 @@ pub fn summary(config: &Config, file: &Path) -> String {
             let names: Vec<&str> = r.headers.iter().map(|(n, _)| n.as_str()).collect();
             let _ = writeln!(out, "    headers {} (values hidden)", names.join(", "));
         }
+        if let Some(ca) = &r.ca_file {
+            let _ = writeln!(
+                out,
+                "    ca_file {} ({} certificates)",
+                ca.path.display(),
+                ca.certs.len()
+            );
+        }
+        let _ = writeln!(out, "    timeout {} s", r.timeout.as_secs());
     }
     out
 }
