@@ -15,7 +15,7 @@ pub type Body = Either<Incoming, Full<Bytes>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error("no route matches {path}")]
+    #[error("no route matches the request path")]
     NoRoute { path: String, prefixes: Vec<String> },
     #[error("the path would leave the route's prefix once decoded")]
     PathEscapes,

@@ -126,6 +126,8 @@ async fn run_serves_from_portvakt_config_and_drains_on_sigterm() {
         1,
         "the second call used the cached token"
     );
+    let unknown = format!("http://127.0.0.1:{port}/unknown/12345678901?fnr=12345678901");
+    assert_eq!(http.get(&unknown).send().await.unwrap().status(), 404);
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -158,6 +160,14 @@ async fn run_serves_from_portvakt_config_and_drains_on_sigterm() {
     assert!(
         !stderr.contains("hello"),
         "paths are not logged at info: {stderr}"
+    );
+    assert!(
+        !stderr.contains("12345678901"),
+        "nor the paths or queries of refused calls: {stderr}"
+    );
+    assert!(
+        stderr.contains("request route=\"-\" method=GET status=404"),
+        "{stderr}"
     );
     assert!(!stderr.contains("Bearer"), "{stderr}");
 }
