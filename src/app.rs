@@ -2,14 +2,19 @@
 
 use crate::admin::Admin;
 use crate::config::Config;
+use crate::error::Body;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::route::{Route, RouteTable, Target};
 use crate::token::{client, ClientIdentity, GrantSpec, TokenCache, TokenEndpoint, TokenKey};
 use crate::upstream::UpstreamClient;
 use anyhow::Context as _;
+use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION, SET_COOKIE};
+use http::{Request, Response};
+use hyper::body::Incoming;
 use rustls_pki_types::CertificateDer;
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,6 +22,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tower::{Service, ServiceBuilder, ServiceExt as _};
+use tower_http::sensitive_headers::{
+    SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer,
+};
 
 /// How long shutdown waits for in-flight requests.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -150,6 +159,29 @@ impl Running {
     }
 }
 
+/// The inbound service: cross-cutting layers, outermost first, around the pipeline in `proxy.rs`.
+fn stack(
+    proxy: Arc<Proxy>,
+) -> impl Service<Request<Incoming>, Response = Response<Body>, Error = Infallible, Future: Send>
+       + Clone
+       + Send
+       + Sync
+       + 'static {
+    ServiceBuilder::new()
+        // The caller's credentials (replaced before forwarding) and cookies both ways are marked
+        // sensitive first, so no later layer or log line can print them.
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            AUTHORIZATION,
+            PROXY_AUTHORIZATION,
+            COOKIE,
+        ]))
+        .layer(SetSensitiveResponseHeadersLayer::new([SET_COOKIE]))
+        .service_fn(move |request| {
+            let proxy = Arc::clone(&proxy);
+            async move { Ok::<_, Infallible>(proxy.handle(request).await) }
+        })
+}
+
 /// Binds both listeners (before anything is served, so a port in use fails the start) and serves.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let proxy = Arc::new(build(config)?);
@@ -176,10 +208,18 @@ pub fn start_on(
     let (shutdown, stop) = watch::channel(false);
     let listen = listener.local_addr()?;
     let mut tasks = Vec::new();
-    let p = Arc::clone(&proxy);
+    let service = stack(Arc::clone(&proxy));
     tasks.push(tokio::spawn(crate::server::serve(
         listener,
-        move |req, _peer| Arc::clone(&p).handle(req),
+        move |req, _peer| {
+            let service = service.clone();
+            async move {
+                match service.oneshot(req).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            }
+        },
         stop.clone(),
         SHUTDOWN_GRACE,
     )));
