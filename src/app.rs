@@ -211,6 +211,7 @@ pub fn start_on(
     let service = stack(Arc::clone(&proxy));
     tasks.push(tokio::spawn(crate::server::serve(
         listener,
+        None,
         move |req, _peer| {
             let service = service.clone();
             async move {
@@ -232,6 +233,7 @@ pub fn start_on(
             });
             tasks.push(tokio::spawn(crate::server::serve(
                 l,
+                None,
                 move |req, _peer| Arc::clone(&admin).handle(req),
                 stop,
                 SHUTDOWN_GRACE,

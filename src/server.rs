@@ -16,26 +16,10 @@ use tokio_rustls::TlsAcceptor;
 /// How long a TLS client may take to finish its handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves plain HTTP/1.1 (and h2c) on `listener`: see [`serve_on`].
-pub async fn serve<H, F, B>(
-    listener: TcpListener,
-    handler: H,
-    shutdown: watch::Receiver<bool>,
-    grace: Duration,
-) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<B>> + Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    serve_on(listener, None, handler, shutdown, grace).await
-}
-
 /// Serves HTTP/1.1 and HTTP/2 (h2c, or by ALPN under `tls`) on `listener`, handing each request to
 /// `handler` with the peer's address, until `shutdown` turns true; then stops accepting and lets
 /// in-flight requests finish for up to `grace`.
-pub async fn serve_on<H, F, B>(
+pub async fn serve<H, F, B>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     handler: H,

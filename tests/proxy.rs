@@ -342,13 +342,8 @@ async fn https_upstreams_are_verified_and_reached_over_http2_by_alpn() {
         &Default::default(),
     )
     .await;
-    let http = http_client();
 
-    let response = http
-        .get(format!("http://{}/trusted/x?y=1", proxy.listen))
-        .send()
-        .await
-        .unwrap();
+    let response = get(&proxy, "/trusted/x?y=1").await;
     assert_eq!(response.status(), 200);
     assert_eq!(
         response.version(),
@@ -362,11 +357,7 @@ async fn https_upstreams_are_verified_and_reached_over_http2_by_alpn() {
     assert!(seen[0].token_valid, "{:?}", seen[0].token_error);
 
     // The same server without its CA in the trust store: refused, and nothing was sent.
-    let response = http
-        .get(format!("http://{}/untrusted/x", proxy.listen))
-        .send()
-        .await
-        .unwrap();
+    let response = get(&proxy, "/untrusted/x").await;
     assert_eq!(response.status(), 502);
     let body = problem(response).await;
     assert_eq!(body["route"], "untrusted");

@@ -89,7 +89,7 @@ impl EchoUpstream {
         });
         let (shutdown, stop) = watch::channel(false);
         let state = Arc::clone(&inner);
-        tokio::spawn(server::serve_on(
+        tokio::spawn(server::serve(
             listener,
             tls,
             move |req, peer| handle(Arc::clone(&state), req, peer),

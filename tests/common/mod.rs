@@ -162,3 +162,12 @@ pub async fn raw_status(addr: std::net::SocketAddr, request: &str) -> u16 {
     let head = String::from_utf8_lossy(&buf[..n]);
     head.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
+
+/// GET `path` from a proxy started with [`spawn_proxy`].
+pub async fn get(proxy: &Running, path: &str) -> reqwest::Response {
+    http_client()
+        .get(format!("http://{}{}", proxy.listen, path))
+        .send()
+        .await
+        .unwrap()
+}

@@ -162,7 +162,7 @@ impl MockMaskinporten {
         });
         let (shutdown, stop) = watch::channel(false);
         let state = Arc::clone(&inner);
-        tokio::spawn(server::serve_on(
+        tokio::spawn(server::serve(
             listener,
             tls,
             move |req, _peer| handle(Arc::clone(&state), req),
