@@ -2,7 +2,7 @@
 //! `/metrics` (Prometheus). Nothing here ever shows a token or secret.
 
 use crate::error::Body;
-use crate::metrics::Metrics;
+use crate::proxy::Proxy;
 use crate::route::RouteTable;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Either;
@@ -10,9 +10,9 @@ use hyper::body::Incoming;
 use serde_json::json;
 use std::sync::Arc;
 
+/// Reads the running proxy's routes, token slots and metrics; holds nothing of its own.
 pub struct Admin {
-    pub routes: Arc<crate::proxy::Proxy>,
-    pub metrics: Arc<Metrics>,
+    pub proxy: Arc<Proxy>,
 }
 
 impl Admin {
@@ -29,12 +29,12 @@ impl Admin {
             "/readyz" => text(
                 StatusCode::OK,
                 "application/json",
-                readiness(&self.routes.routes).to_string(),
+                readiness(&self.proxy.routes).to_string(),
             ),
             "/metrics" => text(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                self.metrics.encode(),
+                self.proxy.metrics.encode(),
             ),
             _ => text(
                 StatusCode::NOT_FOUND,

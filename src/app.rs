@@ -134,7 +134,6 @@ pub fn build(config: &Config) -> anyhow::Result<Proxy> {
 pub struct Running {
     pub listen: SocketAddr,
     pub admin: Option<SocketAddr>,
-    pub proxy: Arc<Proxy>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -228,8 +227,7 @@ pub fn start_on(
         Some(l) => {
             let addr = l.local_addr()?;
             let admin = Arc::new(Admin {
-                routes: Arc::clone(&proxy),
-                metrics: Arc::clone(&proxy.metrics),
+                proxy: Arc::clone(&proxy),
             });
             tasks.push(tokio::spawn(crate::server::serve(
                 l,
@@ -246,7 +244,6 @@ pub fn start_on(
     Ok(Running {
         listen,
         admin,
-        proxy,
         shutdown,
         tasks,
     })
