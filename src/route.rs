@@ -109,18 +109,34 @@ pub fn remainder<'p>(prefix: &str, path: &'p str) -> Option<&'p str> {
 /// True when a remainder could climb out of the route's base path once the upstream decodes it:
 /// `.` or `..` segments (also percent-encoded), encoded slashes or backslashes, or NUL.
 pub fn escapes_prefix(remainder: &str) -> bool {
-    let lower = remainder.to_ascii_lowercase();
-    if lower.contains("%2f")
-        || lower.contains("%5c")
-        || lower.contains('\\')
-        || lower.contains("%00")
-    {
-        return true;
+    let bytes = remainder.as_bytes();
+    // Runs on every request: read the bytes in place rather than decode into a copy.
+    let escaped = |w: &[u8]| {
+        w[0] == b'%'
+            && matches!(
+                (w[1], w[2] | 0x20),
+                (b'2', b'f') | (b'5', b'c') | (b'0', b'0')
+            )
+    };
+    bytes.contains(&b'\\')
+        || bytes.windows(3).any(escaped)
+        || remainder.split('/').any(is_dot_segment)
+}
+
+/// `.` or `..`, with any dot possibly written `%2e` / `%2E`.
+fn is_dot_segment(segment: &str) -> bool {
+    let (mut rest, mut dots) = (segment.as_bytes(), 0);
+    while !rest.is_empty() {
+        if rest[0] == b'.' {
+            rest = &rest[1..];
+        } else if rest.len() >= 3 && rest[0] == b'%' && rest[1] == b'2' && rest[2] | 0x20 == b'e' {
+            rest = &rest[3..];
+        } else {
+            return false;
+        }
+        dots += 1;
     }
-    lower.split('/').any(|segment| {
-        let decoded = segment.replace("%2e", ".");
-        decoded == "." || decoded == ".."
-    })
+    dots == 1 || dots == 2
 }
 
 #[cfg(test)]
@@ -177,10 +193,20 @@ mod tests {
             "/a\\b",
             "/./x",
             "/a%00",
+            "/a%5Cb",
         ] {
             assert!(escapes_prefix(bad), "{bad}");
         }
-        for good in ["/a/b", "/a..b", "/.well-known/x", "", "/%C3%A6"] {
+        for good in [
+            "/a/b",
+            "/a..b",
+            "/.well-known/x",
+            "",
+            "/%C3%A6",
+            "/...",
+            "/%2e%2e%2e",
+            "/a%2",
+        ] {
             assert!(!escapes_prefix(good), "{good}");
         }
     }
