@@ -43,7 +43,6 @@ fn unavailable() -> Result<u64, FetchError> {
 
 fn rejected() -> Result<u64, FetchError> {
     Err(FetchError::Rejected {
-        status: 400,
         error: "invalid_scope".into(),
         description: None,
         code: Some("MP-200".into()),

@@ -226,12 +226,7 @@ fn scopes(r: &mut Reader, v: Option<&Value>, path: &str) -> Option<Vec<String>> 
 }
 
 fn resource(r: &mut Reader, v: Option<&Value>, path: &str) -> Option<Value> {
-    let check = |r: &mut Reader, s: &str, p: &str| {
-        if http_url(r, s, p).is_none() {
-            return false;
-        }
-        true
-    };
+    let check = |r: &mut Reader, s: &str, p: &str| http_url(r, s, p).is_some();
     match v? {
         Value::Array(items) => {
             let mut out = Vec::new();

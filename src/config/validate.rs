@@ -54,13 +54,7 @@ pub fn validate(text: &str, base: &Path, env: EnvLookup<'_>) -> Result<Config, V
     let listen = socket_addr(&mut r, top.get("listen"), "listen", true);
     let admin_listen = socket_addr(&mut r, top.get("admin_listen"), "admin_listen", false);
     let maskinporten = maskinporten(&mut r, top.get("maskinporten"), base);
-    let clients = clients(&mut r, top.get("clients"), base);
-    // Routes are checked against every declared client, loaded or not, so a bad key is reported
-    // once, at the key, and not again at each route that uses the client.
-    let declared: Vec<&str> = match top.get("clients") {
-        Some(Value::Object(map)) => map.keys().map(String::as_str).collect(),
-        _ => Vec::new(),
-    };
+    let (clients, declared) = clients(&mut r, top.get("clients"), base);
     let routes = routes(&mut r, top.get("routes"), &declared, base);
 
     if let (Some(a), Some(b)) = (listen, admin_listen) {
@@ -197,17 +191,20 @@ pub(super) fn http_url(r: &mut Reader, s: &str, path: &str) -> Option<Uri> {
     }
 }
 
-fn clients(r: &mut Reader, v: Option<&Value>, base: &Path) -> Vec<Client> {
+/// The clients that loaded, and the names of all that were declared: routes are checked against
+/// every declared client, loaded or not, so a bad key is reported once, at the key, and not again at
+/// each route that uses the client.
+fn clients<'v>(r: &mut Reader, v: Option<&'v Value>, base: &Path) -> (Vec<Client>, Vec<&'v str>) {
     let Some(v) = v else {
         r.issue(
             "clients",
             "is required: name at least one Maskinporten client with its client_id and key",
         );
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     };
     let Value::Object(map) = v else {
         r.issue("clients", "expected a mapping of client names to clients");
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     };
     let mut out = Vec::new();
     for (name, c) in map {
@@ -238,7 +235,7 @@ fn clients(r: &mut Reader, v: Option<&Value>, base: &Path) -> Vec<Client> {
     if map.is_empty() {
         r.issue("clients", "is empty: name at least one Maskinporten client");
     }
-    out
+    (out, map.keys().map(String::as_str).collect())
 }
 
 fn key(r: &mut Reader, v: &Value, path: &str, base: &Path) -> Option<keys::SigningKey> {

@@ -12,7 +12,6 @@ pub enum FetchError {
     /// Maskinporten refused the grant (4xx): retrying the same grant will not help.
     #[error("Maskinporten rejected the grant: {error}{}", code.as_ref().map(|c| format!(" ({c})")).unwrap_or_default())]
     Rejected {
-        status: u16,
         error: String,
         description: Option<String>,
         code: Option<String>,
@@ -153,7 +152,6 @@ impl TokenEndpoint {
         };
         let hint = hint(code.as_deref(), &error, spec);
         Err(FetchError::Rejected {
-            status: status.as_u16(),
             error: clean(&error),
             description,
             code,
