@@ -23,16 +23,6 @@ pub enum KeySource {
     JwkBase64 { value: Secret<String> },
 }
 
-impl KeySource {
-    pub fn form(&self) -> &'static str {
-        match self {
-            KeySource::Pem { .. } => "pem",
-            KeySource::Jwk { .. } => "jwk",
-            KeySource::JwkBase64 { .. } => "jwk_base64",
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("cannot read {path}: {source}")]
@@ -148,13 +138,8 @@ impl fmt::Debug for SigningKey {
 /// Loads and checks a key from its source.
 pub fn load(source: &KeySource) -> Result<SigningKey, KeyError> {
     match source {
-        KeySource::Pem { path, kid } => {
-            let text = read(path)?;
-            let pkcs1 = pem::rsa_pkcs1(&text)
-                .map_err(|e| KeyError::Invalid(format!("{}: {e}", path.display())))?;
-            SigningKey::from_pkcs1(&pkcs1, kid.clone(), Algorithm::RS256, "pem")
-                .map_err(|e| KeyError::Invalid(format!("{}: {e}", path.display())))
-        }
+        KeySource::Pem { path, kid } => SigningKey::from_pem(&read(path)?, kid)
+            .map_err(|e| KeyError::Invalid(format!("{}: {e}", path.display()))),
         KeySource::Jwk { path } => {
             let text = read(path)?;
             jwk::load(&text, "jwk")
