@@ -3,6 +3,8 @@
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::error::Body;
+use crate::keys::rotation::{self, Watched};
+use crate::keys::ClientKey;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::route::{Route, RouteTable, Target};
@@ -49,8 +51,16 @@ pub fn tls_config(extra_roots: &[CertificateDer<'static>]) -> anyhow::Result<rus
     .with_no_client_auth())
 }
 
+/// What `build` makes from a config: the request pipeline, and the clients whose key files are
+/// watched for rotation.
+pub struct App {
+    pub proxy: Arc<Proxy>,
+    pub keys: Vec<Watched>,
+    pub watch_interval: Duration,
+}
+
 /// Builds the request pipeline: route table, token cache slots and upstream client.
-pub fn build(config: &Config) -> anyhow::Result<Proxy> {
+pub fn build(config: &Config) -> anyhow::Result<App> {
     let tls = tls_config(&[])?;
     let default_upstream = crate::upstream::client(tls.clone());
     // One pooled client per distinct ca_file; routes without one share the default.
@@ -69,18 +79,22 @@ pub fn build(config: &Config) -> anyhow::Result<Proxy> {
         config.maskinporten.issuer.clone(),
     ));
     let cache = TokenCache::new(endpoint, Arc::clone(&metrics), config.maskinporten.timeout);
-    let clients: HashMap<&str, Arc<ClientIdentity>> = config
-        .clients
-        .iter()
-        .map(|c| {
-            let identity = ClientIdentity {
-                name: Arc::new(c.name.clone()),
-                client_id: c.client_id.clone(),
-                key: Arc::clone(&c.key),
-            };
-            (c.name.as_str(), Arc::new(identity))
-        })
-        .collect();
+    let mut keys = Vec::with_capacity(config.clients.len());
+    let mut clients: HashMap<&str, Arc<ClientIdentity>> = HashMap::new();
+    for c in &config.clients {
+        let identity = Arc::new(ClientIdentity {
+            name: Arc::new(c.name.clone()),
+            client_id: c.client_id.clone(),
+            key: Arc::new(ClientKey::new(Arc::clone(&c.key))),
+        });
+        rotation::publish(&identity.name, &c.key, &metrics);
+        keys.push(Watched {
+            name: Arc::clone(&identity.name),
+            source: c.source.clone(),
+            key: Arc::clone(&identity.key),
+        });
+        clients.insert(c.name.as_str(), identity);
+    }
     let mut routes = Vec::with_capacity(config.routes.len());
     for r in &config.routes {
         let client = clients
@@ -88,7 +102,6 @@ pub fn build(config: &Config) -> anyhow::Result<Proxy> {
             .with_context(|| format!("route {} names unknown client {}", r.name, r.client))?;
         let key = TokenKey {
             client: Arc::clone(&client.name),
-            key: client.key.thumbprint().to_string(),
             grant: GrantSpec::new(
                 &r.scopes,
                 r.resource.as_ref(),
@@ -127,7 +140,11 @@ pub fn build(config: &Config) -> anyhow::Result<Proxy> {
             http,
         }));
     }
-    Ok(Proxy::new(RouteTable::new(routes), metrics))
+    Ok(App {
+        proxy: Arc::new(Proxy::new(RouteTable::new(routes), metrics)),
+        keys,
+        watch_interval: config.watch_interval,
+    })
 }
 
 /// A started portvakt: its bound addresses and the handle to stop it.
@@ -136,12 +153,14 @@ pub struct Running {
     pub admin: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    key_watcher: JoinHandle<()>,
 }
 
 impl Running {
     /// Stops accepting and drains in-flight requests (up to the grace period), then returns.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
+        self.key_watcher.abort();
         for task in self.tasks {
             let _ = task.await;
         }
@@ -183,7 +202,7 @@ fn stack(
 
 /// Binds both listeners (before anything is served, so a port in use fails the start) and serves.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
-    let proxy = Arc::new(build(config)?);
+    let app = build(config)?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -195,18 +214,24 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         ),
         None => None,
     };
-    start_on(proxy, listener, admin_listener)
+    start_on(app, listener, admin_listener)
 }
 
 /// Serves on listeners the caller already bound (the demo picks free ports this way).
 pub fn start_on(
-    proxy: Arc<Proxy>,
+    app: App,
     listener: TcpListener,
     admin_listener: Option<TcpListener>,
 ) -> anyhow::Result<Running> {
+    let proxy = app.proxy;
     let (shutdown, stop) = watch::channel(false);
     let listen = listener.local_addr()?;
     let mut tasks = Vec::new();
+    let key_watcher = tokio::spawn(rotation::watch(
+        app.keys,
+        Arc::clone(&proxy.metrics),
+        app.watch_interval,
+    ));
     let service = stack(Arc::clone(&proxy));
     tasks.push(tokio::spawn(crate::server::serve(
         listener,
@@ -246,6 +271,7 @@ pub fn start_on(
         admin,
         shutdown,
         tasks,
+        key_watcher,
     })
 }
 

@@ -1,6 +1,9 @@
 //! `portvakt check`: what a loaded configuration will do, with every secret left out.
 
 use crate::config::Config;
+use crate::keys::rotation::{created, expiry_warning, not_after};
+use crate::keys::x509::date;
+use crate::keys::SigningKey;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -33,19 +36,10 @@ pub fn summary(config: &Config, file: &Path) -> String {
         );
     }
     let _ = writeln!(out, "clients:");
+    let now = crate::token::grant::unix_now() as i64;
     for c in &config.clients {
-        let k = &c.key;
-        let _ = writeln!(
-            out,
-            "  {}: client_id {}, key {} (kid {}, {:?}, {} bits, thumbprint {})",
-            c.name,
-            c.client_id,
-            k.form(),
-            k.kid(),
-            k.algorithm(),
-            k.bits(),
-            k.thumbprint()
-        );
+        let _ = writeln!(out, "  {}: client_id {}", c.name, c.client_id);
+        key_lines(&mut out, &c.key, now);
     }
     let _ = writeln!(out, "routes:");
     for r in &config.routes {
@@ -85,4 +79,61 @@ pub fn summary(config: &Config, file: &Path) -> String {
         let _ = writeln!(out, "    timeout {} s", r.timeout.as_secs());
     }
     out
+}
+
+/// What `check` shows about a client's key: form, kid or certificate, org number, validity.
+fn key_lines(out: &mut String, k: &SigningKey, now: i64) {
+    let _ = writeln!(
+        out,
+        "    key {} ({:?}, {} bits, thumbprint {})",
+        k.form(),
+        k.algorithm(),
+        k.bits(),
+        k.thumbprint()
+    );
+    match (k.kid(), k.certificate()) {
+        (_, Some(cert)) => {
+            let _ = writeln!(out, "    certificate {}", cert.subject);
+            let _ = writeln!(out, "      issuer {}", cert.issuer);
+            let _ = writeln!(
+                out,
+                "      org number {}",
+                cert.org_number.as_deref().unwrap_or("(none in the subject)")
+            );
+            let sent = k.x5c().map_or(0, <[String]>::len);
+            let _ = writeln!(
+                out,
+                "      sent as x5c ({})",
+                if sent > 1 {
+                    format!("leaf and {} chain certificates", sent - 1)
+                } else {
+                    "leaf only".to_string()
+                }
+            );
+        }
+        (Some(kid), None) => {
+            let _ = writeln!(out, "    kid {kid}");
+        }
+        (None, None) => {}
+    }
+    if let Some(end) = not_after(k) {
+        let days = (end - now).div_euclid(86_400);
+        let what = if k.certificate().is_some() {
+            "not after"
+        } else {
+            "registered key removed about"
+        };
+        let _ = writeln!(out, "      {what} {} ({days} days left)", date(end));
+    } else if k.certificate().is_none() {
+        let _ = writeln!(
+            out,
+            "      created: unknown (registered keys live at most a year after upload)"
+        );
+    }
+    if let (Some(c), None) = (created(k), k.certificate()) {
+        let _ = writeln!(out, "      created {} (from the kid)", date(c));
+    }
+    if let Some(warning) = expiry_warning(k, now) {
+        let _ = writeln!(out, "      WARNING: {warning}");
+    }
 }

@@ -5,7 +5,6 @@ use crate::keys::SigningKey;
 use crate::mock::{EchoUpstream, MockClient, MockMaskinporten, DEMO_CLIENT_KEY_PEM};
 use anyhow::Context as _;
 use std::path::Path;
-use std::sync::Arc;
 use tokio::net::TcpListener;
 
 pub const DEMO_CLIENT_ID: &str = "2f6c1e0a-5d3b-4c7e-9a1f-demo00000001";
@@ -72,8 +71,8 @@ routes:
     std::fs::write(&config_path, yaml)
         .with_context(|| format!("cannot write {}", config_path.display()))?;
     let config = crate::config::load(&config_path)?;
-    let proxy = Arc::new(crate::app::build(&config)?);
-    let running = crate::app::start_on(proxy, listener, Some(admin_listener))?;
+    let app = crate::app::build(&config)?;
+    let running = crate::app::start_on(app, listener, Some(admin_listener))?;
 
     println!(
         "portvakt demo is running (config: {})",

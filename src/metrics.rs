@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
@@ -26,6 +27,13 @@ pub struct ClientLabels {
     pub client: Arc<String>,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub client: Arc<String>,
+    /// rotated, unchanged or error.
+    pub result: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
@@ -34,6 +42,9 @@ pub struct Metrics {
     pub request_duration: HistogramFamily<RequestLabels>,
     pub token_fetches: Family<FetchLabels, Counter>,
     pub token_fetch_duration: HistogramFamily<ClientLabels>,
+    pub certificate_not_after: Family<ClientLabels, Gauge>,
+    pub key_age: Family<ClientLabels, Gauge>,
+    pub key_reloads: Family<ReloadLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -72,8 +83,31 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             token_fetch_duration.clone(),
         );
+        let certificate_not_after = Family::<ClientLabels, Gauge>::default();
+        registry.register_with_unit(
+            "certificate_not_after",
+            "When the client's virksomhetssertifikat expires, as a Unix timestamp",
+            prometheus_client::registry::Unit::Seconds,
+            certificate_not_after.clone(),
+        );
+        let key_age = Family::<ClientLabels, Gauge>::default();
+        registry.register_with_unit(
+            "key_age",
+            "Age of the client's key, where known (certificate not-before, or the date in the kid)",
+            prometheus_client::registry::Unit::Seconds,
+            key_age.clone(),
+        );
+        let key_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "key_reloads",
+            "Key files that changed on disk and were reloaded, by client and result",
+            key_reloads.clone(),
+        );
         Metrics {
             registry,
+            certificate_not_after,
+            key_age,
+            key_reloads,
             requests,
             request_duration,
             token_fetches,

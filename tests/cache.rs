@@ -2,7 +2,7 @@
 //! flight, refresh ahead, the safety margin, backoff and the waiting bound, to the second.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use portvakt::keys::SigningKey;
+use portvakt::keys::{ClientKey, SigningKey};
 use portvakt::metrics::Metrics;
 use portvakt::secret::Secret;
 use portvakt::token::cache::TokenError;
@@ -21,12 +21,23 @@ struct Script {
     calls: AtomicUsize,
     answers: Mutex<VecDeque<Result<u64, FetchError>>>,
     delay: Duration,
+    /// The kid of the key each fetch signed with.
+    kids: Mutex<Vec<String>>,
 }
 
 impl TokenSource for Script {
-    fn fetch<'a>(&'a self, _client: &'a ClientIdentity, _grant: &'a GrantSpec) -> FetchFuture<'a> {
+    fn fetch<'a>(
+        &'a self,
+        _client_id: &'a str,
+        key: &'a SigningKey,
+        _grant: &'a GrantSpec,
+    ) -> FetchFuture<'a> {
         Box::pin(async move {
             let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            self.kids
+                .lock()
+                .unwrap()
+                .push(key.kid().unwrap_or_default().to_string());
             tokio::time::sleep(self.delay).await;
             let answer = self.answers.lock().unwrap().pop_front().unwrap_or(Ok(60));
             answer.map(|expires_in| Issued {
@@ -55,28 +66,41 @@ fn setup(
     delay: Duration,
     wait: Duration,
 ) -> (Arc<Script>, Arc<TokenSlot>) {
+    let (script, slot, _) = setup_with_key(answers, delay, wait);
+    (script, slot)
+}
+
+fn demo_key(kid: &str) -> Arc<SigningKey> {
+    Arc::new(SigningKey::from_pem(portvakt::mock::DEMO_CLIENT_KEY_PEM.as_bytes(), kid).unwrap())
+}
+
+fn setup_with_key(
+    answers: Vec<Result<u64, FetchError>>,
+    delay: Duration,
+    wait: Duration,
+) -> (Arc<Script>, Arc<TokenSlot>, Arc<ClientKey>) {
     let script = Arc::new(Script {
         calls: AtomicUsize::new(0),
         answers: Mutex::new(answers.into()),
         delay,
+        kids: Mutex::new(Vec::new()),
     });
     let cache = TokenCache::new(
         Arc::clone(&script) as Arc<dyn TokenSource>,
         Arc::new(Metrics::new()),
         wait,
     );
-    let key = SigningKey::from_pem(portvakt::mock::DEMO_CLIENT_KEY_PEM.as_bytes(), "kid").unwrap();
     let client = Arc::new(ClientIdentity {
         name: Arc::new("c".into()),
         client_id: "id".into(),
-        key: Arc::new(key),
+        key: Arc::new(ClientKey::new(demo_key("kid-1"))),
     });
     let token_key = TokenKey {
         client: Arc::clone(&client.name),
-        key: client.key.thumbprint().into(),
         grant: GrantSpec::new(&["s".to_string()], None, None, &[]),
     };
-    (script, cache.slot(token_key, &client))
+    let key = Arc::clone(&client.key);
+    (script, cache.slot(token_key, &client), key)
 }
 
 async fn bearer(slot: &Arc<TokenSlot>) -> String {
@@ -219,4 +243,30 @@ async fn waiters_give_up_after_the_bound_and_later_ones_join_the_same_fetch() {
     assert!(matches!(slot.get().await, Err(TokenError::WaitTimeout(_))));
     assert_eq!(script.calls.load(Ordering::SeqCst), 1);
     assert_eq!(slot.status().state, "fetching");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rotated_key_is_not_served_a_token_fetched_with_the_old_one() {
+    let (script, slot, key) =
+        setup_with_key(vec![Ok(600), Ok(600)], Duration::ZERO, Duration::from_secs(10));
+    assert_eq!(bearer(&slot).await, "Bearer token-1");
+    assert_eq!(bearer(&slot).await, "Bearer token-1");
+    key.replace(demo_key("kid-2"));
+    // The old token has 10 minutes left, but it came from the old key.
+    assert_eq!(bearer(&slot).await, "Bearer token-2");
+    assert_eq!(bearer(&slot).await, "Bearer token-2");
+    assert_eq!(*script.kids.lock().unwrap(), ["kid-1", "kid-2"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rotated_key_is_tried_at_once_after_the_old_one_was_refused() {
+    let (script, slot, key) =
+        setup_with_key(vec![rejected(), Ok(600)], Duration::ZERO, Duration::from_secs(10));
+    assert!(matches!(slot.get().await, Err(TokenError::Failed { .. })));
+    // Backing off: the same key is not tried again at once.
+    assert!(matches!(slot.get().await, Err(TokenError::Failed { .. })));
+    assert_eq!(script.calls.load(Ordering::SeqCst), 1);
+    key.replace(demo_key("kid-2"));
+    assert_eq!(bearer(&slot).await, "Bearer token-2");
+    assert_eq!(*script.kids.lock().unwrap(), ["kid-1", "kid-2"]);
 }

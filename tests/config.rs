@@ -54,7 +54,7 @@ fn a_good_config_loads_with_environment_defaults() {
         "https://test.maskinporten.no/token"
     );
     assert_eq!(c.routes[0].prefix, "/nav");
-    assert_eq!(c.clients[0].key.kid(), "vendor-TEST.2026-11");
+    assert_eq!(c.clients[0].key.kid(), Some("vendor-TEST.2026-11"));
     assert_eq!(c.clients[0].key.bits(), 2048);
     let prod = parse_with(&GOOD.replace("environment: test", "environment: prod"), &[]).unwrap();
     assert_eq!(prod.maskinporten.issuer, "https://maskinporten.no/");
@@ -207,11 +207,11 @@ fn keys_load_in_every_form() {
     );
 
     let jwk = parse_with(&with_key("      jwk: client-b.jwk.json\n"), &[]).unwrap();
-    assert_eq!(jwk.clients[0].key.kid(), "client-b-TEST.2026-11-21");
+    assert_eq!(jwk.clients[0].key.kid(), Some("client-b-TEST.2026-11-21"));
     let set = parse_with(&with_key("      jwk: client-b.jwks.json\n"), &[]).unwrap();
     assert_eq!(
         set.clients[0].key.kid(),
-        "client-b-TEST.2026-11-21",
+        Some("client-b-TEST.2026-11-21"),
         "the last key of a set is the current one"
     );
     let b64 = std::fs::read_to_string(fixtures().join("client-b.jwk.b64")).unwrap();

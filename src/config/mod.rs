@@ -7,7 +7,7 @@ mod validate;
 
 pub use reader::Issue;
 
-use crate::keys::SigningKey;
+use crate::keys::{KeySource, SigningKey};
 use crate::secret::Secret;
 use http::{HeaderName, HeaderValue, Uri};
 use std::fmt;
@@ -24,6 +24,8 @@ pub struct Config {
     pub maskinporten: Maskinporten,
     pub clients: Vec<Client>,
     pub routes: Vec<RouteConfig>,
+    /// How often key, certificate and password files are checked for changes; default 5 s.
+    pub watch_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +62,9 @@ pub struct Maskinporten {
 pub struct Client {
     pub name: String,
     pub client_id: String,
+    /// The key as loaded at startup; [`crate::keys::watch`] reloads it from `source` when its files change.
     pub key: Arc<SigningKey>,
+    pub source: KeySource,
 }
 
 #[derive(Debug, Clone)]

@@ -128,6 +128,18 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// `true` or `false` (YAML 1.2: `yes`/`no` are strings and refused here).
+    pub fn boolean(&mut self, value: Option<&Value>, path: &str) -> Option<bool> {
+        match value? {
+            Value::Bool(b) => Some(*b),
+            Value::Null => None,
+            other => {
+                self.issue(path, format!("expected true or false, found {}", kind(other)));
+                None
+            }
+        }
+    }
+
     /// A list of strings; a single string is taken as a list of one.
     pub fn string_list(&mut self, value: Option<&Value>, path: &str) -> Option<Vec<String>> {
         match value? {

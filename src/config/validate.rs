@@ -3,7 +3,7 @@
 use super::reader::{join, EnvLookup, Issue, Reader};
 use super::routes::routes;
 use super::{CaFile, Client, Config, Environment, Maskinporten};
-use crate::keys::{self, KeySource};
+use crate::keys::{self, KeySource, SecretValue};
 use crate::secret::Secret;
 use http::Uri;
 use rustls_pki_types::CertificateDer;
@@ -19,6 +19,7 @@ const TOP: &[&str] = &[
     "maskinporten",
     "clients",
     "routes",
+    "watch_interval_seconds",
 ];
 const MASKINPORTEN: &[&str] = &[
     "environment",
@@ -28,7 +29,18 @@ const MASKINPORTEN: &[&str] = &[
     "ca_file",
 ];
 const CLIENT: &[&str] = &["client_id", "key"];
-const KEY: &[&str] = &["pem", "kid", "jwk", "jwk_base64", "pkcs12", "password"];
+const KEY: &[&str] = &[
+    "pem",
+    "kid",
+    "jwk",
+    "jwk_base64",
+    "jwk_base64_file",
+    "pkcs12",
+    "password",
+    "password_file",
+    "alias",
+    "x5c_chain",
+];
 pub fn validate(text: &str, base: &Path, env: EnvLookup<'_>) -> Result<Config, Vec<Issue>> {
     let root: Value = match serde_saphyr::from_str_with_options(text, yaml_options()) {
         Ok(v) => v,
@@ -56,6 +68,10 @@ pub fn validate(text: &str, base: &Path, env: EnvLookup<'_>) -> Result<Config, V
     let maskinporten = maskinporten(&mut r, top.get("maskinporten"), base);
     let (clients, declared) = clients(&mut r, top.get("clients"), base);
     let routes = routes(&mut r, top.get("routes"), &declared, base);
+    let watch_interval = Duration::from_secs(
+        r.positive_u64(top.get("watch_interval_seconds"), "watch_interval_seconds")
+            .unwrap_or(5),
+    );
 
     if let (Some(a), Some(b)) = (listen, admin_listen) {
         if a == b && a.port() != 0 {
@@ -73,6 +89,7 @@ pub fn validate(text: &str, base: &Path, env: EnvLookup<'_>) -> Result<Config, V
             maskinporten,
             clients,
             routes,
+            watch_interval,
         }),
         _ => Err(r.issues),
     }
@@ -218,17 +235,18 @@ fn clients<'v>(r: &mut Reader, v: Option<&'v Value>, base: &Path) -> (Vec<Client
             None => {
                 r.issue(
                     &key_path,
-                    "is required: one of pem (+ kid), jwk or jwk_base64",
+                    "is required: one of pem (+ kid), jwk, jwk_base64, jwk_base64_file or pkcs12 (+ password)",
                 );
                 None
             }
             Some(k) => key(r, k, &key_path, base),
         };
-        if let (Some(client_id), Some(key)) = (client_id, key) {
+        if let (Some(client_id), Some((source, key))) = (client_id, key) {
             out.push(Client {
                 name: name.clone(),
                 client_id,
                 key: Arc::new(key),
+                source,
             });
         }
     }
@@ -238,9 +256,14 @@ fn clients<'v>(r: &mut Reader, v: Option<&'v Value>, base: &Path) -> (Vec<Client
     (out, map.keys().map(String::as_str).collect())
 }
 
-fn key(r: &mut Reader, v: &Value, path: &str, base: &Path) -> Option<keys::SigningKey> {
+fn key(
+    r: &mut Reader,
+    v: &Value,
+    path: &str,
+    base: &Path,
+) -> Option<(KeySource, keys::SigningKey)> {
     let k = r.mapping(v, path, KEY)?;
-    let forms: Vec<&str> = ["pem", "jwk", "jwk_base64", "pkcs12"]
+    let forms: Vec<&str> = ["pem", "jwk", "jwk_base64", "jwk_base64_file", "pkcs12"]
         .into_iter()
         .filter(|f| k.contains_key(*f))
         .collect();
@@ -252,7 +275,7 @@ fn key(r: &mut Reader, v: &Value, path: &str, base: &Path) -> Option<keys::Signi
         };
         r.issue(
             path,
-            format!("needs exactly one key form (pem + kid, jwk, jwk_base64), found {found}"),
+            format!("needs exactly one key form (pem + kid, jwk, jwk_base64, jwk_base64_file, or pkcs12 + password), found {found}"),
         );
         return None;
     }
@@ -260,8 +283,12 @@ fn key(r: &mut Reader, v: &Value, path: &str, base: &Path) -> Option<keys::Signi
     let form_path = join(path, form);
     let kid_path = join(path, "kid");
     let kid = r.string(k.get("kid"), &kid_path);
-    if form != "pkcs12" && k.contains_key("password") {
-        r.issue(&join(path, "password"), "only goes with pkcs12");
+    if form != "pkcs12" {
+        for only in ["password", "password_file", "alias", "x5c_chain"] {
+            if k.contains_key(only) {
+                r.issue(&join(path, only), "only goes with pkcs12");
+            }
+        }
     }
     let source = match form {
         "pem" => {
@@ -281,28 +308,68 @@ fn key(r: &mut Reader, v: &Value, path: &str, base: &Path) -> Option<keys::Signi
                 kid,
             }
         }
-        "jwk" | "jwk_base64" if kid.is_some() => {
-            r.issue(
-                &kid_path,
-                format!("does not go with {form}: the kid comes from the JWK itself"),
-            );
+        _ if kid.is_some() => {
+            let why = if form == "pkcs12" {
+                "a virksomhetssertifikat is sent as x5c, never with a kid"
+            } else {
+                "the kid comes from the JWK itself"
+            };
+            r.issue(&kid_path, format!("does not go with {form}: {why}"));
             return None;
         }
         "jwk" => KeySource::Jwk {
             path: base.join(r.required_string(k.get("jwk"), &form_path)?),
         },
         "jwk_base64" => KeySource::JwkBase64 {
-            value: Secret::new(r.required_string(k.get("jwk_base64"), &form_path)?),
+            value: SecretValue::Inline(Secret::new(
+                r.required_string(k.get("jwk_base64"), &form_path)?,
+            )),
+        },
+        "jwk_base64_file" => KeySource::JwkBase64 {
+            value: SecretValue::File(
+                base.join(r.required_string(k.get("jwk_base64_file"), &form_path)?),
+            ),
         },
         _ => {
-            r.issue(&form_path, "virksomhetssertifikat (PKCS#12) keys are not supported by this version: register an RSA key (pem + kid, jwk or jwk_base64) for the client");
-            return None;
+            let file = r.required_string(k.get("pkcs12"), &form_path);
+            let password = match (k.get("password"), k.get("password_file")) {
+                (Some(_), Some(_)) => {
+                    r.issue(path, "has both password and password_file: keep one");
+                    None
+                }
+                (Some(p), None) => r
+                    .string(Some(p), &join(path, "password"))
+                    .map(|p| SecretValue::Inline(Secret::new(p))),
+                (None, Some(f)) => r
+                    .required_string(Some(f), &join(path, "password_file"))
+                    .map(|f| SecretValue::File(base.join(f))),
+                (None, None) => {
+                    r.issue(path, "pkcs12 needs the file's password: set password (e.g. ${P12_PASSWORD}) or password_file");
+                    None
+                }
+            };
+            let alias = r.string(k.get("alias"), &join(path, "alias"));
+            let chain = r.boolean(k.get("x5c_chain"), &join(path, "x5c_chain"));
+            KeySource::Pkcs12 {
+                path: base.join(file?),
+                password: password?,
+                alias,
+                chain: chain.unwrap_or(false),
+            }
         }
     };
     match keys::load(&source) {
-        Ok(key) => Some(key),
+        Ok(key) => Some((source, key)),
         Err(e) => {
-            r.issue(&form_path, e.to_string());
+            let at = match (&e, form) {
+                (keys::KeyError::Read { path: p, .. }, "pkcs12")
+                    if k.contains_key("password_file") && !p.ends_with(".p12") =>
+                {
+                    join(path, "password_file")
+                }
+                _ => form_path,
+            };
+            r.issue(&at, e.to_string());
             None
         }
     }

@@ -74,5 +74,5 @@ pub fn load(text: &[u8], form: &'static str) -> Result<SigningKey, KeyError> {
     let pkcs1 = der::rsa_private_key([
         &parts[0], &parts[1], &parts[2], &parts[3], &parts[4], &parts[5], &parts[6], &parts[7],
     ]);
-    SigningKey::from_pkcs1(&pkcs1, kid.to_string(), algorithm, form)
+    SigningKey::from_pkcs1(&pkcs1, Some(kid.to_string()), algorithm, form)
 }

@@ -3,6 +3,9 @@
 mod der;
 mod jwk;
 mod pem;
+mod pkcs12;
+pub mod rotation;
+pub mod x509;
 
 use crate::secret::Secret;
 use aws_lc_rs::rsa::KeyPair;
@@ -10,17 +13,91 @@ use aws_lc_rs::signature::KeyPair as _;
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+pub use rotation::ClientKey;
+pub use x509::Certificate;
 
 /// Keys below this size are refused: Maskinporten's norm is 2048 bits.
 pub const MIN_RSA_BITS: usize = 2048;
 
+/// A secret given in the config itself (usually from `${ENV}`) or read from a file (`*_file`), as
+/// Kubernetes mounts secrets. Files are read again when they change.
+#[derive(Debug, Clone)]
+pub enum SecretValue {
+    Inline(Secret<String>),
+    File(PathBuf),
+}
+
+impl SecretValue {
+    fn read(&self) -> Result<Secret<String>, KeyError> {
+        match self {
+            SecretValue::Inline(value) => Ok(value.clone()),
+            // Secret files usually end in a newline that is not part of the secret.
+            SecretValue::File(path) => {
+                let bytes = read(path)?;
+                let text = String::from_utf8(bytes).map_err(|_| {
+                    KeyError::Invalid(format!("{}: not UTF-8 text", path.display()))
+                })?;
+                Ok(Secret::new(text.trim_end_matches(['\r', '\n']).to_string()))
+            }
+        }
+    }
+
+    fn file(&self) -> Option<&Path> {
+        match self {
+            SecretValue::Inline(_) => None,
+            SecretValue::File(path) => Some(path),
+        }
+    }
+}
+
 /// Where a client's key comes from (`clients.<name>.key` in the config).
 #[derive(Debug, Clone)]
 pub enum KeySource {
-    Pem { path: PathBuf, kid: String },
-    Jwk { path: PathBuf },
-    JwkBase64 { value: Secret<String> },
+    Pem {
+        path: PathBuf,
+        kid: String,
+    },
+    Jwk {
+        path: PathBuf,
+    },
+    JwkBase64 {
+        value: SecretValue,
+    },
+    /// A virksomhetssertifikat: the grant carries the certificate (`x5c`) instead of a `kid`.
+    Pkcs12 {
+        path: PathBuf,
+        password: SecretValue,
+        alias: Option<String>,
+        /// Send the whole chain in `x5c`, not only the leaf.
+        chain: bool,
+    },
+}
+
+impl KeySource {
+    /// The files this key is read from, which the key watcher checks for changes.
+    pub fn files(&self) -> Vec<&Path> {
+        match self {
+            KeySource::Pem { path, .. } | KeySource::Jwk { path } => vec![path],
+            KeySource::JwkBase64 { value } => value.file().into_iter().collect(),
+            KeySource::Pkcs12 { path, password, .. } => {
+                let mut files = vec![path.as_path()];
+                files.extend(password.file());
+                files
+            }
+        }
+    }
+
+    /// The config's name for the form, as `check` and the status show it.
+    pub fn form(&self) -> &'static str {
+        match self {
+            KeySource::Pem { .. } => "pem",
+            KeySource::Jwk { .. } => "jwk",
+            KeySource::JwkBase64 { .. } => "jwk_base64",
+            KeySource::Pkcs12 { .. } => "pkcs12",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +115,11 @@ pub enum KeyError {
 pub struct SigningKey {
     encoding: EncodingKey,
     algorithm: Algorithm,
-    kid: String,
+    /// The registered key's id; `None` for a virksomhetssertifikat, which is sent as `x5c`.
+    kid: Option<String>,
+    certificate: Option<Arc<Certificate>>,
+    /// Standard base64 DER of the leaf (and the chain when asked for), as the grant header takes it.
+    x5c: Option<Vec<String>>,
     bits: usize,
     thumbprint: String,
     /// base64url modulus and exponent of the public key.
@@ -50,7 +131,7 @@ impl SigningKey {
     /// Checks an RSA private key given as PKCS#1 DER and wraps it for signing.
     fn from_pkcs1(
         pkcs1: &[u8],
-        kid: String,
+        kid: Option<String>,
         algorithm: Algorithm,
         form: &'static str,
     ) -> Result<Self, KeyError> {
@@ -77,6 +158,8 @@ impl SigningKey {
             encoding: EncodingKey::from_rsa_der(pkcs1),
             algorithm,
             kid,
+            certificate: None,
+            x5c: None,
             bits,
             thumbprint,
             public,
@@ -90,18 +173,43 @@ impl SigningKey {
     pub fn algorithm(&self) -> Algorithm {
         self.algorithm
     }
-    pub fn kid(&self) -> &str {
-        &self.kid
+    /// The registered key id the grant names; `None` for a virksomhetssertifikat.
+    pub fn kid(&self) -> Option<&str> {
+        self.kid.as_deref()
+    }
+    /// The virksomhetssertifikat's leaf certificate, for a PKCS#12 key.
+    pub fn certificate(&self) -> Option<&Certificate> {
+        self.certificate.as_deref()
+    }
+    /// The grant header's `x5c`, for a PKCS#12 key.
+    pub fn x5c(&self) -> Option<&[String]> {
+        self.x5c.as_deref()
     }
     pub fn bits(&self) -> usize {
         self.bits
     }
-    /// RFC 7638 thumbprint of the public key: identifies the key in the token cache and in `check`.
+    /// RFC 7638 thumbprint of the public key: identifies the key in logs and in `check`.
     pub fn thumbprint(&self) -> &str {
         &self.thumbprint
     }
     pub fn form(&self) -> &'static str {
         self.form
+    }
+    /// What the operator knows the key by: its kid, or the certificate's subject.
+    pub fn label(&self) -> String {
+        match (&self.kid, &self.certificate) {
+            (Some(kid), _) => format!("kid {kid}"),
+            (None, Some(cert)) => format!("certificate {}", cert.subject),
+            (None, None) => format!("key {}", self.thumbprint),
+        }
+    }
+    /// Whether `other` signs the same way: same key, same kid or certificate. A reloaded file that
+    /// gives the same identity is no rotation.
+    pub fn same_identity(&self, other: &SigningKey) -> bool {
+        self.thumbprint == other.thumbprint
+            && self.kid == other.kid
+            && self.x5c == other.x5c
+            && self.algorithm == other.algorithm
     }
 
     /// The public half as a JWK (`kty, alg, use, kid, n, e`), as Samarbeidsportalen takes it.
@@ -110,7 +218,7 @@ impl SigningKey {
             "kty": "RSA",
             "alg": format!("{:?}", self.algorithm),
             "use": "sig",
-            "kid": self.kid,
+            "kid": self.kid.as_deref().unwrap_or(&self.thumbprint),
             "n": self.public.0,
             "e": self.public.1,
         })
@@ -119,7 +227,100 @@ impl SigningKey {
     /// Loads a PEM key from memory (the embedded demo and mock keys).
     pub fn from_pem(text: &[u8], kid: &str) -> Result<Self, KeyError> {
         let pkcs1 = pem::rsa_pkcs1(text).map_err(KeyError::Invalid)?;
-        SigningKey::from_pkcs1(&pkcs1, kid.to_string(), Algorithm::RS256, "pem")
+        SigningKey::from_pkcs1(&pkcs1, Some(kid.to_string()), Algorithm::RS256, "pem")
+    }
+
+    /// Loads a virksomhetssertifikat: the key (by `alias` when the file holds several), its
+    /// certificate, and the chain above it. The certificate must be valid now and match the key.
+    pub fn from_pkcs12(
+        bytes: &[u8],
+        password: &str,
+        alias: Option<&str>,
+        chain: bool,
+        now_unix: i64,
+    ) -> Result<Self, KeyError> {
+        let invalid = |m: String| KeyError::Invalid(m);
+        let contents = pkcs12::open(bytes, password).map_err(|e| invalid(e.to_string()))?;
+        let aliases = || {
+            let names: Vec<&str> = contents
+                .keys
+                .iter()
+                .map(|k| k.alias.as_deref().unwrap_or("(no alias)"))
+                .collect();
+            names.join(", ")
+        };
+        let key = match alias {
+            Some(alias) => contents
+                .keys
+                .iter()
+                .find(|k| k.alias.as_deref() == Some(alias))
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "no private key with alias `{alias}` in the file; it holds: {}",
+                        aliases()
+                    ))
+                })?,
+            None => match contents.keys.as_slice() {
+                [one] => one,
+                [] => return Err(invalid("the file holds no private key".into())),
+                _ => {
+                    return Err(invalid(format!(
+                        "the file holds {} private keys ({}): set `alias` to pick one",
+                        contents.keys.len(),
+                        aliases()
+                    )))
+                }
+            },
+        };
+        let pkcs1 = pkcs8_rsa(&key.der)?;
+        let mut signing = SigningKey::from_pkcs1(&pkcs1, None, Algorithm::RS256, "pkcs12")?;
+        let mut certs = Vec::with_capacity(contents.certs.len());
+        for bag in &contents.certs {
+            let cert = Certificate::parse(&bag.der)
+                .map_err(|_| invalid("a certificate in the file cannot be read".into()))?;
+            certs.push((bag.local_key_id.clone(), cert));
+        }
+        let matches_key = |c: &Certificate| {
+            c.rsa
+                .as_ref()
+                .is_some_and(|(n, _)| b64url(n) == signing.public.0)
+        };
+        let leaf = certs
+            .iter()
+            .find(|(id, c)| id.is_some() && *id == key.local_key_id && matches_key(c))
+            .or_else(|| certs.iter().find(|(_, c)| matches_key(c)))
+            .map(|(_, c)| c.clone())
+            .ok_or_else(|| {
+                invalid("the file holds no certificate for its private key (the certificate's public key must match)".into())
+            })?;
+        if now_unix < leaf.not_before {
+            return Err(invalid(format!(
+                "the certificate ({}) is not valid until {}",
+                leaf.subject,
+                x509::date(leaf.not_before)
+            )));
+        }
+        if now_unix > leaf.not_after {
+            return Err(invalid(format!(
+                "the certificate ({}) expired on {}: install the renewed virksomhetssertifikat",
+                leaf.subject,
+                x509::date(leaf.not_after)
+            )));
+        }
+        let mut x5c = vec![b64(&leaf.der)];
+        if chain {
+            let mut current = &leaf;
+            while !current.is_self_issued() && x5c.len() < 8 {
+                let Some((_, issuer)) = certs.iter().find(|(_, c)| current.issued_by(c)) else {
+                    break;
+                };
+                x5c.push(b64(&issuer.der));
+                current = issuer;
+            }
+        }
+        signing.x5c = Some(x5c);
+        signing.certificate = Some(Arc::new(leaf));
+        Ok(signing)
     }
 }
 
@@ -128,6 +329,7 @@ impl fmt::Debug for SigningKey {
         f.debug_struct("SigningKey")
             .field("form", &self.form)
             .field("kid", &self.kid)
+            .field("certificate", &self.certificate)
             .field("algorithm", &self.algorithm)
             .field("bits", &self.bits)
             .field("thumbprint", &self.thumbprint)
@@ -135,28 +337,80 @@ impl fmt::Debug for SigningKey {
     }
 }
 
-/// Loads and checks a key from its source.
+/// The RSA key inside a PKCS#8 PrivateKeyInfo, as PKCS#1.
+fn pkcs8_rsa(pkcs8: &[u8]) -> Result<Vec<u8>, KeyError> {
+    let unreadable = || KeyError::Invalid("the private key in the file cannot be read".into());
+    let info = der::Reader::new(pkcs8)
+        .expect(der::SEQUENCE)
+        .map_err(|_| unreadable())?;
+    let mut r = info.children();
+    r.expect(der::INTEGER).map_err(|_| unreadable())?;
+    let algorithm = r.expect(der::SEQUENCE).map_err(|_| unreadable())?;
+    let (oid, _) = der::algorithm(&algorithm).map_err(|_| unreadable())?;
+    if oid != "1.2.840.113549.1.1.1" {
+        let kind = match oid.as_str() {
+            "1.2.840.10045.2.1" => "an EC key",
+            "1.3.101.112" => "an Ed25519 key",
+            _ => "not an RSA key",
+        };
+        return Err(KeyError::Invalid(format!(
+            "the private key is {kind}: Maskinporten takes RSA keys only (RS256/RS384/RS512)"
+        )));
+    }
+    let key = r.expect(der::OCTET_STRING).map_err(|_| unreadable())?;
+    Ok(key.octets().map_err(|_| unreadable())?.into_owned())
+}
+
+/// Loads and checks a key from its source. Errors name the file.
 pub fn load(source: &KeySource) -> Result<SigningKey, KeyError> {
     match source {
-        KeySource::Pem { path, kid } => SigningKey::from_pem(&read(path)?, kid)
-            .map_err(|e| KeyError::Invalid(format!("{}: {e}", path.display()))),
-        KeySource::Jwk { path } => {
-            let text = read(path)?;
-            jwk::load(&text, "jwk")
-                .map_err(|e| KeyError::Invalid(format!("{}: {e}", path.display())))
+        KeySource::Pem { path, kid } => {
+            SigningKey::from_pem(&read(path)?, kid).map_err(in_file(path))
         }
+        KeySource::Jwk { path } => jwk::load(&read(path)?, "jwk").map_err(in_file(path)),
         KeySource::JwkBase64 { value } => {
-            let text = jwk::decode_base64(value.expose())?;
-            jwk::load(&text, "jwk_base64")
+            let load = || jwk::load(&jwk::decode_base64(value.read()?.expose())?, "jwk_base64");
+            match value.file() {
+                Some(path) => load().map_err(in_file(path)),
+                None => load(),
+            }
+        }
+        KeySource::Pkcs12 {
+            path,
+            password,
+            alias,
+            chain,
+        } => {
+            let password = password.read()?;
+            SigningKey::from_pkcs12(
+                &read(path)?,
+                password.expose(),
+                alias.as_deref(),
+                *chain,
+                crate::token::grant::unix_now() as i64,
+            )
+            .map_err(in_file(path))
         }
     }
 }
 
-fn read(path: &PathBuf) -> Result<Vec<u8>, KeyError> {
+/// Prefixes a key problem with the file it is in.
+fn in_file(path: &Path) -> impl Fn(KeyError) -> KeyError + '_ {
+    move |e| match e {
+        KeyError::Invalid(m) => KeyError::Invalid(format!("{}: {m}", path.display())),
+        read => read,
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, KeyError> {
     std::fs::read(path).map_err(|source| KeyError::Read {
-        path: path.clone(),
+        path: path.to_path_buf(),
         source,
     })
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 fn b64url(bytes: &[u8]) -> String {

@@ -19,6 +19,8 @@ const ATTEMPTS_PER_FETCH: u32 = 3;
 /// A cached access token. The `Authorization` value is built once per token, not per request.
 pub struct Token {
     bearer: HeaderValue,
+    /// The client key generation that signed the grant for this token.
+    key_generation: u64,
     pub expires_in: u64,
     pub schedule: Schedule,
 }
@@ -56,6 +58,8 @@ pub enum TokenError {
 #[derive(Debug, Clone)]
 struct Failure {
     error: FetchError,
+    /// A failure with an earlier key says nothing about the current one: a rotated key is tried at once.
+    key_generation: u64,
     since: std::time::SystemTime,
     retry_at: Instant,
 }
@@ -111,9 +115,13 @@ impl TokenSlot {
             {
                 let mut st = self.lock();
                 let now = Instant::now();
-                let may_fetch = st.failure.as_ref().is_none_or(|f| now >= f.retry_at);
+                let generation = self.client.key.generation();
+                let may_fetch = st
+                    .failure
+                    .as_ref()
+                    .is_none_or(|f| now >= f.retry_at || f.key_generation != generation);
                 if let Some(token) = st.token.clone() {
-                    if now < token.schedule.serve_until {
+                    if now < token.schedule.serve_until && token.key_generation == generation {
                         if now >= token.schedule.refresh_at && !st.fetching && may_fetch {
                             self.start_fetch(&mut st);
                         }
@@ -122,7 +130,7 @@ impl TokenSlot {
                 }
                 if !st.fetching {
                     match &st.failure {
-                        Some(f) if now < f.retry_at => {
+                        Some(f) if !may_fetch => {
                             return Err(TokenError::Failed {
                                 error: f.error.clone(),
                                 retry_after: f.retry_at - now,
@@ -149,10 +157,14 @@ impl TokenSlot {
 
     async fn fetch(self: Arc<Self>) {
         let mut attempt = 0;
+        let (key_generation, key) = self.client.key.current();
         let result = loop {
             let requested_at = Instant::now();
             let started = std::time::Instant::now();
-            let result = self.source.fetch(&self.client, &self.key.grant).await;
+            let result = self
+                .source
+                .fetch(&self.client.client_id, &key, &self.key.grant)
+                .await;
             self.metrics
                 .token_fetch_duration
                 .get_or_create(&ClientLabels {
@@ -183,13 +195,14 @@ impl TokenSlot {
         let mut st = self.lock();
         match result {
             Ok((issued, requested_at)) => {
-                tracing::info!(client = %self.client.name, scopes = %self.key.grant.scope, consumer_org, expires_in = issued.expires_in, result = "ok", "token fetched");
+                tracing::info!(client = %self.client.name, key = %key.label(), scopes = %self.key.grant.scope, consumer_org, expires_in = issued.expires_in, result = "ok", "token fetched");
                 match bearer(issued.access_token.expose()) {
                     Some(bearer) => {
                         let schedule =
                             policy::schedule(requested_at, Duration::from_secs(issued.expires_in));
                         st.token = Some(Arc::new(Token {
                             bearer,
+                            key_generation,
                             expires_in: issued.expires_in,
                             schedule,
                         }));
@@ -201,12 +214,13 @@ impl TokenSlot {
                         FetchError::InvalidAnswer(
                             "access_token is not a valid header value".into(),
                         ),
+                        key_generation,
                     ),
                 }
             }
             Err(error) => {
-                tracing::warn!(client = %self.client.name, scopes = %self.key.grant.scope, consumer_org, result = error.result_label(), %error, "token fetch failed");
-                self.record_failure(&mut st, error);
+                tracing::warn!(client = %self.client.name, key = %key.label(), scopes = %self.key.grant.scope, consumer_org, result = error.result_label(), %error, "token fetch failed");
+                self.record_failure(&mut st, error, key_generation);
             }
         }
         st.fetching = false;
@@ -214,7 +228,14 @@ impl TokenSlot {
         self.changed.send_modify(|generation| *generation += 1);
     }
 
-    fn record_failure(&self, st: &mut State, error: FetchError) {
+    fn record_failure(&self, st: &mut State, error: FetchError, key_generation: u64) {
+        if st
+            .failure
+            .as_ref()
+            .is_some_and(|f| f.key_generation != key_generation)
+        {
+            st.failures = 0;
+        }
         st.failures += 1;
         let retry_at = Instant::now() + policy::backoff(st.failures, fastrand::f64());
         let since = match &st.failure {
@@ -223,6 +244,7 @@ impl TokenSlot {
         };
         st.failure = Some(Failure {
             error,
+            key_generation,
             since,
             retry_at,
         });
@@ -231,7 +253,11 @@ impl TokenSlot {
     pub fn status(&self) -> SlotStatus {
         let st = self.lock();
         let now = Instant::now();
-        let valid = st.token.as_ref().filter(|t| now < t.schedule.serve_until);
+        let generation = self.client.key.generation();
+        let valid = st
+            .token
+            .as_ref()
+            .filter(|t| now < t.schedule.serve_until && t.key_generation == generation);
         let state = match (valid, st.fetching, &st.failure) {
             (Some(_), true, _) => "refreshing",
             (Some(_), false, _) => "valid",

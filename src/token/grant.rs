@@ -54,7 +54,8 @@ struct Claims<'a> {
     authorization_details: Option<Value>,
 }
 
-/// Signs a fresh grant: new `jti`, `iat` = `now_unix`, `exp` = `iat` + 120, header `alg` and `kid`.
+/// Signs a fresh grant: new `jti`, `iat` = `now_unix`, `exp` = `iat` + 120, header `alg` and `kid`
+/// (or `x5c` for a virksomhetssertifikat).
 pub fn sign(
     audience: &str,
     client_id: &str,
@@ -63,7 +64,9 @@ pub fn sign(
     now_unix: u64,
 ) -> Result<String, jsonwebtoken::errors::Error> {
     let mut header = Header::new(key.algorithm());
-    header.kid = Some(key.kid().to_string());
+    // Exactly one of the two: a registered key's kid, or the virksomhetssertifikat itself.
+    header.kid = key.kid().map(str::to_string);
+    header.x5c = key.x5c().map(<[String]>::to_vec);
     let parse = |s: &Option<String>| s.as_deref().and_then(|j| serde_json::from_str(j).ok());
     let claims = Claims {
         aud: audience,

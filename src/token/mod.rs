@@ -9,25 +9,26 @@ pub use cache::{SlotStatus, TokenCache, TokenSlot};
 pub use client::{FetchError, TokenEndpoint};
 pub use grant::GrantSpec;
 
-use crate::keys::SigningKey;
+use crate::keys::{ClientKey, SigningKey};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-/// A Maskinporten client as the token code needs it.
+/// A Maskinporten client as the token code needs it. Its key may be rotated while it runs.
 #[derive(Debug)]
 pub struct ClientIdentity {
     pub name: Arc<String>,
     pub client_id: String,
-    pub key: Arc<SigningKey>,
+    pub key: Arc<ClientKey>,
 }
 
-/// Everything that changes the token: a route with the same key shares the cached token.
+/// Everything that changes the token: routes with the same client and grant share one cache slot.
+/// The key is part of the cache key too, by generation: each cached token remembers the key
+/// generation that signed its grant and is served only while that key is the client's current
+/// one, so a token fetched with an old key is never taken for one from the new.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TokenKey {
     pub client: Arc<String>,
-    /// The signing key's thumbprint, so a token fetched with an old key is never taken for a new one's.
-    pub key: String,
     pub grant: GrantSpec,
 }
 
@@ -37,12 +38,22 @@ pub type FetchFuture<'a> =
 /// Where the cache gets tokens: Maskinporten's token endpoint in production, a script in the
 /// cache's own tests (which run on a paused clock without sockets).
 pub trait TokenSource: Send + Sync {
-    /// Signs a fresh grant for `client` and exchanges it for a token.
-    fn fetch<'a>(&'a self, client: &'a ClientIdentity, grant: &'a GrantSpec) -> FetchFuture<'a>;
+    /// Signs a fresh grant for `client_id` with `key` and exchanges it for a token.
+    fn fetch<'a>(
+        &'a self,
+        client_id: &'a str,
+        key: &'a SigningKey,
+        grant: &'a GrantSpec,
+    ) -> FetchFuture<'a>;
 }
 
 impl TokenSource for TokenEndpoint {
-    fn fetch<'a>(&'a self, client: &'a ClientIdentity, grant: &'a GrantSpec) -> FetchFuture<'a> {
-        Box::pin(self.request(&client.client_id, &client.key, grant))
+    fn fetch<'a>(
+        &'a self,
+        client_id: &'a str,
+        key: &'a SigningKey,
+        grant: &'a GrantSpec,
+    ) -> FetchFuture<'a> {
+        Box::pin(self.request(client_id, key, grant))
     }
 }

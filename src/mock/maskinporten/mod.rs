@@ -52,7 +52,7 @@ impl MockClient {
         let jwk = key.public_jwk();
         let part = |name: &str| jwk[name].as_str().unwrap_or_default().to_string();
         self.keys
-            .insert(key.kid().to_string(), (part("n"), part("e")));
+            .insert(part("kid"), (part("n"), part("e")));
         self
     }
 
@@ -94,6 +94,8 @@ struct Inner {
     token_requests: AtomicUsize,
     jtis: Mutex<HashSet<String>>,
     grants: Mutex<Vec<RecordedGrant>>,
+    /// CA certificates (DER) a virksomhetssertifikat in `x5c` must chain to.
+    trusted_cas: Mutex<Vec<rustls_pki_types::CertificateDer<'static>>>,
 }
 
 /// A running mock Maskinporten.
@@ -159,6 +161,7 @@ impl MockMaskinporten {
             token_requests: AtomicUsize::new(0),
             jtis: Mutex::new(HashSet::new()),
             grants: Mutex::new(Vec::new()),
+            trusted_cas: Mutex::new(Vec::new()),
         });
         let (shutdown, stop) = watch::channel(false);
         let state = Arc::clone(&inner);
@@ -192,6 +195,20 @@ impl MockMaskinporten {
     }
     pub fn grants(&self) -> Vec<RecordedGrant> {
         lock(&self.inner.grants).clone()
+    }
+    /// Trusts the CA certificates in `pem` as issuers of virksomhetssertifikat, as Maskinporten
+    /// trusts Buypass and Commfides.
+    pub fn trust_ca_pem(&self, pem: &[u8]) -> std::io::Result<()> {
+        use rustls_pki_types::pem::PemObject;
+        let certs = rustls_pki_types::CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        lock(&self.inner.trusted_cas).extend(certs);
+        Ok(())
+    }
+    /// Registers another client while the mock runs (or replaces one with the same client_id).
+    pub fn add_client(&self, client: MockClient) {
+        lock(&self.inner.clients).insert(client.client_id.clone(), client);
     }
     pub fn set_mode(&self, mode: Mode) {
         *lock(&self.inner.mode) = mode;

@@ -6,6 +6,7 @@ use http::StatusCode;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{json, Map, Value};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 /// The claims Maskinporten documents for a grant; anything else is "Invalid assertion".
 const DOCUMENTED_CLAIMS: &[&str] = &[
@@ -46,6 +47,84 @@ pub(super) fn refuse(
 
 fn now_unix() -> i64 {
     crate::token::grant::unix_now() as i64
+}
+
+/// A registered key, found by the grant's `kid`.
+fn registered_key(client: &super::MockClient, kid: &str) -> Result<DecodingKey, Refusal> {
+    let (n, e) = client.keys.get(kid).ok_or_else(|| {
+        refuse(
+            "invalid_grant",
+            "MP-124",
+            format!("Invalid assertion: no key with kid {kid} registered for the client"),
+        )
+    })?;
+    DecodingKey::from_rsa_components(n, e)
+        .map_err(|_| refuse("invalid_grant", "MP-124", "registered key unusable"))
+}
+
+/// A virksomhetssertifikat in `x5c`: standard base64 DER, leaf first, chaining to a trusted CA,
+/// valid now, for client authentication, and issued to the client's organisation.
+fn certificate_key(
+    inner: &Inner,
+    client: &super::MockClient,
+    x5c: &[String],
+) -> Result<DecodingKey, Refusal> {
+    use base64::Engine as _;
+    use rustls_pki_types::{CertificateDer, UnixTime};
+    if !client.keys.is_empty() {
+        return Err(refuse(
+            "invalid_grant",
+            "MP-120",
+            "Invalid assertion: this client uses registered keys, send kid",
+        ));
+    }
+    let malformed = || refuse("invalid_grant", "MP-123", "Invalid assertion: malformed x5c");
+    let ders: Vec<CertificateDer<'static>> = x5c
+        .iter()
+        .map(|c| {
+            base64::engine::general_purpose::STANDARD
+                .decode(c)
+                .map(CertificateDer::from)
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|_| malformed())?;
+    let (leaf, intermediates) = ders.split_first().ok_or_else(malformed)?;
+    let cert = crate::keys::Certificate::parse(leaf).map_err(|_| malformed())?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in lock(&inner.trusted_cas).iter() {
+        let _ = roots.add(ca.clone());
+    }
+    let invalid = |why: String| {
+        refuse(
+            "invalid_grant",
+            "MP-120",
+            format!("Invalid assertion: certificate invalid: {why}"),
+        )
+    };
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+    )
+    .build()
+    .map_err(|e| invalid(e.to_string()))?;
+    verifier
+        .verify_client_cert(leaf, intermediates, UnixTime::now())
+        .map_err(|e| invalid(e.to_string()))?;
+    if cert.org_number.as_deref() != Some(client.org.as_str()) {
+        return Err(refuse(
+            "invalid_grant",
+            "MP-122",
+            format!(
+                "Invalid assertion: the certificate belongs to {}, not the client's organisation {}",
+                cert.org_number.as_deref().unwrap_or("no organisation"),
+                client.org
+            ),
+        ));
+    }
+    let public = cert.rsa_public_der.as_deref().ok_or_else(|| {
+        refuse("invalid_grant", "MP-124", "Invalid assertion: the certificate's key is not RSA")
+    })?;
+    Ok(DecodingKey::from_rsa_der(public))
 }
 
 /// The checks Maskinporten makes on a grant, in the order it makes them.
@@ -89,15 +168,9 @@ pub(super) fn check_grant(
                 "Invalid assertion: client not found",
             )
         })?;
-    let kid = match (&header.kid, &header.x5c) {
-        (Some(kid), None) => kid,
-        (None, Some(_)) => {
-            return Err(refuse(
-                "invalid_grant",
-                "MP-120",
-                "Invalid assertion: this client uses registered keys, send kid",
-            ))
-        }
+    let key = match (&header.kid, &header.x5c) {
+        (Some(kid), None) => registered_key(&client, kid)?,
+        (None, Some(x5c)) => certificate_key(inner, &client, x5c)?,
         _ => {
             return Err(refuse(
                 "invalid_grant",
@@ -106,15 +179,6 @@ pub(super) fn check_grant(
             ))
         }
     };
-    let (n, e) = client.keys.get(kid).ok_or_else(|| {
-        refuse(
-            "invalid_grant",
-            "MP-124",
-            format!("Invalid assertion: no key with kid {kid} registered for the client"),
-        )
-    })?;
-    let key = DecodingKey::from_rsa_components(n, e)
-        .map_err(|_| refuse("invalid_grant", "MP-124", "registered key unusable"))?;
     let mut validation = Validation::new(header.alg);
     validation.validate_exp = false;
     validation.validate_aud = false;
@@ -123,7 +187,7 @@ pub(super) fn check_grant(
         refuse(
             "invalid_grant",
             "MP-124",
-            "Invalid assertion: signature does not verify with the registered key",
+            "Invalid assertion: signature does not verify with the client's key",
         )
     })?;
     if claims.get("aud") != Some(&Value::String(inner.issuer.clone())) {
@@ -256,7 +320,7 @@ pub(super) fn check_grant(
     let mut token = json!({
         "iss": inner.issuer,
         "client_id": client.client_id,
-        "client_amr": "private_key_jwt",
+        "client_amr": if header.x5c.is_some() { "virksomhetssertifikat" } else { "private_key_jwt" },
         "token_type": "Bearer",
         "scope": scope,
         "consumer": actor(&consumer),
