@@ -48,7 +48,8 @@ fn check_prints_a_summary_without_secrets() {
     assert_success(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("vendor: client_id 7e1f2a3b"), "{stdout}");
-    assert!(stdout.contains(&format!("key pem (kid {KID}")), "{stdout}");
+    assert!(stdout.contains("key pem (RS256, 2048 bits"), "{stdout}");
+    assert!(stdout.contains(&format!("kid {KID}")), "{stdout}");
     assert!(
         stdout.contains("fiks: /fiks -> https://api.fiks.test.ks.no/"),
         "{stdout}"
@@ -154,7 +155,9 @@ async fn run_serves_from_portvakt_config_and_drains_on_sigterm() {
         "one line per request: {stderr}"
     );
     assert!(
-        stderr.contains("token fetched client=vendor scopes=ks:fiks"),
+        stderr.contains(&format!(
+            "token fetched client=vendor key=kid {KID} scopes=ks:fiks"
+        )),
         "{stderr}"
     );
     assert!(

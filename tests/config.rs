@@ -126,7 +126,7 @@ routes:
     let expect = [
         "listen: `localhost:8080` is not an IP address and port",
         "maskinporten.environment: unknown environment `staging`",
-        "clients.vendor.key: needs exactly one key form (pem + kid, jwk, jwk_base64), found pem and jwk",
+        "clients.vendor.key: needs exactly one key form (pem + kid, jwk, jwk_base64, jwk_base64_file, or pkcs12 + password), found pem and jwk",
         "routes[0].prefix: `nav` must start with `/`",
         "routes[0].upstream: `ftp://x/` is not an http:// or https:// URL",
         "routes[1].client: unknown client \"fiks\" (known: vendor)",
@@ -261,9 +261,64 @@ fn bad_keys_are_startup_errors_naming_the_client_and_file() {
             "",
         ),
         (
-            "      pkcs12: cert.p12\n      password: x\n",
+            "      pkcs12: pki/virksomhet-aes.p12\n      password: wrong\n",
             "clients.vendor.key.pkcs12:",
-            "not supported",
+            "virksomhet-aes.p12: wrong password for the PKCS#12 file",
+        ),
+        (
+            "      pkcs12: pki/virksomhet-legacy.p12\n      password: wrong\n",
+            "clients.vendor.key.pkcs12:",
+            "virksomhet-legacy.p12: wrong password for the PKCS#12 file",
+        ),
+        (
+            "      pkcs12: client-a.pem\n      password: x\n",
+            "clients.vendor.key.pkcs12:",
+            "client-a.pem: not a PKCS#12 (.p12/.pfx) file",
+        ),
+        (
+            "      pkcs12: pki/ec.p12\n      password_file: pki/password.txt\n",
+            "clients.vendor.key.pkcs12:",
+            "ec.p12: the private key is an EC key: Maskinporten takes RSA keys only",
+        ),
+        (
+            "      pkcs12: pki/expired.p12\n      password_file: pki/password.txt\n",
+            "clients.vendor.key.pkcs12:",
+            "expired.p12: the certificate (C=NO, O=TESTFORSIKRING AS, serialNumber=991825827, CN=TESTFORSIKRING AS) expired on 2021-01-01",
+        ),
+        (
+            "      pkcs12: pki/not-yet-valid.p12\n      password_file: pki/password.txt\n",
+            "clients.vendor.key.pkcs12:",
+            "is not valid until 2090-01-01",
+        ),
+        (
+            "      pkcs12: pki/virksomhet-aes.p12\n      password_file: pki/password.txt\n      alias: prod-cert\n",
+            "clients.vendor.key.pkcs12:",
+            "no private key with alias `prod-cert` in the file; it holds: testforsikring-auth",
+        ),
+        (
+            "      pkcs12: pki/virksomhet-aes.p12\n",
+            "clients.vendor.key: pkcs12 needs the file's password",
+            "password_file",
+        ),
+        (
+            "      pkcs12: pki/virksomhet-aes.p12\n      password_file: pki/missing.txt\n",
+            "clients.vendor.key.password_file: cannot read",
+            "missing.txt",
+        ),
+        (
+            "      pkcs12: pki/virksomhet-aes.p12\n      password: x\n      kid: k\n",
+            "clients.vendor.key.kid: does not go with pkcs12",
+            "x5c",
+        ),
+        (
+            "      pem: client-a.pem\n      kid: a\n      x5c_chain: true\n",
+            "clients.vendor.key.x5c_chain: only goes with pkcs12",
+            "",
+        ),
+        (
+            "      pkcs12: pki/virksomhet-aes.p12\n      password_file: pki/password.txt\n      x5c_chain: yes\n",
+            "clients.vendor.key.x5c_chain: expected true or false",
+            "",
         ),
         (
             "      {}\n",
