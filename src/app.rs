@@ -1,7 +1,7 @@
 //! Composition root: builds the proxy from a validated [`Config`] and starts its listeners.
 
 use crate::admin::Admin;
-use crate::config::Config;
+use crate::config::{Config, RouteConfig};
 use crate::error::Body;
 use crate::keys::rotation::{self, Watched};
 use crate::keys::ClientKey;
@@ -51,6 +51,35 @@ pub fn tls_config(extra_roots: &[CertificateDer<'static>]) -> anyhow::Result<rus
     .with_no_client_auth())
 }
 
+/// The configured Maskinporten token endpoint, over `tls` (plus `maskinporten.ca_file`).
+pub fn token_endpoint(
+    config: &Config,
+    tls: &rustls::ClientConfig,
+) -> anyhow::Result<TokenEndpoint> {
+    let token_tls = match &config.maskinporten.ca_file {
+        Some(ca) => tls_config(&ca.certs)
+            .with_context(|| format!("maskinporten.ca_file: {}", ca.path.display()))?,
+        None => tls.clone(),
+    };
+    let http = client::http_client(token_tls, config.maskinporten.timeout)
+        .context("building the token endpoint client")?;
+    Ok(TokenEndpoint::new(
+        http,
+        config.maskinporten.token_endpoint.clone(),
+        config.maskinporten.issuer.clone(),
+    ))
+}
+
+/// What a route asks Maskinporten for.
+pub fn grant_spec(route: &RouteConfig) -> GrantSpec {
+    GrantSpec::new(
+        &route.scopes,
+        route.resource.as_ref(),
+        route.consumer_org.as_deref(),
+        &route.authorization_details,
+    )
+}
+
 /// What `build` makes from a config: the request pipeline, and the clients whose key files are
 /// watched for rotation.
 pub struct App {
@@ -66,18 +95,7 @@ pub fn build(config: &Config) -> anyhow::Result<App> {
     // One pooled client per distinct ca_file; routes without one share the default.
     let mut upstream_clients: HashMap<PathBuf, UpstreamClient> = HashMap::new();
     let metrics = Arc::new(Metrics::new());
-    let token_tls = match &config.maskinporten.ca_file {
-        Some(ca) => tls_config(&ca.certs)
-            .with_context(|| format!("maskinporten.ca_file: {}", ca.path.display()))?,
-        None => tls.clone(),
-    };
-    let http = client::http_client(token_tls, config.maskinporten.timeout)
-        .context("building the token endpoint client")?;
-    let endpoint = Arc::new(TokenEndpoint::new(
-        http,
-        config.maskinporten.token_endpoint.clone(),
-        config.maskinporten.issuer.clone(),
-    ));
+    let endpoint = Arc::new(token_endpoint(config, &tls)?);
     let cache = TokenCache::new(endpoint, Arc::clone(&metrics), config.maskinporten.timeout);
     let mut keys = Vec::with_capacity(config.clients.len());
     let mut clients: HashMap<&str, Arc<ClientIdentity>> = HashMap::new();
@@ -102,12 +120,7 @@ pub fn build(config: &Config) -> anyhow::Result<App> {
             .with_context(|| format!("route {} names unknown client {}", r.name, r.client))?;
         let key = TokenKey {
             client: Arc::clone(&client.name),
-            grant: GrantSpec::new(
-                &r.scopes,
-                r.resource.as_ref(),
-                r.consumer_org.as_deref(),
-                &r.authorization_details,
-            ),
+            grant: grant_spec(r),
         };
         let http = match &r.ca_file {
             None => default_upstream.clone(),

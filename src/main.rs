@@ -1,4 +1,4 @@
-//! The `portvakt` command line: run | check | demo.
+//! The `portvakt` command line: run | check | token | keygen | demo.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -31,6 +31,31 @@ enum Command {
         #[arg(long, env = "PORTVAKT_CONFIG")]
         config: PathBuf,
     },
+    /// Fetch one token exactly as a route would and print it as JSON (for debugging an integration).
+    Token {
+        #[arg(long, env = "PORTVAKT_CONFIG")]
+        config: PathBuf,
+        /// The route whose client, key and scopes to use.
+        #[arg(long)]
+        route: String,
+        /// Also print the token's decoded header and claims (read, not verified).
+        #[arg(long)]
+        decode: bool,
+    },
+    /// Generate an RSA key pair for a Maskinporten client (Samarbeidsportalen): public JWK set,
+    /// private JWK, its base64 form and a PKCS#8 PEM.
+    Keygen {
+        /// The key's name; the kid becomes NAME-TEST.YYYY-MM-DD (or -PROD.).
+        name: String,
+        #[arg(long, value_enum, default_value = "test")]
+        env: portvakt::keygen::Env,
+        /// RSA key size: 2048, 3072 or 4096.
+        #[arg(long, default_value_t = 2048, value_parser = parse_bits)]
+        bits: usize,
+        /// Where to write the files.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
     /// Start a mock Maskinporten, an echo upstream and portvakt on loopback, and show it working.
     Demo {
         /// Where to write demo.yaml and the demo key.
@@ -40,6 +65,13 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+}
+
+fn parse_bits(s: &str) -> Result<usize, String> {
+    match s {
+        "2048" | "3072" | "4096" => s.parse().map_err(|_| s.to_string()),
+        _ => Err("choose 2048, 3072 or 4096".into()),
+    }
 }
 
 fn init_logging() {
@@ -95,6 +127,56 @@ fn main() -> ExitCode {
                     }
                     Err(e) => {
                         eprintln!("portvakt: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            Command::Token {
+                config,
+                route,
+                decode,
+            } => {
+                let loaded = match portvakt::config::load(&config) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                };
+                match portvakt::token_command::run(&loaded, &route, decode).await {
+                    Ok(outcome) => {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&outcome.json).unwrap_or_default()
+                        );
+                        match outcome.error {
+                            None => ExitCode::SUCCESS,
+                            Some(line) => {
+                                eprintln!("portvakt token: {line}");
+                                ExitCode::FAILURE
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("portvakt token: {e:#}");
+                        ExitCode::from(EXIT_CONFIG)
+                    }
+                }
+            }
+            Command::Keygen {
+                name,
+                env,
+                bits,
+                out,
+            } => {
+                let today = portvakt::token::grant::unix_now() as i64;
+                match portvakt::keygen::run(&name, env, bits, &out, today) {
+                    Ok((_, next)) => {
+                        print!("{next}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("portvakt keygen: {e:#}");
                         ExitCode::FAILURE
                     }
                 }

@@ -43,6 +43,7 @@ impl TokenSource for Script {
             answer.map(|expires_in| Issued {
                 access_token: Secret::new(format!("token-{n}")),
                 expires_in,
+                scope: None,
             })
         })
     }

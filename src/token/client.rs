@@ -43,6 +43,8 @@ impl FetchError {
 pub struct Issued {
     pub access_token: Secret<String>,
     pub expires_in: u64,
+    /// The scopes granted, when Maskinporten says.
+    pub scope: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -51,6 +53,8 @@ struct TokenAnswer {
     #[serde(default)]
     token_type: Option<String>,
     expires_in: Option<u64>,
+    #[serde(default)]
+    scope: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -136,6 +140,7 @@ impl TokenEndpoint {
             return Ok(Issued {
                 access_token: Secret::new(answer.access_token),
                 expires_in,
+                scope: answer.scope,
             });
         }
         if status.is_server_error() || status.as_u16() == 429 {
@@ -205,9 +210,11 @@ pub fn hint(code: Option<&str>, error: &str, spec: &GrantSpec) -> String {
     match code {
         Some("MP-100") => "client not found: check client_id and that the client is registered in this environment (test and prod are separate)".into(),
         Some("MP-110") => "wrong audience: maskinporten.environment or issuer does not match the token endpoint".into(),
-        Some("MP-120" | "MP-124") => "the key or certificate was not accepted (bad signature, unknown kid, or a prod certificate in test / test in prod): check the key and kid registered for the client".into(),
+        Some("MP-120") => "the virksomhetssertifikat was not accepted: it must be a valid Buypass or Commfides certificate for this environment (test certificates in test, prod in prod), or the client uses registered keys and needs kid".into(),
+        Some("MP-124") => "the signature was not accepted: the kid is not registered on the client, or the key does not match it; upload the public JWK in Samarbeidsportalen (portvakt keygen writes it)".into(),
         Some("MP-121") => "the registered key has expired (keys live at most one year after upload): create a new key and register it in Samarbeidsportalen".into(),
-        Some("MP-122" | "MP-123") => "the certificate's organisation is not the client's, or x5c is malformed".into(),
+        Some("MP-122") => "the virksomhetssertifikat belongs to another organisation than the client: use the certificate of the organisation that owns the client".into(),
+        Some("MP-123") => "the grant's x5c or kid is malformed: x5c must be standard base64 DER, leaf first".into(),
         Some("MP-130") => "the grant was outside Maskinporten's time window: check this machine's clock (NTP)".into(),
         Some("MP-012") => "the grant was reused (same jti): another process may be replaying grants".into(),
         Some("MP-200" | "MP-201") => format!("the client lacks scope {scope}: ask the API owner for access (for ks:fiks, KS must register the organisation first)"),
