@@ -108,6 +108,16 @@ pub fn http_client() -> reqwest::Client {
 
 /// A whole configuration around `routes`, with one client `vendor` using the fixture key.
 pub fn config_yaml(issuer: &str, token_endpoint: &str, routes: &str) -> String {
+    config_with_key(
+        issuer,
+        token_endpoint,
+        &format!("      pem: client-a.pem\n      kid: {KID}\n"),
+        routes,
+    )
+}
+
+/// As [`config_yaml`], with the client's `key:` block given (indented six spaces).
+pub fn config_with_key(issuer: &str, token_endpoint: &str, key: &str, routes: &str) -> String {
     format!(
         r#"listen: 127.0.0.1:0
 admin_listen: 127.0.0.1:0
@@ -120,9 +130,7 @@ clients:
   vendor:
     client_id: {CLIENT_ID}
     key:
-      pem: client-a.pem
-      kid: {KID}
-routes:
+{key}routes:
 {routes}"#
     )
 }

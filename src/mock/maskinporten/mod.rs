@@ -56,6 +56,13 @@ impl MockClient {
         self
     }
 
+    /// Registers a public JWK as uploaded to Samarbeidsportalen (`kid`, `n`, `e`).
+    pub fn public_jwk(mut self, jwk: &Value) -> Self {
+        let part = |name: &str| jwk[name].as_str().unwrap_or_default().to_string();
+        self.keys.insert(part("kid"), (part("n"), part("e")));
+        self
+    }
+
     pub fn scopes<I: IntoIterator<Item = S>, S: Into<String>>(mut self, scopes: I) -> Self {
         self.scopes.extend(scopes.into_iter().map(Into::into));
         self
