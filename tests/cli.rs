@@ -1,4 +1,4 @@
-//! The command line as an operator uses it: `check`, `run` and `demo`, as real processes.
+//! The command line as an operator uses it: `check`, `run`, `token`, `keygen` and `demo`, as real processes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -199,4 +199,155 @@ fn demo_once_shows_a_verified_token() {
         &["check".as_ref(), "--config".as_ref(), demo_yaml.as_os_str()],
         &[],
     ));
+}
+
+/// Runs the binary off the async runtime, so the mocks on it keep answering.
+async fn portvakt_async(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        portvakt(&args, &[])
+    })
+    .await
+    .unwrap()
+}
+
+fn p12_key_yaml() -> String {
+    format!(
+        "      pkcs12: {}\n      password_file: {}\n",
+        fixtures().join("pki/virksomhet-aes.p12").display(),
+        fixtures().join("pki/password.txt").display()
+    )
+}
+
+#[test]
+fn check_shows_the_certificate_its_org_number_and_expiry() {
+    let dir = temp_dir("check-p12");
+    let yaml = config_with_key(
+        "http://127.0.0.1:9/",
+        "http://127.0.0.1:9/token",
+        &p12_key_yaml(),
+        "  - name: nav\n    prefix: /nav/\n    upstream: https://api.nav.no/\n    client: vendor\n    scopes: [nav:forsikring/samtykke]\n",
+    );
+    std::fs::write(dir.join("p12.yaml"), yaml).unwrap();
+    let out = portvakt(
+        &["check".as_ref(), "--config".as_ref(), dir.join("p12.yaml").as_os_str()],
+        &[],
+    );
+    assert_success(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "key pkcs12 (RS256, 2048 bits",
+        "certificate C=NO, O=TESTFORSIKRING AS, serialNumber=991825827, CN=TESTFORSIKRING AS",
+        "issuer C=NO, O=Portvakt Test CA, CN=Portvakt Test Virksomhet CA",
+        "org number 991825827",
+        "sent as x5c (leaf only)",
+        "not after 205",
+        "days left)",
+    ] {
+        assert!(stdout.contains(expected), "{expected}: {stdout}");
+    }
+    assert!(!stdout.contains("test-passord-1234"));
+    assert!(!stdout.contains("WARNING"), "{stdout}");
+}
+
+#[tokio::test]
+async fn token_prints_one_token_with_its_decoded_claims() {
+    let mock = portvakt::mock::MockMaskinporten::start(vec![registered_client()], 120)
+        .await
+        .unwrap();
+    let dir = temp_dir("token");
+    let yaml = config_yaml(&mock.issuer(), &mock.token_endpoint(), "  - name: fiks\n    prefix: /fiks/\n    upstream: https://api.fiks.test.ks.no/\n    client: vendor\n    scopes: [ks:fiks]\n");
+    std::fs::write(dir.join("portvakt.yaml"), yaml).unwrap();
+    let config = dir.join("portvakt.yaml").display().to_string();
+    let out = portvakt_async(vec![
+        "token".into(),
+        "--config".into(),
+        config,
+        "--route".into(),
+        "fiks".into(),
+        "--decode".into(),
+    ])
+    .await;
+    assert_success(&out);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["route"], "fiks");
+    assert_eq!(json["key"], format!("kid {KID}"));
+    assert_eq!(json["expires_in"], 120);
+    assert_eq!(json["claims"]["scope"], "ks:fiks");
+    assert_eq!(json["claims"]["consumer"]["ID"], format!("0192:{SUPPLIER_ORG}"));
+    assert_eq!(json["header"]["alg"], "RS256");
+    let token = json["access_token"].as_str().unwrap();
+    assert!(token.len() > 100);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(token));
+    assert_eq!(mock.token_requests(), 1);
+}
+
+#[tokio::test]
+async fn token_exits_non_zero_with_maskinporten_s_error_and_a_hint() {
+    let mock = portvakt::mock::MockMaskinporten::start(vec![registered_client()], 120)
+        .await
+        .unwrap();
+    let dir = temp_dir("token-refused");
+    let yaml = config_yaml(&mock.issuer(), &mock.token_endpoint(), "  - name: nav\n    prefix: /nav/\n    upstream: https://api.nav.no/\n    client: vendor\n    scopes: [nav:not-granted]\n");
+    std::fs::write(dir.join("portvakt.yaml"), yaml).unwrap();
+    let config = dir.join("portvakt.yaml").display().to_string();
+    let args = |route: &str| {
+        vec![
+            "token".to_string(),
+            "--config".into(),
+            config.clone(),
+            "--route".into(),
+            route.into(),
+        ]
+    };
+    let out = portvakt_async(args("nav")).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("invalid_scope (MP-200)"), "{stderr}");
+    assert!(
+        stderr.contains("hint: the client lacks scope nav:not-granted: ask the API owner"),
+        "{stderr}"
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["error"]["code"], "MP-200");
+    assert!(json.get("access_token").is_none());
+
+    let out = portvakt_async(args("nope")).await;
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no route named `nope` (routes: nav)"));
+}
+
+#[test]
+fn keygen_writes_the_key_files_and_never_overwrites_them() {
+    let dir = temp_dir("keygen");
+    let out_dir = dir.join("keys");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let args = |bits: &'static str| {
+        [
+            "keygen".as_ref(),
+            "insurer".as_ref(),
+            "--env".as_ref(),
+            "prod".as_ref(),
+            "--bits".as_ref(),
+            std::ffi::OsStr::new(bits),
+            "--out".as_ref(),
+            out_dir.as_os_str(),
+        ]
+    };
+    let out = portvakt(&args("3072"), &[]);
+    assert_success(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Generated RSA 3072 key insurer-PROD."), "{stdout}");
+    assert!(stdout.contains("sjolvbetjening.samarbeid.digdir.no"), "{stdout}");
+    let files: Vec<String> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files.len(), 4, "{files:?}");
+    let again = portvakt(&args("3072"), &[]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+    let small = portvakt(&args("1024"), &[]);
+    assert_eq!(small.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&small.stderr).contains("choose 2048, 3072 or 4096"));
 }
