@@ -98,7 +98,9 @@ fn key_lines(out: &mut String, k: &SigningKey, now: i64) {
             let _ = writeln!(
                 out,
                 "      org number {}",
-                cert.org_number.as_deref().unwrap_or("(none in the subject)")
+                cert.org_number
+                    .as_deref()
+                    .unwrap_or("(none in the subject)")
             );
             let sent = k.x5c().map_or(0, <[String]>::len);
             let _ = writeln!(

@@ -72,7 +72,10 @@ pub fn run(
         &written.private_pem,
     ] {
         if path.exists() {
-            bail!("{} exists already: keygen never overwrites a key", path.display());
+            bail!(
+                "{} exists already: keygen never overwrites a key",
+                path.display()
+            );
         }
     }
     let public = serde_json::to_string_pretty(&key.public_jwks)?;
@@ -84,27 +87,64 @@ pub fn run(
         format!("{}\n", key.private_jwk_base64.expose()).as_bytes(),
         true,
     )?;
-    write_file(&written.private_pem, key.pkcs8_pem.expose().as_bytes(), true)?;
+    write_file(
+        &written.private_pem,
+        key.pkcs8_pem.expose().as_bytes(),
+        true,
+    )?;
 
     let expires = x509::date(today_unix + keys::rotation::REGISTERED_KEY_LIFETIME.as_secs() as i64);
     let mut next = String::new();
     let _ = writeln!(next, "Generated RSA {bits} key {kid}");
-    let _ = writeln!(next, "  public JWK set (upload this):   {}", written.public_jwks.display());
-    let _ = writeln!(next, "  private JWK (0600):              {}", written.private_jwk.display());
-    let _ = writeln!(next, "  private JWK, base64 (0600):      {}", written.private_jwk_base64.display());
-    let _ = writeln!(next, "  private key, PKCS#8 PEM (0600):  {}", written.private_pem.display());
+    let _ = writeln!(
+        next,
+        "  public JWK set (upload this):   {}",
+        written.public_jwks.display()
+    );
+    let _ = writeln!(
+        next,
+        "  private JWK (0600):              {}",
+        written.private_jwk.display()
+    );
+    let _ = writeln!(
+        next,
+        "  private JWK, base64 (0600):      {}",
+        written.private_jwk_base64.display()
+    );
+    let _ = writeln!(
+        next,
+        "  private key, PKCS#8 PEM (0600):  {}",
+        written.private_pem.display()
+    );
     let _ = writeln!(next);
     let _ = writeln!(next, "Next:");
-    let _ = writeln!(next, "  1. In Samarbeidsportalen ({}), open the Maskinporten client and add", env.portal());
-    let _ = writeln!(next, "     the key from {} (or paste its contents).", written.public_jwks.display());
+    let _ = writeln!(
+        next,
+        "  1. In Samarbeidsportalen ({}), open the Maskinporten client and add",
+        env.portal()
+    );
+    let _ = writeln!(
+        next,
+        "     the key from {} (or paste its contents).",
+        written.public_jwks.display()
+    );
     let _ = writeln!(next, "  2. Give portvakt the private key, one of:");
     let _ = writeln!(next, "       key: {{ jwk_base64_file: /secrets/{kid}.private.jwk.b64 }}   # a Kubernetes secret or Key Vault value");
-    let _ = writeln!(next, "       key: {{ jwk: /secrets/{kid}.private.jwk.json }}");
-    let _ = writeln!(next, "       key: {{ pem: /secrets/{kid}.private.pem, kid: {kid} }}");
+    let _ = writeln!(
+        next,
+        "       key: {{ jwk: /secrets/{kid}.private.jwk.json }}"
+    );
+    let _ = writeln!(
+        next,
+        "       key: {{ pem: /secrets/{kid}.private.pem, kid: {kid} }}"
+    );
     let _ = writeln!(next, "     When replacing a key, register the new one first: portvakt picks up the changed file by itself.");
     let _ = writeln!(next, "  3. Run `portvakt check --config FILE`, then `portvakt token --config FILE --route NAME`.");
     let _ = writeln!(next, "  Maskinporten removes a registered key a year after upload: replace this one before {expires}.");
-    let _ = writeln!(next, "  Keep the private files out of version control; delete copies you no longer need.");
+    let _ = writeln!(
+        next,
+        "  Keep the private files out of version control; delete copies you no longer need."
+    );
     Ok((written, next))
 }
 

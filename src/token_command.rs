@@ -39,7 +39,10 @@ pub async fn run(config: &Config, route_name: &str, decode: bool) -> anyhow::Res
     if let Some(org) = &route.consumer_org {
         out["consumer_org"] = json!(org);
     }
-    match endpoint.request(&client.client_id, &client.key, &spec).await {
+    match endpoint
+        .request(&client.client_id, &client.key, &spec)
+        .await
+    {
         Ok(issued) => {
             let token = issued.access_token.expose();
             out["access_token"] = json!(token);

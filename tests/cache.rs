@@ -248,8 +248,11 @@ async fn waiters_give_up_after_the_bound_and_later_ones_join_the_same_fetch() {
 
 #[tokio::test(start_paused = true)]
 async fn a_rotated_key_is_not_served_a_token_fetched_with_the_old_one() {
-    let (script, slot, key) =
-        setup_with_key(vec![Ok(600), Ok(600)], Duration::ZERO, Duration::from_secs(10));
+    let (script, slot, key) = setup_with_key(
+        vec![Ok(600), Ok(600)],
+        Duration::ZERO,
+        Duration::from_secs(10),
+    );
     assert_eq!(bearer(&slot).await, "Bearer token-1");
     assert_eq!(bearer(&slot).await, "Bearer token-1");
     key.replace(demo_key("kid-2"));
@@ -261,8 +264,11 @@ async fn a_rotated_key_is_not_served_a_token_fetched_with_the_old_one() {
 
 #[tokio::test(start_paused = true)]
 async fn a_rotated_key_is_tried_at_once_after_the_old_one_was_refused() {
-    let (script, slot, key) =
-        setup_with_key(vec![rejected(), Ok(600)], Duration::ZERO, Duration::from_secs(10));
+    let (script, slot, key) = setup_with_key(
+        vec![rejected(), Ok(600)],
+        Duration::ZERO,
+        Duration::from_secs(10),
+    );
     assert!(matches!(slot.get().await, Err(TokenError::Failed { .. })));
     // Backing off: the same key is not tried again at once.
     assert!(matches!(slot.get().await, Err(TokenError::Failed { .. })));

@@ -230,7 +230,11 @@ fn check_shows_the_certificate_its_org_number_and_expiry() {
     );
     std::fs::write(dir.join("p12.yaml"), yaml).unwrap();
     let out = portvakt(
-        &["check".as_ref(), "--config".as_ref(), dir.join("p12.yaml").as_os_str()],
+        &[
+            "check".as_ref(),
+            "--config".as_ref(),
+            dir.join("p12.yaml").as_os_str(),
+        ],
         &[],
     );
     assert_success(&out);
@@ -274,7 +278,10 @@ async fn token_prints_one_token_with_its_decoded_claims() {
     assert_eq!(json["key"], format!("kid {KID}"));
     assert_eq!(json["expires_in"], 120);
     assert_eq!(json["claims"]["scope"], "ks:fiks");
-    assert_eq!(json["claims"]["consumer"]["ID"], format!("0192:{SUPPLIER_ORG}"));
+    assert_eq!(
+        json["claims"]["consumer"]["ID"],
+        format!("0192:{SUPPLIER_ORG}")
+    );
     assert_eq!(json["header"]["alg"], "RS256");
     let token = json["access_token"].as_str().unwrap();
     assert!(token.len() > 100);
@@ -337,8 +344,14 @@ fn keygen_writes_the_key_files_and_never_overwrites_them() {
     let out = portvakt(&args("3072"), &[]);
     assert_success(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("Generated RSA 3072 key insurer-PROD."), "{stdout}");
-    assert!(stdout.contains("sjolvbetjening.samarbeid.digdir.no"), "{stdout}");
+    assert!(
+        stdout.contains("Generated RSA 3072 key insurer-PROD."),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("sjolvbetjening.samarbeid.digdir.no"),
+        "{stdout}"
+    );
     let files: Vec<String> = std::fs::read_dir(&out_dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

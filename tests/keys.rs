@@ -169,7 +169,12 @@ async fn every_key_form_fetches_a_token_the_mock_accepts() {
         )
         .await;
         let response = get(&s.proxy, "/nav/x").await;
-        assert_eq!(response.status(), 200, "{name}: {}", response.text().await.unwrap());
+        assert_eq!(
+            response.status(),
+            200,
+            "{name}: {}",
+            response.text().await.unwrap()
+        );
         let grants = s.mock.grants();
         assert_eq!(grants.len(), 1, "{name}");
         assert_eq!(grants[0].rejected, None, "{name}");
@@ -184,7 +189,9 @@ async fn every_key_form_fetches_a_token_the_mock_accepts() {
                 let x5c = header["x5c"].as_array().unwrap();
                 assert_eq!(x5c.len(), n, "{name}");
                 // Standard base64 (with + and /), not base64url.
-                assert!(x5c.iter().all(|c| !c.as_str().unwrap().contains(['-', '_'])));
+                assert!(x5c
+                    .iter()
+                    .all(|c| !c.as_str().unwrap().contains(['-', '_'])));
             }
         }
         let record = s.upstream.records().pop().unwrap();
@@ -209,7 +216,10 @@ async fn a_certificate_of_another_organisation_is_refused_with_mp_122() {
     let p = problem(response).await;
     assert_eq!(p["maskinporten_code"], "MP-122", "{p}");
     assert!(
-        p["detail"].as_str().unwrap().contains("another organisation"),
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("another organisation"),
         "{p}"
     );
     assert!(s.upstream.records().is_empty());
@@ -298,10 +308,7 @@ async fn a_key_swapped_on_disk_while_requests_flow_signs_the_next_tokens_with_no
     assert!(before > 0);
     let old_jti = s.upstream.records()[0].token_claims.as_ref().unwrap()["jti"].clone();
 
-    volume.update(
-        "key.json",
-        new.private_jwk.expose().to_string().as_bytes(),
-    );
+    volume.update("key.json", new.private_jwk.expose().to_string().as_bytes());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while !s
         .mock
@@ -309,7 +316,10 @@ async fn a_key_swapped_on_disk_while_requests_flow_signs_the_next_tokens_with_no
         .iter()
         .any(|g| g.header["kid"] == "rotated-TEST.2026-11-21")
     {
-        assert!(tokio::time::Instant::now() < deadline, "the new key was never used");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new key was never used"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -318,7 +328,11 @@ async fn a_key_swapped_on_disk_while_requests_flow_signs_the_next_tokens_with_no
         c.await.unwrap();
     }
 
-    assert_eq!(failed.load(Ordering::SeqCst), 0, "a request failed during rotation");
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "a request failed during rotation"
+    );
     let kids: Vec<String> = s
         .mock
         .grants()
@@ -326,7 +340,10 @@ async fn a_key_swapped_on_disk_while_requests_flow_signs_the_next_tokens_with_no
         .map(|g| g.header["kid"].as_str().unwrap().to_string())
         .collect();
     // One token per key: the old token (valid for 10 more minutes) was not kept after the swap.
-    assert_eq!(kids, ["client-b-TEST.2026-11-21", "rotated-TEST.2026-11-21"]);
+    assert_eq!(
+        kids,
+        ["client-b-TEST.2026-11-21", "rotated-TEST.2026-11-21"]
+    );
     let records = s.upstream.records();
     let last = records.last().unwrap().token_claims.as_ref().unwrap();
     assert_ne!(last["jti"], old_jti, "still serving the old key's token");
@@ -362,7 +379,14 @@ async fn a_broken_key_file_keeps_the_old_key_signing() {
     let admin = format!("http://{}/metrics", s.proxy.admin.unwrap());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let m = http_client().get(&admin).send().await.unwrap().text().await.unwrap();
+        let m = http_client()
+            .get(&admin)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         if m.contains(r#"portvakt_key_reloads_total{client="vendor",result="error"} 1"#) {
             break;
         }
@@ -370,7 +394,11 @@ async fn a_broken_key_file_keeps_the_old_key_signing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(get(&s.proxy, "/nav/y").await.status(), 200);
-    assert_eq!(s.mock.grants().len(), 1, "the cached token from the good key still serves");
+    assert_eq!(
+        s.mock.grants().len(),
+        1,
+        "the cached token from the good key still serves"
+    );
 }
 
 #[tokio::test]
@@ -405,14 +433,19 @@ async fn keygen_output_loads_back_in_every_form_and_its_public_jwk_verifies_the_
     fields.sort_unstable();
     assert_eq!(fields, ["alg", "e", "kid", "kty", "n", "use"]);
     // Running it again never overwrites the key.
-    assert!(portvakt::keygen::run("forsikring", portvakt::keygen::Env::Test, 2048, &out, today)
-        .is_err());
+    assert!(
+        portvakt::keygen::run("forsikring", portvakt::keygen::Env::Test, 2048, &out, today)
+            .is_err()
+    );
 
     let b64 = std::fs::read_to_string(&written.private_jwk_base64).unwrap();
     let path = |p: &Path| p.display().to_string();
     let forms = [
         format!("      jwk: {}\n", path(&written.private_jwk)),
-        format!("      jwk_base64_file: {}\n", path(&written.private_jwk_base64)),
+        format!(
+            "      jwk_base64_file: {}\n",
+            path(&written.private_jwk_base64)
+        ),
         "      jwk_base64: ${KEY_B64}\n".to_string(),
         format!(
             "      pem: {}\n      kid: {}\n",

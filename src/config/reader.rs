@@ -134,7 +134,10 @@ impl<'a> Reader<'a> {
             Value::Bool(b) => Some(*b),
             Value::Null => None,
             other => {
-                self.issue(path, format!("expected true or false, found {}", kind(other)));
+                self.issue(
+                    path,
+                    format!("expected true or false, found {}", kind(other)),
+                );
                 None
             }
         }

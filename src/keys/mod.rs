@@ -12,10 +12,10 @@ use aws_lc_rs::rsa::KeyPair;
 use aws_lc_rs::signature::KeyPair as _;
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey};
+pub use rotation::ClientKey;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-pub use rotation::ClientKey;
 pub use x509::Certificate;
 
 /// Keys below this size are refused: Maskinporten's norm is 2048 bits.

@@ -216,7 +216,14 @@ fn verify_mac(mac_data: &Element<'_>, auth_safe: &[u8], password: &str) -> Resul
         None => 1,
     };
     let hash = Hash::from_digest_oid(&oid)?;
-    let key = pkcs12_kdf(&hash, &bmp_password(password), &salt, 3, iterations, hash.len());
+    let key = pkcs12_kdf(
+        &hash,
+        &bmp_password(password),
+        &salt,
+        3,
+        iterations,
+        hash.len(),
+    );
     let key = hmac::Key::new(hash.hmac, &key);
     hmac::verify(&key, auth_safe, &expected).map_err(|_| Pkcs12Error::WrongPassword)
 }
@@ -393,8 +400,8 @@ fn pbes2(params: &Element<'_>, data: &[u8], password: &str) -> Result<Vec<u8>> {
     };
     let iv: [u8; 16] = iv.as_ref().try_into().map_err(|_| Pkcs12Error::NotPkcs12)?;
     let unbound = cipher::UnboundCipherKey::new(aes, &key).map_err(|_| Pkcs12Error::NotPkcs12)?;
-    let decrypting = cipher::PaddedBlockDecryptingKey::cbc_pkcs7(unbound)
-        .map_err(|_| Pkcs12Error::NotPkcs12)?;
+    let decrypting =
+        cipher::PaddedBlockDecryptingKey::cbc_pkcs7(unbound).map_err(|_| Pkcs12Error::NotPkcs12)?;
     let mut buf = data.to_vec();
     let plain = decrypting
         .decrypt(
@@ -406,7 +413,11 @@ fn pbes2(params: &Element<'_>, data: &[u8], password: &str) -> Result<Vec<u8>> {
 }
 
 fn rc2(key: &[u8], effective_bits: usize, iv: &[u8], data: &[u8]) -> Option<Vec<u8>> {
-    cbc_with(rc2::Rc2::new_with_eff_key_len(key, effective_bits), iv, data)
+    cbc_with(
+        rc2::Rc2::new_with_eff_key_len(key, effective_bits),
+        iv,
+        data,
+    )
 }
 
 fn cbc<C: des::cipher::KeyInit + des::cipher::BlockCipherDecrypt>(
@@ -425,7 +436,7 @@ fn cbc_with<C: des::cipher::BlockCipherDecrypt>(
     data: &[u8],
 ) -> Option<Vec<u8>> {
     let size = C::block_size();
-    if data.is_empty() || data.len() % size != 0 || iv.len() != size {
+    if data.is_empty() || !data.len().is_multiple_of(size) || iv.len() != size {
         return None;
     }
     let mut out = Vec::with_capacity(data.len());

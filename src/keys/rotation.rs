@@ -125,7 +125,8 @@ pub async fn watch(clients: Vec<Watched>, metrics: Arc<Metrics>, interval: Durat
             // Once at startup and then daily, not on every tick.
             let due = last_warning[i].is_none_or(|t| t.elapsed() >= Duration::from_secs(86_400));
             if due {
-                if let Some(warning) = expiry_warning(&key, crate::token::grant::unix_now() as i64) {
+                if let Some(warning) = expiry_warning(&key, crate::token::grant::unix_now() as i64)
+                {
                     tracing::warn!(client = %client.name, key = %key.label(), "{warning}");
                 }
                 last_warning[i] = Some(std::time::Instant::now());
@@ -190,3 +191,47 @@ fn fingerprint(source: &KeySource) -> Option<Vec<u8>> {
     Some(ctx.finish().as_ref().to_vec())
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::x509::days_from_civil;
+
+    fn key(kid: &str) -> SigningKey {
+        SigningKey::from_pem(crate::mock::DEMO_CLIENT_KEY_PEM.as_bytes(), kid).unwrap()
+    }
+
+    fn day(y: i64, m: i64, d: i64) -> i64 {
+        days_from_civil(y, m, d) * 86_400
+    }
+
+    #[test]
+    fn a_dated_kid_tells_the_key_s_age() {
+        assert_eq!(
+            created(&key("vendor-TEST.2026-11-21")),
+            Some(day(2026, 11, 21))
+        );
+        assert_eq!(created(&key("vendor-TEST.2026-11")), None);
+        assert_eq!(created(&key("vendor")), None);
+        assert_eq!(created(&key("vendor-TEST.2026-13-01")), None);
+    }
+
+    #[test]
+    fn registered_keys_warn_a_month_before_their_year_is_up() {
+        let k = key("vendor-PROD.2025-12-01");
+        assert_eq!(expiry_warning(&k, day(2026, 10, 1)), None);
+        let warning = expiry_warning(&k, day(2026, 11, 21)).unwrap();
+        assert!(warning.contains("10 days left"), "{warning}");
+        assert!(warning.contains("portvakt keygen"), "{warning}");
+        assert_eq!(expiry_warning(&key("undated"), day(2026, 11, 21)), None);
+    }
+
+    #[test]
+    fn generations_count_replacements() {
+        let current = ClientKey::new(Arc::new(key("a")));
+        assert_eq!(current.generation(), 0);
+        assert_eq!(current.replace(Arc::new(key("b"))), 1);
+        let (generation, k) = current.current();
+        assert_eq!((generation, k.kid()), (1, Some("b")));
+        assert_eq!(current.generation(), 1);
+    }
+}

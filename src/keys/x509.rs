@@ -174,7 +174,9 @@ fn time(e: &Element<'_>) -> Result<i64, Malformed> {
             // RFC 5280: UTCTime years 50-99 are 19xx, 00-49 are 20xx.
             (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &digits[2..])
         }
-        (der::GENERALIZED_TIME, 14) => (digits[..4].parse().map_err(|_| bad.clone())?, &digits[4..]),
+        (der::GENERALIZED_TIME, 14) => {
+            (digits[..4].parse().map_err(|_| bad.clone())?, &digits[4..])
+        }
         _ => return Err(bad),
     };
     let field = |i: usize| -> i64 { rest[i..i + 2].parse().unwrap_or(0) };
@@ -220,7 +222,10 @@ mod tests {
         assert_eq!(days_from_civil(1970, 1, 1), 0);
         assert_eq!(days_from_civil(2000, 3, 1), 11_017);
         assert_eq!(date(0), "1970-01-01");
-        assert_eq!(date(days_from_civil(2026, 11, 21) * 86_400 + 3600), "2026-11-21");
+        assert_eq!(
+            date(days_from_civil(2026, 11, 21) * 86_400 + 3600),
+            "2026-11-21"
+        );
         assert_eq!(date(days_from_civil(2024, 2, 29) * 86_400), "2024-02-29");
     }
 

@@ -51,8 +51,7 @@ impl MockClient {
     pub fn key(mut self, key: &SigningKey) -> Self {
         let jwk = key.public_jwk();
         let part = |name: &str| jwk[name].as_str().unwrap_or_default().to_string();
-        self.keys
-            .insert(part("kid"), (part("n"), part("e")));
+        self.keys.insert(part("kid"), (part("n"), part("e")));
         self
     }
 

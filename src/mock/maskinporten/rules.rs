@@ -78,7 +78,13 @@ fn certificate_key(
             "Invalid assertion: this client uses registered keys, send kid",
         ));
     }
-    let malformed = || refuse("invalid_grant", "MP-123", "Invalid assertion: malformed x5c");
+    let malformed = || {
+        refuse(
+            "invalid_grant",
+            "MP-123",
+            "Invalid assertion: malformed x5c",
+        )
+    };
     let ders: Vec<CertificateDer<'static>> = x5c
         .iter()
         .map(|c| {
@@ -122,7 +128,11 @@ fn certificate_key(
         ));
     }
     let public = cert.rsa_public_der.as_deref().ok_or_else(|| {
-        refuse("invalid_grant", "MP-124", "Invalid assertion: the certificate's key is not RSA")
+        refuse(
+            "invalid_grant",
+            "MP-124",
+            "Invalid assertion: the certificate's key is not RSA",
+        )
     })?;
     Ok(DecodingKey::from_rsa_der(public))
 }
