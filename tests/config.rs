@@ -407,7 +407,9 @@ fn every_example_in_config_parses() {
         // Examples point at keys under /secrets; resolve them to the fixtures instead.
         let text = text
             .replace("/secrets/key.pem", "client-a.pem")
-            .replace("/secrets/key.jwk.json", "client-b.jwk.json");
+            .replace("/secrets/key.jwk.json", "client-b.jwk.json")
+            .replace("/secrets/virksomhet/auth.p12", "pki/virksomhet-aes.p12")
+            .replace("/secrets/virksomhet/password", "pki/password.txt");
         let b64 = std::fs::read_to_string(fixtures().join("client-b.jwk.b64")).unwrap();
         let env = [
             ("FIKS_INTEGRASJON_ID", "id"),
