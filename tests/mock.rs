@@ -240,3 +240,86 @@ async fn delegation_makes_the_customer_consumer_and_the_vendor_supplier() {
     assert_eq!(token["consumer"]["ID"], format!("0192:{CUSTOMER_ORG}"));
     assert_eq!(token["supplier"]["ID"], format!("0192:{SUPPLIER_ORG}"));
 }
+
+/// A grant signed with the fixture virksomhetssertifikat's key, with `x5c` as given.
+fn certificate_grant(mock: &MockMaskinporten, x5c: Vec<String>, sign_with: &SigningKey) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.x5c = Some(x5c);
+    jsonwebtoken::encode(&header, &claims(mock), sign_with.encoding_key()).unwrap()
+}
+
+fn virksomhet() -> SigningKey {
+    let p12 = std::fs::read(fixtures().join("pki/virksomhet-aes.p12")).unwrap();
+    SigningKey::from_pkcs12(&p12, "test-passord-1234", None, true, unix_now() as i64).unwrap()
+}
+
+#[tokio::test]
+async fn checks_virksomhetssertifikat_grants() {
+    let certificate_client =
+        portvakt::mock::MockClient::new(CLIENT_ID, SUPPLIER_ORG).scopes([SCOPE]);
+    let mock = MockMaskinporten::start(vec![certificate_client], 60)
+        .await
+        .unwrap();
+    mock.trust_ca_pem(&std::fs::read(fixtures().join("pki/test-ca.pem")).unwrap())
+        .unwrap();
+    let key = virksomhet();
+    let x5c = key.x5c().unwrap().to_vec();
+    assert_eq!(x5c.len(), 2, "leaf and the test CA");
+
+    let (status, body) = post(&mock, &certificate_grant(&mock, x5c.clone(), &key)).await;
+    assert_eq!(status, 200, "{body}");
+    // The leaf alone is enough.
+    let (status, _) = post(&mock, &certificate_grant(&mock, x5c[..1].to_vec(), &key)).await;
+    assert_eq!(status, 200);
+
+    // base64url instead of standard base64 is malformed.
+    let url_safe: Vec<String> = x5c
+        .iter()
+        .map(|c| c.replace('+', "-").replace('/', "_"))
+        .collect();
+    if url_safe != x5c {
+        let (status, body) = post(&mock, &certificate_grant(&mock, url_safe, &key)).await;
+        assert_eq!(
+            (
+                status,
+                body["error_uri"].as_str().unwrap().ends_with("MP-123")
+            ),
+            (400, true),
+            "{body}"
+        );
+    }
+    // Signed with another key than the certificate's.
+    let (status, body) = post(&mock, &certificate_grant(&mock, x5c.clone(), &client_key())).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error_uri"].as_str().unwrap().ends_with("MP-124"),
+        "{body}"
+    );
+    // The CA itself is not a client certificate.
+    let (status, body) = post(&mock, &certificate_grant(&mock, x5c[1..].to_vec(), &key)).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error_uri"].as_str().unwrap().ends_with("MP-120"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_with_registered_keys_must_send_kid() {
+    let mock = MockMaskinporten::start(vec![registered_client()], 60)
+        .await
+        .unwrap();
+    mock.trust_ca_pem(&std::fs::read(fixtures().join("pki/test-ca.pem")).unwrap())
+        .unwrap();
+    let key = virksomhet();
+    let (status, body) = post(
+        &mock,
+        &certificate_grant(&mock, key.x5c().unwrap().to_vec(), &key),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error_uri"].as_str().unwrap().ends_with("MP-120"),
+        "{body}"
+    );
+}
