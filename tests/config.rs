@@ -380,6 +380,20 @@ fn secrets_never_show_in_debug_output_or_errors() {
         "{summary}"
     );
 
+    // The PKCS#12 password: not in Debug, not in check, not in the wrong-password error.
+    let p12 = with_key("      pkcs12: pki/virksomhet-aes.p12\n      password: ${P12}\n");
+    let config = parse_with(&p12, &[("P12", "test-passord-1234")]).unwrap();
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("test-passord-1234"), "{debug}");
+    assert!(!portvakt::check::summary(&config, Path::new("p.yaml")).contains("test-passord-1234"));
+    let wrong = parse_with(&p12, &[("P12", "wrong-passord-5678")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        wrong.contains("wrong password") && !wrong.contains("wrong-passord-5678"),
+        "{wrong}"
+    );
+
     // A bad header value is reported by name, never by value.
     let bad = parse_with(
         &yaml,
