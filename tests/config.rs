@@ -296,6 +296,11 @@ fn bad_keys_are_startup_errors_naming_the_client_and_file() {
             "no private key with alias `prod-cert` in the file; it holds: testforsikring-auth",
         ),
         (
+            "      pkcs12: pki/missing.p12\n      password_file: pki/password.txt\n",
+            "clients.vendor.key.pkcs12: cannot read",
+            "missing.p12",
+        ),
+        (
             "      pkcs12: pki/virksomhet-aes.p12\n",
             "clients.vendor.key: pkcs12 needs the file's password",
             "password_file",

@@ -361,12 +361,15 @@ fn key(
     match keys::load(&source) {
         Ok(key) => Some((source, key)),
         Err(e) => {
-            let at = match (&e, form) {
-                (keys::KeyError::Read { path: p, .. }, "pkcs12")
-                    if k.contains_key("password_file") && !p.ends_with(".p12") =>
-                {
-                    join(path, "password_file")
-                }
+            // A password file that cannot be read is reported at password_file, not at the key.
+            let at = match (&e, &source) {
+                (
+                    keys::KeyError::Read { path: unread, .. },
+                    KeySource::Pkcs12 {
+                        password: SecretValue::File(password_file),
+                        ..
+                    },
+                ) if unread == password_file => join(path, "password_file"),
                 _ => form_path,
             };
             r.issue(&at, e.to_string());

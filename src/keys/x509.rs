@@ -96,7 +96,8 @@ impl Certificate {
     }
 }
 
-/// `NTRNO-910753614`, `910753614` or `UNDERENHET:...`-free forms; only a 9-digit number counts.
+/// The org number in `910753614` (Buypass' serialNumber) or `NTRNO-910753614` (organizationIdentifier);
+/// anything else is not an org number.
 fn org_number(value: &str) -> Option<String> {
     let digits = value.strip_prefix("NTRNO-").unwrap_or(value).trim();
     (digits.len() == 9 && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.to_string())
