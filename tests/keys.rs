@@ -73,6 +73,15 @@ fn jwk_client(jwk_file: &str) -> MockClient {
         .scopes([SCOPE])
 }
 
+/// A client with the key in `pem_file` registered under `kid`.
+fn pem_client(pem_file: &str, kid: &str) -> MockClient {
+    let pem = std::fs::read(fixtures().join(pem_file)).unwrap();
+    let key = portvakt::keys::SigningKey::from_pem(&pem, kid).unwrap();
+    MockClient::new(CLIENT_ID, SUPPLIER_ORG)
+        .key(&key)
+        .scopes([SCOPE])
+}
+
 #[tokio::test]
 async fn every_key_form_fetches_a_token_the_mock_accepts() {
     let b64 = std::fs::read_to_string(fixtures().join("client-b.jwk.b64")).unwrap();
@@ -90,6 +99,20 @@ async fn every_key_form_fetches_a_token_the_mock_accepts() {
             format!("      pem: client-a.pkcs1.pem\n      kid: {KID}\n"),
             registered_client(),
             Sent::Kid(KID),
+            "private_key_jwt",
+        ),
+        (
+            "pem, PKCS#8 from openssl genpkey",
+            "      pem: pki/rsa-pkcs8.pem\n      kid: openssl-TEST.2026-11-21\n".into(),
+            pem_client("pki/rsa-pkcs8.pem", "openssl-TEST.2026-11-21"),
+            Sent::Kid("openssl-TEST.2026-11-21"),
+            "private_key_jwt",
+        ),
+        (
+            "pem, PKCS#1 from openssl rsa -traditional",
+            "      pem: pki/rsa-pkcs1.pem\n      kid: openssl-TEST.2026-11-21\n".into(),
+            pem_client("pki/rsa-pkcs8.pem", "openssl-TEST.2026-11-21"),
+            Sent::Kid("openssl-TEST.2026-11-21"),
             "private_key_jwt",
         ),
         (
