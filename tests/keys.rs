@@ -61,6 +61,19 @@ async fn setup(client: MockClient, key: &str, env: &[(&str, &str)], top: &str) -
     }
 }
 
+/// The admin listener's `/metrics` text.
+async fn metrics(proxy: &portvakt::app::Running) -> String {
+    let url = format!("http://{}/metrics", proxy.admin.unwrap());
+    http_client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 fn certificate_client(org: &str) -> MockClient {
     MockClient::new(CLIENT_ID, org).scopes([SCOPE])
 }
@@ -371,14 +384,7 @@ async fn a_key_swapped_on_disk_while_requests_flow_signs_the_next_tokens_with_no
     let last = records.last().unwrap().token_claims.as_ref().unwrap();
     assert_ne!(last["jti"], old_jti, "still serving the old key's token");
     assert!(records.iter().all(|r| r.token_valid));
-    let metrics = http_client()
-        .get(format!("http://{}/metrics", s.proxy.admin.unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&s.proxy).await;
     assert!(
         metrics.contains(r#"portvakt_key_reloads_total{client="vendor",result="rotated"} 1"#),
         "{metrics}"
@@ -399,17 +405,9 @@ async fn a_broken_key_file_keeps_the_old_key_signing() {
     .await;
     assert_eq!(get(&s.proxy, "/nav/x").await.status(), 200);
     volume.update("key.json", b"{\"kty\": \"RSA\", \"kid\": \"half-writ");
-    let admin = format!("http://{}/metrics", s.proxy.admin.unwrap());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let m = http_client()
-            .get(&admin)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = metrics(&s.proxy).await;
         if m.contains(r#"portvakt_key_reloads_total{client="vendor",result="error"} 1"#) {
             break;
         }
@@ -504,14 +502,7 @@ async fn certificate_expiry_and_key_age_are_exported() {
         rustls_pki_types::CertificateDer::from_pem_slice(&pem).unwrap()
     };
     let cert = portvakt::keys::Certificate::parse(&der).unwrap();
-    let metrics = http_client()
-        .get(format!("http://{}/metrics", s.proxy.admin.unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&s.proxy).await;
     assert!(
         metrics.contains(&format!(
             "portvakt_certificate_not_after_seconds{{client=\"vendor\"}} {}",
