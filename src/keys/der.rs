@@ -157,6 +157,16 @@ impl<'a> Element<'a> {
         Ok(Cow::Owned(out))
     }
 
+    /// A BMPString (UTF-16BE), as PKCS#12 friendly names and some certificate names are written.
+    pub fn bmp_string(&self) -> String {
+        let units: Vec<u16> = self
+            .body
+            .chunks(2)
+            .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))
+            .collect();
+        String::from_utf16_lossy(&units)
+    }
+
     /// A small non-negative INTEGER (iteration counts, versions, key lengths).
     pub fn small_uint(&self) -> Result<u64> {
         if self.tag != INTEGER || self.body.is_empty() || self.body.len() > 8 {

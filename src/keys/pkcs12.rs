@@ -189,14 +189,7 @@ fn attributes(set: &Element<'_>) -> Result<(Option<String>, Option<Vec<u8>>)> {
             continue;
         };
         match oid.as_str() {
-            FRIENDLY_NAME => {
-                let units: Vec<u16> = value
-                    .body
-                    .chunks(2)
-                    .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))
-                    .collect();
-                alias = Some(String::from_utf16_lossy(&units));
-            }
+            FRIENDLY_NAME => alias = Some(value.bmp_string()),
             LOCAL_KEY_ID => id = Some(value.octets()?.into_owned()),
             _ => {}
         }

@@ -125,14 +125,7 @@ fn name_attributes(name: &Element<'_>) -> Result<Vec<(String, String)>, Malforme
 fn string_value(e: &Element<'_>) -> String {
     match e.tag {
         // BMPString: UTF-16BE.
-        0x1e => {
-            let units: Vec<u16> = e
-                .body
-                .chunks(2)
-                .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))
-                .collect();
-            String::from_utf16_lossy(&units)
-        }
+        0x1e => e.bmp_string(),
         // TeletexString: in practice Latin-1.
         0x14 => e.body.iter().map(|b| *b as char).collect(),
         _ => String::from_utf8_lossy(e.body).into_owned(),
