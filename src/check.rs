@@ -126,7 +126,8 @@ fn key_lines(out: &mut String, k: &SigningKey, now: i64) {
             "registered key removed about"
         };
         let _ = writeln!(out, "      {what} {} ({days} days left)", date(end));
-    } else if k.certificate().is_none() {
+    } else {
+        // No certificate and no date in the kid.
         let _ = writeln!(
             out,
             "      created: unknown (registered keys live at most a year after upload)"

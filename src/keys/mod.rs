@@ -88,16 +88,6 @@ impl KeySource {
             }
         }
     }
-
-    /// The config's name for the form, as `check` and the status show it.
-    pub fn form(&self) -> &'static str {
-        match self {
-            KeySource::Pem { .. } => "pem",
-            KeySource::Jwk { .. } => "jwk",
-            KeySource::JwkBase64 { .. } => "jwk_base64",
-            KeySource::Pkcs12 { .. } => "pkcs12",
-        }
-    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -48,11 +48,8 @@ impl MockClient {
     }
 
     /// Registers the public half of `key` under its kid.
-    pub fn key(mut self, key: &SigningKey) -> Self {
-        let jwk = key.public_jwk();
-        let part = |name: &str| jwk[name].as_str().unwrap_or_default().to_string();
-        self.keys.insert(part("kid"), (part("n"), part("e")));
-        self
+    pub fn key(self, key: &SigningKey) -> Self {
+        self.public_jwk(&key.public_jwk())
     }
 
     /// Registers a public JWK as uploaded to Samarbeidsportalen (`kid`, `n`, `e`).
