@@ -8,7 +8,6 @@ mod common;
 
 use common::*;
 use portvakt::mock::{EchoUpstream, MockClient, MockMaskinporten};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -49,11 +48,7 @@ async fn setup(client: MockClient, key: &str, env: &[(&str, &str)], top: &str) -
             &ONE_ROUTE.replace("{upstream}", &upstream.url()),
         )
     );
-    let env: HashMap<String, String> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let proxy = spawn_proxy(&yaml, &env).await;
+    let proxy = spawn_proxy(&yaml, env).await;
     Setup {
         mock,
         upstream,
@@ -273,7 +268,7 @@ async fn a_certificate_from_an_untrusted_ca_is_refused_with_mp_120() {
         "      pkcs12: pki/virksomhet-aes.p12\n      password_file: pki/password.txt\n",
         &ONE_ROUTE.replace("{upstream}", "http://127.0.0.1:9/"),
     );
-    let proxy = spawn_proxy(&yaml, &HashMap::new()).await;
+    let proxy = spawn_proxy(&yaml, &[]).await;
     let response = get(&proxy, "/nav/x").await;
     assert_eq!(response.status(), 502);
     assert_eq!(problem(response).await["maskinporten_code"], "MP-120");

@@ -339,7 +339,7 @@ async fn https_upstreams_are_verified_and_reached_over_http2_by_alpn() {
     );
     let proxy = spawn_proxy(
         &config_yaml(&mock.issuer(), &mock.token_endpoint(), &routes),
-        &Default::default(),
+        &[],
     )
     .await;
 

@@ -260,7 +260,7 @@ async fn unreachable_token_endpoint_is_503() {
         &format!("http://{closed}/token"),
         &ONE_ROUTE.replace("{upstream}", &upstream.url()),
     );
-    let proxy = spawn_proxy(&yaml, &Default::default()).await;
+    let proxy = spawn_proxy(&yaml, &[]).await;
     let response = get(&proxy, "/nav/x").await;
     assert_eq!(response.status(), 503);
     assert!(response.headers().contains_key("retry-after"));
@@ -288,14 +288,14 @@ async fn the_token_endpoint_is_reached_over_verified_tls() {
         "  timeout_seconds: 5\n",
         "  timeout_seconds: 5\n  ca_file: test-ca.pem\n",
     );
-    let proxy = spawn_proxy(&trusted, &Default::default()).await;
+    let proxy = spawn_proxy(&trusted, &[]).await;
     let response = get(&proxy, "/nav/x").await;
     assert_eq!(response.status(), 200);
     assert!(upstream.records()[0].token_valid);
 
     // Without the CA the handshake fails: Maskinporten is unavailable, the call is not forwarded.
     let untrusted = config_yaml(&mock.issuer(), &mock.token_endpoint(), &routes);
-    let proxy = spawn_proxy(&untrusted, &Default::default()).await;
+    let proxy = spawn_proxy(&untrusted, &[]).await;
     let response = get(&proxy, "/nav/x").await;
     assert_eq!(response.status(), 503);
     assert_eq!(upstream.records().len(), 1);

@@ -67,11 +67,7 @@ impl Harness {
             &mock.token_endpoint(),
             &routes.replace("{upstream}", &upstream.url()),
         );
-        let env: HashMap<String, String> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let proxy = spawn_proxy(&yaml, &env).await;
+        let proxy = spawn_proxy(&yaml, env).await;
         Harness {
             mock,
             upstream,
@@ -136,8 +132,9 @@ clients:
 }
 
 /// Parses `yaml` (key paths relative to tests/fixtures, `${NAME}` from `env`) and starts portvakt.
-pub async fn spawn_proxy(yaml: &str, env: &HashMap<String, String>) -> Running {
-    let lookup = |name: &str| env.get(name).cloned();
+pub async fn spawn_proxy(yaml: &str, env: &[(&str, &str)]) -> Running {
+    let env: HashMap<&str, &str> = env.iter().copied().collect();
+    let lookup = |name: &str| env.get(name).map(|v| v.to_string());
     let config = portvakt::config::from_str(yaml, Path::new("test.yaml"), &fixtures(), &lookup)
         .unwrap_or_else(|e| panic!("{e}"));
     portvakt::app::start(&config).await.unwrap()
