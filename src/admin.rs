@@ -51,15 +51,37 @@ fn readiness(routes: &RouteTable) -> serde_json::Value {
     let routes: Vec<_> = routes
         .iter()
         .map(|r| {
-            let key = r.token.key();
+            let slots = r.parties.slots();
+            let tokens: Vec<_> = slots
+                .iter()
+                .map(|(party, slot)| {
+                    let key = slot.key();
+                    let mut token = json!({
+                        "scopes": key.grant.scope,
+                        "consumer_org": key.grant.consumer_org,
+                        "state": slot.status(),
+                    });
+                    if let Some((kind, org)) = *party {
+                        token["party"] = json!({ "kind": kind.as_str(), "org": org });
+                    }
+                    if let Some(url) = slot.altinn_exchange() {
+                        token["altinn_exchange"] = json!(url);
+                    }
+                    token
+                })
+                .collect();
+            // `scopes`, `consumer_org` and `token` describe the route's first token (its default
+            // party's, when it has one), as before per-call parties; `tokens` lists them all.
+            let first = slots.first().map(|(_, slot)| slot);
             json!({
                 "name": r.name.as_str(),
                 "prefix": r.prefix,
                 "upstream": r.upstream.to_string(),
                 "client": r.client.as_str(),
-                "scopes": key.grant.scope,
-                "consumer_org": key.grant.consumer_org,
-                "token": r.token.status(),
+                "scopes": first.map(|s| s.key().grant.scope.clone()),
+                "consumer_org": first.and_then(|s| s.key().grant.consumer_org.clone()),
+                "token": first.map(|s| s.status()),
+                "tokens": tokens,
             })
         })
         .collect();

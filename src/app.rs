@@ -1,14 +1,18 @@
 //! Composition root: builds the proxy from a validated [`Config`] and starts its listeners.
 
 use crate::admin::Admin;
-use crate::config::{Config, RouteConfig};
+use crate::config::{Config, RouteConfig, SystemUser};
 use crate::error::Body;
 use crate::keys::rotation::{self, Watched};
 use crate::keys::ClientKey;
 use crate::metrics::Metrics;
+use crate::party::{Parties, PartyKind, Selector};
 use crate::proxy::Proxy;
 use crate::route::{Route, RouteTable, Target};
-use crate::token::{client, ClientIdentity, GrantSpec, TokenCache, TokenEndpoint, TokenKey};
+use crate::token::{
+    client, AltinnExchange, ClientIdentity, GrantSpec, TokenCache, TokenEndpoint, TokenKey,
+    TokenSlot,
+};
 use crate::upstream::UpstreamClient;
 use anyhow::Context as _;
 use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION, SET_COOKIE};
@@ -70,14 +74,87 @@ pub fn token_endpoint(
     ))
 }
 
-/// What a route asks Maskinporten for.
-pub fn grant_spec(route: &RouteConfig) -> GrantSpec {
+/// What a route asks Maskinporten for when acting for `consumer_org` (delegation) and as
+/// `systemuser` (an Altinn system user).
+pub fn grant_spec(
+    route: &RouteConfig,
+    consumer_org: Option<&str>,
+    systemuser: Option<&SystemUser>,
+) -> GrantSpec {
+    let mut details = route.authorization_details.clone();
+    if let Some(user) = systemuser {
+        details.push(user.authorization_detail());
+    }
     GrantSpec::new(
         &route.scopes,
         route.resource.as_ref(),
-        route.consumer_org.as_deref(),
-        &route.authorization_details,
+        consumer_org,
+        &details,
     )
+}
+
+/// Whether the caller must name a party: the route lists parties to pick from but has no default.
+fn needs_party(route: &RouteConfig) -> bool {
+    (!route.consumer_orgs.is_empty() && route.consumer_org.is_none())
+        || (!route.systemusers.is_empty() && route.systemuser.is_none())
+}
+
+/// The grant for the party `org` (or the route's default party), as `portvakt token` asks for it.
+pub fn party_grant_spec(route: &RouteConfig, org: Option<&str>) -> Result<GrantSpec, String> {
+    let (consumer, user) = (route.consumer_org.as_deref(), route.systemuser.as_ref());
+    let consumers = consumer
+        .into_iter()
+        .chain(route.consumer_orgs.iter().map(String::as_str));
+    let users = user.into_iter().chain(route.systemusers.iter());
+    let allowed: Vec<&str> = consumers
+        .clone()
+        .chain(users.clone().map(|u| u.org.as_str()))
+        .collect();
+    match org {
+        None if needs_party(route) => Err(format!(
+            "route {} acts for one of {} per call: name one with --party",
+            route.name,
+            allowed.join(", ")
+        )),
+        None => Ok(grant_spec(route, consumer, user)),
+        Some(org) => {
+            let org = org.strip_prefix("0192:").unwrap_or(org);
+            if let Some(c) = consumers.clone().find(|c| *c == org) {
+                Ok(grant_spec(route, Some(c), user))
+            } else if let Some(u) = users.clone().find(|u| u.org == org) {
+                Ok(grant_spec(route, consumer, Some(u)))
+            } else if allowed.is_empty() {
+                Err(format!(
+                    "route {} does not act for other organisations",
+                    route.name
+                ))
+            } else {
+                Err(format!(
+                    "route {} may act for {}, not {org}",
+                    route.name,
+                    allowed.join(", ")
+                ))
+            }
+        }
+    }
+}
+
+/// A route's token slots, one per party it may act for.
+fn parties(route: &RouteConfig, slot: &dyn Fn(GrantSpec) -> Arc<TokenSlot>) -> Parties {
+    let (consumer, user) = (route.consumer_org.as_deref(), route.systemuser.as_ref());
+    let default = (!needs_party(route)).then(|| slot(grant_spec(route, consumer, user)));
+    let mut consumers = Selector::new(PartyKind::ConsumerOrg, route.consumer_org_header.clone());
+    for org in consumer
+        .into_iter()
+        .chain(route.consumer_orgs.iter().map(String::as_str))
+    {
+        consumers.allow(org, slot(grant_spec(route, Some(org), user)));
+    }
+    let mut users = Selector::new(PartyKind::SystemUser, route.systemuser_org_header.clone());
+    for u in user.into_iter().chain(route.systemusers.iter()) {
+        users.allow(&u.org, slot(grant_spec(route, consumer, Some(u))));
+    }
+    Parties::new(default, vec![consumers, users])
 }
 
 /// What `build` makes from a config: the request pipeline, and the clients whose key files are
@@ -113,14 +190,28 @@ pub fn build(config: &Config) -> anyhow::Result<App> {
         });
         clients.insert(c.name.as_str(), identity);
     }
+    let altinn_http = client::http_client(tls.clone(), config.maskinporten.timeout)
+        .context("building the Altinn exchange client")?;
+    let mut exchanges: HashMap<&str, Arc<AltinnExchange>> = HashMap::new();
     let mut routes = Vec::with_capacity(config.routes.len());
     for r in &config.routes {
         let client = clients
             .get(r.client.as_str())
             .with_context(|| format!("route {} names unknown client {}", r.name, r.client))?;
-        let key = TokenKey {
-            client: Arc::clone(&client.name),
-            grant: grant_spec(r),
+        let exchange = r.altinn_exchange.as_ref().map(|a| {
+            Arc::clone(exchanges.entry(a.url.as_str()).or_insert_with(|| {
+                Arc::new(AltinnExchange::new(altinn_http.clone(), a.url.clone()))
+            }))
+        });
+        let slot = |grant: GrantSpec| {
+            let key = TokenKey {
+                client: Arc::clone(&client.name),
+                grant,
+            };
+            match &exchange {
+                Some(exchange) => cache.altinn_slot(key, client, exchange),
+                None => cache.slot(key, client),
+            }
         };
         let http = match &r.ca_file {
             None => default_upstream.clone(),
@@ -143,13 +234,14 @@ pub fn build(config: &Config) -> anyhow::Result<App> {
             prefix: r.prefix.clone(),
             upstream,
             client: Arc::clone(&client.name),
-            token: cache.slot(key, client),
+            parties: parties(r, &slot),
             headers: r
                 .headers
                 .iter()
                 .map(|(n, v)| (n.clone(), v.expose().clone()))
                 .collect(),
             timeout: r.timeout,
+            retry_body_max: r.retry_on_401.then_some(r.retry_body_max_bytes),
             http,
         }));
     }

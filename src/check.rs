@@ -53,6 +53,33 @@ pub fn summary(config: &Config, file: &Path) -> String {
         if let Some(org) = &r.consumer_org {
             let _ = writeln!(out, "    consumer_org {org} (delegation)");
         }
+        if !r.consumer_orgs.is_empty() {
+            let _ = writeln!(
+                out,
+                "    consumer_orgs {} (per call, header {})",
+                r.consumer_orgs.join(", "),
+                r.consumer_org_header
+            );
+        }
+        if let Some(user) = &r.systemuser {
+            let _ = writeln!(out, "    systemuser_org {}{}", user.org, external_ref(user));
+        }
+        if !r.systemusers.is_empty() {
+            let users: Vec<String> = r
+                .systemusers
+                .iter()
+                .map(|u| format!("{}{}", u.org, external_ref(u)))
+                .collect();
+            let _ = writeln!(
+                out,
+                "    systemuser_orgs {} (per call, header {})",
+                users.join(", "),
+                r.systemuser_org_header
+            );
+        }
+        if let Some(altinn) = &r.altinn_exchange {
+            let _ = writeln!(out, "    altinn_exchange {} ({})", altinn.name, altinn.url);
+        }
         if let Some(resource) = &r.resource {
             let _ = writeln!(out, "    resource {resource}");
         }
@@ -139,4 +166,11 @@ fn key_lines(out: &mut String, k: &SigningKey, now: i64) {
     if let Some(warning) = expiry_warning(k, now) {
         let _ = writeln!(out, "      WARNING: {warning}");
     }
+}
+
+fn external_ref(user: &crate::config::SystemUser) -> String {
+    user.external_ref
+        .as_deref()
+        .map(|r| format!(" (externalRef {r})"))
+        .unwrap_or_default()
 }

@@ -1,5 +1,6 @@
 //! Every answer portvakt makes itself: one error type, its status and its problem+json body, in one place.
 
+use crate::party::PartyError;
 use crate::token::cache::TokenError;
 use crate::token::FetchError;
 use bytes::Bytes;
@@ -19,6 +20,10 @@ pub enum ProxyError {
     NoRoute { path: String, prefixes: Vec<String> },
     #[error("the path would leave the route's prefix once decoded")]
     PathEscapes,
+    #[error("{0}")]
+    Party(#[from] PartyError),
+    #[error("reading the request body failed: {0}")]
+    RequestBody(String),
     #[error(transparent)]
     Token(#[from] TokenError),
     #[error("upstream {upstream} is unreachable: {reason}")]
@@ -35,13 +40,15 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
-            ProxyError::PathEscapes => StatusCode::BAD_REQUEST,
+            ProxyError::PathEscapes | ProxyError::RequestBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Party(PartyError::NotAllowed { .. }) => StatusCode::FORBIDDEN,
+            ProxyError::Party(_) => StatusCode::BAD_REQUEST,
             ProxyError::Token(TokenError::WaitTimeout(_)) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Token(TokenError::Failed { error, .. }) => match error {
                 FetchError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-                FetchError::Rejected { .. } | FetchError::InvalidAnswer(_) => {
-                    StatusCode::BAD_GATEWAY
-                }
+                FetchError::Rejected { .. }
+                | FetchError::InvalidAnswer(_)
+                | FetchError::Exchange { .. } => StatusCode::BAD_GATEWAY,
                 FetchError::Signing(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamFailed { .. } => {
@@ -56,6 +63,17 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute { .. } => ("no-route", "No route for this path"),
             ProxyError::PathEscapes => ("path-escapes-route", "Path not allowed"),
+            ProxyError::Party(PartyError::NotAllowed { .. }) => (
+                "party-not-allowed",
+                "Organisation not allowed on this route",
+            ),
+            ProxyError::Party(PartyError::Missing { .. }) => {
+                ("party-missing", "No organisation named for this route")
+            }
+            ProxyError::Party(PartyError::Conflict { .. }) => {
+                ("party-conflict", "More than one organisation named")
+            }
+            ProxyError::RequestBody(_) => ("request-body-unreadable", "Request body unreadable"),
             ProxyError::Token(TokenError::WaitTimeout(_)) => {
                 ("token-unavailable", "Maskinporten token unavailable")
             }
@@ -71,6 +89,9 @@ impl ProxyError {
                     "Maskinporten's answer was not a token",
                 ),
                 FetchError::Signing(_) => ("grant-signing-failed", "The grant could not be signed"),
+                FetchError::Exchange { .. } => {
+                    ("altinn-exchange-failed", "Altinn's token exchange failed")
+                }
             },
             ProxyError::UpstreamUnreachable { .. } => {
                 ("upstream-unreachable", "Upstream unreachable")
@@ -109,6 +130,9 @@ impl ProxyError {
                 d.push_str(&format!(". Hint: {hint}"));
                 d
             }
+            ProxyError::Token(TokenError::Failed { error: FetchError::Exchange { reason, hint, .. }, .. }) => {
+                format!("Altinn's token exchange failed: {reason}. Hint: {hint}")
+            }
             ProxyError::PathEscapes => {
                 "the path contains `.`/`..` segments, encoded slashes, backslashes or NUL, which could leave the route's prefix; the request was not forwarded".into()
             }
@@ -137,6 +161,19 @@ impl ProxyError {
             if let Some(code) = code {
                 body.insert("maskinporten_code".into(), json!(code));
             }
+        }
+        if let ProxyError::Token(TokenError::Failed {
+            error: FetchError::Exchange { status, .. },
+            ..
+        }) = self
+        {
+            body.insert("altinn_status".into(), json!(status));
+        }
+        if let ProxyError::Party(
+            PartyError::NotAllowed { allowed, .. } | PartyError::Missing { allowed, .. },
+        ) = self
+        {
+            body.insert("allowed".into(), json!(allowed));
         }
         let mut response = problem(status, &Value::Object(body));
         if let Some(after) = self.retry_after() {

@@ -1,8 +1,10 @@
 //! portvakt: an authenticating egress proxy for Maskinporten.
 //!
-//! A request's path: [`server`] accepts it, [`proxy`] matches a [`route`], gets a token from the
-//! [`token`] cache (signed with a key from [`keys`]), injects it and streams the call through
-//! [`upstream`]; every answer portvakt makes itself comes from [`error`].
+//! A request's path: [`server`] accepts it, [`proxy`] matches a [`route`], picks the [`party`] the
+//! token is for, gets the token from the [`token`] cache (signed with a key from [`keys`], and
+//! exchanged at Altinn where the route asks), injects it and streams the call through
+//! [`upstream`], retrying once with a fresh token on a 401; every answer portvakt makes itself
+//! comes from [`error`].
 
 pub mod admin;
 pub mod app;
@@ -14,6 +16,7 @@ pub mod keygen;
 pub mod keys;
 pub mod metrics;
 pub mod mock;
+pub mod party;
 pub mod proxy;
 pub mod route;
 pub mod secret;

@@ -41,6 +41,10 @@ enum Command {
         /// Also print the token's decoded header and claims (read, not verified).
         #[arg(long)]
         decode: bool,
+        /// The organisation to act for, on a route with consumer_orgs or systemuser_orgs
+        /// (default: the route's consumer_org or systemuser_org).
+        #[arg(long)]
+        party: Option<String>,
     },
     /// Generate an RSA key pair for a Maskinporten client (Samarbeidsportalen): public JWK set,
     /// private JWK, its base64 form and a PKCS#8 PEM.
@@ -135,6 +139,7 @@ fn main() -> ExitCode {
                 config,
                 route,
                 decode,
+                party,
             } => {
                 let loaded = match portvakt::config::load(&config) {
                     Ok(c) => c,
@@ -143,7 +148,8 @@ fn main() -> ExitCode {
                         return ExitCode::from(EXIT_CONFIG);
                     }
                 };
-                match portvakt::token_command::run(&loaded, &route, decode).await {
+                match portvakt::token_command::run(&loaded, &route, party.as_deref(), decode).await
+                {
                     Ok(outcome) => {
                         println!(
                             "{}",

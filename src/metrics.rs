@@ -34,6 +34,14 @@ pub struct ReloadLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub route: Arc<String>,
+    /// retried, not_replayable (the body was streamed, not kept) or suppressed (a fresh token was
+    /// refused too, within the last 10 s).
+    pub result: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
@@ -45,6 +53,8 @@ pub struct Metrics {
     pub certificate_not_after: Family<ClientLabels, Gauge>,
     pub key_age: Family<ClientLabels, Gauge>,
     pub key_reloads: Family<ReloadLabels, Counter>,
+    pub altinn_exchanges: Family<FetchLabels, Counter>,
+    pub unauthorized_retries: Family<RetryLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -103,8 +113,22 @@ impl Metrics {
             "Key files that changed on disk and were reloaded, by client and result",
             key_reloads.clone(),
         );
+        let altinn_exchanges = Family::<FetchLabels, Counter>::default();
+        registry.register(
+            "altinn_exchanges",
+            "Maskinporten tokens exchanged for Altinn tokens, by client and result",
+            altinn_exchanges.clone(),
+        );
+        let unauthorized_retries = Family::<RetryLabels, Counter>::default();
+        registry.register(
+            "upstream_unauthorized",
+            "Upstream 401 answers to requests that carried a token, by route and what portvakt did",
+            unauthorized_retries.clone(),
+        );
         Metrics {
             registry,
+            altinn_exchanges,
+            unauthorized_retries,
             certificate_not_after,
             key_age,
             key_reloads,

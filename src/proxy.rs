@@ -1,14 +1,16 @@
 //! The request's path through portvakt, as one chain read top to bottom:
-//! route match -> path check -> token (cache) -> header injection -> upstream call -> streamed response.
+//! route match -> path check -> party -> token (cache) -> header injection -> upstream call
+//! -> on 401, one retry with a fresh token -> streamed response.
 
 use crate::error::{Body, ProxyError};
-use crate::metrics::{Metrics, RequestLabels};
+use crate::metrics::{Metrics, RequestLabels, RetryLabels};
 use crate::route::{self, Route, RouteTable};
-use crate::upstream;
+use crate::upstream::{self, UpstreamBody};
+use bytes::Bytes;
 use http::header::{AUTHORIZATION, HOST};
-use http::{Request, Response, Version};
-use http_body_util::Either;
-use hyper::body::Incoming;
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt as _, Either, Full};
+use hyper::body::{Body as _, Incoming};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -100,45 +102,118 @@ impl Proxy {
             .upstream
             .uri(remainder, request.uri().query())
             .map_err(|e| ProxyError::Internal(format!("building the upstream URI failed: {e}")))?;
+        // A party off the route's list is refused here, before any Maskinporten call.
+        let slot = route.parties.select(request.headers())?;
 
         // No token, no call: the request is never forwarded without one.
-        let token = route.token.get().await?;
+        let token = slot.get().await?;
 
         let (mut parts, body) = request.into_parts();
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         upstream::strip_hop_by_hop(&mut parts.headers);
-        // The client sets Host from the upstream URI; the caller's own credentials never travel on.
+        // The client sets Host from the upstream URI; the caller's own credentials and portvakt's
+        // party headers never travel on.
         parts.headers.remove(HOST);
-        parts.headers.insert(AUTHORIZATION, token.bearer().clone());
+        for header in route.parties.headers() {
+            parts.headers.remove(header);
+        }
         for (name, value) in &route.headers {
             parts.headers.insert(name.clone(), value.clone());
         }
-
-        let call = route.http.request(Request::from_parts(parts, body));
-        let mut response = match tokio::time::timeout(route.timeout, call).await {
-            Err(_) => {
-                return Err(ProxyError::UpstreamTimeout {
-                    upstream: route.upstream.to_string(),
-                    after: route.timeout,
-                })
-            }
-            Ok(Err(e)) if e.is_connect() => {
-                return Err(ProxyError::UpstreamUnreachable {
-                    upstream: route.upstream.to_string(),
-                    reason: crate::error::chain(&e),
-                })
-            }
-            Ok(Err(e)) => {
-                return Err(ProxyError::UpstreamFailed {
-                    upstream: route.upstream.to_string(),
-                    reason: crate::error::chain(&e),
-                })
-            }
-            Ok(Ok(response)) => response,
+        let body = match route.retry_body_max {
+            Some(max) => keep_if_small(body, max).await?,
+            None => Either::Left(body),
         };
-        upstream::strip_hop_by_hop(response.headers_mut());
-        *response.version_mut() = Version::HTTP_11;
-        Ok(response.map(Either::Left))
+        // A request whose body portvakt holds can be sent again with a fresh token after a 401.
+        let replay = match &body {
+            Either::Right(kept) => Some((
+                parts.method.clone(),
+                parts.uri.clone(),
+                parts.headers.clone(),
+                kept.clone(),
+            )),
+            Either::Left(_) => None,
+        };
+        parts.headers.insert(AUTHORIZATION, token.bearer().clone());
+        let response = send(route, Request::from_parts(parts, body)).await?;
+        if response.status() != StatusCode::UNAUTHORIZED || route.retry_body_max.is_none() {
+            return Ok(relay(response));
+        }
+
+        // The upstream no longer accepts the token (revoked, rotated, clock): drop it for everyone.
+        let result = match (slot.invalidate(&token), &replay) {
+            (false, _) => "suppressed",
+            (true, None) => "not_replayable",
+            (true, Some(_)) => "retried",
+        };
+        self.metrics
+            .unauthorized_retries
+            .get_or_create(&RetryLabels {
+                route: Arc::clone(&route.name),
+                result,
+            })
+            .inc();
+        let Some((method, uri, mut headers, kept)) = replay.filter(|_| result == "retried") else {
+            tracing::warn!(route = %route.name, result, "upstream answered 401: not retried");
+            return Ok(relay(response));
+        };
+        drop(response);
+        tracing::info!(route = %route.name, "upstream answered 401: retrying once with a fresh token");
+        let token = slot.get().await?;
+        headers.insert(AUTHORIZATION, token.bearer().clone());
+        let mut retry = Request::new(Either::Right(kept));
+        *retry.method_mut() = method;
+        *retry.uri_mut() = uri;
+        *retry.headers_mut() = headers;
+        Ok(relay(send(route, retry).await?))
     }
+}
+
+/// Keeps a body of known size up to `max` bytes in memory (so the request can be replayed), and
+/// streams anything larger or of unknown size.
+async fn keep_if_small(body: Incoming, max: u64) -> Result<UpstreamBody, ProxyError> {
+    if body.is_end_stream() {
+        return Ok(Either::Right(Full::new(Bytes::new())));
+    }
+    match body.size_hint().exact() {
+        Some(len) if len <= max => {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| ProxyError::RequestBody(e.to_string()))?
+                .to_bytes();
+            Ok(Either::Right(Full::new(bytes)))
+        }
+        _ => Ok(Either::Left(body)),
+    }
+}
+
+/// Sends one request upstream within the route's time limit for response headers.
+async fn send(
+    route: &Route,
+    request: Request<UpstreamBody>,
+) -> Result<Response<Incoming>, ProxyError> {
+    match tokio::time::timeout(route.timeout, route.http.request(request)).await {
+        Err(_) => Err(ProxyError::UpstreamTimeout {
+            upstream: route.upstream.to_string(),
+            after: route.timeout,
+        }),
+        Ok(Err(e)) if e.is_connect() => Err(ProxyError::UpstreamUnreachable {
+            upstream: route.upstream.to_string(),
+            reason: crate::error::chain(&e),
+        }),
+        Ok(Err(e)) => Err(ProxyError::UpstreamFailed {
+            upstream: route.upstream.to_string(),
+            reason: crate::error::chain(&e),
+        }),
+        Ok(Ok(response)) => Ok(response),
+    }
+}
+
+/// The upstream's answer as it goes back to the caller: streamed, without hop-by-hop headers.
+fn relay(mut response: Response<Incoming>) -> Response<Body> {
+    upstream::strip_hop_by_hop(response.headers_mut());
+    *response.version_mut() = Version::HTTP_11;
+    response.map(Either::Left)
 }

@@ -1,7 +1,7 @@
 //! The route table: which route serves a path (longest prefix, on whole segments) and where its
 //! upstream request goes. Pure functions, tested by table.
 
-use crate::token::TokenSlot;
+use crate::party::Parties;
 use crate::upstream::UpstreamClient;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderName, HeaderValue, Uri};
@@ -14,10 +14,14 @@ pub struct Route {
     pub prefix: String,
     pub upstream: Target,
     pub client: Arc<String>,
-    pub token: Arc<TokenSlot>,
+    /// The token slot for each party the route may act for.
+    pub parties: Parties,
     /// Static headers, values marked sensitive.
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub timeout: Duration,
+    /// After an upstream 401, the largest body kept to send the request again with a fresh token;
+    /// `None` when the route never retries.
+    pub retry_body_max: Option<u64>,
     /// The pooled client for this route's upstream (shared by routes with the same TLS trust).
     pub http: UpstreamClient,
 }

@@ -14,8 +14,15 @@ pub struct Outcome {
     pub error: Option<String>,
 }
 
-/// Fetches a token for `route_name` with the route's client, key and grant.
-pub async fn run(config: &Config, route_name: &str, decode: bool) -> anyhow::Result<Outcome> {
+/// Fetches a token for `route_name` with the route's client, key and grant, acting for `party`
+/// (a consumer org or system user org the route allows) when given. For a route with
+/// `altinn_exchange`, the token is exchanged at Altinn too, and both are printed.
+pub async fn run(
+    config: &Config,
+    route_name: &str,
+    party: Option<&str>,
+    decode: bool,
+) -> anyhow::Result<Outcome> {
     let Some(route) = config.routes.iter().find(|r| r.name == route_name) else {
         let names: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
         anyhow::bail!(
@@ -26,8 +33,9 @@ pub async fn run(config: &Config, route_name: &str, decode: bool) -> anyhow::Res
     let Some(client) = config.clients.iter().find(|c| c.name == route.client) else {
         anyhow::bail!("route {route_name} names unknown client {}", route.client);
     };
-    let endpoint = crate::app::token_endpoint(config, &crate::app::tls_config(&[])?)?;
-    let spec = crate::app::grant_spec(route);
+    let tls = crate::app::tls_config(&[])?;
+    let endpoint = crate::app::token_endpoint(config, &tls)?;
+    let spec = crate::app::party_grant_spec(route, party).map_err(anyhow::Error::msg)?;
     let mut out = json!({
         "route": route.name,
         "client": client.name,
@@ -36,59 +44,96 @@ pub async fn run(config: &Config, route_name: &str, decode: bool) -> anyhow::Res
         "token_endpoint": endpoint.url(),
         "requested_scope": spec.scope,
     });
-    if let Some(org) = &route.consumer_org {
+    if let Some(org) = &spec.consumer_org {
         out["consumer_org"] = json!(org);
     }
-    match endpoint
+    if let Some(details) = &spec.authorization_details {
+        out["authorization_details"] = serde_json::from_str(details).unwrap_or(Value::Null);
+    }
+    let issued = match endpoint
         .request(&client.client_id, &client.key, &spec)
         .await
     {
-        Ok(issued) => {
-            let token = issued.access_token.expose();
-            out["access_token"] = json!(token);
-            out["token_type"] = json!("Bearer");
-            out["expires_in"] = json!(issued.expires_in);
-            if let Some(scope) = issued.scope {
-                out["scope"] = json!(scope);
-            }
+        Ok(issued) => issued,
+        Err(e) => return Ok(failed(out, &e)),
+    };
+    let token = issued.access_token.expose();
+    out["access_token"] = json!(token);
+    out["token_type"] = json!("Bearer");
+    out["expires_in"] = json!(issued.expires_in);
+    if let Some(scope) = &issued.scope {
+        out["scope"] = json!(scope);
+    }
+    if decode {
+        describe(&mut out, token, "header", "claims");
+    }
+    let Some(altinn) = &route.altinn_exchange else {
+        return Ok(Outcome {
+            json: out,
+            error: None,
+        });
+    };
+    out["altinn_exchange"] = json!(altinn.url);
+    let http = crate::token::client::http_client(tls, config.maskinporten.timeout)?;
+    let exchange = crate::token::AltinnExchange::new(http, altinn.url.clone());
+    let bearer = http::HeaderValue::try_from(format!("Bearer {token}"))?;
+    match exchange.exchange(&bearer).await {
+        Ok(altinn) => {
+            let token = altinn.access_token.expose();
+            out["altinn_token"] = json!(token);
+            out["altinn_expires_in"] = json!(altinn.expires_in);
             if decode {
-                match decode_jwt(token) {
-                    Some((header, claims)) => {
-                        out["header"] = header;
-                        out["claims"] = claims;
-                    }
-                    None => out["claims"] = json!("the token is opaque (not a JWT)"),
-                }
+                describe(&mut out, token, "altinn_header", "altinn_claims");
             }
             Ok(Outcome {
                 json: out,
                 error: None,
             })
         }
-        Err(e) => {
-            let mut error = json!({ "message": e.to_string() });
-            if let FetchError::Rejected {
-                error: code_word,
-                description,
-                code,
-                hint,
-            } = &e
-            {
-                error["error"] = json!(code_word);
-                error["error_description"] = json!(description);
-                error["code"] = json!(code);
-                error["hint"] = json!(hint);
-            }
-            let line = match &e {
-                FetchError::Rejected { hint, .. } => format!("{e}\nhint: {hint}"),
-                other => other.to_string(),
-            };
-            out["error"] = error;
-            Ok(Outcome {
-                json: out,
-                error: Some(line),
-            })
+        Err(e) => Ok(failed(out, &e)),
+    }
+}
+
+/// Adds a JWT's decoded header and claims under the keys given.
+fn describe(out: &mut Value, token: &str, header_key: &str, claims_key: &str) {
+    match decode_jwt(token) {
+        Some((header, claims)) => {
+            out[header_key] = header;
+            out[claims_key] = claims;
         }
+        None => out[claims_key] = json!("the token is opaque (not a JWT)"),
+    }
+}
+
+/// The output when Maskinporten or Altinn refused: the error with its code and hint, on stdout
+/// as JSON and on stderr as a line.
+fn failed(mut out: Value, e: &FetchError) -> Outcome {
+    let mut error = json!({ "message": e.to_string() });
+    match e {
+        FetchError::Rejected {
+            error: code_word,
+            description,
+            code,
+            ..
+        } => {
+            error["error"] = json!(code_word);
+            error["error_description"] = json!(description);
+            error["code"] = json!(code);
+        }
+        FetchError::Exchange { status, .. } => error["altinn_status"] = json!(status),
+        _ => {}
+    }
+    let line = match e.hint() {
+        Some(hint) => {
+            error["hint"] = json!(hint);
+            format!("{e}\nhint: {hint}")
+        }
+        None => e.to_string(),
+    };
+    out["error"] = error;
+    Outcome {
+        json: out,
+        error: Some(line),
     }
 }
 

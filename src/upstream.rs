@@ -1,7 +1,9 @@
 //! The pooled client for upstream APIs (HTTP/1.1 or HTTP/2 by ALPN, rustls) and the header rules
 //! for what crosses a proxy.
 
+use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, CONNECTION};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -9,7 +11,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use std::time::Duration;
 
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
+/// What goes upstream: the caller's body streamed through, or kept in memory so the request can be
+/// sent again after a 401.
+pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
+
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 
 /// Keep-alive pooled client shared by all routes.
 pub fn client(tls: rustls::ClientConfig) -> UpstreamClient {

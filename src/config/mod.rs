@@ -75,7 +75,16 @@ pub struct RouteConfig {
     pub upstream: Uri,
     pub client: String,
     pub scopes: Vec<String>,
+    /// The consumer organisation the token is for when the caller picks none (delegation).
     pub consumer_org: Option<String>,
+    /// Consumer organisations a caller may pick per call in `consumer_org_header`.
+    pub consumer_orgs: Vec<String>,
+    pub consumer_org_header: HeaderName,
+    /// The Altinn system user the token is for when the caller picks none.
+    pub systemuser: Option<SystemUser>,
+    /// System users a caller may pick per call in `systemuser_org_header`.
+    pub systemusers: Vec<SystemUser>,
+    pub systemuser_org_header: HeaderName,
     /// Sent as configured: a string stays a string, a list stays a list.
     pub resource: Option<serde_json::Value>,
     pub authorization_details: Vec<serde_json::Value>,
@@ -84,6 +93,47 @@ pub struct RouteConfig {
     pub timeout: Duration,
     /// Extra CA certificates trusted for this upstream, besides the Mozilla roots.
     pub ca_file: Option<CaFile>,
+    /// Exchange the Maskinporten token for an Altinn token and send that instead.
+    pub altinn_exchange: Option<AltinnExchange>,
+    /// Fetch a fresh token and send the request again once when the upstream answers 401.
+    pub retry_on_401: bool,
+    /// The largest request body kept for that second attempt; 0 keeps none.
+    pub retry_body_max_bytes: u64,
+}
+
+/// An Altinn system user (systembruker) of an organisation, as the grant names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SystemUser {
+    /// 9 digits, without the `0192:` prefix.
+    pub org: String,
+    /// Required by Maskinporten when the system user was created with one (else MP-303).
+    pub external_ref: Option<String>,
+}
+
+impl SystemUser {
+    /// The `urn:altinn:systemuser` entry of the grant's `authorization_details`.
+    pub fn authorization_detail(&self) -> serde_json::Value {
+        let mut detail = serde_json::json!({
+            "type": "urn:altinn:systemuser",
+            "systemuser_org": {
+                "authority": "iso6523-actorid-upis",
+                "ID": format!("0192:{}", self.org),
+            },
+        });
+        if let Some(external_ref) = &self.external_ref {
+            detail["externalRef"] = serde_json::json!(external_ref);
+        }
+        detail
+    }
+}
+
+/// Where a route exchanges its Maskinporten token for an Altinn token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AltinnExchange {
+    /// As configured: `tt02`, `prod` or a URL.
+    pub name: String,
+    /// The exchange endpoint (`GET`, Bearer the Maskinporten token).
+    pub url: String,
 }
 
 /// A PEM file of CA certificates, loaded.

@@ -2,11 +2,11 @@
 
 use super::reader::{index, join, Reader};
 use super::validate::{ca_file, http_url};
-use super::RouteConfig;
+use super::{AltinnExchange, Environment, RouteConfig, SystemUser};
 use crate::secret::Secret;
 use http::{HeaderName, HeaderValue, Uri};
 use serde_json::Value;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -22,7 +22,25 @@ const ROUTE: &[&str] = &[
     "headers",
     "timeout_seconds",
     "ca_file",
+    "consumer_orgs",
+    "consumer_org_header",
+    "systemuser_org",
+    "externalRef",
+    "systemuser_orgs",
+    "systemuser_org_header",
+    "altinn_exchange",
+    "retry_on_401",
+    "retry_body_max_bytes",
 ];
+const SYSTEMUSER: &[&str] = &["org", "externalRef"];
+const HEADER_VALUE: &[&str] = &["value_file"];
+
+/// Altinn's token exchange, by environment (maskinporten.md section 6).
+const ALTINN_EXCHANGE_PATH: &str = "authentication/api/v1/exchange/maskinporten";
+const ALTINN_TT02: &str = "https://platform.tt02.altinn.no/";
+const ALTINN_PROD: &str = "https://platform.altinn.no/";
+/// A request body up to this size is kept so the request can be sent again after an upstream 401.
+const DEFAULT_RETRY_BODY_MAX_BYTES: u64 = 64 * 1024;
 
 /// Headers portvakt owns on the way upstream; a route may not set them.
 const RESERVED_HEADERS: &[&str] = &[
@@ -39,12 +57,16 @@ const RESERVED_HEADERS: &[&str] = &[
     "content-length",
 ];
 
-pub(super) fn routes(
-    r: &mut Reader,
-    v: Option<&Value>,
-    clients: &[&str],
-    base: &Path,
-) -> Vec<RouteConfig> {
+/// What routes are checked against: the declared clients (with the organisation of those that
+/// sign with a virksomhetssertifikat), the Maskinporten environment and the config file's folder.
+pub(super) struct Context<'c> {
+    pub clients: &'c [&'c str],
+    pub client_orgs: HashMap<String, String>,
+    pub environment: Option<Environment>,
+    pub base: &'c Path,
+}
+
+pub(super) fn routes(r: &mut Reader, v: Option<&Value>, cx: &Context) -> Vec<RouteConfig> {
     let Some(v) = v else {
         r.issue(
             "routes",
@@ -63,7 +85,7 @@ pub(super) fn routes(
     let (mut names, mut prefixes) = (HashSet::new(), HashSet::new());
     for (i, item) in items.iter().enumerate() {
         let path = index("routes", i);
-        let Some(route) = route(r, item, &path, clients, base) else {
+        let Some(route) = route(r, item, &path, cx) else {
             continue;
         };
         if !names.insert(route.name.clone()) {
@@ -89,13 +111,8 @@ pub(super) fn routes(
     out
 }
 
-fn route(
-    r: &mut Reader,
-    v: &Value,
-    path: &str,
-    clients: &[&str],
-    base: &Path,
-) -> Option<RouteConfig> {
+fn route(r: &mut Reader, v: &Value, path: &str, cx: &Context) -> Option<RouteConfig> {
+    let (clients, base) = (cx.clients, cx.base);
     let m = r.mapping(v, path, ROUTE)?;
     let p = |k: &str| join(path, k);
     let name = r.required_string(m.get("name"), &p("name"));
@@ -124,28 +141,89 @@ fn route(
             }
         });
     let scopes = scopes(r, m.get("scopes"), &p("scopes"));
+    let own_org = client.as_deref().and_then(|c| cx.client_orgs.get(c));
     let consumer_org = r
         .string(m.get("consumer_org"), &p("consumer_org"))
-        .and_then(|org| {
-            if is_org_number(&org) {
-                Some(org)
-            } else {
-                r.issue(
-                    &p("consumer_org"),
-                    format!(
-                        "`{org}` is not an organisation number: 9 digits with a valid check digit"
-                    ),
-                );
-                None
-            }
+        .and_then(|org| consumer(r, org, &p("consumer_org"), own_org));
+    let consumer_orgs: Vec<String> = r
+        .string_list(m.get("consumer_orgs"), &p("consumer_orgs"))
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, org)| consumer(r, org, &index(&p("consumer_orgs"), i), own_org))
+        .collect();
+    let systemuser = m
+        .get("systemuser_org")
+        .and_then(|v| systemuser(r, v, &p("systemuser_org")))
+        .map(|mut user| {
+            user.external_ref = r.string(m.get("externalRef"), &p("externalRef"));
+            user
         });
+    if m.contains_key("externalRef") && !m.contains_key("systemuser_org") {
+        r.issue(
+            &p("externalRef"),
+            "goes with systemuser_org: it names the system user's external reference",
+        );
+    }
+    let systemusers = systemusers(r, m.get("systemuser_orgs"), &p("systemuser_orgs"));
+    if !consumer_orgs.is_empty() && !systemusers.is_empty() {
+        r.issue(
+            path,
+            "has both consumer_orgs and systemuser_orgs: a route picks one kind of party per call; make two routes",
+        );
+    }
+    let consumer_org_header = selector_header(
+        r,
+        m.get("consumer_org_header"),
+        &p("consumer_org_header"),
+        "portvakt-consumer-org",
+    );
+    let systemuser_org_header = selector_header(
+        r,
+        m.get("systemuser_org_header"),
+        &p("systemuser_org_header"),
+        "portvakt-systemuser-org",
+    );
+    let altinn_exchange = r
+        .string(m.get("altinn_exchange"), &p("altinn_exchange"))
+        .and_then(|s| altinn_exchange(r, &s, &p("altinn_exchange"), cx.environment));
+    let retry_on_401 = r
+        .boolean(m.get("retry_on_401"), &p("retry_on_401"))
+        .unwrap_or(true);
+    let retry_body_max_bytes = match m.get("retry_body_max_bytes") {
+        Some(Value::Number(n)) if n.as_u64() == Some(0) => 0,
+        v => r
+            .positive_u64(v, &p("retry_body_max_bytes"))
+            .unwrap_or(DEFAULT_RETRY_BODY_MAX_BYTES),
+    };
     let resource = resource(r, m.get("resource"), &p("resource"));
     let authorization_details = authorization_details(
         r,
         m.get("authorization_details"),
         &p("authorization_details"),
     );
-    let headers = headers(r, m.get("headers"), &p("headers"));
+    let headers = headers(r, m.get("headers"), &p("headers"), base);
+    if systemuser.is_some() || !systemusers.is_empty() {
+        if let Some(i) = authorization_details.iter().position(is_systemuser_detail) {
+            r.issue(
+                &index(&p("authorization_details"), i),
+                "is a urn:altinn:systemuser entry, and systemuser_org or systemuser_orgs builds one too: keep one of them",
+            );
+        }
+    }
+    for (name, _) in &headers {
+        for (selector, field) in [
+            (&consumer_org_header, "consumer_org_header"),
+            (&systemuser_org_header, "systemuser_org_header"),
+        ] {
+            if name == selector {
+                r.issue(
+                    &join(&p("headers"), name.as_str()),
+                    format!("is the route's {field}, which portvakt removes before forwarding"),
+                );
+            }
+        }
+    }
     let ca_file = r
         .string(m.get("ca_file"), &p("ca_file"))
         .and_then(|f| ca_file(r, &base.join(f), &p("ca_file")));
@@ -159,11 +237,174 @@ fn route(
         client: client?,
         scopes: scopes?,
         consumer_org,
+        consumer_orgs,
+        consumer_org_header,
+        systemuser,
+        systemusers,
+        systemuser_org_header,
         resource,
         authorization_details,
         headers,
         timeout: Duration::from_secs(timeout),
         ca_file,
+        altinn_exchange,
+        retry_on_401,
+        retry_body_max_bytes,
+    })
+}
+
+/// A consumer organisation for delegation: a valid org number that is not the client's own.
+fn consumer(r: &mut Reader, org: String, path: &str, own_org: Option<&String>) -> Option<String> {
+    if !is_org_number(&org) {
+        r.issue(
+            path,
+            format!("`{org}` is not an organisation number: 9 digits with a valid check digit"),
+        );
+        return None;
+    }
+    if own_org == Some(&org) {
+        r.issue(
+            path,
+            format!("`{org}` is the client's own organisation (from its virksomhetssertifikat): delegation is for acting on behalf of another organisation; leave it out"),
+        );
+        return None;
+    }
+    Some(org)
+}
+
+/// An org number as written for Altinn: bare, or with the ISO 6523 `0192:` prefix.
+fn systemuser_org(r: &mut Reader, raw: &str, path: &str) -> Option<String> {
+    let org = raw.strip_prefix("0192:").unwrap_or(raw);
+    if is_org_number(org) {
+        Some(org.to_string())
+    } else {
+        r.issue(
+            path,
+            format!("`{raw}` is not an organisation number: 9 digits with a valid check digit (the 0192: prefix is optional)"),
+        );
+        None
+    }
+}
+
+/// `systemuser_orgs` entries: an org number, or `{org, externalRef}`.
+fn systemuser(r: &mut Reader, v: &Value, path: &str) -> Option<SystemUser> {
+    match v {
+        Value::Object(_) => {
+            let m = r.mapping(v, path, SYSTEMUSER)?;
+            let org = r.required_string(m.get("org"), &join(path, "org"))?;
+            Some(SystemUser {
+                org: systemuser_org(r, &org, &join(path, "org"))?,
+                external_ref: r.string(m.get("externalRef"), &join(path, "externalRef")),
+            })
+        }
+        _ => {
+            let org = r.required_string(Some(v), path)?;
+            Some(SystemUser {
+                org: systemuser_org(r, &org, path)?,
+                external_ref: None,
+            })
+        }
+    }
+}
+
+fn systemusers(r: &mut Reader, v: Option<&Value>, path: &str) -> Vec<SystemUser> {
+    match v {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => {
+            let users: Vec<SystemUser> = items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, item)| systemuser(r, item, &index(path, i)))
+                .collect();
+            if items.is_empty() {
+                r.issue(path, "is empty: list the organisations whose system users this route may act as, or leave it out");
+            }
+            users
+        }
+        Some(_) => {
+            r.issue(
+                path,
+                "expected a list of organisation numbers (or {org, externalRef} mappings)",
+            );
+            Vec::new()
+        }
+    }
+}
+
+fn is_systemuser_detail(detail: &Value) -> bool {
+    detail.get("type").and_then(Value::as_str) == Some("urn:altinn:systemuser")
+}
+
+/// The inbound header a caller picks a party with; removed before forwarding.
+fn selector_header(
+    r: &mut Reader,
+    v: Option<&Value>,
+    path: &str,
+    default: &'static str,
+) -> HeaderName {
+    let fallback = HeaderName::from_static(default);
+    let Some(name) = r.string(v, path) else {
+        return fallback;
+    };
+    match HeaderName::from_bytes(name.as_bytes()) {
+        Ok(h) if RESERVED_HEADERS.contains(&h.as_str()) => {
+            r.issue(
+                path,
+                format!("`{name}` is a header portvakt manages itself: pick another name"),
+            );
+            fallback
+        }
+        Ok(h) => h,
+        Err(_) => {
+            r.issue(path, format!("`{name}` is not a valid HTTP header name"));
+            fallback
+        }
+    }
+}
+
+/// `tt02`, `prod`, or the URL of an exchange endpoint (its origin alone gets Altinn's path).
+/// Altinn accepts only tokens from the matching Maskinporten: TT02 from test, prod from prod.
+fn altinn_exchange(
+    r: &mut Reader,
+    s: &str,
+    path: &str,
+    environment: Option<Environment>,
+) -> Option<AltinnExchange> {
+    let (url, needs) = match s {
+        "tt02" => (
+            format!("{ALTINN_TT02}{ALTINN_EXCHANGE_PATH}"),
+            Some(Environment::Test),
+        ),
+        "prod" => (
+            format!("{ALTINN_PROD}{ALTINN_EXCHANGE_PATH}"),
+            Some(Environment::Prod),
+        ),
+        url => {
+            let uri = http_url(r, url, path)?;
+            let full = if uri.path() == "/" && uri.query().is_none() {
+                format!("{}/{ALTINN_EXCHANGE_PATH}", url.trim_end_matches('/'))
+            } else {
+                url.to_string()
+            };
+            (full, None)
+        }
+    };
+    if let (Some(needs), Some(have)) = (needs, environment) {
+        if needs != have {
+            r.issue(
+                path,
+                format!(
+                    "Altinn {s} accepts only tokens from Maskinporten {}, but maskinporten.environment is {}",
+                    needs.as_str(),
+                    have.as_str()
+                ),
+            );
+            return None;
+        }
+    }
+    Some(AltinnExchange {
+        name: s.to_string(),
+        url,
     })
 }
 
@@ -290,6 +531,7 @@ fn headers(
     r: &mut Reader,
     v: Option<&Value>,
     path: &str,
+    base: &Path,
 ) -> Vec<(HeaderName, Secret<HeaderValue>)> {
     let Some(v) = v else { return Vec::new() };
     let Value::Object(map) = v else {
@@ -308,7 +550,11 @@ fn headers(
             continue;
         }
         // The value may be a password (IntegrasjonPassord): problems name the header, never the value.
-        let Some(text) = r.required_string(Some(value), &p) else {
+        let text = match value {
+            Value::Object(_) => header_file(r, value, &p, base),
+            _ => r.required_string(Some(value), &p),
+        };
+        let Some(text) = text else {
             continue;
         };
         match HeaderValue::from_str(&text) {
@@ -323,6 +569,28 @@ fn headers(
         }
     }
     out
+}
+
+/// `{value_file: path}`: the value is the file's content, without its trailing newline (as
+/// Kubernetes secrets and `echo` write it).
+fn header_file(r: &mut Reader, value: &Value, path: &str, base: &Path) -> Option<String> {
+    let m = r.mapping(value, path, HEADER_VALUE)?;
+    let file_path = join(path, "value_file");
+    let file = base.join(r.required_string(m.get("value_file"), &file_path)?);
+    match std::fs::read_to_string(&file) {
+        Ok(text) => {
+            let text = text.trim_end_matches(['\n', '\r']).to_string();
+            if text.is_empty() {
+                r.issue(&file_path, format!("{} is empty", file.display()));
+                return None;
+            }
+            Some(text)
+        }
+        Err(e) => {
+            r.issue(&file_path, format!("cannot read {}: {e}", file.display()));
+            None
+        }
+    }
 }
 
 /// Norwegian organisation number: 9 digits, the last a mod-11 check digit with weights 3 2 7 6 5 4 3 2.

@@ -1,7 +1,7 @@
 //! Turns the YAML text into a [`Config`], field by field, with every problem located by its YAML path.
 
 use super::reader::{join, EnvLookup, Issue, Reader};
-use super::routes::routes;
+use super::routes::{routes, Context};
 use super::{CaFile, Client, Config, Environment, Maskinporten};
 use crate::keys::{self, KeySource, SecretValue};
 use crate::secret::Secret;
@@ -67,7 +67,19 @@ pub fn validate(text: &str, base: &Path, env: EnvLookup<'_>) -> Result<Config, V
     let admin_listen = socket_addr(&mut r, top.get("admin_listen"), "admin_listen", false);
     let maskinporten = maskinporten(&mut r, top.get("maskinporten"), base);
     let (clients, declared) = clients(&mut r, top.get("clients"), base);
-    let routes = routes(&mut r, top.get("routes"), &declared, base);
+    let cx = Context {
+        clients: &declared,
+        client_orgs: clients
+            .iter()
+            .filter_map(|c| {
+                let org = c.key.certificate()?.org_number.clone()?;
+                Some((c.name.clone(), org))
+            })
+            .collect(),
+        environment: maskinporten.as_ref().map(|m| m.environment),
+        base,
+    };
+    let routes = routes(&mut r, top.get("routes"), &cx);
     let watch_interval = Duration::from_secs(
         r.positive_u64(top.get("watch_interval_seconds"), "watch_interval_seconds")
             .unwrap_or(5),

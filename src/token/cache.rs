@@ -1,11 +1,16 @@
 //! The token cache: one slot per [`TokenKey`], one fetch at a time per slot however many requests
 //! wait, refresh ahead of expiry while the current token keeps serving, backoff after failures.
+//! An Altinn token is a slot of its own, filled by exchanging its Maskinporten slot's token, with
+//! the same rules and its own lifetime.
 
-use super::client::FetchError;
+use super::altinn::AltinnExchange;
+use super::client::{FetchError, Issued};
 use super::policy::{self, Schedule};
 use super::{ClientIdentity, TokenKey, TokenSource};
 use crate::metrics::{ClientLabels, FetchLabels, Metrics};
 use http::HeaderValue;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,6 +20,9 @@ use tokio::time::Instant;
 
 /// Quick attempts inside one fetch when Maskinporten is unreachable or answers 5xx/429.
 const ATTEMPTS_PER_FETCH: u32 = 3;
+/// A token the upstream refused is dropped at most this often per slot, so an upstream that
+/// refuses every token cannot turn each request into a Maskinporten call.
+const MIN_INVALIDATION_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A cached access token. The `Authorization` value is built once per token, not per request.
 pub struct Token {
@@ -70,6 +78,25 @@ struct State {
     fetching: bool,
     failures: u32,
     failure: Option<Failure>,
+    last_invalidated: Option<Instant>,
+}
+
+/// Where a slot's tokens come from.
+enum Origin {
+    /// A fresh grant to Maskinporten's token endpoint.
+    Maskinporten(Arc<dyn TokenSource>),
+    /// The token of another slot, exchanged at Altinn.
+    Altinn {
+        maskinporten: Arc<TokenSlot>,
+        exchange: Arc<AltinnExchange>,
+    },
+}
+
+/// What one fetch produced, with the client key generation it was made with.
+struct Fetched {
+    result: Result<(Issued, Instant), FetchError>,
+    key_generation: u64,
+    key_label: String,
 }
 
 /// What `/readyz` shows about one slot; never the token.
@@ -81,6 +108,12 @@ pub struct SlotStatus {
     pub expires_in_seconds: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Maskinporten's MP code for the last failure, when it gave one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// What to do about the last failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failing_since_unix: Option<u64>,
 }
@@ -89,7 +122,7 @@ pub struct SlotStatus {
 pub struct TokenSlot {
     key: TokenKey,
     client: Arc<ClientIdentity>,
-    source: Arc<dyn TokenSource>,
+    origin: Origin,
     metrics: Arc<Metrics>,
     wait_timeout: Duration,
     state: Mutex<State>,
@@ -103,6 +136,36 @@ impl TokenSlot {
 
     pub fn key(&self) -> &TokenKey {
         &self.key
+    }
+
+    /// The Altinn exchange endpoint, for a slot that holds Altinn tokens.
+    pub fn altinn_exchange(&self) -> Option<&str> {
+        match &self.origin {
+            Origin::Altinn { exchange, .. } => Some(exchange.url()),
+            Origin::Maskinporten(_) => None,
+        }
+    }
+
+    /// Drops `token` because an upstream (or Altinn) refused it, so the next `get` fetches a fresh
+    /// one. Returns whether a fresh token is worth asking for: true when this call dropped it or
+    /// another request already replaced it; false when `token` is still current because a token of
+    /// this slot was dropped less than [`MIN_INVALIDATION_INTERVAL`] ago.
+    pub fn invalidate(&self, token: &Arc<Token>) -> bool {
+        let mut st = self.lock();
+        let current = st.token.as_ref().is_some_and(|t| Arc::ptr_eq(t, token));
+        if !current {
+            return true;
+        }
+        let now = Instant::now();
+        if st
+            .last_invalidated
+            .is_some_and(|at| now < at + MIN_INVALIDATION_INTERVAL)
+        {
+            return false;
+        }
+        st.last_invalidated = Some(now);
+        st.token = None;
+        true
     }
 
     /// A token with enough life left, waiting for a fetch if there is none. Starts a background
@@ -156,46 +219,26 @@ impl TokenSlot {
     }
 
     async fn fetch(self: Arc<Self>) {
-        let mut attempt = 0;
-        let (key_generation, key) = self.client.key.current();
-        let result = loop {
-            let requested_at = Instant::now();
-            let started = std::time::Instant::now();
-            let result = self
-                .source
-                .fetch(&self.client.client_id, &key, &self.key.grant)
-                .await;
-            self.metrics
-                .token_fetch_duration
-                .get_or_create(&ClientLabels {
-                    client: self.client.name.clone(),
-                })
-                .observe(started.elapsed().as_secs_f64());
-            let label = result
-                .as_ref()
-                .map_or_else(FetchError::result_label, |_| "ok");
-            self.metrics
-                .token_fetches
-                .get_or_create(&FetchLabels {
-                    client: self.client.name.clone(),
-                    result: label,
-                })
-                .inc();
-            match result {
-                Ok(issued) => break Ok((issued, requested_at)),
-                Err(FetchError::Unavailable(reason)) if attempt + 1 < ATTEMPTS_PER_FETCH => {
-                    tracing::warn!(client = %self.client.name, scopes = %self.key.grant.scope, attempt = attempt + 1, %reason, "token request failed, retrying");
-                    tokio::time::sleep(policy::retry_delay(attempt, fastrand::f64())).await;
-                    attempt += 1;
-                }
-                Err(e) => break Err(e),
-            }
+        let Fetched {
+            result,
+            key_generation,
+            key_label,
+        } = match &self.origin {
+            Origin::Maskinporten(source) => self.fetch_from_maskinporten(source.as_ref()).await,
+            Origin::Altinn {
+                maskinporten,
+                exchange,
+            } => self.exchange_at_altinn(maskinporten, exchange).await,
+        };
+        let what = match self.origin {
+            Origin::Maskinporten(_) => "token fetched",
+            Origin::Altinn { .. } => "altinn token exchanged",
         };
         let consumer_org = self.key.grant.consumer_org.as_deref().unwrap_or("-");
         let mut st = self.lock();
         match result {
             Ok((issued, requested_at)) => {
-                tracing::info!(client = %self.client.name, key = %key.label(), scopes = %self.key.grant.scope, consumer_org, expires_in = issued.expires_in, result = "ok", "token fetched");
+                tracing::info!(client = %self.client.name, key = %key_label, scopes = %self.key.grant.scope, consumer_org, expires_in = issued.expires_in, result = "ok", "{what}");
                 match bearer(issued.access_token.expose()) {
                     Some(bearer) => {
                         let schedule =
@@ -219,13 +262,98 @@ impl TokenSlot {
                 }
             }
             Err(error) => {
-                tracing::warn!(client = %self.client.name, key = %key.label(), scopes = %self.key.grant.scope, consumer_org, result = error.result_label(), %error, "token fetch failed");
+                let (code, hint) = (error.code().unwrap_or("-"), error.hint().unwrap_or("-"));
+                tracing::warn!(client = %self.client.name, key = %key_label, scopes = %self.key.grant.scope, consumer_org, result = error.result_label(), code, hint, %error, "{what}: failed");
                 self.record_failure(&mut st, error, key_generation);
             }
         }
         st.fetching = false;
         drop(st);
         self.changed.send_modify(|generation| *generation += 1);
+    }
+
+    /// A fresh grant, signed with the client's current key, for a Maskinporten token.
+    async fn fetch_from_maskinporten(&self, source: &dyn TokenSource) -> Fetched {
+        let (key_generation, key) = self.client.key.current();
+        let client = ClientLabels {
+            client: self.client.name.clone(),
+        };
+        let result = with_retries(&self.client.name, &self.key.grant.scope, || async {
+            let requested_at = Instant::now();
+            let started = std::time::Instant::now();
+            let result = source
+                .fetch(&self.client.client_id, &key, &self.key.grant)
+                .await;
+            self.metrics
+                .token_fetch_duration
+                .get_or_create(&client)
+                .observe(started.elapsed().as_secs_f64());
+            self.count(&self.metrics.token_fetches, &result);
+            result.map(|issued| (issued, requested_at))
+        })
+        .await;
+        Fetched {
+            result,
+            key_generation,
+            key_label: key.label(),
+        }
+    }
+
+    /// The Maskinporten slot's token, exchanged at Altinn. The Altinn token carries the key
+    /// generation of the Maskinporten token it came from, so a key rotation retires both.
+    async fn exchange_at_altinn(
+        &self,
+        maskinporten: &Arc<TokenSlot>,
+        exchange: &AltinnExchange,
+    ) -> Fetched {
+        let token = match maskinporten.get().await {
+            Ok(token) => token,
+            Err(e) => {
+                let error = match e {
+                    TokenError::Failed { error, .. } => error,
+                    TokenError::WaitTimeout(after) => FetchError::Unavailable(format!(
+                        "no token from Maskinporten within {} s",
+                        after.as_secs()
+                    )),
+                };
+                return Fetched {
+                    result: Err(error),
+                    key_generation: self.client.key.generation(),
+                    key_label: "-".into(),
+                };
+            }
+        };
+        let result = with_retries(&self.client.name, &self.key.grant.scope, || async {
+            let requested_at = Instant::now();
+            let result = exchange.exchange(token.bearer()).await;
+            self.count(&self.metrics.altinn_exchanges, &result);
+            result.map(|issued| (issued, requested_at))
+        })
+        .await;
+        if let Err(FetchError::Exchange {
+            status: Some(401), ..
+        }) = &result
+        {
+            // Altinn no longer accepts this Maskinporten token: the next attempt gets a fresh one.
+            maskinporten.invalidate(&token);
+        }
+        Fetched {
+            result,
+            key_generation: token.key_generation,
+            key_label: self.client.key.current().1.label(),
+        }
+    }
+
+    fn count<T>(&self, family: &Family<FetchLabels, Counter>, result: &Result<T, FetchError>) {
+        let label = result
+            .as_ref()
+            .map_or_else(FetchError::result_label, |_| "ok");
+        family
+            .get_or_create(&FetchLabels {
+                client: self.client.name.clone(),
+                result: label,
+            })
+            .inc();
     }
 
     fn record_failure(&self, st: &mut State, error: FetchError, key_generation: u64) {
@@ -274,11 +402,43 @@ impl TokenSlot {
                     .as_secs()
             }),
             error: st.failure.as_ref().map(|f| f.error.to_string()),
+            code: st
+                .failure
+                .as_ref()
+                .and_then(|f| f.error.code().map(str::to_string)),
+            hint: st
+                .failure
+                .as_ref()
+                .and_then(|f| f.error.hint().map(str::to_string)),
             failing_since_unix: st
                 .failure
                 .as_ref()
                 .and_then(|f| f.since.duration_since(std::time::UNIX_EPOCH).ok())
                 .map(|d| d.as_secs()),
+        }
+    }
+}
+
+/// Runs `attempt` up to [`ATTEMPTS_PER_FETCH`] times while it fails transiently, with a short
+/// jittered pause between attempts.
+async fn with_retries<T, F, Fut>(
+    client: &str,
+    scopes: &str,
+    mut attempt: F,
+) -> Result<T, FetchError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, FetchError>>,
+{
+    let mut n = 0;
+    loop {
+        match attempt().await {
+            Err(e) if e.is_transient() && n + 1 < ATTEMPTS_PER_FETCH => {
+                tracing::warn!(client, scopes, attempt = n + 1, reason = %e, "token request failed, retrying");
+                tokio::time::sleep(policy::retry_delay(n, fastrand::f64())).await;
+                n += 1;
+            }
+            other => return other,
         }
     }
 }
@@ -295,6 +455,7 @@ pub struct TokenCache {
     metrics: Arc<Metrics>,
     wait_timeout: Duration,
     slots: Mutex<HashMap<TokenKey, Arc<TokenSlot>>>,
+    altinn_slots: Mutex<HashMap<(TokenKey, String), Arc<TokenSlot>>>,
 }
 
 impl TokenCache {
@@ -309,6 +470,7 @@ impl TokenCache {
             metrics,
             wait_timeout,
             slots: Mutex::new(HashMap::new()),
+            altinn_slots: Mutex::new(HashMap::new()),
         }
     }
 
@@ -316,16 +478,47 @@ impl TokenCache {
     pub fn slot(&self, key: TokenKey, client: &Arc<ClientIdentity>) -> Arc<TokenSlot> {
         let mut slots = crate::sync::lock(&self.slots);
         Arc::clone(slots.entry(key.clone()).or_insert_with(|| {
-            let (changed, _) = watch::channel(0);
-            Arc::new(TokenSlot {
-                key,
-                client: Arc::clone(client),
-                source: Arc::clone(&self.source),
-                metrics: Arc::clone(&self.metrics),
-                wait_timeout: self.wait_timeout,
-                state: Mutex::new(State::default()),
-                changed,
-            })
+            self.new_slot(key, client, Origin::Maskinporten(Arc::clone(&self.source)))
         }))
+    }
+
+    /// The slot for Altinn tokens exchanged from `key`'s Maskinporten tokens at `exchange`.
+    pub fn altinn_slot(
+        &self,
+        key: TokenKey,
+        client: &Arc<ClientIdentity>,
+        exchange: &Arc<AltinnExchange>,
+    ) -> Arc<TokenSlot> {
+        let maskinporten = self.slot(key.clone(), client);
+        let mut slots = crate::sync::lock(&self.altinn_slots);
+        Arc::clone(
+            slots
+                .entry((key.clone(), exchange.url().to_string()))
+                .or_insert_with(|| {
+                    let origin = Origin::Altinn {
+                        maskinporten,
+                        exchange: Arc::clone(exchange),
+                    };
+                    self.new_slot(key, client, origin)
+                }),
+        )
+    }
+
+    fn new_slot(
+        &self,
+        key: TokenKey,
+        client: &Arc<ClientIdentity>,
+        origin: Origin,
+    ) -> Arc<TokenSlot> {
+        let (changed, _) = watch::channel(0);
+        Arc::new(TokenSlot {
+            key,
+            client: Arc::clone(client),
+            origin,
+            metrics: Arc::clone(&self.metrics),
+            wait_timeout: self.wait_timeout,
+            state: Mutex::new(State::default()),
+            changed,
+        })
     }
 }

@@ -24,6 +24,13 @@ pub enum FetchError {
     InvalidAnswer(String),
     #[error("the grant could not be signed: {0}")]
     Signing(String),
+    /// Altinn's token exchange failed: not reachable (`status` None), or answered without a token.
+    #[error("Altinn's token exchange failed: {reason}")]
+    Exchange {
+        status: Option<u16>,
+        reason: String,
+        hint: String,
+    },
 }
 
 impl FetchError {
@@ -34,6 +41,32 @@ impl FetchError {
             FetchError::Unavailable(_) => "unavailable",
             FetchError::InvalidAnswer(_) => "invalid_answer",
             FetchError::Signing(_) => "signing_failed",
+            FetchError::Exchange { .. } => "exchange_failed",
+        }
+    }
+
+    /// Worth a quick second attempt within the same fetch: the other side was unreachable or busy.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            FetchError::Unavailable(_) => true,
+            FetchError::Exchange { status, .. } => status.is_none_or(|s| s >= 500 || s == 429),
+            _ => false,
+        }
+    }
+
+    /// Maskinporten's MP code, when it gave one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            FetchError::Rejected { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// One line an operator can act on.
+    pub fn hint(&self) -> Option<&str> {
+        match self {
+            FetchError::Rejected { hint, .. } | FetchError::Exchange { hint, .. } => Some(hint),
+            _ => None,
         }
     }
 }

@@ -1,10 +1,12 @@
 //! Maskinporten tokens: sign the grant, fetch the token, cache it per [`TokenKey`].
 
+pub mod altinn;
 pub mod cache;
 pub mod client;
 pub mod grant;
 pub mod policy;
 
+pub use altinn::AltinnExchange;
 pub use cache::{SlotStatus, TokenCache, TokenSlot};
 pub use client::{FetchError, TokenEndpoint};
 pub use grant::GrantSpec;
