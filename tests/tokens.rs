@@ -82,8 +82,8 @@ async fn grant_carries_exactly_the_documented_claims_as_configured() {
     resource: https://api.nav.no/
     authorization_details:
       - type: urn:altinn:systemuser
-        systemuser_org: { authority: iso6523-actorid-upis, ID: "0192:910753614" }
-        externalRef: ref-1
+        systemuser_org: { authority: iso6523-actorid-upis, ID: "0192:889640782" }
+        externalRef: kunde-42
   - name: listed
     prefix: /listed/
     upstream: {upstream}
@@ -140,7 +140,7 @@ async fn grant_carries_exactly_the_documented_claims_as_configured() {
     assert_eq!(delegated.claims["resource"], "https://api.nav.no/");
     assert_eq!(
         delegated.claims["authorization_details"],
-        json!([{"type": "urn:altinn:systemuser", "systemuser_org": {"authority": "iso6523-actorid-upis", "ID": "0192:910753614"}, "externalRef": "ref-1"}])
+        json!([{"type": "urn:altinn:systemuser", "systemuser_org": {"authority": "iso6523-actorid-upis", "ID": "0192:889640782"}, "externalRef": "kunde-42"}])
     );
     let listed = grants
         .iter()
@@ -172,7 +172,7 @@ async fn missing_scope_is_a_502_with_the_mp_code_and_a_hint() {
     prefix: /altinn/
     upstream: {upstream}
     client: vendor
-    scopes: [altinn:instances.read]
+    scopes: [altinn:correspondence.write]
 "#;
     let h = Harness::start(routes, 120).await;
     let response = h.get("/altinn/x").await;
@@ -183,7 +183,7 @@ async fn missing_scope_is_a_502_with_the_mp_code_and_a_hint() {
     assert_eq!(body["maskinporten_code"], "MP-200");
     let detail = body["detail"].as_str().unwrap();
     assert!(
-        detail.contains("lacks scope altinn:instances.read: ask the API owner for access"),
+        detail.contains("lacks scope altinn:correspondence.write: ask the API owner for access"),
         "{detail}"
     );
     // Further calls get the same answer without hammering Maskinporten.
@@ -210,7 +210,7 @@ async fn undelegated_consumer_is_refused_with_its_hint() {
     assert!(body["detail"]
         .as_str()
         .unwrap()
-        .contains("910753614 has not delegated scope ks:fiks"));
+        .contains("no delegation in Altinn from consumer 910753614 to this client's organisation (the supplier) for scope ks:fiks"));
     assert!(h.upstream.records().is_empty());
 }
 

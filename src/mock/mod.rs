@@ -1,14 +1,19 @@
-//! Test doubles that run for real on loopback: a mock Maskinporten and an echo upstream.
+//! Test doubles that run for real on loopback: a mock Maskinporten, a mock Altinn token exchange
+//! and an echo upstream.
 //! Used by `portvakt demo` and the test suite; never by `portvakt run`.
 
+pub mod altinn;
 pub mod maskinporten;
 pub mod upstream;
 
+pub use altinn::MockAltinn;
 pub use maskinporten::{MockClient, MockMaskinporten, Mode};
 pub use upstream::EchoUpstream;
 
 /// The mock Maskinporten's own signing key. A fixed, public test key: it signs mock tokens only.
 pub const MOCK_SIGNING_KEY_PEM: &str = include_str!("keys/mock-signing.pem");
+/// The mock Altinn's signing key. A fixed, public test key: it signs mock Altinn tokens only.
+pub const MOCK_ALTINN_KEY_PEM: &str = include_str!("keys/mock-altinn.pem");
 /// The demo client's key, registered with the mock. A fixed, public test key: never use it elsewhere.
 pub const DEMO_CLIENT_KEY_PEM: &str = include_str!("keys/demo-client.pem");
 

@@ -34,11 +34,18 @@ pub struct Recorded {
     pub token_valid: bool,
     pub token_error: Option<String>,
     pub token_claims: Option<Map<String, Value>>,
+    /// 200, or 401 when the token was revoked.
+    pub status: u16,
 }
 
 struct Inner {
-    verify_with: Option<DecodingKey>,
+    /// Keys a token may be signed with (the mock Maskinporten's, the mock Altinn's).
+    verify_with: Vec<DecodingKey>,
     records: Mutex<Vec<Recorded>>,
+    /// `jti`s of tokens it no longer accepts, as an API does after a revocation.
+    revoked: Mutex<std::collections::HashSet<String>>,
+    /// Refuses every token, fresh or not.
+    reject_all: std::sync::atomic::AtomicBool,
 }
 
 pub struct EchoUpstream {
@@ -58,7 +65,12 @@ impl EchoUpstream {
         listener: TcpListener,
         verify_with: Option<DecodingKey>,
     ) -> std::io::Result<Self> {
-        Self::start_with(listener, None, verify_with)
+        Self::start_with(listener, None, verify_with.into_iter().collect())
+    }
+
+    /// Starts on 127.0.0.1 on a free port, accepting tokens signed with any of `keys`.
+    pub async fn start_trusting(keys: Vec<DecodingKey>) -> std::io::Result<Self> {
+        Self::start_with(TcpListener::bind("127.0.0.1:0").await?, None, keys)
     }
 
     /// Starts an HTTPS upstream (ALPN h2 and http/1.1) with the PEM certificate chain and key given.
@@ -72,20 +84,22 @@ impl EchoUpstream {
         Self::start_with(
             TcpListener::bind("127.0.0.1:0").await?,
             Some(acceptor),
-            verify_with,
+            verify_with.into_iter().collect(),
         )
     }
 
     fn start_with(
         listener: TcpListener,
         tls: Option<tokio_rustls::TlsAcceptor>,
-        verify_with: Option<DecodingKey>,
+        verify_with: Vec<DecodingKey>,
     ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         let inner = Arc::new(Inner {
             verify_with,
             records: Mutex::new(Vec::new()),
+            revoked: Mutex::new(std::collections::HashSet::new()),
+            reject_all: std::sync::atomic::AtomicBool::new(false),
         });
         let (shutdown, stop) = watch::channel(false);
         let state = Arc::clone(&inner);
@@ -112,6 +126,27 @@ impl EchoUpstream {
     }
     pub fn records(&self) -> Vec<Recorded> {
         crate::sync::lock(&self.inner.records).clone()
+    }
+    /// From now on answers 401 to every token it has seen so far; new tokens are accepted.
+    pub fn revoke_seen_tokens(&self) {
+        let jtis: Vec<String> = self
+            .records()
+            .iter()
+            .filter_map(|r| {
+                r.token_claims
+                    .as_ref()?
+                    .get("jti")?
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .collect();
+        crate::sync::lock(&self.inner.revoked).extend(jtis);
+    }
+    /// Answers 401 to every request (true) or works normally (false).
+    pub fn set_reject_all(&self, reject: bool) {
+        self.inner
+            .reject_all
+            .store(reject, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -183,17 +218,21 @@ fn check_token(
     };
     let claims: Option<Map<String, Value>> =
         jsonwebtoken::dangerous::insecure_decode_claims(token).ok();
-    let Some(key) = &inner.verify_with else {
+    if inner.verify_with.is_empty() {
         return (false, Some("not verified".into()), claims);
-    };
+    }
     let mut validation = Validation::new(jsonwebtoken::Algorithm::RS256);
     validation.validate_aud = false;
     validation.leeway = 0;
     validation.required_spec_claims = ["exp".to_string()].into_iter().collect();
-    match jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation) {
-        Ok(_) => (true, None, claims),
-        Err(e) => (false, Some(e.to_string()), claims),
+    let mut error = None;
+    for key in &inner.verify_with {
+        match jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation) {
+            Ok(_) => return (true, None, claims),
+            Err(e) => error = Some(e.to_string()),
+        }
     }
+    (false, error, claims)
 }
 
 async fn handle(
@@ -217,6 +256,11 @@ async fn handle(
         }
     }
     let body_sha256 = hex(hasher.finish().as_ref());
+    let revoked = inner.reject_all.load(std::sync::atomic::Ordering::SeqCst)
+        || token_claims
+            .as_ref()
+            .and_then(|c| c.get("jti")?.as_str())
+            .is_some_and(|jti| crate::sync::lock(&inner.revoked).contains(jti));
     let target = parts
         .uri
         .path_and_query()
@@ -233,8 +277,20 @@ async fn handle(
         token_valid,
         token_error: token_error.clone(),
         token_claims: token_claims.clone(),
+        status: if revoked { 401 } else { 200 },
     };
     crate::sync::lock(&inner.records).push(record);
+    if revoked {
+        let mut response = Response::new(EchoBody::Json(Some(Bytes::from_static(
+            b"{\"error\":\"invalid_token\"}\n",
+        ))));
+        *response.status_mut() = StatusCode::UNAUTHORIZED;
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer error=\"invalid_token\""),
+        );
+        return response;
+    }
 
     if let Some(n) = parts
         .uri

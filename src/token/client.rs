@@ -140,6 +140,10 @@ impl TokenEndpoint {
             .await
             .map_err(|e| FetchError::Unavailable(describe_transport(&e)))?;
         let status = response.status();
+        let skew = super::clock::skew(
+            response.headers().get(http::header::DATE),
+            grant::unix_now() as i64,
+        );
         let body = response.bytes().await.map_err(|e| {
             FetchError::Unavailable(format!(
                 "reading the answer failed: {}",
@@ -188,7 +192,12 @@ impl TokenEndpoint {
             }
             Err(_) => (format!("http_{}", status.as_u16()), None, None),
         };
-        let hint = hint(code.as_deref(), &error, spec);
+        let seen = Seen {
+            supplier_org: key.certificate().and_then(|c| c.org_number.as_deref()),
+            clock_skew: skew,
+            key_created: crate::keys::rotation::created(key),
+        };
+        let hint = hint(code.as_deref(), &error, spec, &seen);
         Err(FetchError::Rejected {
             error: clean(&error),
             description,
@@ -232,33 +241,84 @@ fn mp_code(text: Option<&str>) -> Option<String> {
     (!digits.is_empty()).then(|| format!("MP-{digits}"))
 }
 
+/// The system user's organisation in the grant, if it names one.
+fn systemuser_org(spec: &GrantSpec) -> Option<String> {
+    let details: serde_json::Value =
+        serde_json::from_str(spec.authorization_details.as_deref()?).ok()?;
+    details.as_array()?.iter().find_map(|d| {
+        let id = d.get("systemuser_org")?.get("ID")?.as_str()?;
+        Some(id.strip_prefix("0192:").unwrap_or(id).to_string())
+    })
+}
+
 /// Keeps an error field short and printable: it goes into logs and problem+json details.
 fn clean(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(300).collect()
 }
 
+/// What portvakt knows besides the grant when it explains a rejection.
+#[derive(Debug, Default)]
+pub struct Seen<'a> {
+    /// The client's own organisation, when its virksomhetssertifikat names it.
+    pub supplier_org: Option<&'a str>,
+    /// Seconds Maskinporten's clock (its `Date` header) is ahead of this machine's.
+    pub clock_skew: Option<i64>,
+    /// When the key was made, where its kid or certificate tells.
+    pub key_created: Option<i64>,
+}
+
 /// What an operator should do about a rejection, from Maskinporten's error codes.
-pub fn hint(code: Option<&str>, error: &str, spec: &GrantSpec) -> String {
+pub fn hint(code: Option<&str>, error: &str, spec: &GrantSpec, seen: &Seen) -> String {
     let scope = &spec.scope;
+    let supplier = seen.supplier_org.map_or_else(
+        || "this client's organisation (the supplier)".to_string(),
+        |o| format!("supplier {o}"),
+    );
+    let clock = match seen.clock_skew {
+        Some(s) if s.abs() > 5 => format!(
+            "{}: fix NTP on this machine",
+            super::clock::describe_skew(s)
+        ),
+        Some(s) => format!(
+            "{} (within 5 s), so check the grant's iat/exp",
+            super::clock::describe_skew(s)
+        ),
+        None => "check this machine's clock (NTP): Maskinporten allows 10 s".to_string(),
+    };
+    let systemuser = systemuser_org(spec);
     match code {
-        Some("MP-100") => "client not found: check client_id and that the client is registered in this environment (test and prod are separate)".into(),
+        Some("MP-100") => "client not found: check client_id, and that maskinporten.environment is the one the client was created in (test and prod are separate worlds)".into(),
         Some("MP-110") => "wrong audience: maskinporten.environment or issuer does not match the token endpoint".into(),
         Some("MP-120") => "the virksomhetssertifikat was not accepted: it must be a valid Buypass or Commfides certificate for this environment (test certificates in test, prod in prod), or the client uses registered keys and needs kid".into(),
         Some("MP-124") => "the signature was not accepted: the kid is not registered on the client, or the key does not match it; upload the public JWK in Samarbeidsportalen (portvakt keygen writes it)".into(),
-        Some("MP-121") => "the registered key has expired (keys live at most one year after upload): create a new key and register it in Samarbeidsportalen".into(),
+        Some("MP-121") => {
+            let made = seen
+                .key_created
+                .map(|t| format!(" (this one dates from {})", crate::keys::x509::date(t)))
+                .unwrap_or_default();
+            format!("the registered key has expired: keys live at most one year after upload{made}; create a new one with portvakt keygen and register it in Samarbeidsportalen")
+        }
         Some("MP-122") => "the virksomhetssertifikat belongs to another organisation than the client: use the certificate of the organisation that owns the client".into(),
         Some("MP-123") => "the grant's x5c or kid is malformed: x5c must be standard base64 DER, leaf first".into(),
-        Some("MP-130") => "the grant was outside Maskinporten's time window: check this machine's clock (NTP)".into(),
+        Some("MP-130") => format!("the grant was outside Maskinporten's time window: {clock}"),
         Some("MP-012") => "the grant was reused (same jti): another process may be replaying grants".into(),
         Some("MP-200" | "MP-201") => format!("the client lacks scope {scope}: ask the API owner for access (for ks:fiks, KS must register the organisation first)"),
         Some("MP-250" | "MP-251") => match &spec.consumer_org {
-            Some(org) => format!("organisation {org} has not delegated scope {scope} to this supplier in Altinn, or lacks the scope itself"),
+            Some(org) => format!("no delegation in Altinn from consumer {org} to {supplier} for scope {scope}: {org} must delegate it (Altinn > Tilgangsstyring > Delegere), and must have the scope itself"),
             None => format!("the consumer lacks scope {scope} or has not delegated it"),
         },
-        Some("MP-301" | "MP-302" | "MP-303") => "authorization_details was not accepted: for system users check systemuser_org and externalRef".into(),
+        Some("MP-303") => match &systemuser {
+            Some(org) => format!("the system user for {org} was not accepted with this externalRef: set externalRef on the route (or in systemuser_orgs) exactly as the system user was created, or leave it out if it has none"),
+            None => "authorization_details was not accepted: check externalRef".into(),
+        },
+        Some("MP-302") => match &systemuser {
+            Some(org) => format!("{org} has no system user for this client's system: the organisation must create (approve) one in Altinn for the system registered with this client_id"),
+            None => "authorization_details names a party Maskinporten does not know".into(),
+        },
+        Some("MP-301") => "authorization_details is malformed: for a system user it is type urn:altinn:systemuser with systemuser_org {authority: iso6523-actorid-upis, ID: 0192:<orgno>}".into(),
         _ => match error {
             "invalid_scope" => format!("the client lacks scope {scope}: ask the API owner for access"),
-            "invalid_client" | "invalid_grant" => "check client_id, key and kid against Samarbeidsportalen, and this machine's clock".into(),
+            "invalid_client" | "invalid_grant" => format!("check client_id, key and kid against Samarbeidsportalen; {clock}"),
             "forbidden" | "access_denied" => format!("access to scope {scope} was refused: check delegations in Altinn"),
             "invalid_request" => "the grant was malformed: check resource and authorization_details".into(),
             _ => "see Maskinporten's error description".into(),
@@ -290,7 +350,8 @@ mod tests {
     #[test]
     fn hints_name_the_scope() {
         let spec = GrantSpec::new(&["nav:x".to_string()], None, None, &[]);
-        assert!(hint(Some("MP-200"), "invalid_scope", &spec).contains("lacks scope nav:x"));
-        assert!(hint(None, "invalid_scope", &spec).contains("ask the API owner"));
+        let seen = Seen::default();
+        assert!(hint(Some("MP-200"), "invalid_scope", &spec, &seen).contains("lacks scope nav:x"));
+        assert!(hint(None, "invalid_scope", &spec, &seen).contains("ask the API owner"));
     }
 }

@@ -3,6 +3,7 @@
 pub mod altinn;
 pub mod cache;
 pub mod client;
+pub mod clock;
 pub mod grant;
 pub mod policy;
 

@@ -12,6 +12,12 @@ pub const CLIENT_ID: &str = "7e1f2a3b-0000-4000-8000-00000000000a";
 pub const KID: &str = "client-a-TEST.2026-11";
 pub const SUPPLIER_ORG: &str = "991825827";
 pub const CUSTOMER_ORG: &str = "910753614";
+/// A second customer, with a delegation and a system user created with an externalRef.
+pub const OTHER_CUSTOMER_ORG: &str = "889640782";
+/// A valid organisation number that delegated nothing and has no system user.
+pub const STRANGER_ORG: &str = "974760673";
+pub const EXTERNAL_REF: &str = "kunde-42";
+pub const ALTINN_SCOPE: &str = "altinn:instances.read";
 pub const SCOPE: &str = "nav:forsikring/samtykke";
 pub const OTHER_SCOPE: &str = "ks:fiks";
 
@@ -32,12 +38,17 @@ pub fn client_key() -> SigningKey {
     SigningKey::from_pem(&pem, KID).unwrap()
 }
 
-/// The client registered with the mock: both scopes, and a delegation from CUSTOMER_ORG for SCOPE.
+/// The client registered with the mock: three scopes; delegations of SCOPE from CUSTOMER_ORG and
+/// OTHER_CUSTOMER_ORG; system users of CUSTOMER_ORG (no externalRef) and OTHER_CUSTOMER_ORG
+/// (EXTERNAL_REF).
 pub fn registered_client() -> MockClient {
     MockClient::new(CLIENT_ID, SUPPLIER_ORG)
         .key(&client_key())
-        .scopes([SCOPE, OTHER_SCOPE])
+        .scopes([SCOPE, OTHER_SCOPE, ALTINN_SCOPE])
         .delegation(CUSTOMER_ORG, SCOPE)
+        .delegation(OTHER_CUSTOMER_ORG, SCOPE)
+        .system_user(CUSTOMER_ORG, None)
+        .system_user(OTHER_CUSTOMER_ORG, Some(EXTERNAL_REF))
 }
 
 pub struct Harness {

@@ -34,6 +34,8 @@ pub struct MockClient {
     pub scopes: HashSet<String>,
     /// (consumer org, scope) pairs the consumer delegated to this client's organisation.
     pub delegations: HashSet<(String, String)>,
+    /// Altinn system users of this client's system: org -> the externalRef it was created with.
+    pub system_users: HashMap<String, Option<String>>,
 }
 
 impl MockClient {
@@ -44,6 +46,7 @@ impl MockClient {
             keys: HashMap::new(),
             scopes: HashSet::new(),
             delegations: HashSet::new(),
+            system_users: HashMap::new(),
         }
     }
 
@@ -66,6 +69,14 @@ impl MockClient {
 
     pub fn delegation(mut self, consumer_org: &str, scope: &str) -> Self {
         self.delegations.insert((consumer_org.into(), scope.into()));
+        self
+    }
+
+    /// A system user that organisation `org` created for this client's system in Altinn, with the
+    /// `externalRef` it was created with, if any (a grant must then name it).
+    pub fn system_user(mut self, org: &str, external_ref: Option<&str>) -> Self {
+        self.system_users
+            .insert(org.into(), external_ref.map(str::to_string));
         self
     }
 }
@@ -93,6 +104,8 @@ struct Inner {
     clients: Mutex<HashMap<String, MockClient>>,
     expires_in: AtomicU64,
     delay_ms: AtomicU64,
+    /// Seconds the mock's clock is ahead of the machine's (negative: behind).
+    clock_offset: std::sync::atomic::AtomicI64,
     mode: Mutex<Mode>,
     token_requests: AtomicUsize,
     jtis: Mutex<HashSet<String>>,
@@ -160,6 +173,7 @@ impl MockMaskinporten {
             ),
             expires_in: AtomicU64::new(expires_in),
             delay_ms: AtomicU64::new(0),
+            clock_offset: std::sync::atomic::AtomicI64::new(0),
             mode: Mutex::new(Mode::Normal),
             token_requests: AtomicUsize::new(0),
             jtis: Mutex::new(HashSet::new()),
@@ -225,6 +239,11 @@ impl MockMaskinporten {
             .delay_ms
             .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
+    /// Runs the mock's clock `seconds` ahead of this machine's (negative: behind), as a
+    /// Maskinporten would look from a machine whose clock is off. Its `Date` header follows.
+    pub fn set_clock_offset(&self, seconds: i64) {
+        self.inner.clock_offset.store(seconds, Ordering::SeqCst);
+    }
     /// The key its access tokens are signed with, for upstreams that verify them.
     pub fn decoding_key(&self) -> DecodingKey {
         decoding_key(&self.inner.signing.public_jwk())
@@ -255,6 +274,11 @@ fn json_answer(status: StatusCode, body: &Value) -> Answer {
     crate::error::full(status, "application/json", body.to_string())
 }
 
+/// The mock's own time, which tests may set off from the machine's.
+fn now(inner: &Inner) -> i64 {
+    crate::token::grant::unix_now() as i64 + inner.clock_offset.load(Ordering::SeqCst)
+}
+
 async fn handle(inner: Arc<Inner>, request: Request<Incoming>) -> Answer {
     match (request.method(), request.uri().path()) {
         (&Method::POST, "/token") => token(&inner, request).await,
@@ -281,6 +305,15 @@ async fn handle(inner: Arc<Inner>, request: Request<Incoming>) -> Answer {
 }
 
 async fn token(inner: &Inner, request: Request<Incoming>) -> Answer {
+    let mut answer = token_answer(inner, request).await;
+    // Maskinporten's Date header tells a client how far its clock is off.
+    if let Ok(date) = http::HeaderValue::from_str(&crate::token::clock::http_date(now(inner))) {
+        answer.headers_mut().insert(header::DATE, date);
+    }
+    answer
+}
+
+async fn token_answer(inner: &Inner, request: Request<Incoming>) -> Answer {
     inner.token_requests.fetch_add(1, Ordering::SeqCst);
     let delay = inner.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {

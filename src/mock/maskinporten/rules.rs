@@ -45,10 +45,6 @@ pub(super) fn refuse(
     }
 }
 
-fn now_unix() -> i64 {
-    crate::token::grant::unix_now() as i64
-}
-
 /// A registered key, found by the grant's `kid`.
 fn registered_key(client: &super::MockClient, kid: &str) -> Result<DecodingKey, Refusal> {
     let (n, e) = client.keys.get(kid).ok_or_else(|| {
@@ -217,7 +213,7 @@ pub(super) fn check_grant(
             "Invalid assertion: iat and exp are required numbers",
         ));
     };
-    let now = now_unix();
+    let now = super::now(inner);
     if exp - iat > MAX_GRANT_LIFETIME || exp <= iat {
         return Err(refuse(
             "invalid_grant",
@@ -297,19 +293,10 @@ pub(super) fn check_grant(
         supplier = Some(client.org.clone());
         consumer = org.to_string();
     }
-    if let Some(details) = claims.get("authorization_details") {
-        let ok = details.as_array().is_some_and(|a| {
-            a.iter()
-                .all(|d| d.get("type").is_some_and(Value::is_string))
-        });
-        if !ok {
-            return Err(refuse(
-                "invalid_request",
-                "MP-301",
-                "authorization_details must be a list of objects with a type",
-            ));
-        }
-    }
+    let details = match claims.get("authorization_details") {
+        Some(details) => Some(authorization_details(&client, details)?),
+        None => None,
+    };
     if let Some(resource) = claims.get("resource") {
         let ok = resource.is_string()
             || resource
@@ -345,8 +332,8 @@ pub(super) fn check_grant(
     if let Some(resource) = claims.get("resource") {
         token["aud"] = resource.clone();
     }
-    if let Some(details) = claims.get("authorization_details") {
-        token["authorization_details"] = details.clone();
+    if let Some(details) = details {
+        token["authorization_details"] = details;
     }
     let mut jwt_header = jsonwebtoken::Header::new(Algorithm::RS256);
     jwt_header.kid = Some(SIGNING_KID.into());
@@ -360,4 +347,94 @@ pub(super) fn check_grant(
     Ok(
         json!({ "access_token": access_token, "token_type": "Bearer", "expires_in": expires_in, "scope": scope }),
     )
+}
+
+/// RFC 9396 `authorization_details` as Maskinporten checks them for Altinn: one system user per
+/// grant, known for this client's system, with the `externalRef` it was created with; consents
+/// with an id and a person. Returns the details as the token carries them.
+fn authorization_details(client: &super::MockClient, details: &Value) -> Result<Value, Refusal> {
+    let malformed = |why: &str| {
+        refuse(
+            "invalid_request",
+            "MP-301",
+            format!("authorization_details: {why}"),
+        )
+    };
+    let items = details
+        .as_array()
+        .ok_or_else(|| malformed("must be a list"))?;
+    let mut out = Vec::with_capacity(items.len());
+    let mut system_users = 0;
+    for item in items {
+        let kind = item
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| malformed("every entry needs a string type"))?;
+        let mut item = item.clone();
+        match kind {
+            "urn:altinn:systemuser" => {
+                system_users += 1;
+                if system_users > 1 {
+                    return Err(malformed("only one system user per grant"));
+                }
+                let party = &item["systemuser_org"];
+                if party["authority"] != "iso6523-actorid-upis" {
+                    return Err(malformed(
+                        "systemuser_org.authority must be iso6523-actorid-upis",
+                    ));
+                }
+                let org = party["ID"]
+                    .as_str()
+                    .and_then(|id| id.strip_prefix("0192:"))
+                    .filter(|org| org.len() == 9 && org.bytes().all(|b| b.is_ascii_digit()))
+                    .ok_or_else(|| {
+                        malformed("systemuser_org.ID must be 0192:<organisation number>")
+                    })?
+                    .to_string();
+                let Some(registered) = client.system_users.get(&org) else {
+                    return Err(refuse(
+                        "invalid_request",
+                        "MP-302",
+                        format!("no system user for {org} is connected to the client's system"),
+                    ));
+                };
+                let sent = item.get("externalRef").and_then(Value::as_str);
+                if sent != registered.as_deref() {
+                    return Err(refuse(
+                        "invalid_request",
+                        "MP-303",
+                        match registered {
+                            Some(_) => format!("the system user for {org} has an externalRef: the grant must name it"),
+                            None => format!("the system user for {org} has no externalRef"),
+                        },
+                    ));
+                }
+                // Stable per client and organisation, as a real system user's id is.
+                let digest = aws_lc_rs::digest::digest(
+                    &aws_lc_rs::digest::SHA256,
+                    format!("{}/{org}", client.client_id).as_bytes(),
+                );
+                let mut bytes = [0u8; 16];
+                bytes.copy_from_slice(&digest.as_ref()[..16]);
+                let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
+                item["systemuser_id"] = json!([id.to_string()]);
+            }
+            "urn:altinn:consent" => {
+                let id_ok = item
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .is_some_and(|id| uuid::Uuid::parse_str(id).is_ok());
+                let from_ok = item.get("from").and_then(Value::as_str).is_some_and(|f| {
+                    f.starts_with("urn:altinn:person:identifier-no:")
+                        || f.starts_with("urn:altinn:organization:identifier-no:")
+                });
+                if !id_ok || !from_ok {
+                    return Err(malformed("a consent needs id (a UUID) and from (urn:altinn:person:identifier-no:...)"));
+                }
+            }
+            _ => {}
+        }
+        out.push(item);
+    }
+    Ok(Value::Array(out))
 }
