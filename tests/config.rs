@@ -465,3 +465,189 @@ fn ca_files_must_hold_certificates() {
         "{found:?}"
     );
 }
+
+/// GOOD with `extra` (lines indented four spaces) added to its route.
+fn with_route(extra: &str) -> String {
+    format!("{GOOD}{extra}")
+}
+
+#[test]
+fn parties_load_and_default_their_headers() {
+    let c = parse_with(
+        &with_route(
+            "    consumer_orgs: [\"910753614\", 889640782]\n    systemuser_org: \"0192:974760673\"\n    externalRef: ekstern-1\n",
+        ),
+        &[],
+    )
+    .unwrap();
+    let r = &c.routes[0];
+    assert_eq!(r.consumer_orgs, ["910753614", "889640782"]);
+    assert_eq!(r.consumer_org_header.as_str(), "portvakt-consumer-org");
+    assert_eq!(r.systemuser_org_header.as_str(), "portvakt-systemuser-org");
+    let user = r.systemuser.as_ref().unwrap();
+    assert_eq!(
+        (user.org.as_str(), user.external_ref.as_deref()),
+        ("974760673", Some("ekstern-1"))
+    );
+    assert_eq!(
+        user.authorization_detail()["systemuser_org"]["ID"],
+        "0192:974760673"
+    );
+    assert!(r.retry_on_401);
+    assert_eq!(r.retry_body_max_bytes, 64 * 1024);
+    let users = parse_with(
+        &with_route("    systemuser_orgs: [\"910753614\", {org: \"889640782\", externalRef: x}]\n    systemuser_org_header: X-Systembruker\n    retry_body_max_bytes: 0\n"),
+        &[],
+    )
+    .unwrap();
+    let r = &users.routes[0];
+    assert_eq!(r.systemusers.len(), 2);
+    assert_eq!(r.systemusers[1].external_ref.as_deref(), Some("x"));
+    assert_eq!(r.systemuser_org_header.as_str(), "x-systembruker");
+    assert_eq!(r.retry_body_max_bytes, 0);
+}
+
+#[test]
+fn bad_parties_are_refused_at_their_field() {
+    let cases = [
+        (
+            "    consumer_orgs: [\"910753614\", \"123\"]\n",
+            "routes[0].consumer_orgs[1]: `123` is not an organisation number",
+        ),
+        (
+            "    consumer_org: \"910753615\"\n",
+            "routes[0].consumer_org: `910753615` is not an organisation number",
+        ),
+        (
+            "    systemuser_org: \"0192:91075361\"\n",
+            "routes[0].systemuser_org: `0192:91075361` is not an organisation number",
+        ),
+        (
+            "    externalRef: x\n",
+            "routes[0].externalRef: goes with systemuser_org",
+        ),
+        (
+            "    consumer_orgs: [\"910753614\"]\n    systemuser_orgs: [\"889640782\"]\n",
+            "routes[0]: has both consumer_orgs and systemuser_orgs",
+        ),
+        (
+            "    consumer_org_header: Authorization\n",
+            "routes[0].consumer_org_header: `Authorization` is a header portvakt manages itself",
+        ),
+        (
+            "    systemuser_orgs: [{org: \"889640782\", externalref: x}]\n",
+            "routes[0].systemuser_orgs[0].externalref: unknown key (did you mean `externalRef`?)",
+        ),
+        (
+            "    systemuser_org: \"910753614\"\n    authorization_details:\n      - type: urn:altinn:systemuser\n",
+            "routes[0].authorization_details[0]: is a urn:altinn:systemuser entry",
+        ),
+        (
+            "    consumer_orgs: [\"910753614\"]\n    headers:\n      Portvakt-Consumer-Org: x\n",
+            "routes[0].headers.portvakt-consumer-org: is the route's consumer_org_header",
+        ),
+        (
+            "    retry_on_401: \"yes\"\n",
+            "routes[0].retry_on_401: expected true or false",
+        ),
+    ];
+    for (extra, want) in cases {
+        let found = issues(&with_route(extra));
+        assert!(
+            found.iter().any(|i| i.starts_with(want)),
+            "{extra}: {found:?}"
+        );
+    }
+}
+
+#[test]
+fn a_consumer_cannot_be_the_certificate_s_own_organisation() {
+    let yaml = GOOD
+        .replace(
+            "      pem: client-a.pem\n      kid: vendor-TEST.2026-11\n",
+            "      pkcs12: pki/virksomhet-aes.p12\n      password_file: pki/password.txt\n",
+        )
+        .replace(
+            "    scopes: [nav:forsikring/samtykke]\n",
+            "    scopes: [nav:forsikring/samtykke]\n    consumer_orgs: [\"910753614\", \"991825827\"]\n",
+        );
+    let found = issues(&yaml);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].starts_with(
+            "routes[0].consumer_orgs[1]: `991825827` is the client's own organisation"
+        ),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn altinn_exchange_takes_an_environment_or_a_url_and_must_match_maskinporten() {
+    let url = |yaml: &str| {
+        parse_with(yaml, &[]).unwrap().routes[0]
+            .altinn_exchange
+            .as_ref()
+            .unwrap()
+            .url
+            .clone()
+    };
+    assert_eq!(
+        url(&with_route("    altinn_exchange: tt02\n")),
+        "https://platform.tt02.altinn.no/authentication/api/v1/exchange/maskinporten"
+    );
+    assert_eq!(
+        url(&with_route("    altinn_exchange: prod\n")
+            .replace("environment: test", "environment: prod")),
+        "https://platform.altinn.no/authentication/api/v1/exchange/maskinporten"
+    );
+    assert_eq!(
+        url(&with_route("    altinn_exchange: http://127.0.0.1:5005\n")),
+        "http://127.0.0.1:5005/authentication/api/v1/exchange/maskinporten"
+    );
+    assert_eq!(
+        url(&with_route(
+            "    altinn_exchange: https://altinn.example/x/exchange\n"
+        )),
+        "https://altinn.example/x/exchange"
+    );
+    let found = issues(&with_route("    altinn_exchange: prod\n"));
+    assert!(
+        found[0].starts_with("routes[0].altinn_exchange: Altinn prod accepts only tokens from Maskinporten prod, but maskinporten.environment is test"),
+        "{found:?}"
+    );
+    let found = issues(&with_route("    altinn_exchange: staging\n"));
+    assert!(
+        found[0]
+            .starts_with("routes[0].altinn_exchange: `staging` is not an http:// or https:// URL"),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn header_values_come_from_files_without_the_trailing_newline() {
+    let c = parse_with(
+        &with_route("    headers:\n      IntegrasjonId: 3f1c0e7a-1111-4222-8333-944455566677\n      IntegrasjonPassord: { value_file: pki/password.txt }\n"),
+        &[],
+    )
+    .unwrap();
+    let (name, value) = &c.routes[0].headers[1];
+    assert_eq!(name.as_str(), "integrasjonpassord");
+    assert_eq!(value.expose(), "test-passord-1234");
+    assert!(value.expose().is_sensitive());
+    assert!(!format!("{c:?}").contains("test-passord-1234"));
+
+    let found = issues(&with_route(
+        "    headers:\n      IntegrasjonPassord: { value_file: nowhere.txt }\n",
+    ));
+    assert!(
+        found[0].starts_with("routes[0].headers.IntegrasjonPassord.value_file: cannot read"),
+        "{found:?}"
+    );
+    let found = issues(&with_route(
+        "    headers:\n      IntegrasjonPassord: { file: x }\n",
+    ));
+    assert!(
+        found[0].starts_with("routes[0].headers.IntegrasjonPassord.file: unknown key"),
+        "{found:?}"
+    );
+}
