@@ -324,6 +324,72 @@ async fn token_exits_non_zero_with_maskinporten_s_error_and_a_hint() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no route named `nope` (routes: nav)"));
 }
 
+#[tokio::test]
+async fn token_acts_for_a_listed_party_and_exchanges_at_altinn() {
+    let mock = portvakt::mock::MockMaskinporten::start(vec![registered_client()], 120)
+        .await
+        .unwrap();
+    let altinn = portvakt::mock::MockAltinn::start(mock.decoding_key(), 1800)
+        .await
+        .unwrap();
+    altinn.set_quoted(true);
+    let dir = temp_dir("token-party");
+    let routes = format!(
+        "  - name: kunder\n    prefix: /kunder/\n    upstream: https://api.nav.no/\n    client: vendor\n    scopes: [nav:forsikring/samtykke]\n    consumer_orgs: [\"{CUSTOMER_ORG}\", \"{OTHER_CUSTOMER_ORG}\"]\n  - name: apps\n    prefix: /apps/\n    upstream: https://ttd.apps.tt02.altinn.no/\n    client: vendor\n    scopes: [altinn:instances.read]\n    systemuser_org: \"{CUSTOMER_ORG}\"\n    altinn_exchange: {}\n",
+        altinn.url()
+    );
+    let yaml = config_yaml(&mock.issuer(), &mock.token_endpoint(), &routes);
+    std::fs::write(dir.join("portvakt.yaml"), yaml).unwrap();
+    let config = dir.join("portvakt.yaml").display().to_string();
+    let args = |route: &str, party: Option<&str>| {
+        let mut args = vec![
+            "token".to_string(),
+            "--config".into(),
+            config.clone(),
+            "--route".into(),
+            route.into(),
+            "--decode".into(),
+        ];
+        if let Some(party) = party {
+            args.extend(["--party".to_string(), party.to_string()]);
+        }
+        args
+    };
+
+    let out = portvakt_async(args("kunder", Some(OTHER_CUSTOMER_ORG))).await;
+    assert_success(&out);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["consumer_org"], OTHER_CUSTOMER_ORG);
+    assert_eq!(
+        json["claims"]["consumer"]["ID"],
+        format!("0192:{OTHER_CUSTOMER_ORG}")
+    );
+
+    let out = portvakt_async(args("kunder", None)).await;
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("name one with --party"), "{stderr}");
+    let out = portvakt_async(args("kunder", Some(STRANGER_ORG))).await;
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("not {STRANGER_ORG}")));
+    assert_eq!(
+        mock.token_requests(),
+        1,
+        "refused parties cost no token request"
+    );
+
+    let out = portvakt_async(args("apps", None)).await;
+    assert_success(&out);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        json["authorization_details"][0]["systemuser_org"]["ID"],
+        format!("0192:{CUSTOMER_ORG}")
+    );
+    assert_eq!(json["altinn_claims"]["token_type"], "altinn");
+    assert!(json["altinn_expires_in"].as_u64().unwrap() > 1700);
+    assert_eq!(altinn.exchanges(), 1);
+}
+
 #[test]
 fn keygen_writes_the_key_files_and_never_overwrites_them() {
     let dir = temp_dir("keygen");
