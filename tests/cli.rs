@@ -92,11 +92,7 @@ async fn run_serves_from_portvakt_config_and_drains_on_sigterm() {
     let upstream = portvakt::mock::EchoUpstream::start(Some(mock.decoding_key()))
         .await
         .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let dir = temp_dir("run");
     let yaml = config_yaml(&mock.issuer(), &mock.token_endpoint(), &format!("  - name: nav\n    prefix: /nav/\n    upstream: {}\n    client: vendor\n    scopes: [ks:fiks]\n", upstream.url()))
         .replace("listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}"));
@@ -110,15 +106,10 @@ async fn run_serves_from_portvakt_config_and_drains_on_sigterm() {
         .unwrap();
     let http = http_client();
     let url = format!("http://127.0.0.1:{port}/nav/hello");
-    let mut answered = None;
-    for _ in 0..100 {
-        if let Ok(r) = http.get(&url).send().await {
-            answered = Some(r.status());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(answered, Some(reqwest::StatusCode::OK));
+    assert_eq!(
+        first_answer(&http, &url).await,
+        Some(reqwest::StatusCode::OK)
+    );
     assert!(upstream.records()[0].token_valid);
 
     assert_eq!(http.get(&url).send().await.unwrap().status(), 200);

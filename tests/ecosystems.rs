@@ -136,12 +136,8 @@ async fn a_route_default_consumer_serves_calls_without_the_header() {
         CUSTOMER_ORG
     );
     let picked = h
-        .http
-        .get(h.url("/samtykke/x"))
-        .header("X-Kunde", OTHER_CUSTOMER_ORG)
-        .send()
-        .await
-        .unwrap();
+        .get_with("/samtykke/x", &[("X-Kunde", OTHER_CUSTOMER_ORG)])
+        .await;
     assert_eq!(picked.status(), 200);
     let record = h.upstream.records().pop().unwrap();
     assert_eq!(actor(&record, "consumer"), OTHER_CUSTOMER_ORG);
@@ -152,12 +148,8 @@ async fn a_route_default_consumer_serves_calls_without_the_header() {
 async fn a_route_without_parties_refuses_a_caller_naming_one() {
     let h = Harness::start(ONE_ROUTE, 600).await;
     let response = h
-        .http
-        .get(h.url("/nav/x"))
-        .header("Portvakt-Consumer-Org", CUSTOMER_ORG)
-        .send()
-        .await
-        .unwrap();
+        .get_with("/nav/x", &[("Portvakt-Consumer-Org", CUSTOMER_ORG)])
+        .await;
     assert_eq!(response.status(), 403);
     let body = problem(response).await;
     assert!(
@@ -182,12 +174,8 @@ async fn an_undelegated_consumer_gets_mp_251_with_a_hint_naming_both_parties() {
 "#;
     let h = Harness::start(routes, 600).await;
     let response = h
-        .http
-        .get(h.url("/samtykke/x"))
-        .header("Portvakt-Consumer-Org", STRANGER_ORG)
-        .send()
-        .await
-        .unwrap();
+        .get_with("/samtykke/x", &[("Portvakt-Consumer-Org", STRANGER_ORG)])
+        .await;
     assert_eq!(response.status(), 502);
     let body = problem(response).await;
     assert_eq!(body["maskinporten_code"], "MP-251");
@@ -231,12 +219,11 @@ async fn system_users_go_into_the_grant_fixed_or_picked_per_call() {
     assert!(details[0].get("externalRef").is_none());
 
     let picked = h
-        .http
-        .get(h.url("/altinn/x"))
-        .header("Portvakt-Systemuser-Org", "0192:889640782")
-        .send()
-        .await
-        .unwrap();
+        .get_with(
+            "/altinn/x",
+            &[("Portvakt-Systemuser-Org", "0192:889640782")],
+        )
+        .await;
     assert_eq!(picked.status(), 200);
     let record = h.upstream.records().pop().unwrap();
     assert!(record.headers.get("portvakt-systemuser-org").is_none());
@@ -252,12 +239,8 @@ async fn system_users_go_into_the_grant_fixed_or_picked_per_call() {
     assert_eq!(grant.rejected, None);
 
     let refused = h
-        .http
-        .get(h.url("/altinn/x"))
-        .header("Portvakt-Systemuser-Org", STRANGER_ORG)
-        .send()
-        .await
-        .unwrap();
+        .get_with("/altinn/x", &[("Portvakt-Systemuser-Org", STRANGER_ORG)])
+        .await;
     assert_eq!(refused.status(), 403);
     assert_eq!(h.mock.token_requests(), 2);
 }
@@ -395,20 +378,29 @@ async fn an_exchange_failure_is_a_502_naming_altinn_s_status() {
 
 const BODY: &str = "{\"sak\": 42}";
 
-#[tokio::test]
-async fn an_upstream_401_gets_a_fresh_token_and_one_retry_with_the_kept_body() {
-    let h = Harness::start(ONE_ROUTE, 600).await;
+/// A proxy on `routes` whose token has been used once and is then revoked by the upstream.
+async fn with_revoked_token(routes: &str) -> Harness {
+    let h = Harness::start(routes, 600).await;
     assert_eq!(h.get("/nav/warm").await.status(), 200);
-    let old = jti(&h.upstream.records()[0]);
     h.upstream.revoke_seen_tokens();
+    h
+}
 
-    let response = h
-        .http
+/// POSTs BODY (with its Content-Length) through the proxy.
+async fn post(h: &Harness) -> reqwest::Response {
+    h.http
         .post(h.url("/nav/sak"))
         .body(BODY)
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_upstream_401_gets_a_fresh_token_and_one_retry_with_the_kept_body() {
+    let h = with_revoked_token(ONE_ROUTE).await;
+    let old = jti(&h.upstream.records()[0]);
+    let response = post(&h).await;
     assert_eq!(response.status(), 200, "the caller never saw the 401");
     let records = h.upstream.records();
     assert_eq!(records.len(), 3);
@@ -427,10 +419,7 @@ async fn an_upstream_401_gets_a_fresh_token_and_one_retry_with_the_kept_body() {
 
 #[tokio::test]
 async fn a_streamed_body_is_not_retried_but_the_token_is_still_replaced() {
-    let h = Harness::start(ONE_ROUTE, 600).await;
-    assert_eq!(h.get("/nav/warm").await.status(), 200);
-    h.upstream.revoke_seen_tokens();
-
+    let h = with_revoked_token(ONE_ROUTE).await;
     // Chunked, without Content-Length: portvakt streams it and keeps nothing to send again.
     let status = raw_status(
         h.proxy.listen,
@@ -451,16 +440,8 @@ async fn a_streamed_body_is_not_retried_but_the_token_is_still_replaced() {
 #[tokio::test]
 async fn a_body_above_the_kept_size_is_not_retried() {
     let routes = ONE_ROUTE.to_string() + "    retry_body_max_bytes: 4\n";
-    let h = Harness::start(&routes, 600).await;
-    assert_eq!(h.get("/nav/warm").await.status(), 200);
-    h.upstream.revoke_seen_tokens();
-    let response = h
-        .http
-        .post(h.url("/nav/sak"))
-        .body(BODY)
-        .send()
-        .await
-        .unwrap();
+    let h = with_revoked_token(&routes).await;
+    let response = post(&h).await;
     assert_eq!(response.status(), 401);
     assert_eq!(h.upstream.records().len(), 2);
     // A bodiless call is still retried.
@@ -495,9 +476,7 @@ async fn an_upstream_refusing_every_token_gets_one_retry_never_two() {
 #[tokio::test]
 async fn retry_on_401_false_passes_the_401_back_and_keeps_the_token() {
     let routes = ONE_ROUTE.to_string() + "    retry_on_401: false\n";
-    let h = Harness::start(&routes, 600).await;
-    assert_eq!(h.get("/nav/warm").await.status(), 200);
-    h.upstream.revoke_seen_tokens();
+    let h = with_revoked_token(&routes).await;
     assert_eq!(h.get("/nav/a").await.status(), 401);
     assert_eq!(h.upstream.records().len(), 2);
     assert_eq!(h.mock.token_requests(), 1);

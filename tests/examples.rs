@@ -11,7 +11,6 @@ use portvakt::config::Config;
 use portvakt::mock::{EchoUpstream, MockAltinn, MockClient, MockMaskinporten};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 const FIKS_ID: &str = "3f1c0e7a-1111-4222-8333-944455566677";
 
@@ -204,11 +203,7 @@ async fn the_fiks_example_sends_both_headers_and_logs_neither_secret() {
         .await
         .unwrap();
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples/ks-fiks.yaml");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let yaml = localise(
         &std::fs::read_to_string(file).unwrap(),
         &mock,
@@ -237,15 +232,10 @@ async fn the_fiks_example_sends_both_headers_and_logs_neither_secret() {
         .unwrap();
     let http = http_client();
     let url = format!("http://127.0.0.1:{port}/fiks/mottak/api/v1/ping");
-    let mut status = None;
-    for _ in 0..100 {
-        if let Ok(r) = http.get(&url).send().await {
-            status = Some(r.status());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(status, Some(reqwest::StatusCode::OK));
+    assert_eq!(
+        first_answer(&http, &url).await,
+        Some(reqwest::StatusCode::OK)
+    );
     // A refused call too: its error path must not print the headers either.
     let refused = http
         .get(&url)

@@ -96,6 +96,15 @@ impl Harness {
         self.http.get(self.url(path)).send().await.unwrap()
     }
 
+    /// GET through the proxy with extra request headers.
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut request = self.http.get(self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.unwrap()
+    }
+
     pub async fn admin_get(&self, path: &str) -> reqwest::Response {
         self.http.get(self.admin_url(path)).send().await.unwrap()
     }
@@ -186,4 +195,24 @@ pub async fn get(proxy: &Running, path: &str) -> reqwest::Response {
         .send()
         .await
         .unwrap()
+}
+
+/// A port that was free a moment ago, for a portvakt process whose config must name its port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The status of the first answer from `url`, polling for up to 5 s while a process starts.
+pub async fn first_answer(http: &reqwest::Client, url: &str) -> Option<reqwest::StatusCode> {
+    for _ in 0..100 {
+        if let Ok(r) = http.get(url).send().await {
+            return Some(r.status());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    None
 }
