@@ -8,7 +8,7 @@ use crate::route::{self, Route, RouteTable};
 use crate::upstream::{self, UpstreamBody};
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, HOST};
-use http::{Request, Response, StatusCode, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt as _, Either, Full};
 use hyper::body::{Body as _, Incoming};
 use std::sync::Arc;
@@ -127,12 +127,12 @@ impl Proxy {
         };
         // A request whose body portvakt holds can be sent again with a fresh token after a 401.
         let replay = match &body {
-            Either::Right(kept) => Some((
-                parts.method.clone(),
-                parts.uri.clone(),
-                parts.headers.clone(),
-                kept.clone(),
-            )),
+            Either::Right(kept) => Some(Replay {
+                method: parts.method.clone(),
+                uri: parts.uri.clone(),
+                headers: parts.headers.clone(),
+                body: kept.clone(),
+            }),
             Either::Left(_) => None,
         };
         parts.headers.insert(AUTHORIZATION, token.bearer().clone());
@@ -142,10 +142,10 @@ impl Proxy {
         }
 
         // The upstream no longer accepts the token (revoked, rotated, clock): drop it for everyone.
-        let result = match (slot.invalidate(&token), &replay) {
-            (false, _) => "suppressed",
-            (true, None) => "not_replayable",
-            (true, Some(_)) => "retried",
+        let (result, replay) = match (slot.invalidate(&token), replay) {
+            (false, _) => ("suppressed", None),
+            (true, None) => ("not_replayable", None),
+            (true, Some(replay)) => ("retried", Some(replay)),
         };
         self.metrics
             .unauthorized_retries
@@ -154,19 +154,34 @@ impl Proxy {
                 result,
             })
             .inc();
-        let Some((method, uri, mut headers, kept)) = replay.filter(|_| result == "retried") else {
+        let Some(replay) = replay else {
             tracing::warn!(route = %route.name, result, "upstream answered 401: not retried");
             return Ok(relay(response));
         };
         drop(response);
         tracing::info!(route = %route.name, "upstream answered 401: retrying once with a fresh token");
         let token = slot.get().await?;
-        headers.insert(AUTHORIZATION, token.bearer().clone());
-        let mut retry = Request::new(Either::Right(kept));
-        *retry.method_mut() = method;
-        *retry.uri_mut() = uri;
-        *retry.headers_mut() = headers;
-        Ok(relay(send(route, retry).await?))
+        Ok(relay(send(route, replay.with(token.bearer())).await?))
+    }
+}
+
+/// A request as it went upstream, minus its token, with the body portvakt kept: enough to send it
+/// again after a 401.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Full<Bytes>,
+}
+
+impl Replay {
+    fn with(self, bearer: &HeaderValue) -> Request<UpstreamBody> {
+        let mut request = Request::new(Either::Right(self.body));
+        *request.method_mut() = self.method;
+        *request.uri_mut() = self.uri;
+        *request.headers_mut() = self.headers;
+        request.headers_mut().insert(AUTHORIZATION, bearer.clone());
+        request
     }
 }
 
