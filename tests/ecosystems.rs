@@ -501,3 +501,37 @@ async fn a_clock_off_by_a_minute_is_named_in_the_hint() {
     assert!((59..=61).contains(&seconds), "{detail}");
     assert!(detail.contains("behind Maskinporten's"), "{detail}");
 }
+
+#[tokio::test]
+async fn an_expired_key_and_a_client_from_another_environment_are_explained() {
+    let h = Harness::start(ONE_ROUTE, 600).await;
+    // A key uploaded more than a year ago: Maskinporten refuses it.
+    h.mock.add_client(registered_client().expired(KID));
+    let body = problem(h.get("/nav/x").await).await;
+    assert_eq!(body["maskinporten_code"], "MP-121");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("keys live at most one year after upload")
+            && detail.contains("portvakt keygen"),
+        "{detail}"
+    );
+
+    // The client exists in the other environment only: this Maskinporten does not know it.
+    let mock = MockMaskinporten::start(vec![], 600).await.unwrap();
+    let routes = ONE_ROUTE.replace("{upstream}", &h.upstream.url());
+    let proxy = spawn_proxy(
+        &config_yaml(&mock.issuer(), &mock.token_endpoint(), &routes),
+        &[],
+    )
+    .await;
+    let body = problem(get(&proxy, "/nav/x").await).await;
+    assert_eq!(body["maskinporten_code"], "MP-100");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("maskinporten.environment is the one the client was created in"),
+        "{body}"
+    );
+    assert!(h.upstream.records().is_empty());
+}

@@ -354,4 +354,25 @@ mod tests {
         assert!(hint(Some("MP-200"), "invalid_scope", &spec, &seen).contains("lacks scope nav:x"));
         assert!(hint(None, "invalid_scope", &spec, &seen).contains("ask the API owner"));
     }
+
+    #[test]
+    fn hints_name_the_key_date_the_clock_and_the_parties() {
+        let spec = GrantSpec::new(&["nav:x".to_string()], None, Some("910753614"), &[]);
+        let seen = Seen {
+            supplier_org: Some("991825827"),
+            clock_skew: Some(-42),
+            key_created: Some(1_761_955_200), // 2025-11-01
+        };
+        assert!(hint(Some("MP-121"), "invalid_grant", &spec, &seen)
+            .contains("(this one dates from 2025-11-01)"));
+        assert!(hint(Some("MP-130"), "invalid_grant", &spec, &seen)
+            .contains("this machine's clock is 42 s ahead of Maskinporten's: fix NTP"));
+        assert!(hint(Some("MP-251"), "forbidden", &spec, &seen).contains(
+            "no delegation in Altinn from consumer 910753614 to supplier 991825827 for scope nav:x"
+        ));
+        let user = serde_json::json!({"type": "urn:altinn:systemuser", "systemuser_org": {"authority": "iso6523-actorid-upis", "ID": "0192:889640782"}});
+        let spec = GrantSpec::new(&["altinn:x".to_string()], None, None, &[user]);
+        assert!(hint(Some("MP-303"), "invalid_request", &spec, &seen)
+            .contains("the system user for 889640782 was not accepted with this externalRef"));
+    }
 }

@@ -36,6 +36,8 @@ pub struct MockClient {
     pub delegations: HashSet<(String, String)>,
     /// Altinn system users of this client's system: org -> the externalRef it was created with.
     pub system_users: HashMap<String, Option<String>>,
+    /// Registered keys more than a year old, which Maskinporten refuses with MP-121.
+    pub expired_kids: HashSet<String>,
 }
 
 impl MockClient {
@@ -47,6 +49,7 @@ impl MockClient {
             scopes: HashSet::new(),
             delegations: HashSet::new(),
             system_users: HashMap::new(),
+            expired_kids: HashSet::new(),
         }
     }
 
@@ -69,6 +72,12 @@ impl MockClient {
 
     pub fn delegation(mut self, consumer_org: &str, scope: &str) -> Self {
         self.delegations.insert((consumer_org.into(), scope.into()));
+        self
+    }
+
+    /// Marks the registered key `kid` as past its one-year life.
+    pub fn expired(mut self, kid: &str) -> Self {
+        self.expired_kids.insert(kid.into());
         self
     }
 

@@ -54,6 +54,13 @@ fn registered_key(client: &super::MockClient, kid: &str) -> Result<DecodingKey, 
             format!("Invalid assertion: no key with kid {kid} registered for the client"),
         )
     })?;
+    if client.expired_kids.contains(kid) {
+        return Err(refuse(
+            "invalid_grant",
+            "MP-121",
+            format!("Invalid assertion: the key with kid {kid} has expired"),
+        ));
+    }
     DecodingKey::from_rsa_components(n, e)
         .map_err(|_| refuse("invalid_grant", "MP-124", "registered key unusable"))
 }
