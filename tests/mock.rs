@@ -134,7 +134,16 @@ async fn refuses_grants_that_break_the_rules() {
         ),
         (
             "lives too long",
-            signed(&key, KID, &with(claims(&mock), "exp", json!(now + 121))),
+            // iat set here too: `claims` reads the clock again, and a second may pass in between.
+            signed(
+                &key,
+                KID,
+                &with(
+                    with(claims(&mock), "iat", json!(now)),
+                    "exp",
+                    json!(now + 121),
+                ),
+            ),
             "invalid_grant",
             "MP-130",
         ),
