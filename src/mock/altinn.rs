@@ -6,10 +6,10 @@ use crate::keys::SigningKey;
 use crate::server;
 use crate::sync::lock;
 use bytes::Bytes;
-use http::{header, Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{json, Map, Value};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
@@ -102,10 +102,7 @@ impl MockAltinn {
     }
     /// The key its Altinn tokens are signed with, for upstreams that verify them.
     pub fn decoding_key(&self) -> DecodingKey {
-        let jwk = self.inner.signing.public_jwk();
-        let part = |name: &str| jwk[name].as_str().unwrap_or_default().to_string();
-        DecodingKey::from_rsa_components(&part("n"), &part("e"))
-            .unwrap_or_else(|_| DecodingKey::from_secret(b"invalid"))
+        super::decoding_key(&self.inner.signing)
     }
 }
 
@@ -131,18 +128,9 @@ async fn handle(inner: Arc<Inner>, request: Request<Incoming>) -> Answer {
         let status = StatusCode::from_u16(failing).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return answer(status, "text/plain", String::new());
     }
-    let token = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let mut validation = Validation::new(Algorithm::RS256);
-    validation.validate_aud = false;
-    validation.leeway = 0;
-    let claims = token.and_then(|t| {
-        jsonwebtoken::decode::<Map<String, Value>>(t, &inner.maskinporten, &validation).ok()
-    });
-    let Some(claims) = claims.map(|c| c.claims) else {
+    let claims = super::bearer(request.headers())
+        .and_then(|token| super::verify(token, &inner.maskinporten).ok());
+    let Some(claims) = claims else {
         return answer(StatusCode::UNAUTHORIZED, "text/plain", String::new());
     };
     lock(&inner.seen).push(claims.clone());

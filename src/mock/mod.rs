@@ -40,3 +40,32 @@ pub fn tls_acceptor(
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
 }
+
+/// The public half of `key`, for checking what it signed.
+pub(crate) fn decoding_key(key: &crate::keys::SigningKey) -> jsonwebtoken::DecodingKey {
+    let jwk = key.public_jwk();
+    let part = |name: &str| jwk[name].as_str().unwrap_or_default().to_string();
+    jsonwebtoken::DecodingKey::from_rsa_components(&part("n"), &part("e"))
+        .unwrap_or_else(|_| jsonwebtoken::DecodingKey::from_secret(b"invalid"))
+}
+
+/// The token in an `Authorization: Bearer` header.
+pub(crate) fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+/// Verifies an RS256 access token as an API would: signature, and `exp` still ahead with no leeway.
+pub(crate) fn verify(
+    token: &str,
+    key: &jsonwebtoken::DecodingKey,
+) -> jsonwebtoken::errors::Result<serde_json::Map<String, serde_json::Value>> {
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.validate_aud = false;
+    validation.leeway = 0;
+    validation.required_spec_claims = ["exp".to_string()].into_iter().collect();
+    jsonwebtoken::decode(token, key, &validation).map(|data| data.claims)
+}

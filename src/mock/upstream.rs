@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use jsonwebtoken::{DecodingKey, Validation};
+use jsonwebtoken::DecodingKey;
 use serde_json::{json, Map, Value};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -209,11 +209,7 @@ fn check_token(
     inner: &Inner,
     headers: &HeaderMap,
 ) -> (bool, Option<String>, Option<Map<String, Value>>) {
-    let Some(token) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
+    let Some(token) = super::bearer(headers) else {
         return (false, Some("no Bearer token".into()), None);
     };
     let claims: Option<Map<String, Value>> =
@@ -221,13 +217,9 @@ fn check_token(
     if inner.verify_with.is_empty() {
         return (false, Some("not verified".into()), claims);
     }
-    let mut validation = Validation::new(jsonwebtoken::Algorithm::RS256);
-    validation.validate_aud = false;
-    validation.leeway = 0;
-    validation.required_spec_claims = ["exp".to_string()].into_iter().collect();
     let mut error = None;
     for key in &inner.verify_with {
-        match jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation) {
+        match super::verify(token, key) {
             Ok(_) => return (true, None, claims),
             Err(e) => error = Some(e.to_string()),
         }

@@ -255,7 +255,7 @@ impl MockMaskinporten {
     }
     /// The key its access tokens are signed with, for upstreams that verify them.
     pub fn decoding_key(&self) -> DecodingKey {
-        decoding_key(&self.inner.signing.public_jwk())
+        super::decoding_key(&self.inner.signing)
     }
     pub fn jwks(&self) -> Value {
         json!({ "keys": [self.inner.signing.public_jwk()] })
@@ -269,12 +269,6 @@ impl Drop for MockMaskinporten {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn decoding_key(jwk: &Value) -> DecodingKey {
-    let part = |name: &str| jwk[name].as_str().unwrap_or_default().to_string();
-    DecodingKey::from_rsa_components(&part("n"), &part("e"))
-        .unwrap_or_else(|_| DecodingKey::from_secret(b"invalid"))
 }
 
 type Answer = Response<Full<Bytes>>;
