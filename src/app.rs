@@ -93,25 +93,16 @@ pub fn grant_spec(
     )
 }
 
-/// Whether the caller must name a party: the route lists parties to pick from but has no default.
-fn needs_party(route: &RouteConfig) -> bool {
-    (!route.consumer_orgs.is_empty() && route.consumer_org.is_none())
-        || (!route.systemusers.is_empty() && route.systemuser.is_none())
-}
-
 /// The grant for the party `org` (or the route's default party), as `portvakt token` asks for it.
 pub fn party_grant_spec(route: &RouteConfig, org: Option<&str>) -> Result<GrantSpec, String> {
     let (consumer, user) = (route.consumer_org.as_deref(), route.systemuser.as_ref());
-    let consumers = consumer
-        .into_iter()
-        .chain(route.consumer_orgs.iter().map(String::as_str));
-    let users = user.into_iter().chain(route.systemusers.iter());
+    let (consumers, users) = (route.allowed_consumers(), route.allowed_systemusers());
     let allowed: Vec<&str> = consumers
         .clone()
         .chain(users.clone().map(|u| u.org.as_str()))
         .collect();
     match org {
-        None if needs_party(route) => Err(format!(
+        None if route.needs_party() => Err(format!(
             "route {} acts for one of {} per call: name one with --party",
             route.name,
             allowed.join(", ")
@@ -142,16 +133,13 @@ pub fn party_grant_spec(route: &RouteConfig, org: Option<&str>) -> Result<GrantS
 /// A route's token slots, one per party it may act for.
 fn parties(route: &RouteConfig, slot: &dyn Fn(GrantSpec) -> Arc<TokenSlot>) -> Parties {
     let (consumer, user) = (route.consumer_org.as_deref(), route.systemuser.as_ref());
-    let default = (!needs_party(route)).then(|| slot(grant_spec(route, consumer, user)));
+    let default = (!route.needs_party()).then(|| slot(grant_spec(route, consumer, user)));
     let mut consumers = Selector::new(PartyKind::ConsumerOrg, route.consumer_org_header.clone());
-    for org in consumer
-        .into_iter()
-        .chain(route.consumer_orgs.iter().map(String::as_str))
-    {
+    for org in route.allowed_consumers() {
         consumers.allow(org, slot(grant_spec(route, Some(org), user)));
     }
     let mut users = Selector::new(PartyKind::SystemUser, route.systemuser_org_header.clone());
-    for u in user.into_iter().chain(route.systemusers.iter()) {
+    for u in route.allowed_systemusers() {
         users.allow(&u.org, slot(grant_spec(route, consumer, Some(u))));
     }
     Parties::new(default, vec![consumers, users])

@@ -112,12 +112,12 @@ fn register(mock: &MockMaskinporten, config: &Config) {
         }
         for r in config.routes.iter().filter(|r| r.client == c.name) {
             client = client.scopes(r.scopes.iter().cloned());
-            for org in r.consumer_org.iter().chain(&r.consumer_orgs) {
+            for org in r.allowed_consumers() {
                 for scope in &r.scopes {
                     client = client.delegation(org, scope);
                 }
             }
-            for user in r.systemuser.iter().chain(&r.systemusers) {
+            for user in r.allowed_systemusers() {
                 client = client.system_user(&user.org, user.external_ref.as_deref());
             }
         }

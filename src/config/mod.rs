@@ -101,6 +101,27 @@ pub struct RouteConfig {
     pub retry_body_max_bytes: u64,
 }
 
+impl RouteConfig {
+    /// Every consumer organisation the route may act for: its default, then its per-call list.
+    pub fn allowed_consumers(&self) -> impl Iterator<Item = &str> + Clone {
+        self.consumer_org
+            .as_deref()
+            .into_iter()
+            .chain(self.consumer_orgs.iter().map(String::as_str))
+    }
+
+    /// Every system user the route may act as: its default, then its per-call list.
+    pub fn allowed_systemusers(&self) -> impl Iterator<Item = &SystemUser> + Clone {
+        self.systemuser.iter().chain(self.systemusers.iter())
+    }
+
+    /// Whether a caller must name a party: the route lists parties to pick from but has no default.
+    pub fn needs_party(&self) -> bool {
+        (!self.consumer_orgs.is_empty() && self.consumer_org.is_none())
+            || (!self.systemusers.is_empty() && self.systemuser.is_none())
+    }
+}
+
 /// An Altinn system user (systembruker) of an organisation, as the grant names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SystemUser {
