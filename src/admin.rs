@@ -29,7 +29,7 @@ impl Admin {
             "/readyz" => text(
                 StatusCode::OK,
                 "application/json",
-                readiness(&self.proxy.routes).to_string(),
+                readiness(&self.proxy.snapshot().routes).to_string(),
             ),
             "/metrics" => text(
                 StatusCode::OK,

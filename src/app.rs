@@ -1,14 +1,19 @@
 //! Composition root: builds the proxy from a validated [`Config`] and starts its listeners.
 
 use crate::admin::Admin;
-use crate::config::{Config, RouteConfig, SystemUser};
+use crate::config::{Config, Egress, Inbound, Maskinporten, RouteConfig, SystemUser};
 use crate::error::Body;
 use crate::keys::rotation::{self, Watched};
 use crate::keys::ClientKey;
+use crate::keys::KeySource;
 use crate::metrics::Metrics;
 use crate::party::{Parties, PartyKind, Selector};
 use crate::proxy::Proxy;
+use crate::proxy::{Peer, Snapshot};
+use crate::reload::Reloader;
 use crate::route::{Route, RouteTable, Target};
+use crate::server::Limits;
+use crate::token::TokenSource;
 use crate::token::{
     client, AltinnExchange, ClientIdentity, GrantSpec, TokenCache, TokenEndpoint, TokenKey,
     TokenSlot,
@@ -28,13 +33,11 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tower::{Service, ServiceBuilder, ServiceExt as _};
 use tower_http::sensitive_headers::{
     SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer,
 };
-
-/// How long shutdown waits for in-flight requests.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// The TLS configuration for outbound connections: rustls with the Mozilla roots, plus the CA
 /// certificates in `extra_roots` (a route's `ca_file`).
@@ -65,8 +68,13 @@ pub fn token_endpoint(
             .with_context(|| format!("maskinporten.ca_file: {}", ca.path.display()))?,
         None => tls.clone(),
     };
-    let http = client::http_client(token_tls, config.maskinporten.timeout)
-        .context("building the token endpoint client")?;
+    let http = client::http_client(
+        token_tls,
+        config.maskinporten.timeout,
+        config.maskinporten.connect_timeout,
+        &config.maskinporten.proxy,
+    )
+    .context("building the token endpoint client")?;
     Ok(TokenEndpoint::new(
         http,
         config.maskinporten.token_endpoint.clone(),
@@ -145,47 +153,105 @@ fn parties(route: &RouteConfig, slot: &dyn Fn(GrantSpec) -> Arc<TokenSlot>) -> P
     Parties::new(default, vec![consumers, users])
 }
 
-/// What `build` makes from a config: the request pipeline, and the clients whose key files are
-/// watched for rotation.
-pub struct App {
-    pub proxy: Arc<Proxy>,
-    pub keys: Vec<Watched>,
-    pub watch_interval: Duration,
+/// What a build keeps for the next reload, so that what did not change keeps its state: clients
+/// their keys (and so their cached tokens), the token cache its slots, the endpoint its breaker.
+pub struct Kept {
+    maskinporten: Maskinporten,
+    endpoint: Arc<TokenEndpoint>,
+    cache: TokenCache,
+    clients: HashMap<String, KeptClient>,
 }
 
-/// Builds the request pipeline: route table, token cache slots and upstream client.
-pub fn build(config: &Config) -> anyhow::Result<App> {
+struct KeptClient {
+    client_id: String,
+    source: KeySource,
+    identity: Arc<ClientIdentity>,
+}
+
+/// What `build` makes from a config: the request pipeline's snapshot, the clients whose key files
+/// are watched for rotation, and what the next reload keeps.
+pub struct Built {
+    pub snapshot: Snapshot,
+    pub keys: Vec<Watched>,
+    pub kept: Kept,
+}
+
+/// Builds the request pipeline from a new config. With `previous`, clients whose client_id and
+/// key source did not change keep their identity, and routes asking for the same token as before
+/// keep its slot, cached token included.
+pub fn assemble(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    previous: Option<&Kept>,
+) -> anyhow::Result<Built> {
     let tls = tls_config(&[])?;
-    let default_upstream = crate::upstream::client(tls.clone());
-    // One pooled client per distinct ca_file; routes without one share the default.
-    let mut upstream_clients: HashMap<PathBuf, UpstreamClient> = HashMap::new();
-    let metrics = Arc::new(Metrics::new());
-    let endpoint = Arc::new(token_endpoint(config, &tls)?);
-    let cache = TokenCache::new(endpoint, Arc::clone(&metrics), config.maskinporten.timeout);
+    // Tokens from another Maskinporten (environment, endpoint, proxy) are never carried over.
+    let previous = previous.filter(|p| p.maskinporten == config.maskinporten);
+    let endpoint = match previous {
+        Some(p) => Arc::clone(&p.endpoint),
+        None => Arc::new(token_endpoint(config, &tls)?.with_metrics(
+            metrics.clock_skew.clone(),
+            metrics.token_endpoint_open.clone(),
+        )),
+    };
+    let mut cache = TokenCache::new(
+        Arc::clone(&endpoint) as Arc<dyn TokenSource>,
+        Arc::clone(metrics),
+        config.maskinporten.timeout,
+    );
+    if let Some(p) = previous {
+        cache.inherit(&p.cache);
+    }
     let mut keys = Vec::with_capacity(config.clients.len());
-    let mut clients: HashMap<&str, Arc<ClientIdentity>> = HashMap::new();
+    let mut clients: HashMap<String, KeptClient> = HashMap::new();
     for c in &config.clients {
-        let identity = Arc::new(ClientIdentity {
-            name: Arc::new(c.name.clone()),
-            client_id: c.client_id.clone(),
-            key: Arc::new(ClientKey::new(Arc::clone(&c.key))),
-        });
-        rotation::publish(&identity.name, &c.key, &metrics);
+        let same = previous
+            .and_then(|p| p.clients.get(&c.name))
+            .filter(|k| k.client_id == c.client_id && k.source == c.source);
+        let identity = match same {
+            Some(kept) => {
+                // The files may have changed since the key watcher last looked.
+                if !kept.identity.key.current().1.same_identity(&c.key) {
+                    kept.identity.key.replace(Arc::clone(&c.key));
+                }
+                Arc::clone(&kept.identity)
+            }
+            None => Arc::new(ClientIdentity {
+                name: Arc::new(c.name.clone()),
+                client_id: c.client_id.clone(),
+                key: Arc::new(ClientKey::new(Arc::clone(&c.key))),
+            }),
+        };
+        rotation::publish(&identity.name, &identity.key.current().1, metrics);
         keys.push(Watched {
             name: Arc::clone(&identity.name),
             source: c.source.clone(),
             key: Arc::clone(&identity.key),
         });
-        clients.insert(c.name.as_str(), identity);
+        clients.insert(
+            c.name.clone(),
+            KeptClient {
+                client_id: c.client_id.clone(),
+                source: c.source.clone(),
+                identity,
+            },
+        );
     }
-    let altinn_http = client::http_client(tls.clone(), config.maskinporten.timeout)
-        .context("building the Altinn exchange client")?;
+    let altinn_http = client::http_client(
+        tls.clone(),
+        config.maskinporten.timeout,
+        config.maskinporten.connect_timeout,
+        &config.maskinporten.proxy,
+    )
+    .context("building the Altinn exchange client")?;
     let mut exchanges: HashMap<&str, Arc<AltinnExchange>> = HashMap::new();
+    let mut upstreams = UpstreamClients::new(tls);
     let mut routes = Vec::with_capacity(config.routes.len());
     for r in &config.routes {
-        let client = clients
-            .get(r.client.as_str())
-            .with_context(|| format!("route {} names unknown client {}", r.name, r.client))?;
+        let client = &clients
+            .get(&r.client)
+            .with_context(|| format!("route {} names unknown client {}", r.name, r.client))?
+            .identity;
         let exchange = r.altinn_exchange.as_ref().map(|a| {
             Arc::clone(exchanges.entry(a.url.as_str()).or_insert_with(|| {
                 Arc::new(AltinnExchange::new(altinn_http.clone(), a.url.clone()))
@@ -200,20 +266,6 @@ pub fn build(config: &Config) -> anyhow::Result<App> {
                 Some(exchange) => cache.altinn_slot(key, client, exchange),
                 None => cache.slot(key, client),
             }
-        };
-        let http = match &r.ca_file {
-            None => default_upstream.clone(),
-            Some(ca) => match upstream_clients.get(&ca.path) {
-                Some(client) => client.clone(),
-                None => {
-                    let client = crate::upstream::client(
-                        tls_config(&ca.certs)
-                            .with_context(|| format!("route {}: {}", r.name, ca.path.display()))?,
-                    );
-                    upstream_clients.insert(ca.path.clone(), client.clone());
-                    client
-                }
-            },
         };
         let upstream = Target::from_uri(&r.upstream)
             .with_context(|| format!("route {}: upstream has no scheme or host", r.name))?;
@@ -230,13 +282,101 @@ pub fn build(config: &Config) -> anyhow::Result<App> {
                 .collect(),
             timeout: r.timeout,
             retry_body_max: r.retry_on_401.then_some(r.retry_body_max_bytes),
-            http,
+            http: upstreams
+                .get(r)
+                .with_context(|| format!("route {}", r.name))?,
+            allow: r.allow.clone(),
+            api_keys: r.api_keys.clone(),
+            api_key_header: r.api_key_header.clone(),
+            max_body_bytes: r.max_body_bytes,
+            idle_timeout: r.idle_timeout,
         }));
     }
-    Ok(App {
-        proxy: Arc::new(Proxy::new(RouteTable::new(routes), metrics)),
+    let kept_tokens = cache.settle();
+    if previous.is_some() {
+        tracing::info!(
+            kept_tokens,
+            "token slots carried over from the previous configuration"
+        );
+    }
+    Ok(Built {
+        snapshot: Snapshot {
+            routes: RouteTable::new(routes),
+            allow: config.inbound.allow.clone(),
+        },
         keys,
+        kept: Kept {
+            maskinporten: config.maskinporten.clone(),
+            endpoint,
+            cache,
+            clients,
+        },
+    })
+}
+
+/// One pooled upstream client per distinct TLS trust, connect timeout and proxy; routes that
+/// agree on all three share one, and its connections.
+struct UpstreamClients {
+    tls: rustls::ClientConfig,
+    made: Vec<(UpstreamKind, UpstreamClient)>,
+}
+
+/// What sets two routes' upstream clients apart: extra CA file, connect timeout, proxy.
+type UpstreamKind = (Option<PathBuf>, Duration, Egress);
+
+impl UpstreamClients {
+    fn new(tls: rustls::ClientConfig) -> Self {
+        UpstreamClients {
+            tls,
+            made: Vec::new(),
+        }
+    }
+
+    fn get(&mut self, r: &RouteConfig) -> anyhow::Result<UpstreamClient> {
+        let key = (
+            r.ca_file.as_ref().map(|c| c.path.clone()),
+            r.connect_timeout,
+            r.proxy.clone(),
+        );
+        if let Some((_, client)) = self.made.iter().find(|(k, _)| *k == key) {
+            return Ok(client.clone());
+        }
+        let tls = match &r.ca_file {
+            None => self.tls.clone(),
+            Some(ca) => tls_config(&ca.certs).with_context(|| ca.path.display().to_string())?,
+        };
+        let client = crate::upstream::client(tls, r.connect_timeout, &r.proxy);
+        self.made.push((key, client.clone()));
+        Ok(client)
+    }
+}
+
+/// What `build` makes from a config: the request pipeline, and the clients whose key files are
+/// watched for rotation.
+pub struct App {
+    pub proxy: Arc<Proxy>,
+    pub keys: Vec<Watched>,
+    pub kept: Kept,
+    pub watch_interval: Duration,
+    pub inbound: Inbound,
+    pub shutdown_grace: Duration,
+}
+
+/// Builds the request pipeline: route table, token cache slots and upstream clients.
+pub fn build(config: &Config) -> anyhow::Result<App> {
+    let metrics = Arc::new(Metrics::new());
+    let built = assemble(config, &metrics, None)?;
+    Ok(App {
+        proxy: Arc::new(Proxy::new(
+            built.snapshot,
+            metrics,
+            config.inbound.max_concurrent_requests,
+        )),
+        keys: built.keys,
+        kept: built.kept,
         watch_interval: config.watch_interval,
+        inbound: config.inbound.clone(),
+        shutdown_grace: config.shutdown_grace,
     })
 }
 
@@ -244,26 +384,40 @@ pub fn build(config: &Config) -> anyhow::Result<App> {
 pub struct Running {
     pub listen: SocketAddr,
     pub admin: Option<SocketAddr>,
+    pub proxy: Arc<Proxy>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    key_watcher: JoinHandle<()>,
+    reloader: Arc<Reloader>,
+    grace: Duration,
 }
 
 impl Running {
     /// Stops accepting and drains in-flight requests (up to the grace period), then returns.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        self.key_watcher.abort();
+        self.reloader.stop();
         for task in self.tasks {
             let _ = task.await;
         }
+    }
+
+    /// Reloads from `path` on SIGHUP and whenever the file changes; a new config that does not
+    /// load is logged and the running one keeps serving.
+    pub fn reload_from(&self, path: PathBuf) {
+        let task = tokio::spawn(crate::reload::watch(Arc::clone(&self.reloader), path));
+        self.reloader.add_task(task);
+    }
+
+    /// Loads `path` now, as SIGHUP does; the error when it does not load (and nothing changed).
+    pub async fn reload(&self, path: &std::path::Path) -> Result<(), String> {
+        self.reloader.reload(path).await
     }
 
     /// Runs until SIGTERM or Ctrl-C, then shuts down gracefully.
     pub async fn until_signal(self) {
         wait_for_signal().await;
         tracing::info!(
-            grace_seconds = SHUTDOWN_GRACE.as_secs(),
+            grace_seconds = self.grace.as_secs(),
             "shutting down: draining in-flight requests"
         );
         self.shutdown().await;
@@ -307,7 +461,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         ),
         None => None,
     };
-    start_on(app, listener, admin_listener)
+    let running = start_on(app, listener, admin_listener)?;
+    running.reloader.remember(config);
+    Ok(running)
 }
 
 /// Serves on listeners the caller already bound (the demo picks free ports this way).
@@ -320,16 +476,26 @@ pub fn start_on(
     let (shutdown, stop) = watch::channel(false);
     let listen = listener.local_addr()?;
     let mut tasks = Vec::new();
-    let key_watcher = tokio::spawn(rotation::watch(
+    let reloader = Arc::new(Reloader::new(
+        Arc::clone(&proxy),
+        app.kept,
         app.keys,
-        Arc::clone(&proxy.metrics),
         app.watch_interval,
     ));
     let service = stack(Arc::clone(&proxy));
+    let limits = Limits {
+        max_header_bytes: app.inbound.max_header_bytes,
+        tls: app
+            .inbound
+            .tls
+            .as_ref()
+            .map(|t| TlsAcceptor::from(Arc::clone(&t.server))),
+    };
     tasks.push(tokio::spawn(crate::server::serve(
         listener,
-        None,
-        move |req, _peer| {
+        limits,
+        move |mut req: Request<Incoming>, peer| {
+            req.extensions_mut().insert(Peer(peer));
             let service = service.clone();
             async move {
                 match service.oneshot(req).await {
@@ -339,7 +505,7 @@ pub fn start_on(
             }
         },
         stop.clone(),
-        SHUTDOWN_GRACE,
+        app.shutdown_grace,
     )));
     let admin = match admin_listener {
         Some(l) => {
@@ -349,22 +515,24 @@ pub fn start_on(
             });
             tasks.push(tokio::spawn(crate::server::serve(
                 l,
-                None,
+                Limits::default(),
                 move |req, _peer| Arc::clone(&admin).handle(req),
                 stop,
-                SHUTDOWN_GRACE,
+                app.shutdown_grace,
             )));
             Some(addr)
         }
         None => None,
     };
-    tracing::info!(%listen, admin = ?admin, routes = proxy.routes.iter().count(), "portvakt listening");
+    tracing::info!(%listen, admin = ?admin, tls = app.inbound.tls.is_some(), routes = proxy.snapshot().routes.iter().count(), "portvakt listening");
     Ok(Running {
         listen,
         admin,
+        proxy,
         shutdown,
         tasks,
-        key_watcher,
+        reloader,
+        grace: app.shutdown_grace,
     })
 }
 

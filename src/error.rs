@@ -1,5 +1,6 @@
 //! Every answer portvakt makes itself: one error type, its status and its problem+json body, in one place.
 
+use crate::body::Guarded;
 use crate::party::PartyError;
 use crate::token::cache::TokenError;
 use crate::token::FetchError;
@@ -7,17 +8,36 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 use std::time::Duration;
 
 /// The response body: streamed from the upstream, or one of portvakt's own small answers.
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub type Body = Either<Guarded, Full<Bytes>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("no route matches the request path")]
     NoRoute { path: String, prefixes: Vec<String> },
+    #[error("the caller's address {peer} is not allowed{}", route_note(*.on_route))]
+    CallerNotAllowed {
+        peer: std::net::IpAddr,
+        on_route: bool,
+    },
+    #[error("{}", if *.missing { "the request carries no API key" } else { "the API key is not valid for this route" })]
+    ApiKey {
+        missing: bool,
+        header: http::HeaderName,
+    },
+    #[error("CONNECT is not served: portvakt is not a forward proxy")]
+    Connect,
+    #[error("absolute-form request targets are not served: portvakt is not a forward proxy")]
+    AbsoluteForm,
+    #[error("the request body is larger than this route's limit of {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("the caller sent no body data for {} s", .0.as_secs())]
+    RequestBodyTimeout(Duration),
+    #[error("portvakt is serving its maximum of {0} requests at once")]
+    Overloaded(usize),
     #[error("the path would leave the route's prefix once decoded")]
     PathEscapes,
     #[error("{0}")]
@@ -40,12 +60,21 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::CallerNotAllowed { .. } => StatusCode::FORBIDDEN,
+            ProxyError::ApiKey { .. } => StatusCode::UNAUTHORIZED,
+            ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::AbsoluteForm => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::RequestBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::PathEscapes | ProxyError::RequestBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::Party(PartyError::NotAllowed { .. }) => StatusCode::FORBIDDEN,
             ProxyError::Party(_) => StatusCode::BAD_REQUEST,
             ProxyError::Token(TokenError::WaitTimeout(_)) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Token(TokenError::Failed { error, .. }) => match error {
-                FetchError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                FetchError::Unavailable(_) | FetchError::Throttled { .. } => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 FetchError::Rejected { .. }
                 | FetchError::InvalidAnswer(_)
                 | FetchError::Exchange { .. } => StatusCode::BAD_GATEWAY,
@@ -62,6 +91,14 @@ impl ProxyError {
     fn kind(&self) -> (&'static str, &'static str) {
         match self {
             ProxyError::NoRoute { .. } => ("no-route", "No route for this path"),
+            ProxyError::CallerNotAllowed { .. } => ("caller-not-allowed", "Caller not allowed"),
+            ProxyError::ApiKey { missing: true, .. } => ("api-key-missing", "API key missing"),
+            ProxyError::ApiKey { missing: false, .. } => ("api-key-invalid", "API key not valid"),
+            ProxyError::Connect => ("connect-refused", "CONNECT not served"),
+            ProxyError::AbsoluteForm => ("absolute-form-refused", "Not a forward proxy"),
+            ProxyError::BodyTooLarge { .. } => ("body-too-large", "Request body too large"),
+            ProxyError::RequestBodyTimeout(_) => ("request-body-timeout", "Request body stalled"),
+            ProxyError::Overloaded(_) => ("overloaded", "Too many requests at once"),
             ProxyError::PathEscapes => ("path-escapes-route", "Path not allowed"),
             ProxyError::Party(PartyError::NotAllowed { .. }) => (
                 "party-not-allowed",
@@ -78,7 +115,7 @@ impl ProxyError {
                 ("token-unavailable", "Maskinporten token unavailable")
             }
             ProxyError::Token(TokenError::Failed { error, .. }) => match error {
-                FetchError::Unavailable(_) => {
+                FetchError::Unavailable(_) | FetchError::Throttled { .. } => {
                     ("token-unavailable", "Maskinporten token unavailable")
                 }
                 FetchError::Rejected { .. } => {
@@ -106,10 +143,12 @@ impl ProxyError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             ProxyError::Token(TokenError::Failed {
-                error: FetchError::Unavailable(_),
+                error: FetchError::Unavailable(_) | FetchError::Throttled { .. },
                 retry_after,
             }) => Some(*retry_after),
-            ProxyError::Token(TokenError::WaitTimeout(_)) => Some(Duration::from_secs(1)),
+            ProxyError::Token(TokenError::WaitTimeout(_)) | ProxyError::Overloaded(_) => {
+                Some(Duration::from_secs(1))
+            }
             _ => None,
         }
     }
@@ -134,8 +173,13 @@ impl ProxyError {
                 format!("Altinn's token exchange failed: {reason}. Hint: {hint}")
             }
             ProxyError::PathEscapes => {
-                "the path contains `.`/`..` segments, encoded slashes, backslashes or NUL, which could leave the route's prefix; the request was not forwarded".into()
+                "the path contains `.`/`..` segments, empty segments (`//`), encoded slashes, backslashes, NUL or double-encoded escapes, which could leave the route's prefix; the request was not forwarded".into()
             }
+            ProxyError::ApiKey { header, missing } => format!(
+                "{}: send this route's key in the {header} header",
+                if *missing { "the request carries no API key" } else { "the API key is not valid for this route" }
+            ),
+            ProxyError::AbsoluteForm => "portvakt routes by path only: send the request to portvakt with a path (GET /nav/...), not a full URL as to a forward proxy".into(),
             other => other.to_string(),
         }
     }
@@ -183,6 +227,14 @@ impl ProxyError {
                 .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         response
+    }
+}
+
+fn route_note(on_route: bool) -> &'static str {
+    if on_route {
+        " on this route"
+    } else {
+        ""
     }
 }
 

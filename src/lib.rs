@@ -1,13 +1,16 @@
 //! portvakt: an authenticating egress proxy for Maskinporten.
 //!
-//! A request's path: [`server`] accepts it, [`proxy`] matches a [`route`], picks the [`party`] the
+//! A request's path: [`server`] accepts it, [`proxy`] checks the caller (address, API key) and the
+//! request's form, matches a [`route`], picks the [`party`] the
 //! token is for, gets the token from the [`token`] cache (signed with a key from [`keys`], and
 //! exchanged at Altinn where the route asks), injects it and streams the call through
-//! [`upstream`], retrying once with a fresh token on a 401; every answer portvakt makes itself
-//! comes from [`error`].
+//! [`upstream`] (directly or through an outbound proxy) with [`body`] limits both ways, retrying
+//! once with a fresh token on a 401; every answer portvakt makes itself comes from [`error`].
+//! [`reload`] swaps in a changed configuration while it runs.
 
 pub mod admin;
 pub mod app;
+pub mod body;
 pub mod check;
 pub mod config;
 pub mod demo;
@@ -18,6 +21,7 @@ pub mod metrics;
 pub mod mock;
 pub mod party;
 pub mod proxy;
+pub mod reload;
 pub mod route;
 pub mod secret;
 pub mod server;

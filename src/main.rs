@@ -126,6 +126,7 @@ fn main() -> ExitCode {
                 };
                 match portvakt::app::start(&loaded).await {
                     Ok(running) => {
+                        running.reload_from(config.clone());
                         running.until_signal().await;
                         ExitCode::SUCCESS
                     }

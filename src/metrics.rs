@@ -42,6 +42,12 @@ pub struct RetryLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// ok or error.
+    pub result: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
@@ -55,6 +61,11 @@ pub struct Metrics {
     pub key_reloads: Family<ReloadLabels, Counter>,
     pub altinn_exchanges: Family<FetchLabels, Counter>,
     pub unauthorized_retries: Family<RetryLabels, Counter>,
+    pub config_reloads: Family<ResultLabels, Counter>,
+    /// Seconds Maskinporten's clock is ahead of this machine's (negative: behind).
+    pub clock_skew: Gauge,
+    /// 1 while the circuit breaker keeps token requests from the token endpoint.
+    pub token_endpoint_open: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -125,8 +136,30 @@ impl Metrics {
             "Upstream 401 answers to requests that carried a token, by route and what portvakt did",
             unauthorized_retries.clone(),
         );
+        let config_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP or a changed file), by result",
+            config_reloads.clone(),
+        );
+        let clock_skew = Gauge::default();
+        registry.register_with_unit(
+            "clock_skew",
+            "How far Maskinporten's clock (its Date header) is ahead of this machine's; Maskinporten refuses grants more than 10 s off",
+            prometheus_client::registry::Unit::Seconds,
+            clock_skew.clone(),
+        );
+        let token_endpoint_open = Gauge::default();
+        registry.register(
+            "token_endpoint_circuit_open",
+            "1 while token requests are held back after repeated failures of the token endpoint",
+            token_endpoint_open.clone(),
+        );
         Metrics {
             registry,
+            config_reloads,
+            clock_skew,
+            token_endpoint_open,
             altinn_exchanges,
             unauthorized_retries,
             certificate_not_after,

@@ -2,47 +2,80 @@
 //! route match -> path check -> party -> token (cache) -> header injection -> upstream call
 //! -> on 401, one retry with a fresh token -> streamed response.
 
+use crate::body::{self, BodyError, Guarded};
+use crate::config::AllowList;
 use crate::error::{Body, ProxyError};
 use crate::metrics::{Metrics, RequestLabels, RetryLabels};
 use crate::route::{self, Route, RouteTable};
 use crate::upstream::{self, UpstreamBody};
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, HOST};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt as _, Either, Full};
 use hyper::body::{Body as _, Incoming};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Everything the request path needs, shared by all connections.
-pub struct Proxy {
+/// What a (re)loaded configuration decides about requests: the routes and who may call.
+pub struct Snapshot {
     pub routes: RouteTable,
+    /// `inbound.allow`; `None` lets every address in.
+    pub allow: Option<AllowList>,
+}
+
+/// Everything the request path needs, shared by all connections. A reload swaps the snapshot;
+/// requests under way finish on the one they started with.
+pub struct Proxy {
+    current: ArcSwap<Snapshot>,
     pub metrics: Arc<Metrics>,
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
     no_route: Arc<String>,
 }
 
+/// The caller's address, put into each request's extensions by the listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
 impl Proxy {
-    pub fn new(routes: RouteTable, metrics: Arc<Metrics>) -> Self {
+    pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>, max_in_flight: usize) -> Self {
         Proxy {
-            routes,
+            current: ArcSwap::from_pointee(snapshot),
             metrics,
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
             no_route: Arc::new(String::new()),
         }
+    }
+
+    /// The routes and rules in force now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Puts a reloaded configuration in force for the requests that arrive from now on.
+    pub fn replace(&self, snapshot: Snapshot) {
+        self.current.store(Arc::new(snapshot));
     }
 
     /// Serves one inbound request. Never fails: errors become problem+json answers here, in one place.
     pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         let method = request.method().clone();
-        let matched = self
-            .routes
-            .find(request.uri().path())
-            .map(|(route, rest)| (Arc::clone(route), rest.len()));
-        let (route_name, result) = match matched {
-            None => {
+        let peer = request
+            .extensions()
+            .get::<Peer>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.0.ip());
+        let snapshot = self.current.load_full();
+        let (route_name, result) = match self.admit(&snapshot, &request, peer) {
+            Err(error) => (None, Err(error)),
+            Ok(None) => {
                 let error = ProxyError::NoRoute {
                     path: request.uri().path().to_string(),
-                    prefixes: self
+                    prefixes: snapshot
                         .routes
                         .prefixes()
                         .into_iter()
@@ -51,9 +84,16 @@ impl Proxy {
                 };
                 (None, Err(error))
             }
-            Some((route, rest_len)) => {
+            Ok(Some((route, rest_len))) => {
                 let name = Arc::clone(&route.name);
-                (Some(name), self.forward(&route, rest_len, request).await)
+                let result = match self.check_route(&route, &request, peer) {
+                    Err(e) => Err(e),
+                    Ok(()) => match Arc::clone(&self.in_flight).try_acquire_owned() {
+                        Err(_) => Err(ProxyError::Overloaded(self.max_in_flight)),
+                        Ok(permit) => self.forward(&route, rest_len, request, permit).await,
+                    },
+                };
+                (Some(name), result)
             }
         };
         let response = match result {
@@ -86,17 +126,85 @@ impl Proxy {
         response
     }
 
+    /// The checks that need no route: a proxy's own request forms, and `inbound.allow`. Then the
+    /// route for the path, with the length of the path's remainder after its prefix.
+    fn admit(
+        &self,
+        snapshot: &Snapshot,
+        request: &Request<Incoming>,
+        peer: IpAddr,
+    ) -> Result<Option<(Arc<Route>, usize)>, ProxyError> {
+        if request.method() == Method::CONNECT {
+            return Err(ProxyError::Connect);
+        }
+        // HTTP/2 always carries scheme and authority; in HTTP/1 a full URL means the caller takes
+        // portvakt for a forward proxy, and the URL's host must never choose where a call goes.
+        if request.version() <= Version::HTTP_11 && request.uri().authority().is_some() {
+            return Err(ProxyError::AbsoluteForm);
+        }
+        if snapshot.allow.as_ref().is_some_and(|a| !a.contains(peer)) {
+            audit(peer, "-", "address not in inbound.allow");
+            return Err(ProxyError::CallerNotAllowed {
+                peer,
+                on_route: false,
+            });
+        }
+        Ok(snapshot
+            .routes
+            .find(request.uri().path())
+            .map(|(route, rest)| (Arc::clone(route), rest.len())))
+    }
+
+    /// The route's own callers: its `allow` and `api_keys`.
+    fn check_route(
+        &self,
+        route: &Route,
+        request: &Request<Incoming>,
+        peer: IpAddr,
+    ) -> Result<(), ProxyError> {
+        if route.allow.as_ref().is_some_and(|a| !a.contains(peer)) {
+            audit(peer, &route.name, "address not in the route's allow");
+            return Err(ProxyError::CallerNotAllowed {
+                peer,
+                on_route: true,
+            });
+        }
+        route
+            .check_api_key(request.headers().get(&route.api_key_header))
+            .map_err(|missing| {
+                audit(
+                    peer,
+                    &route.name,
+                    if missing {
+                        "API key missing"
+                    } else {
+                        "API key wrong"
+                    },
+                );
+                ProxyError::ApiKey {
+                    missing,
+                    header: route.api_key_header.clone(),
+                }
+            })
+    }
+
     async fn forward(
         &self,
         route: &Route,
         rest_len: usize,
         request: Request<Incoming>,
+        permit: OwnedSemaphorePermit,
     ) -> Result<Response<Body>, ProxyError> {
         let path = request.uri().path();
         let remainder = &path[path.len() - rest_len..];
         // Checked before the token so a hostile path costs no Maskinporten call.
         if route::escapes_prefix(remainder) {
             return Err(ProxyError::PathEscapes);
+        }
+        if let Some(limit) = route.max_body_bytes {
+            if request.body().size_hint().lower() > limit {
+                return Err(ProxyError::BodyTooLarge { limit });
+            }
         }
         let uri = route
             .upstream
@@ -113,14 +221,18 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         upstream::strip_hop_by_hop(&mut parts.headers);
         // The client sets Host from the upstream URI; the caller's own credentials and portvakt's
-        // party headers never travel on.
+        // party and key headers never travel on.
         parts.headers.remove(HOST);
         for header in route.parties.headers() {
             parts.headers.remove(header);
         }
+        if !route.api_keys.is_empty() {
+            parts.headers.remove(&route.api_key_header);
+        }
         for (name, value) in &route.headers {
             parts.headers.insert(name.clone(), value.clone());
         }
+        let body = Guarded::new(body, route.idle_timeout).with_limit(route.max_body_bytes);
         let body = match route.retry_body_max {
             Some(max) => keep_if_small(body, max).await?,
             None => Either::Left(body),
@@ -138,7 +250,7 @@ impl Proxy {
         parts.headers.insert(AUTHORIZATION, token.bearer().clone());
         let response = send(route, Request::from_parts(parts, body)).await?;
         if response.status() != StatusCode::UNAUTHORIZED || route.retry_body_max.is_none() {
-            return Ok(relay(response));
+            return Ok(relay(route, response, permit));
         }
 
         // The upstream no longer accepts the token (revoked, rotated, clock): drop it for everyone.
@@ -156,13 +268,22 @@ impl Proxy {
             .inc();
         let Some(replay) = replay else {
             tracing::warn!(route = %route.name, result, "upstream answered 401: not retried");
-            return Ok(relay(response));
+            return Ok(relay(route, response, permit));
         };
         drop(response);
         tracing::info!(route = %route.name, "upstream answered 401: retrying once with a fresh token");
         let token = slot.get().await?;
-        Ok(relay(send(route, replay.with(token.bearer())).await?))
+        Ok(relay(
+            route,
+            send(route, replay.with(token.bearer())).await?,
+            permit,
+        ))
     }
+}
+
+/// One line per refused caller, under its own target so it can be routed to an audit log.
+fn audit(peer: IpAddr, route: &str, reason: &str) {
+    tracing::warn!(target: "portvakt::audit", %peer, route, reason, "caller refused");
 }
 
 /// A request as it went upstream, minus its token, with the body portvakt kept: enough to send it
@@ -187,7 +308,7 @@ impl Replay {
 
 /// Keeps a body of known size up to `max` bytes in memory (so the request can be replayed), and
 /// streams anything larger or of unknown size.
-async fn keep_if_small(body: Incoming, max: u64) -> Result<UpstreamBody, ProxyError> {
+async fn keep_if_small(body: Guarded, max: u64) -> Result<UpstreamBody, ProxyError> {
     if body.is_end_stream() {
         return Ok(Either::Right(Full::new(Bytes::new())));
     }
@@ -196,11 +317,20 @@ async fn keep_if_small(body: Incoming, max: u64) -> Result<UpstreamBody, ProxyEr
             let bytes = body
                 .collect()
                 .await
-                .map_err(|e| ProxyError::RequestBody(e.to_string()))?
+                .map_err(|e| request_body_error(e.as_ref()))?
                 .to_bytes();
             Ok(Either::Right(Full::new(bytes)))
         }
         _ => Ok(Either::Left(body)),
+    }
+}
+
+/// What went wrong with the caller's body: portvakt's own limits, or the caller.
+fn request_body_error(e: &(dyn std::error::Error + 'static)) -> ProxyError {
+    match body::cut_by_portvakt(e) {
+        Some(BodyError::TooLarge(limit)) => ProxyError::BodyTooLarge { limit },
+        Some(BodyError::Idle(after)) => ProxyError::RequestBodyTimeout(after),
+        None => ProxyError::RequestBody(crate::error::chain(e)),
     }
 }
 
@@ -218,6 +348,10 @@ async fn send(
             upstream: route.upstream.to_string(),
             reason: crate::error::chain(&e),
         }),
+        // The caller's body failed on the way (too large, stalled, caller gone): not the upstream's fault.
+        Ok(Err(e)) if body::cut_by_portvakt(&e).is_some() || is_caller_body_error(&e) => {
+            Err(request_body_error(&e))
+        }
         Ok(Err(e)) => Err(ProxyError::UpstreamFailed {
             upstream: route.upstream.to_string(),
             reason: crate::error::chain(&e),
@@ -226,9 +360,29 @@ async fn send(
     }
 }
 
-/// The upstream's answer as it goes back to the caller: streamed, without hop-by-hop headers.
-fn relay(mut response: Response<Incoming>) -> Response<Body> {
+/// Whether the error is the caller's request body failing (hyper reports it as a user body error).
+fn is_caller_body_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_user)
+        {
+            return true;
+        }
+        current = err.source();
+    }
+    false
+}
+
+/// The upstream's answer as it goes back to the caller: streamed, without hop-by-hop headers, its
+/// body under the route's idle timeout and holding the request's concurrency permit to the end.
+fn relay(
+    route: &Route,
+    mut response: Response<Incoming>,
+    permit: OwnedSemaphorePermit,
+) -> Response<Body> {
     upstream::strip_hop_by_hop(response.headers_mut());
     *response.version_mut() = Version::HTTP_11;
-    response.map(Either::Left)
+    response.map(|b| Either::Left(Guarded::new(b, route.idle_timeout).with_permit(Some(permit))))
 }

@@ -1,6 +1,7 @@
 //! The route table: which route serves a path (longest prefix, on whole segments) and where its
 //! upstream request goes. Pure functions, tested by table.
 
+use crate::config::{AllowList, ApiKey};
 use crate::party::Parties;
 use crate::upstream::UpstreamClient;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -24,6 +25,34 @@ pub struct Route {
     pub retry_body_max: Option<u64>,
     /// The pooled client for this route's upstream (shared by routes with the same TLS trust).
     pub http: UpstreamClient,
+    /// Caller networks let in on this route, besides `inbound.allow`.
+    pub allow: Option<AllowList>,
+    /// Keys a caller must present in `api_key_header`; empty when none is asked for.
+    pub api_keys: Vec<ApiKey>,
+    pub api_key_header: HeaderName,
+    pub max_body_bytes: Option<u64>,
+    /// Longest pause inside a body, either way.
+    pub idle_timeout: Duration,
+}
+
+impl Route {
+    /// Whether the caller's key (if the route asks for one) is right: `Err(true)` when missing,
+    /// `Err(false)` when wrong. Every configured key is compared, so timing tells nothing.
+    pub fn check_api_key(&self, presented: Option<&HeaderValue>) -> Result<(), bool> {
+        if self.api_keys.is_empty() {
+            return Ok(());
+        }
+        let presented = presented.ok_or(true)?.as_bytes();
+        let matched = self
+            .api_keys
+            .iter()
+            .fold(false, |found, key| key.matches(presented) | found);
+        if matched {
+            Ok(())
+        } else {
+            Err(false)
+        }
+    }
 }
 
 /// Where a route's calls go: scheme and authority, and the base path the remainder is appended to.
@@ -110,25 +139,41 @@ pub fn remainder<'p>(prefix: &str, path: &'p str) -> Option<&'p str> {
     (rest.is_empty() || rest.starts_with('/')).then_some(rest)
 }
 
-/// True when a remainder could climb out of the route's base path once the upstream decodes it:
-/// `.` or `..` segments (also percent-encoded), encoded slashes or backslashes, or NUL.
+/// True when a remainder could climb out of the route's base path once the upstream (or anything
+/// between) decodes or normalises it: `.` or `..` segments (also percent-encoded, or with a
+/// `;parameter` as servlet containers read them), empty segments (`//`), encoded slashes or
+/// backslashes, NUL, control characters, double-encoded escapes (`%252e`) and overlong UTF-8
+/// dots and slashes (`%c0%ae`).
 pub fn escapes_prefix(remainder: &str) -> bool {
     let bytes = remainder.as_bytes();
     // Runs on every request: read the bytes in place rather than decode into a copy.
+    let lower = |b: u8| b.to_ascii_lowercase();
+    // %2f / %5c / %00, and overlong UTF-8 lead bytes %c0 / %c1.
     let escaped = |w: &[u8]| {
         w[0] == b'%'
             && matches!(
-                (w[1], w[2] | 0x20),
-                (b'2', b'f') | (b'5', b'c') | (b'0', b'0')
+                (lower(w[1]), lower(w[2])),
+                (b'2', b'f') | (b'5', b'c') | (b'0', b'0') | (b'c', b'0' | b'1')
             )
     };
-    bytes.contains(&b'\\')
+    // %25 followed by a dot, slash, backslash or NUL: decoded twice, it becomes one.
+    let double = |w: &[u8]| {
+        w[..3] == *b"%25"
+            && matches!(
+                (lower(w[3]), lower(w[4])),
+                (b'2', b'e' | b'f') | (b'5', b'c') | (b'0', b'0')
+            )
+    };
+    bytes.iter().any(|b| *b == b'\\' || *b < 0x20 || *b == 0x7f)
         || bytes.windows(3).any(escaped)
+        || bytes.windows(5).any(double)
+        || bytes.windows(2).any(|w| w == b"//")
         || remainder.split('/').any(is_dot_segment)
 }
 
-/// `.` or `..`, with any dot possibly written `%2e` / `%2E`.
+/// `.` or `..`, with any dot possibly written `%2e` / `%2E`, and anything after a `;` ignored.
 fn is_dot_segment(segment: &str) -> bool {
+    let segment = segment.split(';').next().unwrap_or(segment);
     let (mut rest, mut dots) = (segment.as_bytes(), 0);
     while !rest.is_empty() {
         if rest[0] == b'.' {
@@ -198,6 +243,15 @@ mod tests {
             "/./x",
             "/a%00",
             "/a%5Cb",
+            "/a//b",
+            "//x",
+            "/..;/x",
+            "/.;x/y",
+            "/%252e%252e/x",
+            "/a%252fb",
+            "/%c0%ae%c0%ae/x",
+            "/%C0%AF",
+            "/a\tb",
         ] {
             assert!(escapes_prefix(bad), "{bad}");
         }
@@ -210,6 +264,9 @@ mod tests {
             "/...",
             "/%2e%2e%2e",
             "/a%2",
+            "/a;b=1/c",
+            "/%25",
+            "/a%20b",
         ] {
             assert!(!escapes_prefix(good), "{good}");
         }

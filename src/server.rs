@@ -16,12 +16,20 @@ use tokio_rustls::TlsAcceptor;
 /// How long a TLS client may take to finish its handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What a listener enforces before a request reaches the handler.
+#[derive(Default)]
+pub struct Limits {
+    /// The largest request head read; larger gets 431. 0 keeps hyper's default.
+    pub max_header_bytes: usize,
+    pub tls: Option<TlsAcceptor>,
+}
+
 /// Serves HTTP/1.1 and HTTP/2 (h2c, or by ALPN under `tls`) on `listener`, handing each request to
 /// `handler` with the peer's address, until `shutdown` turns true; then stops accepting and lets
 /// in-flight requests finish for up to `grace`.
 pub async fn serve<H, F, B>(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    limits: Limits,
     handler: H,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
@@ -39,6 +47,13 @@ pub async fn serve<H, F, B>(
         // A caller that never finishes its headers does not hold a connection forever.
         .header_read_timeout(Duration::from_secs(30))
         .keep_alive(true);
+    if limits.max_header_bytes > 0 {
+        builder.http1().max_buf_size(limits.max_header_bytes);
+        builder
+            .http2()
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    }
+    let tls = limits.tls;
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {

@@ -74,7 +74,12 @@ pub async fn run(
         });
     };
     out["altinn_exchange"] = json!(altinn.url);
-    let http = crate::token::client::http_client(tls, config.maskinporten.timeout)?;
+    let http = crate::token::client::http_client(
+        tls,
+        config.maskinporten.timeout,
+        config.maskinporten.connect_timeout,
+        &config.maskinporten.proxy,
+    )?;
     let exchange = crate::token::AltinnExchange::new(http, altinn.url.clone());
     let bearer = http::HeaderValue::try_from(format!("Bearer {token}"))?;
     match exchange.exchange(&bearer).await {

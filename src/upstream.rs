@@ -1,38 +1,137 @@
 //! The pooled client for upstream APIs (HTTP/1.1 or HTTP/2 by ALPN, rustls) and the header rules
 //! for what crosses a proxy.
 
+use crate::body::Guarded;
+use crate::config::Egress;
+use base64::Engine as _;
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, CONNECTION};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
+use http::Uri;
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::client::proxy::matcher::Matcher;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::net::TcpStream;
+use tower::{Service, ServiceExt as _};
 
 /// What goes upstream: the caller's body streamed through, or kept in memory so the request can be
 /// sent again after a 401.
-pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
+pub type UpstreamBody = Either<Guarded, Full<Bytes>>;
 
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+pub type UpstreamClient = Client<HttpsConnector<EgressConnector>, UpstreamBody>;
 
-/// Keep-alive pooled client shared by all routes.
-pub fn client(tls: rustls::ClientConfig) -> UpstreamClient {
+/// Keep-alive pooled client, shared by routes with the same TLS trust, connect timeout and proxy.
+pub fn client(
+    tls: rustls::ClientConfig,
+    connect_timeout: Duration,
+    egress: &Egress,
+) -> UpstreamClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
-    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    http.set_connect_timeout(Some(connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
+        .wrap_connector(EgressConnector::new(http, egress));
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .build(https)
+}
+
+/// Opens TCP connections to upstreams, straight or through an outbound proxy with CONNECT (the
+/// TLS to the upstream then runs inside the tunnel, so the proxy never sees the token).
+#[derive(Clone)]
+pub struct EgressConnector {
+    http: HttpConnector,
+    proxy: Option<Arc<ProxyRule>>,
+}
+
+struct ProxyRule {
+    matcher: Matcher,
+    /// `Proxy-Authorization` from the config; otherwise the environment URL's own credentials.
+    auth: Option<HeaderValue>,
+}
+
+impl EgressConnector {
+    pub fn new(http: HttpConnector, egress: &Egress) -> Self {
+        let proxy = match egress {
+            Egress::Direct => None,
+            Egress::Environment => Some(ProxyRule {
+                matcher: Matcher::from_env(),
+                auth: None,
+            }),
+            Egress::Proxy(server) => Some(ProxyRule {
+                matcher: Matcher::builder()
+                    .all(server.url.to_string())
+                    .no(server.no_proxy.clone().unwrap_or_default())
+                    .build(),
+                auth: match (&server.username, &server.password) {
+                    (Some(user), Some(password)) => basic_auth(user, password.expose()),
+                    _ => None,
+                },
+            }),
+        };
+        EgressConnector {
+            http,
+            proxy: proxy.map(Arc::new),
+        }
+    }
+}
+
+/// `Basic base64(user:password)`, marked sensitive.
+pub fn basic_auth(user: &str, password: &str) -> Option<HeaderValue> {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let mut value = HeaderValue::try_from(format!("Basic {encoded}")).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Service<Uri> for EgressConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let via = self.proxy.as_ref().and_then(|rule| {
+            let intercept = rule.matcher.intercept(&dst)?;
+            let auth = rule
+                .auth
+                .clone()
+                .or_else(|| intercept.basic_auth().cloned());
+            Some((intercept.uri().clone(), auth))
+        });
+        let http = self.http.clone();
+        Box::pin(async move {
+            match via {
+                None => http.oneshot(dst).await.map_err(Into::into),
+                Some((proxy, auth)) => {
+                    let mut tunnel = Tunnel::new(proxy, http);
+                    if let Some(auth) = auth {
+                        tunnel = tunnel.with_auth(auth);
+                    }
+                    tunnel.oneshot(dst).await.map_err(Into::into)
+                }
+            }
+        })
+    }
 }
 
 /// Hop-by-hop headers (RFC 9110 7.6.1) belong to one connection and are never forwarded.

@@ -162,17 +162,13 @@ async fn refreshes_ahead_while_the_current_token_keeps_serving() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn never_hands_out_a_token_inside_its_safety_margin() {
-    // The refresh fails, so token-1 is all there is; it serves until 50 s (60 s - 10 s), not after.
-    let answers = vec![
-        Ok(60),
-        unavailable(),
-        unavailable(),
-        unavailable(),
-        unavailable(),
-        unavailable(),
-        unavailable(),
-    ];
+async fn while_maskinporten_is_down_the_token_serves_to_its_hard_expiry_then_503() {
+    // The refresh keeps failing as unavailable, so token-1 is all there is: past its 10 s safety
+    // margin (50 s) it still serves, as nothing fresher can be had, until it expires at 60 s.
+    let answers = vec![Ok(60)]
+        .into_iter()
+        .chain(std::iter::repeat_with(unavailable).take(30))
+        .collect();
     let (_script, slot) = setup(answers, Duration::ZERO, Duration::from_secs(10));
     assert_eq!(bearer(&slot).await, "Bearer token-1");
     tokio::time::advance(Duration::from_secs(41)).await;
@@ -180,7 +176,11 @@ async fn never_hands_out_a_token_inside_its_safety_margin() {
     settle().await;
     tokio::time::advance(Duration::from_secs(8)).await; // 49 s
     assert_eq!(bearer(&slot).await, "Bearer token-1");
-    tokio::time::advance(Duration::from_millis(1500)).await; // 50.5 s
+    tokio::time::advance(Duration::from_millis(1500)).await; // 50.5 s: inside the margin
+    assert_eq!(bearer(&slot).await, "Bearer token-1");
+    assert_eq!(slot.status().state, "stale");
+    tokio::time::advance(Duration::from_secs(10)).await; // 60.5 s: expired
+    settle().await;
     match slot.get().await {
         Err(TokenError::Failed {
             error: FetchError::Unavailable(_),
@@ -188,7 +188,29 @@ async fn never_hands_out_a_token_inside_its_safety_margin() {
         }) => {
             assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(60));
         }
-        other => panic!("expected no token inside the margin, got {other:?}"),
+        other => panic!("expected no token after its expiry, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rejected_refresh_keeps_the_safety_margin() {
+    // Maskinporten answers but refuses: the margin holds, so the caller learns why at 50 s.
+    let answers = vec![Ok(60)]
+        .into_iter()
+        .chain(std::iter::repeat_with(rejected).take(30))
+        .collect();
+    let (_script, slot) = setup(answers, Duration::ZERO, Duration::from_secs(10));
+    assert_eq!(bearer(&slot).await, "Bearer token-1");
+    tokio::time::advance(Duration::from_secs(41)).await;
+    assert_eq!(bearer(&slot).await, "Bearer token-1");
+    settle().await;
+    tokio::time::advance(Duration::from_millis(9500)).await; // 50.5 s
+    match slot.get().await {
+        Err(TokenError::Failed {
+            error: FetchError::Rejected { .. },
+            ..
+        }) => {}
+        other => panic!("expected the rejection inside the margin, got {other:?}"),
     }
 }
 

@@ -1,10 +1,14 @@
 //! The validated configuration: what `portvakt run` and `portvakt check` build everything from.
 //! `load` reads the YAML file, checks every field and loads every key, and reports all problems at once.
 
+mod egress;
+mod inbound;
 mod reader;
 mod routes;
 mod validate;
 
+pub use egress::{is_loopback, Egress, ProxyServer};
+pub use inbound::{AllowList, ApiKey, Inbound, InboundTls};
 pub use reader::Issue;
 
 use crate::keys::{KeySource, SigningKey};
@@ -26,6 +30,10 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// How often key, certificate and password files are checked for changes; default 5 s.
     pub watch_interval: Duration,
+    /// Who may call, over what, and how much at once.
+    pub inbound: Inbound,
+    /// How long shutdown waits for requests under way; default 30 s.
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +53,7 @@ impl Environment {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Maskinporten {
     pub environment: Environment,
     /// The grant's `aud`, exactly as Maskinporten publishes its issuer (with the trailing slash).
@@ -53,6 +61,10 @@ pub struct Maskinporten {
     pub token_endpoint: String,
     /// Overall time for one token request; default 10 s.
     pub timeout: Duration,
+    /// Time to open a connection to the token endpoint; default 5 s.
+    pub connect_timeout: Duration,
+    /// How token requests (and Altinn exchanges) reach the internet.
+    pub proxy: Egress,
     /// Extra CA certificates trusted for the token endpoint, besides the Mozilla roots.
     pub ca_file: Option<CaFile>,
 }
@@ -99,6 +111,19 @@ pub struct RouteConfig {
     pub retry_on_401: bool,
     /// The largest request body kept for that second attempt; 0 keeps none.
     pub retry_body_max_bytes: u64,
+    /// Caller addresses let in on this route, within `inbound.allow`; `None` adds no limit.
+    pub allow: Option<AllowList>,
+    /// Keys a caller must send in `api_key_header`; empty means none is asked for.
+    pub api_keys: Vec<ApiKey>,
+    pub api_key_header: HeaderName,
+    /// The largest request body accepted; larger gets 413.
+    pub max_body_bytes: Option<u64>,
+    /// Time to open a connection to the upstream; default 10 s.
+    pub connect_timeout: Duration,
+    /// Longest pause inside a request or response body before the call is cut; default 60 s.
+    pub idle_timeout: Duration,
+    /// How this route's calls reach the upstream.
+    pub proxy: Egress,
 }
 
 impl RouteConfig {
@@ -158,7 +183,7 @@ pub struct AltinnExchange {
 }
 
 /// A PEM file of CA certificates, loaded.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct CaFile {
     pub path: PathBuf,
     pub certs: Vec<rustls_pki_types::CertificateDer<'static>>,

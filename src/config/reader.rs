@@ -128,6 +128,14 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A whole number, zero allowed (`shutdown_grace_seconds: 0` stops at once).
+    pub fn u64_or_zero(&mut self, value: Option<&Value>, path: &str) -> Option<u64> {
+        match value? {
+            Value::Number(n) if n.as_u64() == Some(0) => Some(0),
+            v => self.positive_u64(Some(v), path),
+        }
+    }
+
     /// `true` or `false` (YAML 1.2: `yes`/`no` are strings and refused here).
     pub fn boolean(&mut self, value: Option<&Value>, path: &str) -> Option<bool> {
         match value? {

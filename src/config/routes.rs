@@ -1,8 +1,10 @@
 //! The `routes` list: each route's fields, checked with their YAML paths.
 
+use super::egress::{check_plain_http, egress};
+use super::inbound::{allow_list, api_keys};
 use super::reader::{index, join, Reader};
 use super::validate::{ca_file, http_url};
-use super::{AltinnExchange, Environment, RouteConfig, SystemUser};
+use super::{AltinnExchange, Egress, Environment, RouteConfig, SystemUser};
 use crate::secret::Secret;
 use http::{HeaderName, HeaderValue, Uri};
 use serde_json::Value;
@@ -31,6 +33,14 @@ const ROUTE: &[&str] = &[
     "altinn_exchange",
     "retry_on_401",
     "retry_body_max_bytes",
+    "allow",
+    "api_keys",
+    "api_key_header",
+    "max_body_bytes",
+    "connect_timeout_seconds",
+    "idle_timeout_seconds",
+    "proxy",
+    "insecure_http",
 ];
 const SYSTEMUSER: &[&str] = &["org", "externalRef"];
 const HEADER_VALUE: &[&str] = &["value_file"];
@@ -63,6 +73,8 @@ pub(super) struct Context<'c> {
     pub clients: &'c [&'c str],
     pub client_orgs: HashMap<String, String>,
     pub environment: Option<Environment>,
+    /// The top-level `egress_proxy`, for routes without their own `proxy`.
+    pub egress_proxy: &'c Egress,
     pub base: &'c Path,
 }
 
@@ -230,6 +242,59 @@ fn route(r: &mut Reader, v: &Value, path: &str, cx: &Context) -> Option<RouteCon
     let timeout = r
         .positive_u64(m.get("timeout_seconds"), &p("timeout_seconds"))
         .unwrap_or(30);
+    let insecure = r
+        .boolean(m.get("insecure_http"), &p("insecure_http"))
+        .unwrap_or(false);
+    if let Some(u) = &upstream {
+        check_plain_http(r, u, &p("upstream"), insecure, "insecure_http");
+    }
+    if let Some(a) = &altinn_exchange {
+        if let Ok(u) = a.url.parse::<Uri>() {
+            check_plain_http(r, &u, &p("altinn_exchange"), insecure, "insecure_http");
+        }
+    }
+    let allow = allow_list(r, m.get("allow"), &p("allow"));
+    let api_keys = api_keys(r, m.get("api_keys"), &p("api_keys"), base);
+    let api_key_header = selector_header(
+        r,
+        m.get("api_key_header"),
+        &p("api_key_header"),
+        "portvakt-api-key",
+    );
+    if m.contains_key("api_key_header") && api_keys.is_empty() {
+        r.issue(
+            &p("api_key_header"),
+            "goes with api_keys: list the keys callers must send",
+        );
+    }
+    for (name, _) in &headers {
+        if *name == api_key_header && !api_keys.is_empty() {
+            r.issue(
+                &join(&p("headers"), name.as_str()),
+                "is the route's api_key_header, which portvakt removes before forwarding",
+            );
+        }
+    }
+    if !api_keys.is_empty()
+        && (api_key_header == consumer_org_header || api_key_header == systemuser_org_header)
+    {
+        r.issue(
+            &p("api_key_header"),
+            "is also a party header: pick another name",
+        );
+    }
+    let max_body_bytes = r.positive_u64(m.get("max_body_bytes"), &p("max_body_bytes"));
+    let connect_timeout = r
+        .positive_u64(
+            m.get("connect_timeout_seconds"),
+            &p("connect_timeout_seconds"),
+        )
+        .unwrap_or(10);
+    let idle_timeout = r
+        .positive_u64(m.get("idle_timeout_seconds"), &p("idle_timeout_seconds"))
+        .unwrap_or(60);
+    let proxy =
+        egress(r, m.get("proxy"), &p("proxy"), base).unwrap_or_else(|| cx.egress_proxy.clone());
     Some(RouteConfig {
         name: name?,
         prefix: prefix?,
@@ -250,6 +315,13 @@ fn route(r: &mut Reader, v: &Value, path: &str, cx: &Context) -> Option<RouteCon
         altinn_exchange,
         retry_on_401,
         retry_body_max_bytes,
+        allow,
+        api_keys,
+        api_key_header,
+        max_body_bytes,
+        connect_timeout: Duration::from_secs(connect_timeout),
+        idle_timeout: Duration::from_secs(idle_timeout),
+        proxy,
     })
 }
 
@@ -551,7 +623,7 @@ fn headers(
         }
         // The value may be a password (IntegrasjonPassord): problems name the header, never the value.
         let text = match value {
-            Value::Object(_) => header_file(r, value, &p, base),
+            Value::Object(_) => value_file(r, value, &p, base, HEADER_VALUE),
             _ => r.required_string(Some(value), &p),
         };
         let Some(text) = text else {
@@ -573,21 +645,33 @@ fn headers(
 
 /// `{value_file: path}`: the value is the file's content, without its trailing newline (as
 /// Kubernetes secrets and `echo` write it).
-fn header_file(r: &mut Reader, value: &Value, path: &str, base: &Path) -> Option<String> {
-    let m = r.mapping(value, path, HEADER_VALUE)?;
+pub(super) fn value_file(
+    r: &mut Reader,
+    value: &Value,
+    path: &str,
+    base: &Path,
+    allowed: &[&str],
+) -> Option<String> {
+    let m = r.mapping(value, path, allowed)?;
     let file_path = join(path, "value_file");
     let file = base.join(r.required_string(m.get("value_file"), &file_path)?);
-    match std::fs::read_to_string(&file) {
+    secret_file(r, &file, &file_path)
+}
+
+/// A secret kept in a file: its content without the trailing newline (as Kubernetes secrets and
+/// `echo` write it). Problems name the file, never the content.
+pub(super) fn secret_file(r: &mut Reader, file: &Path, path: &str) -> Option<String> {
+    match std::fs::read_to_string(file) {
         Ok(text) => {
             let text = text.trim_end_matches(['\n', '\r']).to_string();
             if text.is_empty() {
-                r.issue(&file_path, format!("{} is empty", file.display()));
+                r.issue(path, format!("{} is empty", file.display()));
                 return None;
             }
             Some(text)
         }
         Err(e) => {
-            r.issue(&file_path, format!("cannot read {}: {e}", file.display()));
+            r.issue(path, format!("cannot read {}: {e}", file.display()));
             None
         }
     }

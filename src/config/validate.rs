@@ -1,5 +1,6 @@
 //! Turns the YAML text into a [`Config`], field by field, with every problem located by its YAML path.
 
+use super::egress::check_plain_http;
 use super::reader::{join, EnvLookup, Issue, Reader};
 use super::routes::{routes, Context};
 use super::{CaFile, Client, Config, Environment, Maskinporten};
@@ -20,6 +21,9 @@ const TOP: &[&str] = &[
     "clients",
     "routes",
     "watch_interval_seconds",
+    "inbound",
+    "egress_proxy",
+    "shutdown_grace_seconds",
 ];
 const MASKINPORTEN: &[&str] = &[
     "environment",
@@ -27,6 +31,9 @@ const MASKINPORTEN: &[&str] = &[
     "token_endpoint",
     "timeout_seconds",
     "ca_file",
+    "connect_timeout_seconds",
+    "proxy",
+    "insecure_http",
 ];
 const CLIENT: &[&str] = &["client_id", "key"];
 const KEY: &[&str] = &[
@@ -65,7 +72,10 @@ pub fn validate(text: &str, base: &Path, env: EnvLookup<'_>) -> Result<Config, V
 
     let listen = socket_addr(&mut r, top.get("listen"), "listen", true);
     let admin_listen = socket_addr(&mut r, top.get("admin_listen"), "admin_listen", false);
-    let maskinporten = maskinporten(&mut r, top.get("maskinporten"), base);
+    let inbound = super::inbound::inbound(&mut r, top.get("inbound"), listen, base);
+    let egress_proxy = super::egress::egress(&mut r, top.get("egress_proxy"), "egress_proxy", base)
+        .unwrap_or_default();
+    let maskinporten = maskinporten(&mut r, top.get("maskinporten"), base, &egress_proxy);
     let (clients, declared) = clients(&mut r, top.get("clients"), base);
     let cx = Context {
         clients: &declared,
@@ -77,12 +87,17 @@ pub fn validate(text: &str, base: &Path, env: EnvLookup<'_>) -> Result<Config, V
             })
             .collect(),
         environment: maskinporten.as_ref().map(|m| m.environment),
+        egress_proxy: &egress_proxy,
         base,
     };
     let routes = routes(&mut r, top.get("routes"), &cx);
     let watch_interval = Duration::from_secs(
         r.positive_u64(top.get("watch_interval_seconds"), "watch_interval_seconds")
             .unwrap_or(5),
+    );
+    let shutdown_grace = Duration::from_secs(
+        r.u64_or_zero(top.get("shutdown_grace_seconds"), "shutdown_grace_seconds")
+            .unwrap_or(30),
     );
 
     if let (Some(a), Some(b)) = (listen, admin_listen) {
@@ -102,6 +117,8 @@ pub fn validate(text: &str, base: &Path, env: EnvLookup<'_>) -> Result<Config, V
             clients,
             routes,
             watch_interval,
+            inbound,
+            shutdown_grace,
         }),
         _ => Err(r.issues),
     }
@@ -137,7 +154,12 @@ fn socket_addr(
     }
 }
 
-fn maskinporten(r: &mut Reader, v: Option<&Value>, base: &Path) -> Option<Maskinporten> {
+fn maskinporten(
+    r: &mut Reader,
+    v: Option<&Value>,
+    base: &Path,
+    egress_proxy: &super::Egress,
+) -> Option<Maskinporten> {
     let path = "maskinporten";
     let Some(v) = v else {
         r.issue(path, "is required: set environment to prod, test or custom");
@@ -190,18 +212,38 @@ fn maskinporten(r: &mut Reader, v: Option<&Value>, base: &Path) -> Option<Maskin
                 None if issuer.ends_with('/') => format!("{issuer}token"),
                 None => format!("{issuer}/token"),
             };
-            http_url(r, &endpoint, &endpoint_path)?;
+            let endpoint_uri = http_url(r, &endpoint, &endpoint_path)?;
+            let insecure = r
+                .boolean(m.get("insecure_http"), &join(path, "insecure_http"))
+                .unwrap_or(false);
+            check_plain_http(
+                r,
+                &endpoint_uri,
+                &endpoint_path,
+                insecure,
+                "maskinporten.insecure_http",
+            );
             (issuer, endpoint)
         }
     };
     let ca_file = r
         .string(m.get("ca_file"), &join(path, "ca_file"))
         .and_then(|f| ca_file(r, &base.join(f), &join(path, "ca_file")));
+    let connect_timeout = r
+        .positive_u64(
+            m.get("connect_timeout_seconds"),
+            &join(path, "connect_timeout_seconds"),
+        )
+        .unwrap_or(5);
+    let proxy = super::egress::egress(r, m.get("proxy"), &join(path, "proxy"), base)
+        .unwrap_or_else(|| egress_proxy.clone());
     Some(Maskinporten {
         environment,
         issuer,
         token_endpoint,
         timeout: Duration::from_secs(timeout),
+        connect_timeout: Duration::from_secs(connect_timeout),
+        proxy,
         ca_file,
     })
 }

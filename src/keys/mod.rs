@@ -23,7 +23,7 @@ pub const MIN_RSA_BITS: usize = 2048;
 
 /// A secret given in the config itself (usually from `${ENV}`) or read from a file (`*_file`), as
 /// Kubernetes mounts secrets. Files are read again when they change.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretValue {
     Inline(Secret<String>),
     File(PathBuf),
@@ -53,7 +53,7 @@ impl SecretValue {
 }
 
 /// Where a client's key comes from (`clients.<name>.key` in the config).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeySource {
     Pem {
         path: PathBuf,

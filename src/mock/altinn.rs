@@ -63,7 +63,7 @@ impl MockAltinn {
         let state = Arc::clone(&inner);
         tokio::spawn(server::serve(
             listener,
-            None,
+            server::Limits::default(),
             move |req, _peer| handle(Arc::clone(&state), req),
             stop,
             Duration::from_secs(1),

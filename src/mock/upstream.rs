@@ -105,7 +105,10 @@ impl EchoUpstream {
         let state = Arc::clone(&inner);
         tokio::spawn(server::serve(
             listener,
-            tls,
+            server::Limits {
+                tls,
+                ..Default::default()
+            },
             move |req, peer| handle(Arc::clone(&state), req, peer),
             stop,
             Duration::from_secs(1),

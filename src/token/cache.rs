@@ -20,6 +20,8 @@ use tokio::time::Instant;
 
 /// Quick attempts inside one fetch when Maskinporten is unreachable or answers 5xx/429.
 const ATTEMPTS_PER_FETCH: u32 = 3;
+/// The longest `Retry-After` waited out inside one fetch, while requests wait for it.
+const MAX_IN_FETCH_WAIT: Duration = Duration::from_secs(2);
 /// A token the upstream refused is dropped at most this often per slot, so an upstream that
 /// refuses every token cannot turn each request into a Maskinporten call.
 const MIN_INVALIDATION_INTERVAL: Duration = Duration::from_secs(10);
@@ -81,6 +83,17 @@ struct State {
     last_invalidated: Option<Instant>,
 }
 
+impl State {
+    /// Until when `token` may go out. Normally up to the safety margin before it expires; while
+    /// Maskinporten is unavailable, to its hard expiry, since no fresher token can be had.
+    fn usable_until(&self, token: &Token) -> Instant {
+        match &self.failure {
+            Some(f) if f.error.is_transient() => token.schedule.expires_at,
+            _ => token.schedule.serve_until,
+        }
+    }
+}
+
 /// Where a slot's tokens come from.
 enum Origin {
     /// A fresh grant to Maskinporten's token endpoint.
@@ -102,7 +115,8 @@ struct Fetched {
 /// What `/readyz` shows about one slot; never the token.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SlotStatus {
-    /// `valid`, `empty` (not fetched yet), `refreshing`, `fetching` or `failing`.
+    /// `valid`, `empty` (not fetched yet), `refreshing`, `fetching`, `failing`, or `stale` (past
+    /// its refresh margin, still served because Maskinporten is unavailable).
     pub state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_in_seconds: Option<u64>,
@@ -184,7 +198,7 @@ impl TokenSlot {
                     .as_ref()
                     .is_none_or(|f| now >= f.retry_at || f.key_generation != generation);
                 if let Some(token) = st.token.clone() {
-                    if now < token.schedule.serve_until && token.key_generation == generation {
+                    if now < st.usable_until(&token) && token.key_generation == generation {
                         if now >= token.schedule.refresh_at && !st.fetching && may_fetch {
                             self.start_fetch(&mut st);
                         }
@@ -365,7 +379,9 @@ impl TokenSlot {
             st.failures = 0;
         }
         st.failures += 1;
-        let retry_at = Instant::now() + policy::backoff(st.failures, fastrand::f64());
+        let wait = policy::backoff(st.failures, fastrand::f64())
+            .max(error.retry_after().unwrap_or_default());
+        let retry_at = Instant::now() + wait;
         let since = match &st.failure {
             Some(f) => f.since,
             None => std::time::SystemTime::now(),
@@ -385,8 +401,9 @@ impl TokenSlot {
         let valid = st
             .token
             .as_ref()
-            .filter(|t| now < t.schedule.serve_until && t.key_generation == generation);
+            .filter(|t| now < st.usable_until(t) && t.key_generation == generation);
         let state = match (valid, st.fetching, &st.failure) {
+            (Some(t), _, Some(_)) if now >= t.schedule.serve_until => "stale",
             (Some(_), true, _) => "refreshing",
             (Some(_), false, _) => "valid",
             (None, true, _) => "fetching",
@@ -433,9 +450,19 @@ where
     let mut n = 0;
     loop {
         match attempt().await {
-            Err(e) if e.is_transient() && n + 1 < ATTEMPTS_PER_FETCH => {
+            // A Retry-After longer than a quick pause ends this fetch; the slot's next attempt
+            // waits for it.
+            Err(e)
+                if e.is_transient()
+                    && n + 1 < ATTEMPTS_PER_FETCH
+                    && e.retry_after()
+                        .is_none_or(|after| after <= MAX_IN_FETCH_WAIT) =>
+            {
                 tracing::warn!(client, scopes, attempt = n + 1, reason = %e, "token request failed, retrying");
-                tokio::time::sleep(policy::retry_delay(n, fastrand::f64())).await;
+                let pause = e
+                    .retry_after()
+                    .unwrap_or_else(|| policy::retry_delay(n, fastrand::f64()));
+                tokio::time::sleep(pause).await;
                 n += 1;
             }
             other => return other,
@@ -456,6 +483,10 @@ pub struct TokenCache {
     wait_timeout: Duration,
     slots: Mutex<HashMap<TokenKey, Arc<TokenSlot>>>,
     altinn_slots: Mutex<HashMap<(TokenKey, String), Arc<TokenSlot>>>,
+    /// The previous configuration's slots, while a reload builds: reused when asked for again by
+    /// the same client identity.
+    inherited: HashMap<TokenKey, Arc<TokenSlot>>,
+    inherited_altinn: HashMap<(TokenKey, String), Arc<TokenSlot>>,
 }
 
 impl TokenCache {
@@ -471,14 +502,51 @@ impl TokenCache {
             wait_timeout,
             slots: Mutex::new(HashMap::new()),
             altinn_slots: Mutex::new(HashMap::new()),
+            inherited: HashMap::new(),
+            inherited_altinn: HashMap::new(),
         }
+    }
+
+    /// Offers `previous`'s slots (with their cached tokens) to the slots this cache hands out.
+    pub fn inherit(&mut self, previous: &TokenCache) {
+        self.inherited = crate::sync::lock(&previous.slots).clone();
+        self.inherited_altinn = crate::sync::lock(&previous.altinn_slots).clone();
+    }
+
+    /// Forgets the slots no route asked for again; returns how many were asked for again.
+    pub fn settle(&mut self) -> usize {
+        let slots = crate::sync::lock(&self.slots);
+        let altinn = crate::sync::lock(&self.altinn_slots);
+        let reused = slots
+            .iter()
+            .filter(|(k, s)| self.inherited.get(*k).is_some_and(|o| Arc::ptr_eq(o, s)))
+            .count()
+            + altinn
+                .iter()
+                .filter(|(k, s)| {
+                    self.inherited_altinn
+                        .get(*k)
+                        .is_some_and(|o| Arc::ptr_eq(o, s))
+                })
+                .count();
+        drop((slots, altinn));
+        self.inherited.clear();
+        self.inherited_altinn.clear();
+        reused
     }
 
     /// The slot for `key`, created on first use.
     pub fn slot(&self, key: TokenKey, client: &Arc<ClientIdentity>) -> Arc<TokenSlot> {
         let mut slots = crate::sync::lock(&self.slots);
         Arc::clone(slots.entry(key.clone()).or_insert_with(|| {
-            self.new_slot(key, client, Origin::Maskinporten(Arc::clone(&self.source)))
+            match self
+                .inherited
+                .get(&key)
+                .filter(|s| Arc::ptr_eq(&s.client, client))
+            {
+                Some(old) => Arc::clone(old),
+                None => self.new_slot(key, client, Origin::Maskinporten(Arc::clone(&self.source))),
+            }
         }))
     }
 
@@ -491,17 +559,23 @@ impl TokenCache {
     ) -> Arc<TokenSlot> {
         let maskinporten = self.slot(key.clone(), client);
         let mut slots = crate::sync::lock(&self.altinn_slots);
-        Arc::clone(
-            slots
-                .entry((key.clone(), exchange.url().to_string()))
-                .or_insert_with(|| {
-                    let origin = Origin::Altinn {
-                        maskinporten,
-                        exchange: Arc::clone(exchange),
-                    };
-                    self.new_slot(key, client, origin)
-                }),
-        )
+        let id = (key.clone(), exchange.url().to_string());
+        let inherited = self.inherited_altinn.get(&id).filter(|s| match &s.origin {
+            Origin::Altinn {
+                maskinporten: m, ..
+            } => Arc::ptr_eq(m, &maskinporten),
+            Origin::Maskinporten(_) => false,
+        });
+        if let Some(old) = inherited {
+            return Arc::clone(slots.entry(id).or_insert_with(|| Arc::clone(old)));
+        }
+        Arc::clone(slots.entry(id).or_insert_with(|| {
+            let origin = Origin::Altinn {
+                maskinporten,
+                exchange: Arc::clone(exchange),
+            };
+            self.new_slot(key, client, origin)
+        }))
     }
 
     fn new_slot(

@@ -1,8 +1,11 @@
 //! Talks to Maskinporten's token endpoint: posts a fresh grant, reads the token or the error.
 
+use super::breaker::{Breaker, Outcome};
 use super::grant::{self, GrantSpec};
+use crate::config::Egress;
 use crate::keys::SigningKey;
 use crate::secret::Secret;
+use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -20,6 +23,13 @@ pub enum FetchError {
     /// Unreachable, timed out, 5xx or 429: worth retrying later.
     #[error("Maskinporten is unavailable: {0}")]
     Unavailable(String),
+    /// Unavailable, and it is known when to ask again: Maskinporten's `Retry-After`, or the circuit
+    /// breaker holding requests back.
+    #[error("Maskinporten is unavailable: {reason}; next attempt in {} s", retry_after.as_secs().max(1))]
+    Throttled {
+        reason: String,
+        retry_after: Duration,
+    },
     #[error("Maskinporten's answer is not a token: {0}")]
     InvalidAnswer(String),
     #[error("the grant could not be signed: {0}")]
@@ -38,7 +48,7 @@ impl FetchError {
     pub fn result_label(&self) -> &'static str {
         match self {
             FetchError::Rejected { .. } => "rejected",
-            FetchError::Unavailable(_) => "unavailable",
+            FetchError::Unavailable(_) | FetchError::Throttled { .. } => "unavailable",
             FetchError::InvalidAnswer(_) => "invalid_answer",
             FetchError::Signing(_) => "signing_failed",
             FetchError::Exchange { .. } => "exchange_failed",
@@ -48,9 +58,17 @@ impl FetchError {
     /// Worth a quick second attempt within the same fetch: the other side was unreachable or busy.
     pub fn is_transient(&self) -> bool {
         match self {
-            FetchError::Unavailable(_) => true,
+            FetchError::Unavailable(_) | FetchError::Throttled { .. } => true,
             FetchError::Exchange { status, .. } => status.is_none_or(|s| s >= 500 || s == 429),
             _ => false,
+        }
+    }
+
+    /// When it is worth asking again, where the other side said so.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            FetchError::Throttled { retry_after, .. } => Some(*retry_after),
+            _ => None,
         }
     }
 
@@ -99,12 +117,14 @@ struct ErrorAnswer {
     error_uri: Option<String>,
 }
 
-/// One Maskinporten environment's token endpoint, shared by all clients.
-#[derive(Debug, Clone)]
+/// One Maskinporten environment's token endpoint, shared by all clients, behind one circuit
+/// breaker.
 pub struct TokenEndpoint {
     http: reqwest::Client,
     url: String,
     audience: String,
+    breaker: Breaker,
+    clock_skew: Option<Gauge>,
 }
 
 impl TokenEndpoint {
@@ -113,15 +133,45 @@ impl TokenEndpoint {
             http,
             url,
             audience,
+            breaker: Breaker::new(None),
+            clock_skew: None,
         }
+    }
+
+    /// Exports the clock skew seen in Maskinporten's answers, and whether the breaker is open.
+    pub fn with_metrics(mut self, clock_skew: Gauge, circuit_open: Gauge) -> Self {
+        self.clock_skew = Some(clock_skew);
+        self.breaker = Breaker::new(Some(circuit_open));
+        self
     }
 
     pub fn url(&self) -> &str {
         &self.url
     }
 
-    /// Signs a grant right now and exchanges it for a token.
+    /// Signs a grant right now and exchanges it for a token, unless the circuit breaker holds
+    /// requests back.
     pub async fn request(
+        &self,
+        client_id: &str,
+        key: &SigningKey,
+        spec: &GrantSpec,
+    ) -> Result<Issued, FetchError> {
+        if let Err(wait) = self.breaker.admit() {
+            return Err(FetchError::Throttled {
+                reason: "held back after repeated failures of the token endpoint".into(),
+                retry_after: wait,
+            });
+        }
+        let result = self.exchange(client_id, key, spec).await;
+        self.breaker.record(match &result {
+            Err(e) if e.is_transient() => Outcome::Failed(e.retry_after()),
+            _ => Outcome::Answered,
+        });
+        result
+    }
+
+    async fn exchange(
         &self,
         client_id: &str,
         key: &SigningKey,
@@ -144,6 +194,13 @@ impl TokenEndpoint {
             response.headers().get(http::header::DATE),
             grant::unix_now() as i64,
         );
+        if let Some(skew) = skew {
+            self.observe_skew(skew);
+        }
+        let retry_after = response
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| super::clock::retry_after(v, grant::unix_now() as i64));
         let body = response.bytes().await.map_err(|e| {
             FetchError::Unavailable(format!(
                 "reading the answer failed: {}",
@@ -181,7 +238,13 @@ impl TokenEndpoint {
             });
         }
         if status.is_server_error() || status.as_u16() == 429 {
-            return Err(FetchError::Unavailable(format!("HTTP {status}")));
+            return Err(match retry_after {
+                Some(retry_after) => FetchError::Throttled {
+                    reason: format!("HTTP {status}"),
+                    retry_after,
+                },
+                None => FetchError::Unavailable(format!("HTTP {status}")),
+            });
         }
         // Only the parsed, documented fields are kept: the raw body never reaches logs or callers.
         let (error, description, code) = match serde_json::from_slice::<ErrorAnswer>(&body) {
@@ -207,14 +270,50 @@ impl TokenEndpoint {
     }
 }
 
-/// Builds the HTTP client for the token endpoint on the shared rustls configuration.
+impl TokenEndpoint {
+    /// Maskinporten refuses grants more than 10 s off: warn well before that.
+    fn observe_skew(&self, skew: i64) {
+        if let Some(gauge) = &self.clock_skew {
+            let before = gauge.set(skew);
+            if skew.abs() > 5 && (before - skew).abs() >= 1 {
+                tracing::warn!(
+                    skew_seconds = skew,
+                    "{}: Maskinporten refuses grants more than 10 s off; fix NTP on this machine",
+                    super::clock::describe_skew(skew)
+                );
+            }
+        }
+    }
+}
+
+/// Builds the HTTP client for the token endpoint (and Altinn's exchange) on the shared rustls
+/// configuration, through `egress`.
 pub fn http_client(
     tls: rustls::ClientConfig,
     timeout: Duration,
+    connect_timeout: Duration,
+    egress: &Egress,
 ) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
+    let builder = match egress {
+        // reqwest reads HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY itself.
+        Egress::Environment => reqwest::Client::builder(),
+        Egress::Direct => reqwest::Client::builder().no_proxy(),
+        Egress::Proxy(server) => {
+            let mut proxy = reqwest::Proxy::all(server.url.to_string())?.no_proxy(
+                server
+                    .no_proxy
+                    .as_deref()
+                    .and_then(reqwest::NoProxy::from_string),
+            );
+            if let (Some(user), Some(password)) = (&server.username, &server.password) {
+                proxy = proxy.basic_auth(user, password.expose());
+            }
+            reqwest::Client::builder().proxy(proxy)
+        }
+    };
+    builder
         .tls_backend_preconfigured(tls)
-        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .connect_timeout(connect_timeout.min(timeout))
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("portvakt/", env!("CARGO_PKG_VERSION")))

@@ -23,6 +23,17 @@ pub fn http_date(unix: i64) -> String {
     )
 }
 
+/// A `Retry-After` value: delay seconds, or an HTTP date (against `now_unix`). Capped at an hour,
+/// so a wild value cannot stop token requests for longer.
+pub fn retry_after(value: &http::HeaderValue, now_unix: i64) -> Option<std::time::Duration> {
+    let text = value.to_str().ok()?.trim();
+    let secs = match text.parse::<u64>() {
+        Ok(secs) => secs,
+        Err(_) => u64::try_from(parse_http_date(text)? - now_unix).unwrap_or(0),
+    };
+    Some(std::time::Duration::from_secs(secs.min(3600)))
+}
+
 /// Unix seconds of an IMF-fixdate (the only form a server may send).
 pub fn parse_http_date(text: &str) -> Option<i64> {
     let mut parts = text.split_whitespace();

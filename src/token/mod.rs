@@ -1,6 +1,7 @@
 //! Maskinporten tokens: sign the grant, fetch the token, cache it per [`TokenKey`].
 
 pub mod altinn;
+pub mod breaker;
 pub mod cache;
 pub mod client;
 pub mod clock;

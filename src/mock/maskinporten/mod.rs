@@ -193,7 +193,10 @@ impl MockMaskinporten {
         let state = Arc::clone(&inner);
         tokio::spawn(server::serve(
             listener,
-            tls,
+            server::Limits {
+                tls,
+                ..Default::default()
+            },
             move |req, _peer| handle(Arc::clone(&state), req),
             stop,
             Duration::from_secs(1),

@@ -1,0 +1,125 @@
+//! Bodies streamed through portvakt, in either direction, with the limits a proxy needs: a pause
+//! longer than the route's idle timeout ends the stream (a stalled peer never holds a connection
+//! forever), a request body past the route's size limit ends it, and the concurrency permit of the
+//! request it belongs to is held until the body is done.
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use std::fmt;
+use std::future::Future as _;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, Sleep};
+
+/// Why portvakt cut a body short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    /// No data for this long.
+    Idle(Duration),
+    /// More than this many bytes.
+    TooLarge(u64),
+}
+
+impl fmt::Display for BodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BodyError::Idle(d) => write!(f, "no data for {} s", d.as_secs()),
+            BodyError::TooLarge(max) => write!(f, "the body is larger than {max} bytes"),
+        }
+    }
+}
+
+impl std::error::Error for BodyError {}
+
+/// A streamed body with an idle timeout, an optional size limit and an optional permit.
+pub struct Guarded {
+    inner: Incoming,
+    idle: Duration,
+    /// Armed on the first wait, pushed back on every frame.
+    timer: Option<Pin<Box<Sleep>>>,
+    limit: Option<u64>,
+    seen: u64,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Guarded {
+    pub fn new(inner: Incoming, idle: Duration) -> Self {
+        Guarded {
+            inner,
+            idle,
+            timer: None,
+            limit: None,
+            seen: 0,
+            _permit: None,
+        }
+    }
+
+    pub fn with_limit(mut self, limit: Option<u64>) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    pub fn with_permit(mut self, permit: Option<OwnedSemaphorePermit>) -> Self {
+        self._permit = permit;
+        self
+    }
+}
+
+impl Body for Guarded {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if let Some(max) = this.limit.filter(|max| this.seen > *max) {
+                        return Poll::Ready(Some(Err(Box::new(BodyError::TooLarge(max)))));
+                    }
+                }
+                if let Some(timer) = &mut this.timer {
+                    timer.as_mut().reset(Instant::now() + this.idle);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(Into::into))),
+            Poll::Pending => {
+                let idle = this.idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyError::Idle(idle))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The [`BodyError`] somewhere in an error's chain of causes, if portvakt cut the body.
+pub fn cut_by_portvakt(e: &(dyn std::error::Error + 'static)) -> Option<BodyError> {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if let Some(b) = err.downcast_ref::<BodyError>() {
+            return Some(*b);
+        }
+        current = err.source();
+    }
+    None
+}

@@ -1,0 +1,391 @@
+//! Who may call portvakt: the `inbound` section (address allow-list, TLS with client certificates,
+//! limits) and the per-route `allow` and `api_keys`.
+
+use super::reader::{index, join, Reader};
+use super::validate::ca_file;
+use super::CaFile;
+use crate::secret::Secret;
+use ipnet::IpNet;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::Value;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const INBOUND: &[&str] = &[
+    "allow",
+    "allow_any",
+    "tls",
+    "max_header_bytes",
+    "max_concurrent_requests",
+];
+const TLS: &[&str] = &["cert", "key", "client_ca"];
+const API_KEY: &[&str] = &["value_file"];
+
+/// hyper will not read headers into less than this.
+const MIN_HEADER_BYTES: u64 = 8192;
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 4096;
+
+/// The `inbound` section, checked.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    /// Caller addresses let in; `None` lets in every address (a loopback listener, or `allow_any`).
+    pub allow: Option<AllowList>,
+    pub tls: Option<InboundTls>,
+    /// The largest request head (request line and headers) read; larger gets 431.
+    pub max_header_bytes: usize,
+    /// Requests served at once; more get 503.
+    pub max_concurrent_requests: usize,
+}
+
+/// Networks a caller's address must be in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowList(Vec<IpNet>);
+
+impl AllowList {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        // An IPv4 caller on a dual-stack socket arrives as ::ffff:a.b.c.d.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+}
+
+impl fmt::Display for AllowList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nets: Vec<String> = self.0.iter().map(IpNet::to_string).collect();
+        f.write_str(&nets.join(", "))
+    }
+}
+
+/// TLS on the proxy listener, loaded and checked at startup.
+#[derive(Clone)]
+pub struct InboundTls {
+    pub cert: PathBuf,
+    /// When set, callers must present a certificate issued by one of these CAs.
+    pub client_ca: Option<PathBuf>,
+    pub server: Arc<rustls::ServerConfig>,
+}
+
+impl fmt::Debug for InboundTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InboundTls")
+            .field("cert", &self.cert)
+            .field("client_ca", &self.client_ca)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A caller key a route accepts, kept as its SHA-256 so comparing takes the same time whatever
+/// the caller sends.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(Secret<[u8; 32]>);
+
+impl ApiKey {
+    pub fn new(value: &[u8]) -> Self {
+        ApiKey(Secret::new(digest(value)))
+    }
+
+    /// Constant-time equality of digests; the digest hides the length.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        aws_lc_rs::constant_time::verify_slices_are_equal(self.0.expose(), &digest(presented))
+            .is_ok()
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(***)")
+    }
+}
+
+fn digest(value: &[u8]) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, value);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+pub(super) fn inbound(
+    r: &mut Reader,
+    v: Option<&Value>,
+    listen: Option<SocketAddr>,
+    base: &Path,
+) -> Inbound {
+    let path = "inbound";
+    let empty = serde_json::Map::new();
+    let m = match v {
+        Some(v) => r.mapping(v, path, INBOUND).unwrap_or(&empty),
+        None => &empty,
+    };
+    let allow = allow_list(r, m.get("allow"), &join(path, "allow"));
+    let allow_any = r
+        .boolean(m.get("allow_any"), &join(path, "allow_any"))
+        .unwrap_or(false);
+    if allow_any && allow.is_some() {
+        r.issue(
+            path,
+            "has both allow and allow_any: keep allow to let in only those networks, or allow_any to let in everyone",
+        );
+    }
+    let public = listen.is_some_and(|l| !l.ip().is_loopback());
+    if public && allow.is_none() && !allow_any {
+        let listen = listen.map(|l| l.to_string()).unwrap_or_default();
+        r.issue(
+            "inbound.allow",
+            format!(
+                "is required because listen ({listen}) is not a loopback address: anyone who reaches portvakt acts as your organisation toward NAV, KS and Altinn. List the callers' networks (allow: [10.0.0.0/8]), or set allow_any: true if a firewall or NetworkPolicy already limits who connects"
+            ),
+        );
+    }
+    let tls = m
+        .get("tls")
+        .and_then(|t| inbound_tls(r, t, &join(path, "tls"), base));
+    let max_header_bytes = r
+        .positive_u64(m.get("max_header_bytes"), &join(path, "max_header_bytes"))
+        .map_or(DEFAULT_MAX_HEADER_BYTES, |n| {
+            if n < MIN_HEADER_BYTES {
+                r.issue(
+                    &join(path, "max_header_bytes"),
+                    format!("must be at least {MIN_HEADER_BYTES}"),
+                );
+            }
+            usize::try_from(n).unwrap_or(usize::MAX)
+        });
+    let max_concurrent_requests = r
+        .positive_u64(
+            m.get("max_concurrent_requests"),
+            &join(path, "max_concurrent_requests"),
+        )
+        .map_or(DEFAULT_MAX_CONCURRENT_REQUESTS, |n| {
+            usize::try_from(n).unwrap_or(usize::MAX)
+        });
+    Inbound {
+        allow,
+        tls,
+        max_header_bytes,
+        max_concurrent_requests,
+    }
+}
+
+/// A list of networks (`10.0.0.0/8`) or single addresses (`10.1.2.3`, taken as /32 or /128).
+pub(super) fn allow_list(r: &mut Reader, v: Option<&Value>, path: &str) -> Option<AllowList> {
+    let items = r.string_list(v, path)?;
+    if items.is_empty() {
+        r.issue(
+            path,
+            "is empty: list at least one network, such as 10.0.0.0/8",
+        );
+        return None;
+    }
+    let mut nets = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let parsed = item
+            .parse::<IpNet>()
+            .or_else(|_| item.parse::<IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(net) => nets.push(net.trunc()),
+            Err(_) => r.issue(
+                &index(path, i),
+                format!(
+                    "`{item}` is not a network: write it as 10.0.0.0/8, 192.168.1.10 or fd00::/8"
+                ),
+            ),
+        }
+    }
+    Some(AllowList(nets))
+}
+
+fn inbound_tls(r: &mut Reader, v: &Value, path: &str, base: &Path) -> Option<InboundTls> {
+    use rustls_pki_types::pem::PemObject;
+    let m = r.mapping(v, path, TLS)?;
+    let cert_path = join(path, "cert");
+    let key_path = join(path, "key");
+    let cert = r
+        .required_string(m.get("cert"), &cert_path)
+        .map(|c| base.join(c));
+    let key = r
+        .required_string(m.get("key"), &key_path)
+        .map(|k| base.join(k));
+    let client_ca = r
+        .string(m.get("client_ca"), &join(path, "client_ca"))
+        .and_then(|f| ca_file(r, &base.join(f), &join(path, "client_ca")));
+    let (cert, key) = (cert?, key?);
+    let chain =
+        match CertificateDer::pem_file_iter(&cert).and_then(|c| c.collect::<Result<Vec<_>, _>>()) {
+            Ok(chain) if !chain.is_empty() => chain,
+            Ok(_) => {
+                r.issue(
+                    &cert_path,
+                    format!(
+                        "{}: no PEM certificate (BEGIN CERTIFICATE) in the file",
+                        cert.display()
+                    ),
+                );
+                return None;
+            }
+            Err(e) => {
+                r.issue(
+                    &cert_path,
+                    format!("{}: cannot read the certificates: {e}", cert.display()),
+                );
+                return None;
+            }
+        };
+    // The key's own bytes never reach an error message.
+    let private = match PrivateKeyDer::from_pem_file(&key) {
+        Ok(k) => k,
+        Err(e) => {
+            r.issue(
+                &key_path,
+                format!(
+                    "{}: no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {}",
+                    key.display(),
+                    describe_pem(&e)
+                ),
+            );
+            return None;
+        }
+    };
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = match rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+    {
+        Ok(b) => b,
+        Err(e) => {
+            r.issue(path, format!("TLS setup failed: {e}"));
+            return None;
+        }
+    };
+    let builder = match &client_ca {
+        None => builder.with_no_client_auth(),
+        Some(CaFile {
+            certs,
+            path: ca_path,
+        }) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in certs {
+                if let Err(e) = roots.add(c.clone()) {
+                    r.issue(
+                        &join(path, "client_ca"),
+                        format!("{}: not a usable CA certificate: {e}", ca_path.display()),
+                    );
+                    return None;
+                }
+            }
+            match rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            {
+                Ok(verifier) => builder.with_client_cert_verifier(verifier),
+                Err(e) => {
+                    r.issue(
+                        &join(path, "client_ca"),
+                        format!("{}: {e}", ca_path.display()),
+                    );
+                    return None;
+                }
+            }
+        }
+    };
+    let mut server = match builder.with_single_cert(chain, private) {
+        Ok(s) => s,
+        Err(e) => {
+            r.issue(
+                &key_path,
+                format!("{} does not go with {}: {e}", key.display(), cert.display()),
+            );
+            return None;
+        }
+    };
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Some(InboundTls {
+        cert,
+        client_ca: client_ca.map(|c| c.path),
+        server: Arc::new(server),
+    })
+}
+
+fn describe_pem(e: &rustls_pki_types::pem::Error) -> String {
+    match e {
+        rustls_pki_types::pem::Error::Io(io) => io.to_string(),
+        rustls_pki_types::pem::Error::NoItemsFound => "no key found".into(),
+        _ => "the file is not valid PEM".into(),
+    }
+}
+
+/// `api_keys`: strings (`${ENV}` expanded) or `{value_file: path}` entries.
+pub(super) fn api_keys(r: &mut Reader, v: Option<&Value>, path: &str, base: &Path) -> Vec<ApiKey> {
+    let Some(v) = v else { return Vec::new() };
+    let items: Vec<&Value> = match v {
+        Value::Array(items) => items.iter().collect(),
+        single => vec![single],
+    };
+    if items.is_empty() {
+        r.issue(
+            path,
+            "is empty: list at least one key, or leave api_keys out",
+        );
+    }
+    let mut out = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let p = index(path, i);
+        // Problems name the entry, never the key.
+        let text = match item {
+            Value::Object(_) => super::routes::value_file(r, item, &p, base, API_KEY),
+            _ => r.required_string(Some(item), &p),
+        };
+        let Some(text) = text else { continue };
+        if text.len() < 16 {
+            r.issue(
+                &p,
+                "is shorter than 16 characters: use a long random key (openssl rand -base64 32)",
+            );
+            continue;
+        }
+        out.push(ApiKey::new(text.as_bytes()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_lists_match_networks_and_mapped_ipv4() {
+        let mut r = Reader::new(&|_| None);
+        let list = allow_list(
+            &mut r,
+            Some(&serde_json::json!([
+                "10.0.0.0/8",
+                "192.168.1.7",
+                "fd00::/8"
+            ])),
+            "a",
+        )
+        .unwrap();
+        assert!(r.issues.is_empty());
+        for ok in ["10.1.2.3", "192.168.1.7", "::ffff:10.9.9.9", "fd00::1"] {
+            assert!(list.contains(ok.parse().unwrap()), "{ok}");
+        }
+        for no in ["11.0.0.1", "192.168.1.8", "127.0.0.1", "fe80::1"] {
+            assert!(!list.contains(no.parse().unwrap()), "{no}");
+        }
+    }
+
+    #[test]
+    fn api_keys_compare_by_digest() {
+        let key = ApiKey::new(b"0123456789abcdef-long-key");
+        assert!(key.matches(b"0123456789abcdef-long-key"));
+        assert!(!key.matches(b"0123456789abcdef-long-kez"));
+        assert!(!key.matches(b""));
+        assert_eq!(format!("{key:?}"), "ApiKey(***)");
+    }
+}
