@@ -386,17 +386,18 @@ pub struct Running {
     pub admin: Option<SocketAddr>,
     pub proxy: Arc<Proxy>,
     shutdown: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     reloader: Arc<Reloader>,
     grace: Duration,
 }
 
 impl Running {
     /// Stops accepting and drains in-flight requests (up to the grace period), then returns.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
         self.reloader.stop();
-        for task in self.tasks {
+        let tasks = std::mem::take(&mut *crate::sync::lock(&self.tasks));
+        for task in tasks {
             let _ = task.await;
         }
     }
@@ -530,7 +531,7 @@ pub fn start_on(
         admin,
         proxy,
         shutdown,
-        tasks,
+        tasks: std::sync::Mutex::new(tasks),
         reloader,
         grace: app.shutdown_grace,
     })

@@ -2,6 +2,8 @@
 //! 127.0.0.1 with ports picked by the OS.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod logs;
+
 use portvakt::app::Running;
 use portvakt::keys::SigningKey;
 use portvakt::mock::{EchoUpstream, MockClient, MockMaskinporten};
@@ -91,6 +93,16 @@ impl Harness {
         format!("http://{}{}", self.proxy.listen, path)
     }
 
+    /// Every token that reached the upstream, registered as a secret for the log check.
+    pub fn note_tokens(&self) {
+        for record in self.upstream.records() {
+            if let Some(v) = record.headers.get("authorization") {
+                let v = String::from_utf8_lossy(v.as_bytes());
+                logs::secret(v.trim_start_matches("Bearer ").trim());
+            }
+        }
+    }
+
     /// GET through the proxy.
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.http.get(self.url(path)).send().await.unwrap()
@@ -111,6 +123,16 @@ impl Harness {
 
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{}", self.proxy.admin.unwrap(), path)
+    }
+}
+
+impl Drop for Harness {
+    /// No token, key or password in any line logged so far by this test binary.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.note_tokens();
+            logs::assert_clean();
+        }
     }
 }
 
@@ -153,6 +175,10 @@ clients:
 
 /// Parses `yaml` (key paths relative to tests/fixtures, `${NAME}` from `env`) and starts portvakt.
 pub async fn spawn_proxy(yaml: &str, env: &[(&str, &str)]) -> Running {
+    logs::capture();
+    for (_, value) in env {
+        logs::secret(value);
+    }
     let env: HashMap<&str, &str> = env.iter().copied().collect();
     let lookup = |name: &str| env.get(name).map(|v| v.to_string());
     let config = portvakt::config::from_str(yaml, Path::new("test.yaml"), &fixtures(), &lookup)

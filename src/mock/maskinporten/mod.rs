@@ -96,6 +96,12 @@ pub enum Mode {
     Normal,
     /// Answers every token request with this 5xx/429 status.
     Failing(u16),
+    /// Answers with this status and `Retry-After: <seconds>`.
+    Throttling(u16, u64),
+    /// Answers 200 with a body that is not JSON.
+    Garbage,
+    /// Answers 200 with JSON that holds no `access_token`.
+    NoAccessToken,
 }
 
 /// A grant as it reached the mock, for tests to inspect.
@@ -325,9 +331,28 @@ async fn token_answer(inner: &Inner, request: Request<Incoming>) -> Answer {
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
-    if let Mode::Failing(status) = *lock(&inner.mode) {
-        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        return json_answer(status, &json!({ "error": "temporarily_unavailable" }));
+    let mode = *lock(&inner.mode);
+    match mode {
+        Mode::Normal => {}
+        Mode::Failing(status) | Mode::Throttling(status, _) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let mut answer = json_answer(status, &json!({ "error": "temporarily_unavailable" }));
+            if let Mode::Throttling(_, seconds) = mode {
+                answer
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+            }
+            return answer;
+        }
+        Mode::Garbage => {
+            return crate::error::full(StatusCode::OK, "text/html", "<html>proxy login</html>")
+        }
+        Mode::NoAccessToken => {
+            return json_answer(
+                StatusCode::OK,
+                &json!({ "token_type": "Bearer", "expires_in": 120 }),
+            )
+        }
     }
     let form_ok = request
         .headers()
