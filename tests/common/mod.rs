@@ -2,6 +2,7 @@
 //! 127.0.0.1 with ports picked by the OS.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod faults;
 pub mod logs;
 
 use portvakt::app::Running;
