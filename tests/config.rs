@@ -651,3 +651,107 @@ fn header_values_come_from_files_without_the_trailing_newline() {
         "{found:?}"
     );
 }
+
+#[test]
+fn a_public_listener_needs_an_inbound_allow_list_or_an_explicit_allow_any() {
+    let public = GOOD.replace("listen: 127.0.0.1:8080", "listen: 0.0.0.0:8080");
+    let found = issues(&public);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].starts_with(
+            "inbound.allow: is required because listen (0.0.0.0:8080) is not a loopback address"
+        ),
+        "{}",
+        found[0]
+    );
+    let allowed = format!("{public}inbound:\n  allow: [10.0.0.0/8, 192.168.1.7]\n");
+    let c = parse_with(&allowed, &[]).unwrap();
+    assert!(c
+        .inbound
+        .allow
+        .as_ref()
+        .unwrap()
+        .contains("10.1.2.3".parse().unwrap()));
+    assert!(parse_with(&format!("{public}inbound:\n  allow_any: true\n"), &[]).is_ok());
+    let found = issues(&format!(
+        "{public}inbound:\n  allow: [10.0.0.0/33, nonsense]\n"
+    ));
+    assert!(
+        found
+            .iter()
+            .any(|i| i.starts_with("inbound.allow[0]: `10.0.0.0/33` is not a network")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|i| i.starts_with("inbound.allow[1]: `nonsense` is not a network")),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn plain_http_to_another_machine_needs_insecure_http() {
+    let plain = GOOD.replace(
+        "https://api.nav.no/forsikring/",
+        "http://api.nav.no/forsikring/",
+    );
+    let found = issues(&plain);
+    assert!(found[0].starts_with("routes[0].upstream: `http://api.nav.no/forsikring/` is plain http:// to another machine"), "{found:?}");
+    assert!(found[0].contains("set insecure_http: true"));
+    assert!(parse_with(&format!("{plain}    insecure_http: true\n"), &[]).is_ok());
+    let loopback = GOOD.replace("https://api.nav.no/forsikring/", "http://127.0.0.1:9/x/");
+    assert!(parse_with(&loopback, &[]).is_ok());
+    let custom = GOOD.replace(
+        "  environment: test\n",
+        "  environment: custom\n  issuer: http://mp.internal/\n",
+    );
+    let found = issues(&custom);
+    assert!(
+        found.iter().any(|i| i.starts_with(
+            "maskinporten.token_endpoint: `http://mp.internal/token` is plain http://"
+        )),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn new_route_and_inbound_fields_are_checked_at_their_paths() {
+    let bad = format!(
+        "{GOOD}    api_keys: [short]\n    max_body_bytes: 0\n    proxy: https://proxy:3128\n    allow: []\ninbound:\n  tls:\n    cert: missing.pem\n    key: missing.key\n  max_header_bytes: 100\negress_proxy:\n  url: http://user:pw@proxy:3128\n"
+    );
+    let found = issues(&bad);
+    for want in [
+        "routes[0].api_keys[0]: is shorter than 16 characters",
+        "routes[0].max_body_bytes: expected a positive whole number",
+        "routes[0].proxy: `https://proxy:3128` is not a proxy URL",
+        "routes[0].allow: is empty",
+        "inbound.tls.cert: ",
+        "inbound.max_header_bytes: must be at least 8192",
+        "egress_proxy.url: has credentials in the URL",
+    ] {
+        assert!(
+            found.iter().any(|i| i.starts_with(want)),
+            "missing {want:?} in {found:?}"
+        );
+    }
+    assert!(
+        !found.iter().any(|i| i.contains("pw@")),
+        "a proxy password was printed"
+    );
+    let good = format!(
+        "{GOOD}    api_keys: [\"${{KEY}}\", {{value_file: fiks-integrasjonpassord.txt}}]\n    api_key_header: X-Caller-Key\n    connect_timeout_seconds: 3\n    idle_timeout_seconds: 20\n    proxy: none\negress_proxy:\n  url: http://proxy.corp:3128\n  username: svc\n  password_file: fiks-integrasjonpassord.txt\n  no_proxy: .nav.no\nshutdown_grace_seconds: 5\n"
+    );
+    let c = parse_with(&good, &[("KEY", "a-caller-key-that-is-long-enough")]).unwrap();
+    let r = &c.routes[0];
+    assert_eq!(r.api_keys.len(), 2);
+    assert_eq!(r.api_key_header, "x-caller-key");
+    assert_eq!(r.proxy, portvakt::config::Egress::Direct);
+    assert_eq!(c.shutdown_grace, std::time::Duration::from_secs(5));
+    let debug = format!("{c:?}");
+    assert!(!debug.contains("a-caller-key-that-is-long-enough"));
+    assert!(matches!(
+        c.maskinporten.proxy,
+        portvakt::config::Egress::Proxy(_)
+    ));
+}

@@ -94,13 +94,13 @@ async fn serve(mut stream: TcpStream, fault: Fault) {
             until_closed(&mut stream).await;
         }
         Fault::ResetBeforeHeaders => {
-            let _ = stream.set_linger(Some(Duration::ZERO));
+            let _ = stream.set_zero_linger();
         }
         Fault::ResetMidBody => {
             let _ = stream.write_all(partial).await;
             let _ = stream.flush().await;
             tokio::time::sleep(Duration::from_millis(50)).await;
-            let _ = stream.set_linger(Some(Duration::ZERO));
+            let _ = stream.set_zero_linger();
         }
         Fault::Redirect(location) => {
             let answer =
@@ -111,11 +111,14 @@ async fn serve(mut stream: TcpStream, fault: Fault) {
     }
 }
 
+/// Each tunnel's `host:port` and the `Proxy-Authorization` it came with.
+pub type Tunnels = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
 /// An outbound proxy as corporate networks run them: CONNECT only, optionally with Basic
 /// credentials; records each tunnel's target and the `Proxy-Authorization` it came with.
 pub struct ConnectProxy {
     pub addr: SocketAddr,
-    pub tunnels: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    pub tunnels: Tunnels,
 }
 
 impl ConnectProxy {
