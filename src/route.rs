@@ -142,11 +142,23 @@ pub fn remainder<'p>(prefix: &str, path: &'p str) -> Option<&'p str> {
 /// True when a remainder could climb out of the route's base path once the upstream (or anything
 /// between) decodes or normalises it: `.` or `..` segments (also percent-encoded, or with a
 /// `;parameter` as servlet containers read them), empty segments (`//`), encoded slashes or
-/// backslashes, NUL, control characters, double-encoded escapes (`%252e`) and overlong UTF-8
-/// dots and slashes (`%c0%ae`).
+/// backslashes, NUL, control characters, overlong UTF-8 dots and slashes (`%c0%ae`), and any of
+/// these hidden under a second layer of encoding (`%252e`, `%%32%65`).
 pub fn escapes_prefix(remainder: &str) -> bool {
     let bytes = remainder.as_bytes();
-    // Runs on every request: read the bytes in place rather than decode into a copy.
+    if unsafe_as_sent(bytes) {
+        return true;
+    }
+    // Runs on every request: only a path with escapes is decoded, into a copy.
+    if !bytes.contains(&b'%') {
+        return false;
+    }
+    let once = percent_decode(bytes);
+    unsafe_as_sent(&once) || once.windows(3).any(is_escape)
+}
+
+/// The checks on the path as it is, before any decoding.
+fn unsafe_as_sent(bytes: &[u8]) -> bool {
     let lower = |b: u8| b.to_ascii_lowercase();
     // %2f / %5c / %00, and overlong UTF-8 lead bytes %c0 / %c1.
     let escaped = |w: &[u8]| {
@@ -156,25 +168,37 @@ pub fn escapes_prefix(remainder: &str) -> bool {
                 (b'2', b'f') | (b'5', b'c') | (b'0', b'0') | (b'c', b'0' | b'1')
             )
     };
-    // %25 followed by a dot, slash, backslash or NUL: decoded twice, it becomes one.
-    let double = |w: &[u8]| {
-        w[..3] == *b"%25"
-            && matches!(
-                (lower(w[3]), lower(w[4])),
-                (b'2', b'e' | b'f') | (b'5', b'c') | (b'0', b'0')
-            )
-    };
     bytes.iter().any(|b| *b == b'\\' || *b < 0x20 || *b == 0x7f)
         || bytes.windows(3).any(escaped)
-        || bytes.windows(5).any(double)
         || bytes.windows(2).any(|w| w == b"//")
-        || remainder.split('/').any(is_dot_segment)
+        || bytes.split(|b| *b == b'/').any(is_dot_segment)
+}
+
+fn is_escape(w: &[u8]) -> bool {
+    w[0] == b'%' && w[1].is_ascii_hexdigit() && w[2].is_ascii_hexdigit()
+}
+
+/// One layer of percent-decoding; malformed escapes stay as they are.
+fn percent_decode(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if let Some(w) = bytes.get(i..i + 3).filter(|w| is_escape(w)) {
+            let hex = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
+            out.push((hex(w[1]) << 4) | hex(w[2]));
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 /// `.` or `..`, with any dot possibly written `%2e` / `%2E`, and anything after a `;` ignored.
-fn is_dot_segment(segment: &str) -> bool {
-    let segment = segment.split(';').next().unwrap_or(segment);
-    let (mut rest, mut dots) = (segment.as_bytes(), 0);
+fn is_dot_segment(segment: &[u8]) -> bool {
+    let segment = segment.split(|b| *b == b';').next().unwrap_or(segment);
+    let (mut rest, mut dots) = (segment, 0);
     while !rest.is_empty() {
         if rest[0] == b'.' {
             rest = &rest[1..];
@@ -252,6 +276,8 @@ mod tests {
             "/%c0%ae%c0%ae/x",
             "/%C0%AF",
             "/a\tb",
+            "/%%32%65%%32%65/x",
+            "/%2525",
         ] {
             assert!(escapes_prefix(bad), "{bad}");
         }
@@ -266,7 +292,9 @@ mod tests {
             "/a%2",
             "/a;b=1/c",
             "/%25",
+            "/100%25",
             "/a%20b",
+            "/%C3%A6",
         ] {
             assert!(!escapes_prefix(good), "{good}");
         }
