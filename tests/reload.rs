@@ -58,12 +58,7 @@ async fn eventually(http: &reqwest::Client, url: &str, want: u16) -> u16 {
 
 #[tokio::test]
 async fn a_changed_file_is_reloaded_keeping_tokens_and_a_bad_one_changes_nothing() {
-    let mock = portvakt::mock::MockMaskinporten::start(vec![registered_client()], 120)
-        .await
-        .unwrap();
-    let upstream = portvakt::mock::EchoUpstream::start(Some(mock.decoding_key()))
-        .await
-        .unwrap();
+    let (mock, upstream) = mock_and_upstream().await;
     let dir = temp_dir("file");
     let path = dir.join("portvakt.yaml");
     let head = "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nwatch_interval_seconds: 1\n";
@@ -152,12 +147,7 @@ async fn a_changed_file_is_reloaded_keeping_tokens_and_a_bad_one_changes_nothing
 
 #[tokio::test]
 async fn sighup_reloads_the_running_binary() {
-    let mock = portvakt::mock::MockMaskinporten::start(vec![registered_client()], 120)
-        .await
-        .unwrap();
-    let upstream = portvakt::mock::EchoUpstream::start(Some(mock.decoding_key()))
-        .await
-        .unwrap();
+    let (mock, upstream) = mock_and_upstream().await;
     let port = free_port();
     let dir = temp_dir("hup");
     let path = dir.join("portvakt.yaml");

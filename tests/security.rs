@@ -117,12 +117,7 @@ async fn hostile_requests_are_refused_and_reach_neither_maskinporten_nor_the_ups
 
 #[tokio::test]
 async fn inbound_allow_refuses_other_addresses_before_any_route() {
-    let mock = portvakt::mock::MockMaskinporten::start(vec![registered_client()], 120)
-        .await
-        .unwrap();
-    let upstream = portvakt::mock::EchoUpstream::start(Some(mock.decoding_key()))
-        .await
-        .unwrap();
+    let (mock, upstream) = mock_and_upstream().await;
     let yaml = config_yaml(
         &mock.issuer(),
         &mock.token_endpoint(),
@@ -179,12 +174,7 @@ async fn upstream_redirects_go_back_to_the_caller_and_are_never_followed_with_th
 
 #[tokio::test]
 async fn inbound_tls_requires_a_client_certificate_from_the_configured_ca() {
-    let mock = portvakt::mock::MockMaskinporten::start(vec![registered_client()], 120)
-        .await
-        .unwrap();
-    let upstream = portvakt::mock::EchoUpstream::start(Some(mock.decoding_key()))
-        .await
-        .unwrap();
+    let (mock, upstream) = mock_and_upstream().await;
     let yaml = config_yaml(
         &mock.issuer(),
         &mock.token_endpoint(),

@@ -137,6 +137,18 @@ impl Drop for Harness {
     }
 }
 
+/// A mock Maskinporten with the registered client (120 s tokens) and an echo upstream that
+/// verifies its tokens.
+pub async fn mock_and_upstream() -> (MockMaskinporten, EchoUpstream) {
+    let mock = MockMaskinporten::start(vec![registered_client()], 120)
+        .await
+        .unwrap();
+    let upstream = EchoUpstream::start(Some(mock.decoding_key()))
+        .await
+        .unwrap();
+    (mock, upstream)
+}
+
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
