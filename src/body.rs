@@ -114,12 +114,5 @@ impl Body for Guarded {
 
 /// The [`BodyError`] somewhere in an error's chain of causes, if portvakt cut the body.
 pub fn cut_by_portvakt(e: &(dyn std::error::Error + 'static)) -> Option<BodyError> {
-    let mut current = Some(e);
-    while let Some(err) = current {
-        if let Some(b) = err.downcast_ref::<BodyError>() {
-            return Some(*b);
-        }
-        current = err.source();
-    }
-    None
+    crate::error::causes(e).find_map(|err| err.downcast_ref::<BodyError>().copied())
 }

@@ -175,10 +175,9 @@ impl ProxyError {
             ProxyError::PathEscapes => {
                 "the path contains `.`/`..` segments, empty segments (`//`), encoded slashes, backslashes, NUL or double-encoded escapes, which could leave the route's prefix; the request was not forwarded".into()
             }
-            ProxyError::ApiKey { header, missing } => format!(
-                "{}: send this route's key in the {header} header",
-                if *missing { "the request carries no API key" } else { "the API key is not valid for this route" }
-            ),
+            ProxyError::ApiKey { header, .. } => {
+                format!("{self}: send this route's key in the {header} header")
+            }
             ProxyError::AbsoluteForm => "portvakt routes by path only: send the request to portvakt with a path (GET /nav/...), not a full URL as to a forward proxy".into(),
             other => other.to_string(),
         }
@@ -257,13 +256,16 @@ pub fn full(
 }
 
 /// An error with its causes, for operators: the top-level messages of hyper and reqwest alone say little.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    causes(e)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// The error itself, then each of its sources in turn.
+pub fn causes<'e>(
+    e: &'e (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'e (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |err| err.source())
 }

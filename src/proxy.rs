@@ -362,17 +362,10 @@ async fn send(
 
 /// Whether the error is the caller's request body failing (hyper reports it as a user body error).
 fn is_caller_body_error(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(e);
-    while let Some(err) = current {
-        if err
-            .downcast_ref::<hyper::Error>()
+    crate::error::causes(e).any(|err| {
+        err.downcast_ref::<hyper::Error>()
             .is_some_and(hyper::Error::is_user)
-        {
-            return true;
-        }
-        current = err.source();
-    }
-    false
+    })
 }
 
 /// The upstream's answer as it goes back to the caller: streamed, without hop-by-hop headers, its

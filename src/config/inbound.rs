@@ -21,7 +21,6 @@ const INBOUND: &[&str] = &[
     "max_concurrent_requests",
 ];
 const TLS: &[&str] = &["cert", "key", "client_ca"];
-const API_KEY: &[&str] = &["value_file"];
 
 /// hyper will not read headers into less than this.
 const MIN_HEADER_BYTES: u64 = 8192;
@@ -338,7 +337,7 @@ pub(super) fn api_keys(r: &mut Reader, v: Option<&Value>, path: &str, base: &Pat
         let p = index(path, i);
         // Problems name the entry, never the key.
         let text = match item {
-            Value::Object(_) => super::routes::value_file(r, item, &p, base, API_KEY),
+            Value::Object(_) => super::routes::value_file(r, item, &p, base),
             _ => r.required_string(Some(item), &p),
         };
         let Some(text) = text else { continue };

@@ -43,7 +43,8 @@ const ROUTE: &[&str] = &[
     "insecure_http",
 ];
 const SYSTEMUSER: &[&str] = &["org", "externalRef"];
-const HEADER_VALUE: &[&str] = &["value_file"];
+/// A secret value read from a file: `{value_file: path}`.
+const VALUE_FILE: &[&str] = &["value_file"];
 
 /// Altinn's token exchange, by environment (maskinporten.md section 6).
 const ALTINN_EXCHANGE_PATH: &str = "authentication/api/v1/exchange/maskinporten";
@@ -623,7 +624,7 @@ fn headers(
         }
         // The value may be a password (IntegrasjonPassord): problems name the header, never the value.
         let text = match value {
-            Value::Object(_) => value_file(r, value, &p, base, HEADER_VALUE),
+            Value::Object(_) => value_file(r, value, &p, base),
             _ => r.required_string(Some(value), &p),
         };
         let Some(text) = text else {
@@ -645,14 +646,8 @@ fn headers(
 
 /// `{value_file: path}`: the value is the file's content, without its trailing newline (as
 /// Kubernetes secrets and `echo` write it).
-pub(super) fn value_file(
-    r: &mut Reader,
-    value: &Value,
-    path: &str,
-    base: &Path,
-    allowed: &[&str],
-) -> Option<String> {
-    let m = r.mapping(value, path, allowed)?;
+pub(super) fn value_file(r: &mut Reader, value: &Value, path: &str, base: &Path) -> Option<String> {
+    let m = r.mapping(value, path, VALUE_FILE)?;
     let file_path = join(path, "value_file");
     let file = base.join(r.required_string(m.get("value_file"), &file_path)?);
     secret_file(r, &file, &file_path)
