@@ -227,14 +227,8 @@ async fn inbound_tls_requires_a_client_certificate_from_the_configured_ca() {
 #[tokio::test]
 async fn token_requests_and_upstream_calls_tunnel_through_the_configured_egress_proxy() {
     // Both over HTTPS, as in production: the proxy sees CONNECT host:port and ciphertext only.
-    let (cert, key) = (
-        fixtures().join("upstream.pem"),
-        fixtures().join("upstream.key"),
-    );
-    let mock =
-        portvakt::mock::MockMaskinporten::start_tls(vec![registered_client()], 120, &cert, &key)
-            .await
-            .unwrap();
+    let (cert, key) = tls_files();
+    let mock = tls_mock().await;
     let upstream = portvakt::mock::EchoUpstream::start_tls(Some(mock.decoding_key()), &cert, &key)
         .await
         .unwrap();
@@ -292,14 +286,7 @@ async fn token_requests_and_upstream_calls_tunnel_through_the_configured_egress_
 
 #[tokio::test]
 async fn a_wrong_proxy_password_is_a_clear_error_and_nothing_is_sent_around_the_proxy() {
-    let (cert, key) = (
-        fixtures().join("upstream.pem"),
-        fixtures().join("upstream.key"),
-    );
-    let mock =
-        portvakt::mock::MockMaskinporten::start_tls(vec![registered_client()], 120, &cert, &key)
-            .await
-            .unwrap();
+    let mock = tls_mock().await;
     let upstream = portvakt::mock::EchoUpstream::start(Some(mock.decoding_key()))
         .await
         .unwrap();

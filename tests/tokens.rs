@@ -271,14 +271,7 @@ async fn unreachable_token_endpoint_is_503() {
 
 #[tokio::test]
 async fn the_token_endpoint_is_reached_over_verified_tls() {
-    let (cert, key) = (
-        fixtures().join("upstream.pem"),
-        fixtures().join("upstream.key"),
-    );
-    let mock =
-        portvakt::mock::MockMaskinporten::start_tls(vec![registered_client()], 120, &cert, &key)
-            .await
-            .unwrap();
+    let mock = tls_mock().await;
     assert!(mock.issuer().starts_with("https://127.0.0.1:"));
     let upstream = portvakt::mock::EchoUpstream::start(Some(mock.decoding_key()))
         .await

@@ -137,6 +137,24 @@ impl Drop for Harness {
     }
 }
 
+/// The certificate and key (for 127.0.0.1 and localhost, from tests/fixtures/test-ca.pem) that
+/// the TLS mocks serve.
+pub fn tls_files() -> (PathBuf, PathBuf) {
+    (
+        fixtures().join("upstream.pem"),
+        fixtures().join("upstream.key"),
+    )
+}
+
+/// A mock Maskinporten over HTTPS with the registered client and 120 s tokens; trust it with
+/// `ca_file: test-ca.pem`.
+pub async fn tls_mock() -> MockMaskinporten {
+    let (cert, key) = tls_files();
+    MockMaskinporten::start_tls(vec![registered_client()], 120, &cert, &key)
+        .await
+        .unwrap()
+}
+
 /// A mock Maskinporten with the registered client (120 s tokens) and an echo upstream that
 /// verifies its tokens.
 pub async fn mock_and_upstream() -> (MockMaskinporten, EchoUpstream) {
