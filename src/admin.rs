@@ -2,6 +2,7 @@
 //! `/metrics` (Prometheus). Nothing here ever shows a token or secret.
 
 use crate::error::Body;
+use crate::metrics::TokenLabels;
 use crate::proxy::Proxy;
 use crate::route::RouteTable;
 use http::{Method, Request, Response, StatusCode};
@@ -31,11 +32,14 @@ impl Admin {
                 "application/json",
                 readiness(&self.proxy.snapshot().routes).to_string(),
             ),
-            "/metrics" => text(
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                self.proxy.metrics.encode(),
-            ),
+            "/metrics" => {
+                refresh_gauges(&self.proxy);
+                text(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    self.proxy.metrics.encode(),
+                )
+            }
             _ => text(
                 StatusCode::NOT_FOUND,
                 "text/plain",
@@ -86,6 +90,35 @@ fn readiness(routes: &RouteTable) -> serde_json::Value {
         })
         .collect();
     json!({ "status": "ready", "routes": routes })
+}
+
+/// The gauges read off the live state when scraped, so the request path never updates them.
+fn refresh_gauges(proxy: &Proxy) {
+    let metrics = &proxy.metrics;
+    metrics.in_flight.set(proxy.in_flight() as i64);
+    // Rebuilt from the slots in force, so a slot a reload removed leaves no series behind.
+    metrics.token_expires_in.clear();
+    for route in proxy.snapshot().routes.iter() {
+        for (party, slot) in route.parties.slots() {
+            let Some(seconds) = slot.status().expires_in_seconds else {
+                continue;
+            };
+            let key = slot.key();
+            let labels = TokenLabels {
+                client: Arc::clone(slot.client_name()),
+                kind: slot.kind(),
+                scopes: key.grant.scope.clone(),
+                party: party
+                    .map(|(_, org)| org.to_string())
+                    .or_else(|| key.grant.consumer_org.clone())
+                    .unwrap_or_default(),
+            };
+            metrics
+                .token_expires_in
+                .get_or_create(&labels)
+                .set(i64::try_from(seconds).unwrap_or(i64::MAX));
+        }
+    }
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {

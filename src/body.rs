@@ -3,11 +3,14 @@
 //! forever), a request body past the route's size limit ends it, and the concurrency permit of the
 //! request it belongs to is held until the body is done.
 
+use crate::metrics::Metrics;
+use crate::upstream::Fault;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::fmt;
 use std::future::Future as _;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
@@ -42,6 +45,13 @@ pub struct Guarded {
     limit: Option<u64>,
     seen: u64,
     _permit: Option<OwnedSemaphorePermit>,
+    faults: Option<FaultCount>,
+}
+
+/// Where a response body the upstream breaks off is counted.
+pub struct FaultCount {
+    pub metrics: Arc<Metrics>,
+    pub route: Arc<String>,
 }
 
 impl Guarded {
@@ -53,11 +63,17 @@ impl Guarded {
             limit: None,
             seen: 0,
             _permit: None,
+            faults: None,
         }
     }
 
     pub fn with_limit(mut self, limit: Option<u64>) -> Self {
         self.limit = limit;
+        self
+    }
+
+    pub fn counting_faults(mut self, faults: FaultCount) -> Self {
+        self.faults = Some(faults);
         self
     }
 
@@ -89,14 +105,26 @@ impl Body for Guarded {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(Into::into))),
+            Poll::Ready(Some(Err(e))) => {
+                if let Some(f) = &this.faults {
+                    f.metrics
+                        .count_upstream_error(&f.route, Fault::of(&e, false));
+                }
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 let idle = this.idle;
                 let timer = this
                     .timer
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
                 match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyError::Idle(idle))))),
+                    Poll::Ready(()) => {
+                        if let Some(f) = &this.faults {
+                            f.metrics.count_upstream_error(&f.route, Fault::Timeout);
+                        }
+                        Poll::Ready(Some(Err(Box::new(BodyError::Idle(idle)))))
+                    }
                     Poll::Pending => Poll::Pending,
                 }
             }

@@ -4,6 +4,7 @@ use crate::body::Guarded;
 use crate::party::PartyError;
 use crate::token::cache::TokenError;
 use crate::token::FetchError;
+use crate::upstream::Fault;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
@@ -47,11 +48,19 @@ pub enum ProxyError {
     #[error(transparent)]
     Token(#[from] TokenError),
     #[error("upstream {upstream} is unreachable: {reason}")]
-    UpstreamUnreachable { upstream: String, reason: String },
+    UpstreamUnreachable {
+        upstream: String,
+        reason: String,
+        fault: Fault,
+    },
     #[error("upstream {upstream} sent no response within {} s", after.as_secs())]
     UpstreamTimeout { upstream: String, after: Duration },
     #[error("upstream {upstream} failed: {reason}")]
-    UpstreamFailed { upstream: String, reason: String },
+    UpstreamFailed {
+        upstream: String,
+        reason: String,
+        fault: Fault,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -136,6 +145,16 @@ impl ProxyError {
             ProxyError::UpstreamTimeout { .. } => ("upstream-timeout", "Upstream timed out"),
             ProxyError::UpstreamFailed { .. } => ("upstream-failed", "Upstream failed"),
             ProxyError::Internal(_) => ("internal", "Internal error"),
+        }
+    }
+
+    /// The upstream's part in the failure, for `portvakt_upstream_errors_total`.
+    pub fn upstream_fault(&self) -> Option<Fault> {
+        match self {
+            ProxyError::UpstreamTimeout { .. } => Some(Fault::Timeout),
+            ProxyError::UpstreamUnreachable { fault, .. }
+            | ProxyError::UpstreamFailed { fault, .. } => Some(*fault),
+            _ => None,
         }
     }
 

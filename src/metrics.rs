@@ -12,14 +12,51 @@ use std::sync::Arc;
 pub struct RequestLabels {
     /// Empty when no route matched.
     pub route: Arc<String>,
+    /// The method, or `other` for one outside RFC 9110's list (bounded, so callers cannot make
+    /// new series).
+    pub method: &'static str,
     pub status: u16,
+}
+
+/// The label for a request method: the standard ones by name, anything else `other`.
+pub fn method_class(method: &http::Method) -> &'static str {
+    use http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamErrorLabels {
+    pub route: Arc<String>,
+    /// connect, timeout, reset, tls or protocol.
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub client: Arc<String>,
+    /// maskinporten, or altinn for an exchanged Altinn token.
+    pub kind: &'static str,
+    pub scopes: String,
+    /// The consumer or system user organisation the token acts for; empty for the client's own.
+    pub party: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FetchLabels {
     pub client: Arc<String>,
-    /// ok, rejected, unavailable, invalid_answer or signing_failed.
+    /// ok, rejected, unavailable, invalid_answer, signing_failed or exchange_failed.
     pub result: &'static str,
+    /// Maskinporten's MP code (or Altinn's status) for a failure that has one; empty otherwise.
+    pub code: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -62,6 +99,13 @@ pub struct Metrics {
     pub altinn_exchanges: Family<FetchLabels, Counter>,
     pub unauthorized_retries: Family<RetryLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
+    pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    /// Requests holding a concurrency permit, set when scraped.
+    pub in_flight: Gauge,
+    /// Seconds until each cached token expires, set when scraped.
+    pub token_expires_in: Family<TokenLabels, Gauge>,
+    pub token_cache_hits: Family<ClientLabels, Counter>,
+    pub token_cache_misses: Family<ClientLabels, Counter>,
     /// Seconds Maskinporten's clock is ahead of this machine's (negative: behind).
     pub clock_skew: Gauge,
     /// 1 while the circuit breaker keeps token requests from the token endpoint.
@@ -84,18 +128,18 @@ impl Metrics {
             Family::new_with_constructor(latency_histogram);
         registry.register(
             "requests",
-            "Requests answered, by route and status",
+            "Requests answered, by route, method and status",
             requests.clone(),
         );
         registry.register_with_unit(
             "request_duration",
-            "Time from request received to response headers sent, by route and status",
+            "Time from request received to response headers sent, by route, method and status",
             prometheus_client::registry::Unit::Seconds,
             request_duration.clone(),
         );
         registry.register(
             "token_fetches",
-            "Token requests to Maskinporten, by client and result",
+            "Token requests to Maskinporten, by client, result and MP code",
             token_fetches.clone(),
         );
         registry.register_with_unit(
@@ -149,6 +193,37 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             clock_skew.clone(),
         );
+        let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Upstream calls that failed, by route and kind (connect, timeout, reset, tls, protocol)",
+            upstream_errors.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "in_flight_requests",
+            "Requests being served now, from admission to the last body byte",
+            in_flight.clone(),
+        );
+        let token_expires_in = Family::<TokenLabels, Gauge>::default();
+        registry.register_with_unit(
+            "token_expires_in",
+            "Seconds until each cached token expires; absent while a slot holds no usable token",
+            prometheus_client::registry::Unit::Seconds,
+            token_expires_in.clone(),
+        );
+        let token_cache_hits = Family::<ClientLabels, Counter>::default();
+        registry.register(
+            "token_cache_hits",
+            "Requests served with a cached token, by client",
+            token_cache_hits.clone(),
+        );
+        let token_cache_misses = Family::<ClientLabels, Counter>::default();
+        registry.register(
+            "token_cache_misses",
+            "Requests that had to wait for a token fetch (or found none), by client",
+            token_cache_misses.clone(),
+        );
         let token_endpoint_open = Gauge::default();
         registry.register(
             "token_endpoint_circuit_open",
@@ -158,6 +233,11 @@ impl Metrics {
         Metrics {
             registry,
             config_reloads,
+            upstream_errors,
+            in_flight,
+            token_expires_in,
+            token_cache_hits,
+            token_cache_misses,
             clock_skew,
             token_endpoint_open,
             altinn_exchanges,
@@ -170,6 +250,15 @@ impl Metrics {
             token_fetches,
             token_fetch_duration,
         }
+    }
+
+    pub fn count_upstream_error(&self, route: &Arc<String>, fault: crate::upstream::Fault) {
+        self.upstream_errors
+            .get_or_create(&UpstreamErrorLabels {
+                route: Arc::clone(route),
+                kind: fault.as_str(),
+            })
+            .inc();
     }
 
     /// The Prometheus/OpenMetrics text exposition.

@@ -5,9 +5,9 @@
 use crate::body::{self, BodyError, Guarded};
 use crate::config::AllowList;
 use crate::error::{Body, ProxyError};
-use crate::metrics::{Metrics, RequestLabels, RetryLabels};
+use crate::metrics::{self, Metrics, RequestLabels, RetryLabels};
 use crate::route::{self, Route, RouteTable};
-use crate::upstream::{self, UpstreamBody};
+use crate::upstream::{self, Fault, UpstreamBody};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, HOST};
@@ -56,6 +56,11 @@ impl Proxy {
         self.current.load_full()
     }
 
+    /// Requests admitted and not yet finished (their permit is held to the last body byte).
+    pub fn in_flight(&self) -> usize {
+        self.max_in_flight - self.in_flight.available_permits()
+    }
+
     /// Puts a reloaded configuration in force for the requests that arrive from now on.
     pub fn replace(&self, snapshot: Snapshot) {
         self.current.store(Arc::new(snapshot));
@@ -99,6 +104,9 @@ impl Proxy {
         let response = match result {
             Ok(response) => response,
             Err(error) => {
+                if let (Some(fault), Some(route)) = (error.upstream_fault(), &route_name) {
+                    self.metrics.count_upstream_error(route, fault);
+                }
                 tracing::warn!(route = route_name.as_deref().map_or("-", |s| s.as_str()), %method, status = error.status().as_u16(), %error, "request not forwarded");
                 error.to_response(route_name.as_deref().map(String::as_str))
             }
@@ -108,6 +116,7 @@ impl Proxy {
             route: route_name
                 .clone()
                 .unwrap_or_else(|| Arc::clone(&self.no_route)),
+            method: metrics::method_class(&method),
             status: response.status().as_u16(),
         };
         self.metrics.requests.get_or_create(&labels).inc();
@@ -250,7 +259,7 @@ impl Proxy {
         parts.headers.insert(AUTHORIZATION, token.bearer().clone());
         let response = send(route, Request::from_parts(parts, body)).await?;
         if response.status() != StatusCode::UNAUTHORIZED || route.retry_body_max.is_none() {
-            return Ok(relay(route, response, permit));
+            return Ok(self.relay(route, response, permit));
         }
 
         // The upstream no longer accepts the token (revoked, rotated, clock): drop it for everyone.
@@ -268,12 +277,12 @@ impl Proxy {
             .inc();
         let Some(replay) = replay else {
             tracing::warn!(route = %route.name, result, "upstream answered 401: not retried");
-            return Ok(relay(route, response, permit));
+            return Ok(self.relay(route, response, permit));
         };
         drop(response);
         tracing::info!(route = %route.name, "upstream answered 401: retrying once with a fresh token");
         let token = slot.get().await?;
-        Ok(relay(
+        Ok(self.relay(
             route,
             send(route, replay.with(token.bearer())).await?,
             permit,
@@ -347,6 +356,7 @@ async fn send(
         Ok(Err(e)) if e.is_connect() => Err(ProxyError::UpstreamUnreachable {
             upstream: route.upstream.to_string(),
             reason: crate::error::chain(&e),
+            fault: Fault::of(&e, true),
         }),
         // The caller's body failed on the way (too large, stalled, caller gone): not the upstream's fault.
         Ok(Err(e)) if body::cut_by_portvakt(&e).is_some() || is_caller_body_error(&e) => {
@@ -355,6 +365,7 @@ async fn send(
         Ok(Err(e)) => Err(ProxyError::UpstreamFailed {
             upstream: route.upstream.to_string(),
             reason: crate::error::chain(&e),
+            fault: Fault::of(&e, false),
         }),
         Ok(Ok(response)) => Ok(response),
     }
@@ -368,14 +379,28 @@ fn is_caller_body_error(e: &(dyn std::error::Error + 'static)) -> bool {
     })
 }
 
-/// The upstream's answer as it goes back to the caller: streamed, without hop-by-hop headers, its
-/// body under the route's idle timeout and holding the request's concurrency permit to the end.
-fn relay(
-    route: &Route,
-    mut response: Response<Incoming>,
-    permit: OwnedSemaphorePermit,
-) -> Response<Body> {
-    upstream::strip_hop_by_hop(response.headers_mut());
-    *response.version_mut() = Version::HTTP_11;
-    response.map(|b| Either::Left(Guarded::new(b, route.idle_timeout).with_permit(Some(permit))))
+impl Proxy {
+    /// The upstream's answer as it goes back to the caller: streamed, without hop-by-hop headers,
+    /// its body under the route's idle timeout and holding the request's concurrency permit to the
+    /// end. A body the upstream breaks off counts as an upstream error.
+    fn relay(
+        &self,
+        route: &Route,
+        mut response: Response<Incoming>,
+        permit: OwnedSemaphorePermit,
+    ) -> Response<Body> {
+        upstream::strip_hop_by_hop(response.headers_mut());
+        *response.version_mut() = Version::HTTP_11;
+        let faults = body::FaultCount {
+            metrics: Arc::clone(&self.metrics),
+            route: Arc::clone(&route.name),
+        };
+        response.map(|b| {
+            Either::Left(
+                Guarded::new(b, route.idle_timeout)
+                    .with_permit(Some(permit))
+                    .counting_faults(faults),
+            )
+        })
+    }
 }

@@ -187,3 +187,80 @@ mod tests {
         assert_eq!(h["x-kept"], "yes");
     }
 }
+
+/// Why an upstream call failed, as the `kind` of `portvakt_upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// No connection: refused, unresolvable, unroutable.
+    Connect,
+    /// No connection, headers or body data within the route's time limits.
+    Timeout,
+    /// The upstream closed or reset the connection before the exchange was done.
+    Reset,
+    /// The TLS handshake failed: certificate, name or protocol.
+    Tls,
+    /// Anything else: a malformed answer, an HTTP-level error.
+    Protocol,
+}
+
+impl Fault {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::Connect => "connect",
+            Fault::Timeout => "timeout",
+            Fault::Reset => "reset",
+            Fault::Tls => "tls",
+            Fault::Protocol => "protocol",
+        }
+    }
+
+    /// Reads the kind off an error's chain of causes; `connecting` when it happened before a
+    /// connection was made.
+    pub fn of(e: &(dyn std::error::Error + 'static), connecting: bool) -> Fault {
+        use std::io::ErrorKind;
+        let mut fallback = if connecting {
+            Fault::Connect
+        } else {
+            Fault::Protocol
+        };
+        for cause in crate::error::causes(e) {
+            if cause.downcast_ref::<rustls::Error>().is_some() {
+                return Fault::Tls;
+            }
+            if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+                // rustls reports handshake failures as an io::Error wrapping its own (hyper-util
+                // wraps that once more), and io::Error's source() skips the wrapped error.
+                let mut inner = io.get_ref();
+                while let Some(err) = inner {
+                    if err.is::<rustls::Error>() {
+                        return Fault::Tls;
+                    }
+                    inner = err
+                        .downcast_ref::<std::io::Error>()
+                        .and_then(std::io::Error::get_ref);
+                }
+                match io.kind() {
+                    ErrorKind::TimedOut => return Fault::Timeout,
+                    ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::BrokenPipe
+                    | ErrorKind::UnexpectedEof
+                        if !connecting =>
+                    {
+                        return Fault::Reset
+                    }
+                    _ => {}
+                }
+            }
+            if cause.downcast_ref::<crate::body::BodyError>().is_some() {
+                return Fault::Timeout;
+            }
+            if let Some(h) = cause.downcast_ref::<hyper::Error>() {
+                if !connecting && (h.is_incomplete_message() || h.is_canceled()) {
+                    fallback = Fault::Reset;
+                }
+            }
+        }
+        fallback
+    }
+}

@@ -225,13 +225,21 @@ async fn upstream_faults_end_in_clear_answers_and_leave_nothing_behind() {
     routes.push_str(&format!(
         "  - name: refused\n    prefix: /refused/\n    upstream: http://127.0.0.1:{closed}/\n    client: vendor\n    scopes: [{SCOPE}]\n"
     ));
+    // An HTTPS upstream whose certificate the route does not trust (no `ca`).
+    let (cert, key) = tls_files();
+    let untrusted = portvakt::mock::EchoUpstream::start_tls(None, &cert, &key)
+        .await
+        .unwrap();
+    routes.push_str(&format!(
+        "  - name: untrusted\n    prefix: /untrusted/\n    upstream: {}\n    client: vendor\n    scopes: [{SCOPE}]\n",
+        untrusted.url()
+    ));
     let yaml = config_yaml(&h.mock.issuer(), &h.mock.token_endpoint(), &routes);
     let proxy = spawn_proxy(&yaml, &[]).await;
     let url = |p: &str| format!("http://{}{}", proxy.listen, p);
-    assert_eq!(
-        http.get(url("/refused/x")).send().await.unwrap().status(),
-        502
-    );
+    for path in ["/refused/x", "/untrusted/x"] {
+        assert_eq!(http.get(url(path)).send().await.unwrap().status(), 502);
+    }
     let baseline = settle_to(0).await;
 
     // Before headers: 502 for the reset, 504 for the stall.
@@ -266,6 +274,28 @@ async fn upstream_faults_end_in_clear_answers_and_leave_nothing_behind() {
         );
     }
     assert!(alive_tasks() > 0);
+
+    // Each failure is counted once, by its kind, whether it came before or after the headers.
+    let metrics = http
+        .get(format!("http://{}/metrics", proxy.admin.unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (route, kind) in [
+        ("f0", "reset"),
+        ("f1", "reset"),
+        ("f2", "timeout"),
+        ("f3", "timeout"),
+        ("refused", "connect"),
+        ("untrusted", "tls"),
+    ] {
+        let line = format!("portvakt_upstream_errors_total{{route=\"{route}\",kind=\"{kind}\"}} 1\n");
+        assert!(metrics.contains(&line), "no {line} in\n{metrics}");
+    }
+    assert_eq!(metrics.matches("portvakt_upstream_errors_total{").count(), 6);
     proxy.shutdown().await;
 }
 

@@ -233,15 +233,15 @@ async fn admin_endpoints_show_state_and_metrics_but_no_token() {
     );
     let metrics = h.admin_get("/metrics").await.text().await.unwrap();
     assert!(
-        metrics.contains(r#"portvakt_requests_total{route="nav",status="200"} 1"#),
+        metrics.contains(r#"portvakt_requests_total{route="nav",method="GET",status="200"} 1"#),
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"portvakt_requests_total{route="",status="404"} 1"#),
+        metrics.contains(r#"portvakt_requests_total{route="",method="GET",status="404"} 1"#),
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"portvakt_token_fetches_total{client="vendor",result="ok"} 1"#),
+        metrics.contains(r#"portvakt_token_fetches_total{client="vendor",result="ok",code=""} 1"#),
         "{metrics}"
     );
     assert!(

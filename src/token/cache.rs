@@ -138,6 +138,9 @@ pub struct TokenSlot {
     client: Arc<ClientIdentity>,
     origin: Origin,
     metrics: Arc<Metrics>,
+    /// This client's cache counters, resolved once so a request never looks them up.
+    hits: Counter,
+    misses: Counter,
     wait_timeout: Duration,
     state: Mutex<State>,
     changed: watch::Sender<u64>,
@@ -153,6 +156,18 @@ impl TokenSlot {
     }
 
     /// The Altinn exchange endpoint, for a slot that holds Altinn tokens.
+    pub fn client_name(&self) -> &Arc<String> {
+        &self.client.name
+    }
+
+    /// `maskinporten`, or `altinn` for a slot of exchanged Altinn tokens.
+    pub fn kind(&self) -> &'static str {
+        match self.origin {
+            Origin::Maskinporten(_) => "maskinporten",
+            Origin::Altinn { .. } => "altinn",
+        }
+    }
+
     pub fn altinn_exchange(&self) -> Option<&str> {
         match &self.origin {
             Origin::Altinn { exchange, .. } => Some(exchange.url()),
@@ -188,6 +203,7 @@ impl TokenSlot {
     pub async fn get(self: &Arc<Self>) -> Result<Arc<Token>, TokenError> {
         let deadline = Instant::now() + self.wait_timeout;
         let mut changed = self.changed.subscribe();
+        let mut waited = false;
         loop {
             {
                 let mut st = self.lock();
@@ -202,12 +218,14 @@ impl TokenSlot {
                         if now >= token.schedule.refresh_at && !st.fetching && may_fetch {
                             self.start_fetch(&mut st);
                         }
+                        if waited { &self.misses } else { &self.hits }.inc();
                         return Ok(token);
                     }
                 }
                 if !st.fetching {
                     match &st.failure {
                         Some(f) if !may_fetch => {
+                            self.misses.inc();
                             return Err(TokenError::Failed {
                                 error: f.error.clone(),
                                 retry_after: f.retry_at - now,
@@ -221,8 +239,10 @@ impl TokenSlot {
                 .await
                 .is_err()
             {
+                self.misses.inc();
                 return Err(TokenError::WaitTimeout(self.wait_timeout));
             }
+            waited = true;
         }
     }
 
@@ -359,13 +379,15 @@ impl TokenSlot {
     }
 
     fn count<T>(&self, family: &Family<FetchLabels, Counter>, result: &Result<T, FetchError>) {
-        let label = result
-            .as_ref()
-            .map_or_else(FetchError::result_label, |_| "ok");
+        let (result, code) = match result {
+            Ok(_) => ("ok", String::new()),
+            Err(e) => (e.result_label(), e.code_label()),
+        };
         family
             .get_or_create(&FetchLabels {
                 client: self.client.name.clone(),
-                result: label,
+                result,
+                code,
             })
             .inc();
     }
@@ -585,10 +607,15 @@ impl TokenCache {
         origin: Origin,
     ) -> Arc<TokenSlot> {
         let (changed, _) = watch::channel(0);
+        let labels = ClientLabels {
+            client: Arc::clone(&client.name),
+        };
         Arc::new(TokenSlot {
             key,
             client: Arc::clone(client),
             origin,
+            hits: self.metrics.token_cache_hits.get_or_create(&labels).clone(),
+            misses: self.metrics.token_cache_misses.get_or_create(&labels).clone(),
             metrics: Arc::clone(&self.metrics),
             wait_timeout: self.wait_timeout,
             state: Mutex::new(State::default()),

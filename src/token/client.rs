@@ -80,6 +80,22 @@ impl FetchError {
         }
     }
 
+    /// The `code` label of the token fetch metric: the MP code, else the OAuth error (both come
+    /// from small fixed sets), or Altinn's HTTP status.
+    pub fn code_label(&self) -> String {
+        match self {
+            FetchError::Rejected {
+                code: Some(code), ..
+            } => code.clone(),
+            FetchError::Rejected { error, .. } => error.clone(),
+            FetchError::Exchange {
+                status: Some(status),
+                ..
+            } => status.to_string(),
+            _ => String::new(),
+        }
+    }
+
     /// One line an operator can act on.
     pub fn hint(&self) -> Option<&str> {
         match self {
