@@ -1,6 +1,7 @@
 //! The `portvakt` command line: run | check | token | keygen | demo.
 
 use clap::{Parser, Subcommand};
+use portvakt::telemetry::{self, LogFormat};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -14,6 +15,16 @@ const EXIT_CONFIG: u8 = 64;
     about = "Authenticating egress proxy for Maskinporten"
 )]
 struct Cli {
+    /// How log lines are written: auto (JSON unless stderr is a terminal), json or text.
+    /// Filter them with RUST_LOG (default: info).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "PORTVAKT_LOG_FORMAT",
+        default_value = "auto"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -60,6 +71,17 @@ enum Command {
         #[arg(long, default_value = ".")]
         out: PathBuf,
     },
+    /// Ask a running portvakt's admin listener whether it is alive (for a container HEALTHCHECK,
+    /// where there is no curl): exit 0 when /healthz answers 200.
+    Health {
+        /// The admin listener's /healthz URL.
+        #[arg(
+            long,
+            env = "PORTVAKT_HEALTH_URL",
+            default_value = "http://127.0.0.1:9090/healthz"
+        )]
+        url: String,
+    },
     /// Start a mock Maskinporten, an echo upstream and portvakt on loopback, and show it working.
     Demo {
         /// Where to write demo.yaml and the demo key.
@@ -78,21 +100,9 @@ fn parse_bits(s: &str) -> Result<usize, String> {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colours only for a person at a terminal; log collectors get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    let log_format = cli.log_format;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -104,6 +114,11 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
+        // `run` sets up logging once its configuration (with any trace export) is read.
+        let _logs = match cli.command {
+            Command::Run { .. } => None,
+            _ => Some(telemetry::init(log_format, None)),
+        };
         match cli.command {
             Command::Check { config } => match portvakt::config::load(&config) {
                 Ok(c) => {
@@ -124,7 +139,8 @@ fn main() -> ExitCode {
                         return ExitCode::from(EXIT_CONFIG);
                     }
                 };
-                match portvakt::app::start(&loaded).await {
+                let traces = telemetry::init(log_format, loaded.telemetry.as_ref());
+                let code = match portvakt::app::start(&loaded).await {
                     Ok(running) => {
                         running.reload_from(config.clone());
                         running.until_signal().await;
@@ -134,7 +150,9 @@ fn main() -> ExitCode {
                         eprintln!("portvakt: {e:#}");
                         ExitCode::FAILURE
                     }
-                }
+                };
+                traces.shutdown().await;
+                code
             }
             Command::Token {
                 config,
@@ -188,6 +206,7 @@ fn main() -> ExitCode {
                     }
                 }
             }
+            Command::Health { url } => health(&url).await,
             Command::Demo { dir, once } => match portvakt::demo::run(&dir, once).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -197,4 +216,29 @@ fn main() -> ExitCode {
             },
         }
     })
+}
+
+async fn health(url: &str) -> ExitCode {
+    let answer = match reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(3))
+        .no_proxy()
+        .build()
+    {
+        Ok(http) => http.get(url).send().await,
+        Err(e) => {
+            eprintln!("portvakt health: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match answer {
+        Ok(r) if r.status().is_success() => ExitCode::SUCCESS,
+        Ok(r) => {
+            eprintln!("portvakt health: {url} answered {}", r.status());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("portvakt health: {url}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

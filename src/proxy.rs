@@ -6,6 +6,7 @@ use crate::body::{self, BodyError, Guarded};
 use crate::config::AllowList;
 use crate::error::{Body, ProxyError};
 use crate::metrics::{self, Metrics, RequestLabels, RetryLabels};
+use crate::request_id;
 use crate::route::{self, Route, RouteTable};
 use crate::upstream::{self, Fault, UpstreamBody};
 use arc_swap::ArcSwap;
@@ -18,6 +19,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument as _;
 
 /// What a (re)loaded configuration decides about requests: the routes and who may call.
 pub struct Snapshot {
@@ -66,8 +68,19 @@ impl Proxy {
         self.current.store(Arc::new(snapshot));
     }
 
-    /// Serves one inbound request. Never fails: errors become problem+json answers here, in one place.
-    pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
+    /// Serves one inbound request under its request id: the caller's `x-request-id`, or a new one.
+    /// The id is on every log line the request causes, goes upstream, and comes back in the answer.
+    pub async fn handle(self: Arc<Self>, mut request: Request<Incoming>) -> Response<Body> {
+        let id = request_id::of(request.headers_mut());
+        let span = tracing::info_span!("request", request_id = request_id::as_str(&id));
+        crate::telemetry::continue_trace(&span, request.headers());
+        let mut response = self.serve(request).instrument(span).await;
+        response.headers_mut().insert(request_id::HEADER, id);
+        response
+    }
+
+    /// Never fails: errors become problem+json answers here, in one place.
+    async fn serve(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         let method = request.method().clone();
         let peer = request
@@ -241,6 +254,8 @@ impl Proxy {
         for (name, value) in &route.headers {
             parts.headers.insert(name.clone(), value.clone());
         }
+        let upstream = upstream_span(route);
+        crate::telemetry::propagate(&upstream, &mut parts.headers);
         let body = Guarded::new(body, route.idle_timeout).with_limit(route.max_body_bytes);
         let body = match route.retry_body_max {
             Some(max) => keep_if_small(body, max).await?,
@@ -257,7 +272,9 @@ impl Proxy {
             Either::Left(_) => None,
         };
         parts.headers.insert(AUTHORIZATION, token.bearer().clone());
-        let response = send(route, Request::from_parts(parts, body)).await?;
+        let response = send(route, Request::from_parts(parts, body))
+            .instrument(upstream)
+            .await?;
         if response.status() != StatusCode::UNAUTHORIZED || route.retry_body_max.is_none() {
             return Ok(self.relay(route, response, permit));
         }
@@ -282,12 +299,16 @@ impl Proxy {
         drop(response);
         tracing::info!(route = %route.name, "upstream answered 401: retrying once with a fresh token");
         let token = slot.get().await?;
-        Ok(self.relay(
-            route,
-            send(route, replay.with(token.bearer())).await?,
-            permit,
-        ))
+        let response = send(route, replay.with(token.bearer()))
+            .instrument(upstream_span(route))
+            .await?;
+        Ok(self.relay(route, response, permit))
     }
+}
+
+/// The upstream call, as a child of the request's span (and of its trace, when exported).
+fn upstream_span(route: &Route) -> tracing::Span {
+    tracing::info_span!("upstream", route = %route.name, upstream = %route.upstream)
 }
 
 /// One line per refused caller, under its own target so it can be routed to an audit log.

@@ -112,7 +112,17 @@ async fn run_serves_from_portvakt_config_and_drains_on_sigterm() {
     );
     assert!(upstream.records()[0].token_valid);
 
-    assert_eq!(http.get(&url).send().await.unwrap().status(), 200);
+    let second = http
+        .get(&url)
+        .header("x-request-id", "caller-id-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.status(), 200);
+    assert_eq!(second.headers()["x-request-id"], "caller-id-1");
+    assert_eq!(upstream.records()[1].headers["x-request-id"], "caller-id-1");
+    let made = upstream.records()[0].headers["x-request-id"].clone();
+    assert_eq!(made.len(), 32, "an id is made when the caller sends none");
     assert_eq!(
         mock.token_requests(),
         1,
@@ -138,18 +148,42 @@ async fn run_serves_from_portvakt_config_and_drains_on_sigterm() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("shutting down"), "{stderr}");
+    // Not a terminal: one JSON object per line, and every line a request caused names its id.
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let request_id = |line: &serde_json::Value| -> Option<String> {
+        line["spans"]
+            .as_array()?
+            .iter()
+            .find_map(|s| s["request_id"].as_str().map(str::to_string))
+    };
+    let served: Vec<_> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "request" && l["fields"]["route"] == "nav")
+        .collect();
+    assert_eq!(served.len(), 2, "one line per request: {stderr}");
+    assert_eq!(served[0]["fields"]["status"], 200);
+    let ids: Vec<_> = served.iter().map(|l| request_id(l)).collect();
     assert_eq!(
-        stderr
-            .matches("request route=\"nav\" method=GET status=200")
-            .count(),
-        2,
-        "one line per request: {stderr}"
+        ids,
+        [
+            Some(made.to_str().unwrap().to_string()),
+            Some("caller-id-1".into())
+        ]
     );
-    assert!(
-        stderr.contains(&format!(
-            "token fetched client=vendor key=kid {KID} scopes=ks:fiks"
-        )),
-        "{stderr}"
+    let fetched = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "token fetched")
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert_eq!(fetched["fields"]["client"], "vendor");
+    assert_eq!(fetched["fields"]["key"], format!("kid {KID}"));
+    assert_eq!(fetched["fields"]["scopes"], "ks:fiks");
+    assert_eq!(
+        request_id(fetched),
+        ids[0],
+        "the fetch is logged under the request that caused it"
     );
     assert!(
         !stderr.contains("hello"),
@@ -159,10 +193,12 @@ async fn run_serves_from_portvakt_config_and_drains_on_sigterm() {
         !stderr.contains("12345678901"),
         "nor the paths or queries of refused calls: {stderr}"
     );
-    assert!(
-        stderr.contains("request route=\"-\" method=GET status=404"),
-        "{stderr}"
-    );
+    let refused = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "request" && l["fields"]["status"] == 404)
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert_eq!(refused["fields"]["route"], "-");
+    assert!(request_id(refused).is_some());
     assert!(!stderr.contains("Bearer"), "{stderr}");
 }
 

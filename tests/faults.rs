@@ -292,10 +292,14 @@ async fn upstream_faults_end_in_clear_answers_and_leave_nothing_behind() {
         ("refused", "connect"),
         ("untrusted", "tls"),
     ] {
-        let line = format!("portvakt_upstream_errors_total{{route=\"{route}\",kind=\"{kind}\"}} 1\n");
+        let line =
+            format!("portvakt_upstream_errors_total{{route=\"{route}\",kind=\"{kind}\"}} 1\n");
         assert!(metrics.contains(&line), "no {line} in\n{metrics}");
     }
-    assert_eq!(metrics.matches("portvakt_upstream_errors_total{").count(), 6);
+    assert_eq!(
+        metrics.matches("portvakt_upstream_errors_total{").count(),
+        6
+    );
     proxy.shutdown().await;
 }
 

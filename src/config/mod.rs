@@ -5,11 +5,13 @@ mod egress;
 mod inbound;
 mod reader;
 mod routes;
+mod telemetry;
 mod validate;
 
 pub use egress::{is_loopback, Egress, ProxyServer};
 pub use inbound::{AllowList, ApiKey, Inbound, InboundTls};
 pub use reader::Issue;
+pub use telemetry::Telemetry;
 
 use crate::keys::{KeySource, SigningKey};
 use crate::secret::Secret;
@@ -34,6 +36,8 @@ pub struct Config {
     pub inbound: Inbound,
     /// How long shutdown waits for requests under way; default 30 s.
     pub shutdown_grace: Duration,
+    /// Trace export; `None` when not configured.
+    pub telemetry: Option<Telemetry>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,6 +24,7 @@ const TOP: &[&str] = &[
     "inbound",
     "egress_proxy",
     "shutdown_grace_seconds",
+    "telemetry",
 ];
 const MASKINPORTEN: &[&str] = &[
     "environment",
@@ -95,6 +96,7 @@ pub fn validate(text: &str, base: &Path, env: EnvLookup<'_>) -> Result<Config, V
         r.positive_u64(top.get("watch_interval_seconds"), "watch_interval_seconds")
             .unwrap_or(5),
     );
+    let telemetry = super::telemetry::telemetry(&mut r, top.get("telemetry"));
     let shutdown_grace = Duration::from_secs(
         r.u64_or_zero(top.get("shutdown_grace_seconds"), "shutdown_grace_seconds")
             .unwrap_or(30),
@@ -119,6 +121,7 @@ pub fn validate(text: &str, base: &Path, env: EnvLookup<'_>) -> Result<Config, V
             watch_interval,
             inbound,
             shutdown_grace,
+            telemetry,
         }),
         _ => Err(r.issues),
     }

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 /// Quick attempts inside one fetch when Maskinporten is unreachable or answers 5xx/429.
 const ATTEMPTS_PER_FETCH: u32 = 3;
@@ -249,7 +250,14 @@ impl TokenSlot {
     fn start_fetch(self: &Arc<Self>, st: &mut State) {
         st.fetching = true;
         let slot = Arc::clone(self);
-        tokio::spawn(async move { slot.fetch().await });
+        // Under the span of the request that needed the token, so its id and trace show the fetch.
+        let span = tracing::info_span!(
+            "token_fetch",
+            client = %self.client.name,
+            kind = self.kind(),
+            scopes = %self.key.grant.scope,
+        );
+        tokio::spawn(async move { slot.fetch().await }.instrument(span));
     }
 
     async fn fetch(self: Arc<Self>) {
@@ -615,7 +623,11 @@ impl TokenCache {
             client: Arc::clone(client),
             origin,
             hits: self.metrics.token_cache_hits.get_or_create(&labels).clone(),
-            misses: self.metrics.token_cache_misses.get_or_create(&labels).clone(),
+            misses: self
+                .metrics
+                .token_cache_misses
+                .get_or_create(&labels)
+                .clone(),
             metrics: Arc::clone(&self.metrics),
             wait_timeout: self.wait_timeout,
             state: Mutex::new(State::default()),
