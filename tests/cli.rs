@@ -28,16 +28,9 @@ fn assert_success(out: &std::process::Output) {
     );
 }
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("portvakt-cli-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(fixtures().join("client-a.pem"), dir.join("client-a.pem")).unwrap();
-    dir
-}
-
 #[test]
 fn check_prints_a_summary_without_secrets() {
-    let dir = temp_dir("check-ok");
+    let dir = config_dir("check-ok");
     let yaml = config_yaml("http://127.0.0.1:9/", "http://127.0.0.1:9/token", "  - name: fiks\n    prefix: /fiks/\n    upstream: https://api.fiks.test.ks.no/\n    client: vendor\n    scopes: [ks:fiks]\n    headers:\n      IntegrasjonPassord: ${PV_TEST_PASSORD}\n");
     std::fs::write(dir.join("portvakt.yaml"), yaml).unwrap();
     let config = dir.join("portvakt.yaml");
@@ -60,7 +53,7 @@ fn check_prints_a_summary_without_secrets() {
 
 #[test]
 fn check_and_run_refuse_a_bad_config_listing_every_problem() {
-    let dir = temp_dir("check-bad");
+    let dir = config_dir("check-bad");
     let yaml = config_yaml("http://127.0.0.1:9/", "http://127.0.0.1:9/token", "  - name: nav\n    prefix: /nav/\n    upstream: https://api.nav.no/\n    client: fiks\n    scpoe: [x]\n");
     let path = dir.join("bad.yaml");
     std::fs::write(&path, yaml).unwrap();
@@ -93,7 +86,7 @@ async fn run_serves_from_portvakt_config_and_drains_on_sigterm() {
         .await
         .unwrap();
     let port = free_port();
-    let dir = temp_dir("run");
+    let dir = config_dir("run");
     let yaml = config_yaml(&mock.issuer(), &mock.token_endpoint(), &format!("  - name: nav\n    prefix: /nav/\n    upstream: {}\n    client: vendor\n    scopes: [ks:fiks]\n", upstream.url()))
         .replace("listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}"));
     std::fs::write(dir.join("portvakt.yaml"), yaml).unwrap();
@@ -248,7 +241,7 @@ fn p12_key_yaml() -> String {
 
 #[test]
 fn check_shows_the_certificate_its_org_number_and_expiry() {
-    let dir = temp_dir("check-p12");
+    let dir = config_dir("check-p12");
     let yaml = config_with_key(
         "http://127.0.0.1:9/",
         "http://127.0.0.1:9/token",
@@ -286,7 +279,7 @@ async fn token_prints_one_token_with_its_decoded_claims() {
     let mock = portvakt::mock::MockMaskinporten::start(vec![registered_client()], 120)
         .await
         .unwrap();
-    let dir = temp_dir("token");
+    let dir = config_dir("token");
     let yaml = config_yaml(&mock.issuer(), &mock.token_endpoint(), "  - name: fiks\n    prefix: /fiks/\n    upstream: https://api.fiks.test.ks.no/\n    client: vendor\n    scopes: [ks:fiks]\n");
     std::fs::write(dir.join("portvakt.yaml"), yaml).unwrap();
     let config = dir.join("portvakt.yaml").display().to_string();
@@ -321,7 +314,7 @@ async fn token_exits_non_zero_with_maskinporten_s_error_and_a_hint() {
     let mock = portvakt::mock::MockMaskinporten::start(vec![registered_client()], 120)
         .await
         .unwrap();
-    let dir = temp_dir("token-refused");
+    let dir = config_dir("token-refused");
     let yaml = config_yaml(&mock.issuer(), &mock.token_endpoint(), "  - name: nav\n    prefix: /nav/\n    upstream: https://api.nav.no/\n    client: vendor\n    scopes: [nav:not-granted]\n");
     std::fs::write(dir.join("portvakt.yaml"), yaml).unwrap();
     let config = dir.join("portvakt.yaml").display().to_string();
@@ -360,7 +353,7 @@ async fn token_acts_for_a_listed_party_and_exchanges_at_altinn() {
         .await
         .unwrap();
     altinn.set_quoted(true);
-    let dir = temp_dir("token-party");
+    let dir = config_dir("token-party");
     let routes = format!(
         "  - name: kunder\n    prefix: /kunder/\n    upstream: https://api.nav.no/\n    client: vendor\n    scopes: [nav:forsikring/samtykke]\n    consumer_orgs: [\"{CUSTOMER_ORG}\", \"{OTHER_CUSTOMER_ORG}\"]\n  - name: apps\n    prefix: /apps/\n    upstream: https://ttd.apps.tt02.altinn.no/\n    client: vendor\n    scopes: [altinn:instances.read]\n    systemuser_org: \"{CUSTOMER_ORG}\"\n    altinn_exchange: {}\n",
         altinn.url()
@@ -419,7 +412,7 @@ async fn token_acts_for_a_listed_party_and_exchanges_at_altinn() {
 
 #[test]
 fn keygen_writes_the_key_files_and_never_overwrites_them() {
-    let dir = temp_dir("keygen");
+    let dir = config_dir("keygen");
     let out_dir = dir.join("keys");
     let _ = std::fs::remove_dir_all(&out_dir);
     let args = |bits: &'static str| {

@@ -255,6 +255,15 @@ pub async fn get(proxy: &Running, path: &str) -> reqwest::Response {
 }
 
 /// A port that was free a moment ago, for a portvakt process whose config must name its port.
+/// A fresh directory holding the client key that [`config_yaml`] names, for a config file that
+/// the portvakt binary reads.
+pub fn config_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("portvakt-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(fixtures().join("client-a.pem"), dir.join("client-a.pem")).unwrap();
+    dir
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
