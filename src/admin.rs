@@ -1,4 +1,4 @@
-//! The admin listener: `/healthz` (alive), `/readyz` (serving, with each route's token state),
+//! The admin listener: `/` (the status page for people), `/healthz` (alive), `/readyz` (serving, with each route's token state),
 //! `/metrics` (Prometheus). Nothing here ever shows a token or secret.
 
 use crate::error::Body;
@@ -26,6 +26,11 @@ impl Admin {
             );
         }
         match request.uri().path() {
+            "/" => text(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                crate::status_page::render(&self.proxy),
+            ),
             "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
             "/readyz" => text(
                 StatusCode::OK,
@@ -43,7 +48,7 @@ impl Admin {
             _ => text(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "not found: try /healthz, /readyz or /metrics\n".into(),
+                "not found: try /, /healthz, /readyz or /metrics\n".into(),
             ),
         }
     }

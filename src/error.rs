@@ -97,6 +97,11 @@ impl ProxyError {
         }
     }
 
+    /// The problem type's slug: `urn:portvakt:problem:<slug>`.
+    pub fn slug(&self) -> &'static str {
+        self.kind().0
+    }
+
     fn kind(&self) -> (&'static str, &'static str) {
         match self {
             ProxyError::NoRoute { .. } => ("no-route", "No route for this path"),

@@ -6,6 +6,7 @@ use crate::body::{self, BodyError, Guarded};
 use crate::config::AllowList;
 use crate::error::{Body, ProxyError};
 use crate::metrics::{self, Metrics, RequestLabels, RetryLabels};
+use crate::recent::{RecentError, RecentErrors};
 use crate::request_id;
 use crate::route::{self, Route, RouteTable};
 use crate::upstream::{self, Fault, UpstreamBody};
@@ -36,6 +37,8 @@ pub struct Proxy {
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
     no_route: Arc<String>,
+    /// The last requests answered with an error, for the status page.
+    pub recent: RecentErrors,
 }
 
 /// The caller's address, put into each request's extensions by the listener.
@@ -50,6 +53,7 @@ impl Proxy {
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
             no_route: Arc::new(String::new()),
+            recent: RecentErrors::default(),
         }
     }
 
@@ -74,13 +78,17 @@ impl Proxy {
         let id = request_id::of(request.headers_mut());
         let span = tracing::info_span!("request", request_id = request_id::as_str(&id));
         crate::telemetry::continue_trace(&span, request.headers());
-        let mut response = self.serve(request).instrument(span).await;
+        let mut response = self.serve(request, &id).instrument(span).await;
         response.headers_mut().insert(request_id::HEADER, id);
         response
     }
 
     /// Never fails: errors become problem+json answers here, in one place.
-    async fn serve(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
+    async fn serve(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        id: &HeaderValue,
+    ) -> Response<Body> {
         let started = Instant::now();
         let method = request.method().clone();
         let peer = request
@@ -121,6 +129,17 @@ impl Proxy {
                     self.metrics.count_upstream_error(route, fault);
                 }
                 tracing::warn!(route = route_name.as_deref().map_or("-", |s| s.as_str()), %method, status = error.status().as_u16(), %error, "request not forwarded");
+                self.recent.push(RecentError {
+                    at: std::time::SystemTime::now(),
+                    route: route_name
+                        .as_deref()
+                        .map_or("-", |s| s.as_str())
+                        .to_string(),
+                    status: error.status().as_u16(),
+                    problem: error.slug(),
+                    message: error.to_string(),
+                    request_id: request_id::as_str(id).to_string(),
+                });
                 error.to_response(route_name.as_deref().map(String::as_str))
             }
         };

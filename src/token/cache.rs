@@ -161,6 +161,11 @@ impl TokenSlot {
         &self.client.name
     }
 
+    /// The client (and its current key) this slot's grants are signed for.
+    pub fn client(&self) -> &Arc<ClientIdentity> {
+        &self.client
+    }
+
     /// `maskinporten`, or `altinn` for a slot of exchanged Altinn tokens.
     pub fn kind(&self) -> &'static str {
         match self.origin {
