@@ -5,7 +5,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry, Unit};
 use std::sync::Arc;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -89,6 +89,7 @@ type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
     registry: Registry,
+    declared: Vec<String>,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: HistogramFamily<RequestLabels>,
     pub token_fetches: Family<FetchLabels, Counter>,
@@ -119,137 +120,104 @@ fn latency_histogram() -> Histogram {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("portvakt");
-        let requests = Family::<RequestLabels, Counter>::default();
-        let request_duration: HistogramFamily<RequestLabels> =
-            Family::new_with_constructor(latency_histogram);
-        let token_fetches = Family::<FetchLabels, Counter>::default();
-        let token_fetch_duration: HistogramFamily<ClientLabels> =
-            Family::new_with_constructor(latency_histogram);
-        registry.register(
-            "requests",
-            "Requests answered, by route, method and status",
-            requests.clone(),
-        );
-        registry.register_with_unit(
-            "request_duration",
-            "Time from request received to response headers sent, by route, method and status",
-            prometheus_client::registry::Unit::Seconds,
-            request_duration.clone(),
-        );
-        registry.register(
-            "token_fetches",
-            "Token requests to Maskinporten, by client, result and MP code",
-            token_fetches.clone(),
-        );
-        registry.register_with_unit(
-            "token_fetch_duration",
-            "Time one token request to Maskinporten took, by client",
-            prometheus_client::registry::Unit::Seconds,
-            token_fetch_duration.clone(),
-        );
-        let certificate_not_after = Family::<ClientLabels, Gauge>::default();
-        registry.register_with_unit(
-            "certificate_not_after",
-            "When the client's virksomhetssertifikat expires, as a Unix timestamp",
-            prometheus_client::registry::Unit::Seconds,
-            certificate_not_after.clone(),
-        );
-        let key_age = Family::<ClientLabels, Gauge>::default();
-        registry.register_with_unit(
-            "key_age",
-            "Age of the client's key, where known (certificate not-before, or the date in the kid)",
-            prometheus_client::registry::Unit::Seconds,
-            key_age.clone(),
-        );
-        let key_reloads = Family::<ReloadLabels, Counter>::default();
-        registry.register(
-            "key_reloads",
-            "Key files that changed on disk and were reloaded, by client and result",
-            key_reloads.clone(),
-        );
-        let altinn_exchanges = Family::<FetchLabels, Counter>::default();
-        registry.register(
-            "altinn_exchanges",
-            "Maskinporten tokens exchanged for Altinn tokens, by client and result",
-            altinn_exchanges.clone(),
-        );
-        let unauthorized_retries = Family::<RetryLabels, Counter>::default();
-        registry.register(
-            "upstream_unauthorized",
-            "Upstream 401 answers to requests that carried a token, by route and what portvakt did",
-            unauthorized_retries.clone(),
-        );
-        let config_reloads = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "config_reloads",
-            "Configuration reloads (SIGHUP or a changed file), by result",
-            config_reloads.clone(),
-        );
-        let clock_skew = Gauge::default();
-        registry.register_with_unit(
-            "clock_skew",
-            "How far Maskinporten's clock (its Date header) is ahead of this machine's; Maskinporten refuses grants more than 10 s off",
-            prometheus_client::registry::Unit::Seconds,
-            clock_skew.clone(),
-        );
-        let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
-        registry.register(
-            "upstream_errors",
-            "Upstream calls that failed, by route and kind (connect, timeout, reset, tls, protocol)",
-            upstream_errors.clone(),
-        );
-        let in_flight = Gauge::default();
-        registry.register(
-            "in_flight_requests",
-            "Requests being served now, from admission to the last body byte",
-            in_flight.clone(),
-        );
-        let token_expires_in = Family::<TokenLabels, Gauge>::default();
-        registry.register_with_unit(
-            "token_expires_in",
-            "Seconds until each cached token expires; absent while a slot holds no usable token",
-            prometheus_client::registry::Unit::Seconds,
-            token_expires_in.clone(),
-        );
-        let token_cache_hits = Family::<ClientLabels, Counter>::default();
-        registry.register(
-            "token_cache_hits",
-            "Requests served with a cached token, by client",
-            token_cache_hits.clone(),
-        );
-        let token_cache_misses = Family::<ClientLabels, Counter>::default();
-        registry.register(
-            "token_cache_misses",
-            "Requests that had to wait for a token fetch (or found none), by client",
-            token_cache_misses.clone(),
-        );
-        let token_endpoint_open = Gauge::default();
-        registry.register(
-            "token_endpoint_circuit_open",
-            "1 while token requests are held back after repeated failures of the token endpoint",
-            token_endpoint_open.clone(),
-        );
+        let mut r = Declare {
+            registry: Registry::with_prefix("portvakt"),
+            names: Vec::new(),
+        };
+        let seconds = Some(Unit::Seconds);
         Metrics {
-            registry,
-            config_reloads,
-            upstream_errors,
-            in_flight,
-            token_expires_in,
-            token_cache_hits,
-            token_cache_misses,
-            clock_skew,
-            token_endpoint_open,
-            altinn_exchanges,
-            unauthorized_retries,
-            certificate_not_after,
-            key_age,
-            key_reloads,
-            requests,
-            request_duration,
-            token_fetches,
-            token_fetch_duration,
+            requests: r.add("requests", "Requests answered, by route, method and status", None),
+            request_duration: r.add_with(
+                "request_duration",
+                "Time from request received to response headers sent, by route, method and status",
+                seconds.clone(),
+                Family::new_with_constructor(latency_histogram),
+            ),
+            upstream_errors: r.add(
+                "upstream_errors",
+                "Upstream calls that failed, by route and kind (connect, timeout, reset, tls, protocol)",
+                None,
+            ),
+            in_flight: r.add(
+                "in_flight_requests",
+                "Requests being served now, from admission to the last body byte",
+                None,
+            ),
+            unauthorized_retries: r.add(
+                "upstream_unauthorized",
+                "Upstream 401 answers to requests that carried a token, by route and what portvakt did",
+                None,
+            ),
+            token_fetches: r.add(
+                "token_fetches",
+                "Token requests to Maskinporten, by client, result and MP code",
+                None,
+            ),
+            token_fetch_duration: r.add_with(
+                "token_fetch_duration",
+                "Time one token request to Maskinporten took, by client",
+                seconds.clone(),
+                Family::new_with_constructor(latency_histogram),
+            ),
+            token_expires_in: r.add(
+                "token_expires_in",
+                "Seconds until each cached token expires; absent while a slot holds no usable token",
+                seconds.clone(),
+            ),
+            token_cache_hits: r.add(
+                "token_cache_hits",
+                "Requests served with a cached token, by client",
+                None,
+            ),
+            token_cache_misses: r.add(
+                "token_cache_misses",
+                "Requests that had to wait for a token fetch (or found none), by client",
+                None,
+            ),
+            token_endpoint_open: r.add(
+                "token_endpoint_circuit_open",
+                "1 while token requests are held back after repeated failures of the token endpoint",
+                None,
+            ),
+            clock_skew: r.add(
+                "clock_skew",
+                "How far Maskinporten's clock (its Date header) is ahead of this machine's; Maskinporten refuses grants more than 10 s off",
+                seconds.clone(),
+            ),
+            altinn_exchanges: r.add(
+                "altinn_exchanges",
+                "Maskinporten tokens exchanged for Altinn tokens, by client and result",
+                None,
+            ),
+            certificate_not_after: r.add(
+                "certificate_not_after",
+                "When the client's virksomhetssertifikat expires, as a Unix timestamp",
+                seconds.clone(),
+            ),
+            key_age: r.add(
+                "key_age",
+                "Age of the client's key, where known (certificate not-before, or the date in the kid)",
+                seconds,
+            ),
+            key_reloads: r.add(
+                "key_reloads",
+                "Key files that changed on disk and were reloaded, by client and result",
+                None,
+            ),
+            config_reloads: r.add(
+                "config_reloads",
+                "Configuration reloads (SIGHUP or a changed file), by result",
+                None,
+            ),
+            declared: r.names,
+            registry: r.registry,
         }
+    }
+
+    /// Every metric's name as `# TYPE` declares it (counters without `_total`), whether or not
+    /// it has a series yet.
+    pub fn declared(&self) -> &[String] {
+        &self.declared
     }
 
     pub fn count_upstream_error(&self, route: &Arc<String>, fault: crate::upstream::Fault) {
@@ -267,6 +235,44 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// Registers metrics and remembers their names.
+struct Declare {
+    registry: Registry,
+    names: Vec<String>,
+}
+
+impl Declare {
+    fn add<M: Metric + Clone + Default>(
+        &mut self,
+        name: &str,
+        help: &str,
+        unit: Option<Unit>,
+    ) -> M {
+        self.add_with(name, help, unit, M::default())
+    }
+
+    fn add_with<M: Metric + Clone>(
+        &mut self,
+        name: &str,
+        help: &str,
+        unit: Option<Unit>,
+        metric: M,
+    ) -> M {
+        let declared = match &unit {
+            Some(unit) => format!("portvakt_{name}_{}", unit.as_str()),
+            None => format!("portvakt_{name}"),
+        };
+        self.names.push(declared);
+        match unit {
+            Some(unit) => self
+                .registry
+                .register_with_unit(name, help, unit, metric.clone()),
+            None => self.registry.register(name, help, metric.clone()),
+        }
+        metric
     }
 }
 
