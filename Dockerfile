@@ -1,5 +1,8 @@
+# syntax=docker/dockerfile:1
 # Multi-stage build: compile in the Rust image, run in distroless as a non-root user.
-# No OAuth secret is baked in: keys, passwords and the config are mounted at run time.
+# No OAuth secret is baked in: keys, passwords and the config are mounted at run time
+# (docs/deployment.md). The root filesystem can be read-only: portvakt writes nothing but logs
+# to stderr. Build and measure: scripts/image-size.sh.
 FROM rust:1-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
@@ -8,8 +11,15 @@ RUN cargo build --release --locked && strip target/release/portvakt
 
 # cc: glibc and libgcc only (portvakt links no OpenSSL); nonroot: uid 65532.
 FROM gcr.io/distroless/cc-debian12:nonroot
+LABEL org.opencontainers.image.title="portvakt" \
+      org.opencontainers.image.description="Authenticating egress proxy for Maskinporten" \
+      org.opencontainers.image.licenses="MIT OR Apache-2.0"
 COPY --from=build /src/target/release/portvakt /usr/local/bin/portvakt
 USER nonroot:nonroot
 EXPOSE 8080 9090
+# Distroless has no shell or curl: portvakt asks its own admin listener (admin_listen must be
+# 127.0.0.1:9090 or 0.0.0.0:9090, or set PORTVAKT_HEALTH_URL).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+  CMD ["/usr/local/bin/portvakt", "health"]
 ENTRYPOINT ["/usr/local/bin/portvakt"]
 CMD ["run", "--config", "/etc/portvakt/portvakt.yaml"]
