@@ -80,7 +80,8 @@ routes:
     );
     println!("  mock Maskinporten  {}", mock.issuer());
     println!("  echo upstream      {}", upstream.url());
-    println!("  portvakt           http://{listen}/  (admin: http://{admin}/readyz, /metrics)");
+    println!("  portvakt           http://{listen}/");
+    println!("  status page        http://{admin}/  (and /readyz, /metrics)");
     println!();
     println!("Call the echo API through portvakt; the answer shows the token portvakt injected:");
     println!("  curl -s http://{listen}/echo/hello?x=1");
