@@ -276,14 +276,7 @@ async fn upstream_faults_end_in_clear_answers_and_leave_nothing_behind() {
     assert!(alive_tasks() > 0);
 
     // Each failure is counted once, by its kind, whether it came before or after the headers.
-    let metrics = http
-        .get(format!("http://{}/metrics", proxy.admin.unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&proxy).await;
     for (route, kind) in [
         ("f0", "reset"),
         ("f1", "reset"),

@@ -217,10 +217,7 @@ async fn admin_endpoints_show_state_and_metrics_but_no_token() {
 
     assert_eq!(h.get("/nav/x").await.status(), 200);
     assert_eq!(h.get("/nope").await.status(), 404);
-    let token = h.upstream.records()[0].headers["authorization"]
-        .to_str()
-        .unwrap()[7..]
-        .to_string();
+    let token = token_seen(&h.upstream, 0);
 
     let ready = h.admin_get("/readyz").await.text().await.unwrap();
     let ready_json: Value = serde_json::from_str(&ready).unwrap();

@@ -107,17 +107,9 @@ async fn a_changed_file_is_reloaded_keeping_tokens_and_a_bad_one_changes_nothing
         config(&mock, &upstream.url(), true, head).replace("scopes:", "scpoe:"),
     )
     .unwrap();
-    let metrics_url = format!("http://{}/metrics", proxy.admin.unwrap());
     let mut counted = false;
     for _ in 0..200 {
-        let text = http
-            .get(&metrics_url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = metrics_text(&proxy).await;
         if text.contains("portvakt_config_reloads_total{result=\"error\"} 1") {
             counted = true;
             break;

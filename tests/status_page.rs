@@ -62,10 +62,7 @@ async fn a_browser_shows_routes_token_states_keys_and_recent_errors() {
     assert_eq!(h.get("/nav/x").await.status(), 200);
     assert_eq!(h.get("/fiks/x").await.status(), 502);
     assert_eq!(h.get("/nowhere").await.status(), 404);
-    let token = h.upstream.records()[0].headers["authorization"]
-        .to_str()
-        .unwrap()[7..]
-        .to_string();
+    let token = token_seen(&h.upstream, 0);
 
     // The page as served: self-contained, nothing to fetch, no script.
     let served = h.admin_get("/").await;

@@ -246,6 +246,28 @@ pub async fn raw_status(addr: std::net::SocketAddr, request: &str) -> u16 {
 }
 
 /// GET `path` from a proxy started with [`spawn_proxy`].
+/// The proxy's `/metrics` text.
+pub async fn metrics_text(proxy: &Running) -> String {
+    http_client()
+        .get(format!("http://{}/metrics", proxy.admin.unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The token in the `i`th request the upstream recorded, without `Bearer `.
+pub fn token_seen(upstream: &EchoUpstream, i: usize) -> String {
+    upstream.records()[i].headers["authorization"]
+        .to_str()
+        .unwrap()
+        .strip_prefix("Bearer ")
+        .unwrap()
+        .to_string()
+}
+
 pub async fn get(proxy: &Running, path: &str) -> reqwest::Response {
     http_client()
         .get(format!("http://{}{}", proxy.listen, path))
