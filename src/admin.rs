@@ -110,7 +110,7 @@ fn refresh_gauges(proxy: &Proxy) {
             };
             let key = slot.key();
             let labels = TokenLabels {
-                client: Arc::clone(slot.client_name()),
+                client: Arc::clone(&slot.client().name),
                 kind: slot.kind(),
                 scopes: key.grant.scope.clone(),
                 party: party

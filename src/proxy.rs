@@ -122,19 +122,17 @@ impl Proxy {
                 (Some(name), result)
             }
         };
+        let route_label = route_name.as_deref().map_or("-", |s| s.as_str());
         let response = match result {
             Ok(response) => response,
             Err(error) => {
                 if let (Some(fault), Some(route)) = (error.upstream_fault(), &route_name) {
                     self.metrics.count_upstream_error(route, fault);
                 }
-                tracing::warn!(route = route_name.as_deref().map_or("-", |s| s.as_str()), %method, status = error.status().as_u16(), %error, "request not forwarded");
+                tracing::warn!(route = route_label, %method, status = error.status().as_u16(), %error, "request not forwarded");
                 self.recent.push(RecentError {
                     at: std::time::SystemTime::now(),
-                    route: route_name
-                        .as_deref()
-                        .map_or("-", |s| s.as_str())
-                        .to_string(),
+                    route: route_label.to_string(),
                     status: error.status().as_u16(),
                     problem: error.slug(),
                     message: error.to_string(),
@@ -158,7 +156,7 @@ impl Proxy {
             .observe(elapsed.as_secs_f64());
         // The path and query may carry personal data (national identity numbers): not logged at info.
         tracing::info!(
-            route = route_name.as_deref().map_or("-", |s| s.as_str()),
+            route = route_label,
             %method,
             status = response.status().as_u16(),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
@@ -318,9 +316,10 @@ impl Proxy {
         drop(response);
         tracing::info!(route = %route.name, "upstream answered 401: retrying once with a fresh token");
         let token = slot.get().await?;
-        let response = send(route, replay.with(token.bearer()))
-            .instrument(upstream_span(route))
-            .await?;
+        let retry = upstream_span(route);
+        let mut request = replay.with(token.bearer());
+        crate::telemetry::propagate(&retry, request.headers_mut());
+        let response = send(route, request).instrument(retry).await?;
         Ok(self.relay(route, response, permit))
     }
 }

@@ -33,7 +33,7 @@ pub enum LogFormat {
 /// Whether spans are exported; read on every request, so a plain flag.
 static EXPORTING: AtomicBool = AtomicBool::new(false);
 
-/// Keeps the trace exporter alive; [`Telemetry::shutdown`] sends what is still buffered.
+/// Keeps the trace exporter alive; [`Guard::shutdown`] sends what is still buffered.
 pub struct Guard {
     provider: Option<SdkTracerProvider>,
 }

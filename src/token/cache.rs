@@ -156,11 +156,6 @@ impl TokenSlot {
         &self.key
     }
 
-    /// The Altinn exchange endpoint, for a slot that holds Altinn tokens.
-    pub fn client_name(&self) -> &Arc<String> {
-        &self.client.name
-    }
-
     /// The client (and its current key) this slot's grants are signed for.
     pub fn client(&self) -> &Arc<ClientIdentity> {
         &self.client
@@ -174,6 +169,7 @@ impl TokenSlot {
         }
     }
 
+    /// The Altinn exchange endpoint, for a slot that holds Altinn tokens.
     pub fn altinn_exchange(&self) -> Option<&str> {
         match &self.origin {
             Origin::Altinn { exchange, .. } => Some(exchange.url()),
