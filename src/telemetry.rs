@@ -129,6 +129,11 @@ fn exporter(t: &Telemetry) -> anyhow::Result<SdkTracerProvider> {
         .build())
 }
 
+/// Whether spans are exported over OTLP.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
 /// Makes `span` a child of the caller's W3C `traceparent`, when there is one and spans are
 /// exported.
 pub fn continue_trace(span: &tracing::Span, headers: &HeaderMap) {
