@@ -285,6 +285,7 @@ pub fn assemble(
             http: upstreams
                 .get(r)
                 .with_context(|| format!("route {}", r.name))?,
+            local: crate::upstream::local_target(&r.upstream, &r.proxy, r.connect_timeout),
             allow: r.allow.clone(),
             api_keys: r.api_keys.clone(),
             api_key_header: r.api_key_header.clone(),

@@ -36,9 +36,51 @@ impl fmt::Display for BodyError {
 
 impl std::error::Error for BodyError {}
 
+/// A body as hyper delivers it: the caller's or a pooled upstream connection's, or one read from
+/// an upstream connection the caller's connection drives itself (`affinity.rs`).
+pub enum Inner {
+    Incoming(Incoming),
+    Local(crate::affinity::LocalBody),
+}
+
+impl From<Incoming> for Inner {
+    fn from(body: Incoming) -> Self {
+        Inner::Incoming(body)
+    }
+}
+
+impl Body for Inner {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Inner::Incoming(b) => Pin::new(b).poll_frame(cx),
+            Inner::Local(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Inner::Incoming(b) => b.is_end_stream(),
+            Inner::Local(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Inner::Incoming(b) => b.size_hint(),
+            Inner::Local(b) => b.size_hint(),
+        }
+    }
+}
+
 /// A streamed body with an idle timeout, an optional size limit and an optional permit.
 pub struct Guarded {
-    inner: Incoming,
+    inner: Inner,
     idle: Duration,
     /// Armed on the first wait, pushed back on every frame.
     timer: Option<Pin<Box<Sleep>>>,
@@ -55,9 +97,9 @@ pub struct FaultCount {
 }
 
 impl Guarded {
-    pub fn new(inner: Incoming, idle: Duration) -> Self {
+    pub fn new(inner: impl Into<Inner>, idle: Duration) -> Self {
         Guarded {
-            inner,
+            inner: inner.into(),
             idle,
             timer: None,
             limit: None,

@@ -9,6 +9,7 @@
 //! [`reload`] swaps in a changed configuration while it runs.
 
 pub mod admin;
+pub mod affinity;
 pub mod app;
 pub mod body;
 pub mod check;

@@ -2,6 +2,7 @@
 //! route match -> path check -> party -> token (cache) -> header injection -> upstream call
 //! -> on 401, one retry with a fresh token -> streamed response.
 
+use crate::affinity::{self, Affinity};
 use crate::body::{self, BodyError, Guarded};
 use crate::config::AllowList;
 use crate::error::{Body, ProxyError};
@@ -387,32 +388,56 @@ fn request_body_error(e: &(dyn std::error::Error + 'static)) -> ProxyError {
     }
 }
 
-/// Sends one request upstream within the route's time limit for response headers.
+/// Sends one request upstream within the route's time limit for response headers: on the
+/// caller's own upstream connection where the route allows it, else through the pooled client.
 async fn send(
     route: &Route,
     request: Request<UpstreamBody>,
-) -> Result<Response<Incoming>, ProxyError> {
-    match tokio::time::timeout(route.timeout, route.http.request(request)).await {
-        Err(_) => Err(ProxyError::UpstreamTimeout {
-            upstream: route.upstream.to_string(),
-            after: route.timeout,
-        }),
-        Ok(Err(e)) if e.is_connect() => Err(ProxyError::UpstreamUnreachable {
-            upstream: route.upstream.to_string(),
-            reason: crate::error::chain(&e),
-            fault: Fault::of(&e, true),
-        }),
-        // The caller's body failed on the way (too large, stalled, caller gone): not the upstream's fault.
-        Ok(Err(e)) if body::cut_by_portvakt(&e).is_some() || is_caller_body_error(&e) => {
-            Err(request_body_error(&e))
+) -> Result<Response<body::Inner>, ProxyError> {
+    let affinity = request.extensions().get::<Affinity>().cloned();
+    let sent = match (&route.local, affinity) {
+        (Some(target), Some(affinity)) => {
+            let sending = affinity::send(&affinity, target, request);
+            match tokio::time::timeout(route.timeout, sending).await {
+                Err(_) => Err(None),
+                Ok(Ok(response)) => Ok(response.map(body::Inner::Local)),
+                Ok(Err(affinity::SendError::Connect(e))) => Err(Some((true, e.into()))),
+                Ok(Err(affinity::SendError::Http(e))) => Err(Some((false, e.into()))),
+            }
         }
-        Ok(Err(e)) => Err(ProxyError::UpstreamFailed {
+        _ => match tokio::time::timeout(route.timeout, route.http.request(request)).await {
+            Err(_) => Err(None),
+            Ok(Ok(response)) => Ok(response.map(body::Inner::Incoming)),
+            Ok(Err(e)) => Err(Some((e.is_connect(), e.into()))),
+        },
+    };
+    let (connecting, e): (bool, Box<dyn std::error::Error + Send + Sync>) = match sent {
+        Ok(response) => return Ok(response),
+        Err(None) => {
+            return Err(ProxyError::UpstreamTimeout {
+                upstream: route.upstream.to_string(),
+                after: route.timeout,
+            })
+        }
+        Err(Some(failure)) => failure,
+    };
+    let e: &(dyn std::error::Error + 'static) = e.as_ref();
+    if connecting {
+        return Err(ProxyError::UpstreamUnreachable {
             upstream: route.upstream.to_string(),
-            reason: crate::error::chain(&e),
-            fault: Fault::of(&e, false),
-        }),
-        Ok(Ok(response)) => Ok(response),
+            reason: crate::error::chain(e),
+            fault: Fault::of(e, true),
+        });
     }
+    // The caller's body failed on the way (too large, stalled, caller gone): not the upstream's fault.
+    if body::cut_by_portvakt(e).is_some() || is_caller_body_error(e) {
+        return Err(request_body_error(e));
+    }
+    Err(ProxyError::UpstreamFailed {
+        upstream: route.upstream.to_string(),
+        reason: crate::error::chain(e),
+        fault: Fault::of(e, false),
+    })
 }
 
 /// Whether the error is the caller's request body failing (hyper reports it as a user body error).
@@ -430,7 +455,7 @@ impl Proxy {
     fn relay(
         &self,
         route: &Route,
-        mut response: Response<Incoming>,
+        mut response: Response<body::Inner>,
         permit: OwnedSemaphorePermit,
     ) -> Response<Body> {
         upstream::strip_hop_by_hop(response.headers_mut());

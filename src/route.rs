@@ -25,6 +25,9 @@ pub struct Route {
     pub retry_body_max: Option<u64>,
     /// The pooled client for this route's upstream (shared by routes with the same TLS trust).
     pub http: UpstreamClient,
+    /// Set for a plain-HTTP upstream reached without a proxy: calls go on the caller's own
+    /// upstream connection (`affinity.rs`) instead of the pool.
+    pub local: Option<crate::affinity::LocalTarget>,
     /// Caller networks let in on this route, besides `inbound.allow`.
     pub allow: Option<AllowList>,
     /// Keys a caller must present in `api_key_header`; empty when none is asked for.

@@ -1,5 +1,6 @@
 //! Accept loop (plain or TLS) and graceful shutdown, shared by the proxy, the admin listener and the mocks.
 
+use crate::affinity::Affinity;
 use hyper::body::{Body, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -69,7 +70,10 @@ pub async fn serve<H, F, B>(
                 };
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
-                let service = hyper::service::service_fn(move |request| {
+                // The connection's own upstream connections, for every request it carries.
+                let affinity = Affinity::default();
+                let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                    request.extensions_mut().insert(affinity.clone());
                     let handler = handler.clone();
                     async move { Ok::<_, Infallible>(handler(request, peer).await) }
                 });

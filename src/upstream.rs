@@ -50,6 +50,28 @@ pub fn client(
         .build(https)
 }
 
+/// Where calls to `upstream` can go on the caller's own connection (`affinity.rs`): a plain-HTTP
+/// upstream that no egress proxy intercepts. HTTPS keeps the pooled client, which negotiates
+/// HTTP/2 by ALPN and shares TLS sessions.
+pub fn local_target(
+    upstream: &Uri,
+    egress: &Egress,
+    connect_timeout: Duration,
+) -> Option<crate::affinity::LocalTarget> {
+    if upstream.scheme() != Some(&http::uri::Scheme::HTTP) {
+        return None;
+    }
+    let direct = match egress {
+        Egress::Direct => true,
+        Egress::Environment => Matcher::from_env().intercept(upstream).is_none(),
+        Egress::Proxy(_) => false,
+    };
+    if !direct {
+        return None;
+    }
+    crate::affinity::LocalTarget::new(upstream.authority()?.clone(), connect_timeout)
+}
+
 /// Opens TCP connections to upstreams, straight or through an outbound proxy with CONNECT (the
 /// TLS to the upstream then runs inside the tunnel, so the proxy never sees the token).
 #[derive(Clone)]

@@ -1,0 +1,302 @@
+//! Upstream connections owned by the caller's connection. For a plain-HTTP upstream reached
+//! directly, each inbound connection keeps its own keep-alive HTTP/1.1 connection to the upstream
+//! and drives it inside its own task: a proxied request then wakes no other task. The pooled
+//! client (`upstream.rs`) hands every request to a separate connection task and back, and on a
+//! loaded machine those wake-ups cost more than the proxying itself. HTTPS, HTTP/2 and egress
+//! proxies keep using the pooled client.
+
+use crate::upstream::UpstreamBody;
+use bytes::Bytes;
+use http::header::{HeaderValue, HOST};
+use http::uri::Authority;
+use http::{Request, Response, Uri};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::{self, Connection, SendRequest};
+use hyper::client::conn::TrySendError;
+use hyper_util::rt::TokioIo;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// Idle upstream connections parked by all callers together; beyond this an idle one is closed,
+/// so ten thousand idle callers do not hold ten thousand upstream connections.
+const MAX_PARKED: usize = 256;
+static PARKED: AtomicUsize = AtomicUsize::new(0);
+
+type Conn = Connection<TokioIo<TcpStream>, UpstreamBody>;
+
+/// One upstream connection: the handle requests are sent on, and the future that does its I/O.
+struct LocalConn {
+    authority: Authority,
+    sender: SendRequest<UpstreamBody>,
+    io: Pin<Box<Conn>>,
+    /// The I/O future has finished: the connection is closed and is never polled again.
+    closed: bool,
+}
+
+impl LocalConn {
+    /// Lets the connection read and write what it can, in the caller's task.
+    fn drive(&mut self, cx: &mut Context<'_>) {
+        if !self.closed && self.io.as_mut().poll(cx).is_ready() {
+            self.closed = true;
+        }
+    }
+}
+
+/// The upstream connections of one inbound connection, put into each of its requests'
+/// extensions by the listener.
+#[derive(Clone, Default)]
+pub struct Affinity {
+    parked: Arc<Mutex<Option<LocalConn>>>,
+}
+
+impl Affinity {
+    fn take(&self, authority: &Authority) -> Option<LocalConn> {
+        let mut parked = crate::sync::lock(&self.parked);
+        match parked.take() {
+            Some(conn) if conn.authority == *authority => {
+                PARKED.fetch_sub(1, Ordering::Relaxed);
+                Some(conn)
+            }
+            Some(other) => {
+                PARKED.fetch_sub(1, Ordering::Relaxed);
+                drop(other);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn park(&self, conn: LocalConn) {
+        if conn.closed || PARKED.fetch_add(1, Ordering::Relaxed) >= MAX_PARKED {
+            PARKED.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        if let Some(old) = crate::sync::lock(&self.parked).replace(conn) {
+            PARKED.fetch_sub(1, Ordering::Relaxed);
+            drop(old);
+        }
+    }
+}
+
+/// Where a route's upstream can be reached on a connection of the caller's own.
+#[derive(Debug, Clone)]
+pub struct LocalTarget {
+    pub authority: Authority,
+    /// `Host`, which the pooled client would set from the URI.
+    pub host: HeaderValue,
+    pub connect_timeout: Duration,
+}
+
+impl LocalTarget {
+    pub fn new(authority: Authority, connect_timeout: Duration) -> Option<Self> {
+        Some(LocalTarget {
+            host: HeaderValue::from_str(authority.as_str()).ok()?,
+            authority,
+            connect_timeout,
+        })
+    }
+}
+
+/// Why a request on a caller-owned connection failed, in the terms `proxy.rs` answers with.
+pub enum SendError {
+    /// No connection could be made; nothing was sent.
+    Connect(std::io::Error),
+    Http(hyper::Error),
+}
+
+/// Sends `request` on the caller's parked connection to `target`, or a new one, and drives that
+/// connection in this task until the response headers arrive. A parked connection the upstream
+/// closed meanwhile is replaced, and the request sent on the new one, when nothing of it was sent.
+pub async fn send(
+    affinity: &Affinity,
+    target: &LocalTarget,
+    mut request: Request<UpstreamBody>,
+) -> Result<Response<LocalBody>, SendError> {
+    // On a connection of its own, a request carries its target in origin form and its Host.
+    let origin = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .parse::<Uri>()
+        .unwrap_or_else(|_| Uri::from_static("/"));
+    *request.uri_mut() = origin;
+    request.headers_mut().insert(HOST, target.host.clone());
+    let mut reused = affinity.take(&target.authority);
+    loop {
+        let fresh = reused.is_none();
+        let mut conn = match reused.take() {
+            Some(conn) => conn,
+            None => connect(target).await?,
+        };
+        match Drive::new(&mut conn, request).await {
+            Ok(response) => {
+                let (parts, inner) = response.into_parts();
+                let mut body = LocalBody {
+                    inner,
+                    conn: Some(conn),
+                    affinity: affinity.clone(),
+                };
+                // hyper never polls a body with nothing in it: its connection is free now.
+                if body.inner.is_end_stream() {
+                    body.release();
+                }
+                return Ok(Response::from_parts(parts, body));
+            }
+            Err(Unsent::Again(back)) if !fresh => request = back,
+            Err(Unsent::Again(_)) => {
+                return Err(SendError::Connect(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "the upstream closed a new connection before the request was sent",
+                )))
+            }
+            Err(Unsent::Failed(e)) => return Err(SendError::Http(e)),
+        }
+    }
+}
+
+async fn connect(target: &LocalTarget) -> Result<LocalConn, SendError> {
+    let addr = format!(
+        "{}:{}",
+        target.authority.host(),
+        target.authority.port_u16().unwrap_or(80)
+    );
+    let stream = match tokio::time::timeout(target.connect_timeout, TcpStream::connect(addr)).await
+    {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(SendError::Connect(e)),
+        Err(_) => {
+            return Err(SendError::Connect(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connect timeout",
+            )))
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, io) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(SendError::Http)?;
+    Ok(LocalConn {
+        authority: target.authority.clone(),
+        sender,
+        io: Box::pin(io),
+        closed: false,
+    })
+}
+
+enum Unsent {
+    /// The connection was closed before the request went out; here it is back.
+    Again(Request<UpstreamBody>),
+    Failed(hyper::Error),
+}
+
+/// Waits for the connection to be ready, sends the request and waits for the response headers,
+/// polling the connection's I/O all along in this task.
+struct Drive<'c> {
+    conn: &'c mut LocalConn,
+    request: Option<Request<UpstreamBody>>,
+    response: Option<Pin<Box<Sending>>>,
+}
+
+type Sending = dyn Future<Output = Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>>>
+    + Send;
+
+impl<'c> Drive<'c> {
+    fn new(conn: &'c mut LocalConn, request: Request<UpstreamBody>) -> Self {
+        Drive {
+            conn,
+            request: Some(request),
+            response: None,
+        }
+    }
+}
+
+impl Future for Drive<'_> {
+    type Output = Result<Response<Incoming>, Unsent>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        // The connection's own future does the reading and writing; when it ends, the connection
+        // is closed, and what it was sending or awaiting fails through the handles below.
+        this.conn.drive(cx);
+        if let Some(request) = this.request.take() {
+            match this.conn.sender.poll_ready(cx) {
+                Poll::Pending => {
+                    this.request = Some(request);
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(Unsent::Again(request))),
+                Poll::Ready(Ok(())) => {
+                    this.response = Some(Box::pin(this.conn.sender.try_send_request(request)));
+                    // The connection must see the new request in this same turn.
+                    this.conn.drive(cx);
+                }
+            }
+        }
+        match this.response.as_mut() {
+            Some(response) => response.as_mut().poll(cx).map_err(|mut e| {
+                match e.take_message() {
+                    Some(request) => Unsent::Again(request),
+                    None => Unsent::Failed(e.into_error()),
+                }
+            }),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// The upstream's response body, read by driving its connection in the caller's task. At its
+/// end the connection is parked for the caller's next request; a body dropped early takes its
+/// connection with it.
+pub struct LocalBody {
+    inner: Incoming,
+    conn: Option<LocalConn>,
+    affinity: Affinity,
+}
+
+impl LocalBody {
+    /// Parks the connection for the caller's next request; the next request polls its I/O
+    /// first, which readies it.
+    fn release(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.affinity.park(conn);
+        }
+    }
+}
+
+impl Body for LocalBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        if let Some(conn) = &mut this.conn {
+            conn.drive(cx);
+        }
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        // hyper stops polling a body once it says it has ended, so the connection is parked
+        // with the last frame, not after a final `None` that may never be asked for.
+        match &frame {
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
+            _ => {}
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
