@@ -51,35 +51,35 @@ impl LocalConn {
 /// extensions by the listener.
 #[derive(Clone, Default)]
 pub struct Affinity {
-    parked: Arc<Mutex<Option<LocalConn>>>,
+    parked: Arc<Mutex<Option<Parked>>>,
+}
+
+/// An idle connection, counted in [`PARKED`] for as long as it exists here: taken back, replaced,
+/// or closed with its caller's connection.
+struct Parked(Option<LocalConn>);
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        PARKED.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Affinity {
     fn take(&self, authority: &Authority) -> Option<LocalConn> {
-        let mut parked = crate::sync::lock(&self.parked);
-        match parked.take() {
-            Some(conn) if conn.authority == *authority => {
-                PARKED.fetch_sub(1, Ordering::Relaxed);
-                Some(conn)
-            }
-            Some(other) => {
-                PARKED.fetch_sub(1, Ordering::Relaxed);
-                drop(other);
-                None
-            }
-            None => None,
-        }
+        let mut parked = crate::sync::lock(&self.parked).take()?;
+        parked.0.take().filter(|conn| conn.authority == *authority)
     }
 
     fn park(&self, conn: LocalConn) {
-        if conn.closed || PARKED.fetch_add(1, Ordering::Relaxed) >= MAX_PARKED {
+        if conn.closed {
+            return;
+        }
+        if PARKED.fetch_add(1, Ordering::Relaxed) >= MAX_PARKED {
             PARKED.fetch_sub(1, Ordering::Relaxed);
             return;
         }
-        if let Some(old) = crate::sync::lock(&self.parked).replace(conn) {
-            PARKED.fetch_sub(1, Ordering::Relaxed);
-            drop(old);
-        }
+        let previous = crate::sync::lock(&self.parked).replace(Parked(Some(conn)));
+        drop(previous);
     }
 }
 
@@ -147,7 +147,7 @@ pub async fn send(
                 }
                 return Ok(Response::from_parts(parts, body));
             }
-            Err(Unsent::Again(back)) if !fresh => request = back,
+            Err(Unsent::Again(back)) if !fresh => request = *back,
             Err(Unsent::Again(_)) => {
                 return Err(SendError::Connect(std::io::Error::new(
                     std::io::ErrorKind::ConnectionAborted,
@@ -191,7 +191,7 @@ async fn connect(target: &LocalTarget) -> Result<LocalConn, SendError> {
 
 enum Unsent {
     /// The connection was closed before the request went out; here it is back.
-    Again(Request<UpstreamBody>),
+    Again(Box<Request<UpstreamBody>>),
     Failed(hyper::Error),
 }
 
@@ -203,8 +203,8 @@ struct Drive<'c> {
     response: Option<Pin<Box<Sending>>>,
 }
 
-type Sending = dyn Future<Output = Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>>>
-    + Send;
+type Sending =
+    dyn Future<Output = Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>>> + Send;
 
 impl<'c> Drive<'c> {
     fn new(conn: &'c mut LocalConn, request: Request<UpstreamBody>) -> Self {
@@ -230,7 +230,7 @@ impl Future for Drive<'_> {
                     this.request = Some(request);
                     return Poll::Pending;
                 }
-                Poll::Ready(Err(_)) => return Poll::Ready(Err(Unsent::Again(request))),
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(Unsent::Again(Box::new(request)))),
                 Poll::Ready(Ok(())) => {
                     this.response = Some(Box::pin(this.conn.sender.try_send_request(request)));
                     // The connection must see the new request in this same turn.
@@ -239,12 +239,13 @@ impl Future for Drive<'_> {
             }
         }
         match this.response.as_mut() {
-            Some(response) => response.as_mut().poll(cx).map_err(|mut e| {
-                match e.take_message() {
-                    Some(request) => Unsent::Again(request),
+            Some(response) => response
+                .as_mut()
+                .poll(cx)
+                .map_err(|mut e| match e.take_message() {
+                    Some(request) => Unsent::Again(Box::new(request)),
                     None => Unsent::Failed(e.into_error()),
-                }
-            }),
+                }),
             None => Poll::Pending,
         }
     }

@@ -6,7 +6,10 @@ mod common;
 use common::*;
 use portvakt::mock::upstream::pattern_byte;
 use serde_json::Value;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn injects_a_token_the_upstream_accepts_and_drops_the_callers_credentials() {
@@ -363,4 +366,82 @@ async fn https_upstreams_are_verified_and_reached_over_http2_by_alpn() {
         "{body}"
     );
     assert_eq!(upstream.records().len(), 1);
+}
+
+/// An upstream that answers each request on a connection and then closes it, without saying so
+/// (no `Connection: close`), as a server does when its keep-alive timeout strikes. It keeps each
+/// request line it read.
+async fn closing_upstream() -> (String, Arc<Mutex<Vec<String>>>, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let (lines, accepted) = (
+        Arc::new(Mutex::new(Vec::new())),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let (kept, count) = (Arc::clone(&lines), Arc::clone(&accepted));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let kept = Arc::clone(&kept);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                kept.lock().unwrap().push(head);
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                // Gone as soon as the answer is out.
+            });
+        }
+    });
+    (url, lines, accepted)
+}
+
+#[tokio::test]
+async fn a_kept_upstream_connection_the_upstream_closed_is_replaced_without_an_error() {
+    let (mock, _echo) = mock_and_upstream().await;
+    let (url, heads, accepted) = closing_upstream().await;
+    let routes = format!(
+        "  - name: nav\n    prefix: /nav/\n    upstream: {url}base/\n    client: vendor\n    scopes: [{SCOPE}]\n"
+    );
+    let proxy = spawn_proxy(
+        &config_yaml(&mock.issuer(), &mock.token_endpoint(), &routes),
+        &[],
+    )
+    .await;
+    // One caller connection, several calls in a row: each finds its upstream connection closed.
+    let http = http_client();
+    for i in 0..5 {
+        let r = http
+            .get(format!("http://{}/nav/call/{i}", proxy.listen))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "call {i}");
+        assert_eq!(r.text().await.unwrap(), "ok");
+        // Let the upstream's close arrive before the next call.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 5);
+    let heads = heads.lock().unwrap().clone();
+    for (i, head) in heads.iter().enumerate() {
+        // Origin form, with the upstream's Host, as the pooled client sends it.
+        assert!(
+            head.starts_with(&format!("GET /base/call/{i} HTTP/1.1\r\n")),
+            "{head}"
+        );
+        let host = url.trim_start_matches("http://").trim_end_matches('/');
+        assert!(
+            head.to_ascii_lowercase()
+                .contains(&format!("host: {host}\r\n")),
+            "{head}"
+        );
+    }
 }
