@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# portvakt's benchmarks, reproducible from a clean checkout (docs/performance.md has the figures).
+#   bench/run.sh compare [compare.sh options]  throughput and p99 against nginx and HAProxy, and RSS
+#                                              under load (../shared/bench/compare.sh)
+#   bench/run.sh limits                        cold start, first call, 1 GB up and down, and
+#                                              10,000 idle keep-alive callers (examples/limits.rs)
+#   bench/run.sh                               both
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what=${1:-all}
+[[ $# -gt 0 ]] && shift
+cargo build --release --quiet
+case $what in
+  compare) exec bash ../shared/bench/compare.sh "$@" ;;
+  limits)
+    cargo build --release --quiet --example limits
+    # 10,000 callers need 10,000 descriptors here and as many in portvakt.
+    ulimit -n "$(ulimit -Hn)"
+    exec target/release/examples/limits ;;
+  all)
+    bash "$0" compare "$@"
+    bash "$0" limits ;;
+  *) echo "usage: bench/run.sh [compare [options] | limits]" >&2; exit 2 ;;
+esac
