@@ -77,9 +77,17 @@ impl Proxy {
     /// The id is on every log line the request causes, goes upstream, and comes back in the answer.
     pub async fn handle(self: Arc<Self>, mut request: Request<Incoming>) -> Response<Body> {
         let id = request_id::of(request.headers_mut());
-        let span = tracing::info_span!("request", request_id = request_id::as_str(&id));
-        crate::telemetry::continue_trace(&span, request.headers());
-        let mut response = self.serve(request, &id).instrument(span).await;
+        // A span per request costs a tenth of the throughput, so there is one only for trace
+        // export and debug logging; the lines a request causes at info and above name its id
+        // themselves (and a token fetch it starts takes the id from the task).
+        let serving = if crate::telemetry::exporting() || tracing::enabled!(tracing::Level::DEBUG) {
+            let span = tracing::info_span!("request", request_id = request_id::as_str(&id));
+            crate::telemetry::continue_trace(&span, request.headers());
+            request_id::scope(id.clone(), self.serve(request, &id).instrument(span)).await
+        } else {
+            request_id::scope(id.clone(), self.serve(request, &id)).await
+        };
+        let mut response = serving;
         response.headers_mut().insert(request_id::HEADER, id);
         response
     }
@@ -97,7 +105,8 @@ impl Proxy {
             .get::<Peer>()
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.0.ip());
         let snapshot = self.current.load_full();
-        let (route_name, result) = match self.admit(&snapshot, &request, peer) {
+        let request_id = request_id::as_str(id);
+        let (route_name, result) = match self.admit(&snapshot, &request, peer, request_id) {
             Err(error) => (None, Err(error)),
             Ok(None) => {
                 let error = ProxyError::NoRoute {
@@ -113,11 +122,14 @@ impl Proxy {
             }
             Ok(Some((route, rest_len))) => {
                 let name = Arc::clone(&route.name);
-                let result = match self.check_route(&route, &request, peer) {
+                let result = match self.check_route(&route, &request, peer, request_id) {
                     Err(e) => Err(e),
                     Ok(()) => match Arc::clone(&self.in_flight).try_acquire_owned() {
                         Err(_) => Err(ProxyError::Overloaded(self.max_in_flight)),
-                        Ok(permit) => self.forward(&route, rest_len, request, permit).await,
+                        Ok(permit) => {
+                            self.forward(&route, rest_len, request, permit, request_id)
+                                .await
+                        }
                     },
                 };
                 (Some(name), result)
@@ -130,14 +142,14 @@ impl Proxy {
                 if let (Some(fault), Some(route)) = (error.upstream_fault(), &route_name) {
                     self.metrics.count_upstream_error(route, fault);
                 }
-                tracing::warn!(route = route_label, %method, status = error.status().as_u16(), %error, "request not forwarded");
+                tracing::warn!(route = route_label, %method, status = error.status().as_u16(), %error, request_id, "request not forwarded");
                 self.recent.push(RecentError {
                     at: std::time::SystemTime::now(),
                     route: route_label.to_string(),
                     status: error.status().as_u16(),
                     problem: error.slug(),
                     message: error.to_string(),
-                    request_id: request_id::as_str(id).to_string(),
+                    request_id: request_id.to_string(),
                 });
                 error.to_response(route_name.as_deref().map(String::as_str))
             }
@@ -157,10 +169,12 @@ impl Proxy {
             .observe(elapsed.as_secs_f64());
         // The path and query may carry personal data (national identity numbers): not logged at info.
         tracing::info!(
+            target: "portvakt::access",
             route = route_label,
             %method,
             status = response.status().as_u16(),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
+            request_id,
             "request"
         );
         response
@@ -173,6 +187,7 @@ impl Proxy {
         snapshot: &Snapshot,
         request: &Request<Incoming>,
         peer: IpAddr,
+        request_id: &str,
     ) -> Result<Option<(Arc<Route>, usize)>, ProxyError> {
         if request.method() == Method::CONNECT {
             return Err(ProxyError::Connect);
@@ -183,7 +198,7 @@ impl Proxy {
             return Err(ProxyError::AbsoluteForm);
         }
         if snapshot.allow.as_ref().is_some_and(|a| !a.contains(peer)) {
-            audit(peer, "-", "address not in inbound.allow");
+            audit(peer, "-", "address not in inbound.allow", request_id);
             return Err(ProxyError::CallerNotAllowed {
                 peer,
                 on_route: false,
@@ -201,9 +216,15 @@ impl Proxy {
         route: &Route,
         request: &Request<Incoming>,
         peer: IpAddr,
+        request_id: &str,
     ) -> Result<(), ProxyError> {
         if route.allow.as_ref().is_some_and(|a| !a.contains(peer)) {
-            audit(peer, &route.name, "address not in the route's allow");
+            audit(
+                peer,
+                &route.name,
+                "address not in the route's allow",
+                request_id,
+            );
             return Err(ProxyError::CallerNotAllowed {
                 peer,
                 on_route: true,
@@ -220,6 +241,7 @@ impl Proxy {
                     } else {
                         "API key wrong"
                     },
+                    request_id,
                 );
                 ProxyError::ApiKey {
                     missing,
@@ -234,6 +256,7 @@ impl Proxy {
         rest_len: usize,
         request: Request<Incoming>,
         permit: OwnedSemaphorePermit,
+        request_id: &str,
     ) -> Result<Response<Body>, ProxyError> {
         let path = request.uri().path();
         let remainder = &path[path.len() - rest_len..];
@@ -311,11 +334,11 @@ impl Proxy {
             })
             .inc();
         let Some(replay) = replay else {
-            tracing::warn!(route = %route.name, result, "upstream answered 401: not retried");
+            tracing::warn!(route = %route.name, result, request_id, "upstream answered 401: not retried");
             return Ok(self.relay(route, response, permit));
         };
         drop(response);
-        tracing::info!(route = %route.name, "upstream answered 401: retrying once with a fresh token");
+        tracing::info!(route = %route.name, request_id, "upstream answered 401: retrying once with a fresh token");
         let token = slot.get().await?;
         let retry = upstream_span(route);
         let mut request = replay.with(token.bearer());
@@ -336,8 +359,8 @@ fn upstream_span(route: &Route) -> tracing::Span {
 }
 
 /// One line per refused caller, under its own target so it can be routed to an audit log.
-fn audit(peer: IpAddr, route: &str, reason: &str) {
-    tracing::warn!(target: "portvakt::audit", %peer, route, reason, "caller refused");
+fn audit(peer: IpAddr, route: &str, reason: &str, request_id: &str) {
+    tracing::warn!(target: "portvakt::audit", %peer, route, reason, request_id, "caller refused");
 }
 
 /// A request as it went upstream, minus its token, with the body portvakt kept: enough to send it

@@ -20,6 +20,21 @@ pub fn of(headers: &mut HeaderMap) -> HeaderValue {
     id
 }
 
+tokio::task_local! {
+    /// The id of the request a task works for, so work it starts (a token fetch) can name it.
+    static CURRENT: HeaderValue;
+}
+
+/// Runs `work` as the work of request `id`.
+pub async fn scope<F: std::future::Future>(id: HeaderValue, work: F) -> F::Output {
+    CURRENT.scope(id, work).await
+}
+
+/// The id of the request this task works for, if any.
+pub fn current() -> Option<HeaderValue> {
+    CURRENT.try_with(HeaderValue::clone).ok()
+}
+
 /// The id as text for logs; an id is always visible ASCII, so this never falls back in practice.
 pub fn as_str(id: &HeaderValue) -> &str {
     id.to_str().unwrap_or("-")

@@ -146,11 +146,17 @@ async fn run_serves_from_portvakt_config_and_drains_on_sigterm() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
+    // On the line itself, or on a span it was logged in (a token fetch's).
     let request_id = |line: &serde_json::Value| -> Option<String> {
-        line["spans"]
-            .as_array()?
-            .iter()
-            .find_map(|s| s["request_id"].as_str().map(str::to_string))
+        line["fields"]["request_id"]
+            .as_str()
+            .or_else(|| {
+                line["spans"]
+                    .as_array()?
+                    .iter()
+                    .find_map(|s| s["request_id"].as_str())
+            })
+            .map(str::to_string)
     };
     let served: Vec<_> = lines
         .iter()

@@ -252,8 +252,10 @@ impl TokenSlot {
         st.fetching = true;
         let slot = Arc::clone(self);
         // Under the span of the request that needed the token, so its id and trace show the fetch.
+        let trigger = crate::request_id::current();
         let span = tracing::info_span!(
             "token_fetch",
+            request_id = trigger.as_ref().map(crate::request_id::as_str),
             client = %self.client.name,
             kind = self.kind(),
             scopes = %self.key.grant.scope,
