@@ -3,7 +3,8 @@
 //! and drives it inside its own task: a proxied request then wakes no other task. The pooled
 //! client (`upstream.rs`) hands every request to a separate connection task and back, and on a
 //! loaded machine those wake-ups cost more than the proxying itself. HTTPS, HTTP/2 and egress
-//! proxies keep using the pooled client.
+//! proxies keep using the pooled client. A caller's connection parks one idle upstream connection;
+//! a call to another upstream on it closes that one and opens its own.
 
 use crate::upstream::UpstreamBody;
 use bytes::Bytes;
