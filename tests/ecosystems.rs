@@ -26,10 +26,6 @@ fn jti(record: &portvakt::mock::upstream::Recorded) -> String {
         .to_string()
 }
 
-async fn metrics(h: &Harness) -> String {
-    h.admin_get("/metrics").await.text().await.unwrap()
-}
-
 const SUPPLIER_ROUTE: &str = r#"  - name: samtykke
     prefix: /samtykke/
     upstream: {upstream}forsikring/
@@ -412,7 +408,7 @@ async fn an_upstream_401_gets_a_fresh_token_and_one_retry_with_the_kept_body() {
     assert_eq!(retried.body_sha256, refused.body_sha256);
     assert_eq!(retried.method, "POST");
     assert_eq!(h.mock.token_requests(), 2);
-    assert!(metrics(&h)
+    assert!(metrics_text(&h.proxy)
         .await
         .contains(r#"portvakt_upstream_unauthorized_total{route="nav",result="retried"} 1"#));
 }
@@ -428,7 +424,7 @@ async fn a_streamed_body_is_not_retried_but_the_token_is_still_replaced() {
     .await;
     assert_eq!(status, 401, "the upstream's answer is passed back");
     assert_eq!(h.upstream.records().len(), 2, "sent once");
-    assert!(metrics(&h).await.contains(
+    assert!(metrics_text(&h.proxy).await.contains(
         r#"portvakt_upstream_unauthorized_total{route="nav",result="not_replayable"} 1"#
     ));
 
@@ -463,7 +459,7 @@ async fn an_upstream_refusing_every_token_gets_one_retry_never_two() {
     assert_eq!(h.get("/nav/b").await.status(), 401);
     assert_eq!(h.upstream.records().len(), 4);
     assert_eq!(h.mock.token_requests(), 2);
-    let m = metrics(&h).await;
+    let m = metrics_text(&h.proxy).await;
     assert!(
         m.contains(r#"portvakt_upstream_unauthorized_total{route="nav",result="retried"} 1"#)
             && m.contains(

@@ -56,19 +56,6 @@ async fn setup(client: MockClient, key: &str, env: &[(&str, &str)], top: &str) -
     }
 }
 
-/// The admin listener's `/metrics` text.
-async fn metrics(proxy: &portvakt::app::Running) -> String {
-    let url = format!("http://{}/metrics", proxy.admin.unwrap());
-    http_client()
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 fn certificate_client(org: &str) -> MockClient {
     MockClient::new(CLIENT_ID, org).scopes([SCOPE])
 }
@@ -379,7 +366,7 @@ async fn a_key_swapped_on_disk_while_requests_flow_signs_the_next_tokens_with_no
     let last = records.last().unwrap().token_claims.as_ref().unwrap();
     assert_ne!(last["jti"], old_jti, "still serving the old key's token");
     assert!(records.iter().all(|r| r.token_valid));
-    let metrics = metrics(&s.proxy).await;
+    let metrics = metrics_text(&s.proxy).await;
     assert!(
         metrics.contains(r#"portvakt_key_reloads_total{client="vendor",result="rotated"} 1"#),
         "{metrics}"
@@ -402,7 +389,7 @@ async fn a_broken_key_file_keeps_the_old_key_signing() {
     volume.update("key.json", b"{\"kty\": \"RSA\", \"kid\": \"half-writ");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let m = metrics(&s.proxy).await;
+        let m = metrics_text(&s.proxy).await;
         if m.contains(r#"portvakt_key_reloads_total{client="vendor",result="error"} 1"#) {
             break;
         }
@@ -497,7 +484,7 @@ async fn certificate_expiry_and_key_age_are_exported() {
         rustls_pki_types::CertificateDer::from_pem_slice(&pem).unwrap()
     };
     let cert = portvakt::keys::Certificate::parse(&der).unwrap();
-    let metrics = metrics(&s.proxy).await;
+    let metrics = metrics_text(&s.proxy).await;
     assert!(
         metrics.contains(&format!(
             "portvakt_certificate_not_after_seconds{{client=\"vendor\"}} {}",

@@ -171,10 +171,6 @@ async fn without_telemetry_the_callers_traceparent_passes_through_untouched() {
     assert_eq!(h.upstream.records()[0].headers["traceparent"], traceparent);
 }
 
-async fn metrics(h: &Harness) -> String {
-    h.admin_get("/metrics").await.text().await.unwrap()
-}
-
 /// The value of the one series whose line starts with `series` (name and labels).
 fn value(metrics: &str, series: &str) -> Option<f64> {
     metrics
@@ -204,7 +200,7 @@ async fn metrics_show_token_expiry_cache_use_in_flight_and_rejections_by_mp_code
         assert_eq!(h.get("/nav/x").await.status(), 200);
     }
     assert_eq!(h.get("/fiks/x").await.status(), 502);
-    let m = metrics(&h).await;
+    let m = metrics_text(&h.proxy).await;
     let fetches = |result: &str, code: &str| {
         value(
             &m,
@@ -258,13 +254,13 @@ async fn metrics_show_token_expiry_cache_use_in_flight_and_rejections_by_mp_code
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(
-        value(&metrics(&h).await, "portvakt_in_flight_requests"),
+        value(&metrics_text(&h.proxy).await, "portvakt_in_flight_requests"),
         Some(1.0)
     );
     stuck.abort();
     let mut left = None;
     for _ in 0..100 {
-        left = value(&metrics(&h).await, "portvakt_in_flight_requests");
+        left = value(&metrics_text(&h.proxy).await, "portvakt_in_flight_requests");
         if left == Some(0.0) {
             break;
         }
@@ -322,7 +318,7 @@ async fn alerts_and_dashboard_use_only_metrics_portvakt_exports() {
     // What /metrics declares, including families with no series yet (those print nothing).
     let h = Harness::start(ONE_ROUTE, 120).await;
     assert_eq!(h.get("/nav/x").await.status(), 200);
-    let exposed = metrics(&h).await;
+    let exposed = metrics_text(&h.proxy).await;
     let declared = portvakt::metrics::Metrics::new().declared().to_vec();
     for line in exposed.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
         let name = line.split(' ').next().unwrap();
