@@ -77,17 +77,17 @@ impl Proxy {
     /// The id is on every log line the request causes, goes upstream, and comes back in the answer.
     pub async fn handle(self: Arc<Self>, mut request: Request<Incoming>) -> Response<Body> {
         let id = request_id::of(request.headers_mut());
-        // A span per request costs a tenth of the throughput, so there is one only for trace
-        // export and debug logging; the lines a request causes at info and above name its id
-        // themselves (and a token fetch it starts takes the id from the task).
-        let serving = if crate::telemetry::exporting() || tracing::enabled!(tracing::Level::DEBUG) {
-            let span = tracing::info_span!("request", request_id = request_id::as_str(&id));
-            crate::telemetry::continue_trace(&span, request.headers());
-            request_id::scope(id.clone(), self.serve(request, &id).instrument(span)).await
-        } else {
-            request_id::scope(id.clone(), self.serve(request, &id)).await
-        };
-        let mut response = serving;
+        // A span per request costs several percent of throughput (docs/performance.md), so there
+        // is one only for trace export and debug logging; the lines a request causes at info and
+        // above name its id themselves, and a token fetch it starts takes the id from the task.
+        let mut response =
+            if crate::telemetry::exporting() || tracing::enabled!(tracing::Level::DEBUG) {
+                let span = tracing::info_span!("request", request_id = request_id::as_str(&id));
+                crate::telemetry::continue_trace(&span, request.headers());
+                request_id::scope(id.clone(), self.serve(request, &id).instrument(span)).await
+            } else {
+                request_id::scope(id.clone(), self.serve(request, &id)).await
+            };
         response.headers_mut().insert(request_id::HEADER, id);
         response
     }
