@@ -21,13 +21,6 @@ fn one_shot_client() -> reqwest::Client {
         .unwrap()
 }
 
-async fn metric(h: &Harness, name: &str) -> Option<f64> {
-    let text = h.admin_get("/metrics").await.text().await.unwrap();
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
 #[tokio::test]
 async fn token_endpoint_faults_give_clear_answers_and_service_resumes_by_itself() {
     let h = Harness::start(ONE_ROUTE, 120).await;
@@ -104,7 +97,10 @@ async fn an_outage_opens_the_circuit_instead_of_a_retry_storm() {
         "{requests} token requests for 30 calls in 3 s"
     );
     assert_eq!(
-        metric(&h, "portvakt_token_endpoint_circuit_open").await,
+        metric_value(
+            &metrics_text(&h.proxy).await,
+            "portvakt_token_endpoint_circuit_open"
+        ),
         Some(1.0)
     );
 }
@@ -191,7 +187,7 @@ async fn clock_skew_is_exported_and_warned_about() {
     let h = Harness::start(ONE_ROUTE, 120).await;
     h.mock.set_clock_offset(-8);
     assert_eq!(h.get("/nav/x").await.status(), 200);
-    let skew = metric(&h, "portvakt_clock_skew_seconds").await.unwrap();
+    let skew = metric_value(&metrics_text(&h.proxy).await, "portvakt_clock_skew_seconds").unwrap();
     assert!((-9.0..=-7.0).contains(&skew), "skew {skew}");
     assert!(logs::text().contains("fix NTP on this machine"));
 }

@@ -171,13 +171,6 @@ async fn without_telemetry_the_callers_traceparent_passes_through_untouched() {
     assert_eq!(h.upstream.records()[0].headers["traceparent"], traceparent);
 }
 
-/// The value of the one series whose line starts with `series` (name and labels).
-fn value(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 #[tokio::test]
 async fn metrics_show_token_expiry_cache_use_in_flight_and_rejections_by_mp_code() {
     let stall = common::faults::FaultServer::start(common::faults::Fault::StallBeforeHeaders).await;
@@ -202,7 +195,7 @@ async fn metrics_show_token_expiry_cache_use_in_flight_and_rejections_by_mp_code
     assert_eq!(h.get("/fiks/x").await.status(), 502);
     let m = metrics_text(&h.proxy).await;
     let fetches = |result: &str, code: &str| {
-        value(
+        metric_value(
             &m,
             &format!(
                 r#"portvakt_token_fetches_total{{client="vendor",result="{result}",code="{code}"}}"#
@@ -213,16 +206,16 @@ async fn metrics_show_token_expiry_cache_use_in_flight_and_rejections_by_mp_code
     assert_eq!(fetches("rejected", "MP-200"), Some(1.0), "{m}");
     // The first call and the refused one waited for a fetch; the two after it used the cache.
     assert_eq!(
-        value(&m, r#"portvakt_token_cache_misses_total{client="vendor"}"#),
+        metric_value(&m, r#"portvakt_token_cache_misses_total{client="vendor"}"#),
         Some(2.0),
         "{m}"
     );
     assert_eq!(
-        value(&m, r#"portvakt_token_cache_hits_total{client="vendor"}"#),
+        metric_value(&m, r#"portvakt_token_cache_hits_total{client="vendor"}"#),
         Some(2.0),
         "{m}"
     );
-    let expires = value(
+    let expires = metric_value(
         &m,
         &format!(r#"portvakt_token_expires_in_seconds{{client="vendor",kind="maskinporten",scopes="{SCOPE}",party=""}}"#),
     )
@@ -234,13 +227,13 @@ async fn metrics_show_token_expiry_cache_use_in_flight_and_rejections_by_mp_code
         "only slots holding a token have a series"
     );
     assert_eq!(
-        value(
+        metric_value(
             &m,
             r#"portvakt_requests_total{route="fiks-arkiv",method="GET",status="502"}"#
         ),
         Some(1.0)
     );
-    assert_eq!(value(&m, "portvakt_in_flight_requests"), Some(0.0));
+    assert_eq!(metric_value(&m, "portvakt_in_flight_requests"), Some(0.0));
 
     // A request stuck upstream is in flight until it ends.
     let stuck = tokio::spawn({
@@ -254,13 +247,13 @@ async fn metrics_show_token_expiry_cache_use_in_flight_and_rejections_by_mp_code
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(
-        value(&metrics_text(&h.proxy).await, "portvakt_in_flight_requests"),
+        metric_value(&metrics_text(&h.proxy).await, "portvakt_in_flight_requests"),
         Some(1.0)
     );
     stuck.abort();
     let mut left = None;
     for _ in 0..100 {
-        left = value(&metrics_text(&h.proxy).await, "portvakt_in_flight_requests");
+        left = metric_value(&metrics_text(&h.proxy).await, "portvakt_in_flight_requests");
         if left == Some(0.0) {
             break;
         }

@@ -258,6 +258,13 @@ pub async fn metrics_text(proxy: &Running) -> String {
         .unwrap()
 }
 
+/// The value of the one series in `metrics` named exactly `series` (name and labels).
+pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// The token in the `i`th request the upstream recorded, without `Bearer `.
 pub fn token_seen(upstream: &EchoUpstream, i: usize) -> String {
     upstream.records()[i].headers["authorization"]
