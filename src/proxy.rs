@@ -417,41 +417,49 @@ async fn send(
     route: &Route,
     request: Request<UpstreamBody>,
 ) -> Result<Response<body::Inner>, ProxyError> {
+    /// How the call failed, whichever way it went.
+    enum Failed {
+        Timeout,
+        Connecting(BoxError),
+        Exchanging(BoxError),
+    }
+    type BoxError = Box<dyn std::error::Error + Send + Sync>;
     let affinity = request.extensions().get::<Affinity>().cloned();
     let sent = match (&route.local, affinity) {
         (Some(target), Some(affinity)) => {
             let sending = affinity::send(&affinity, target, request);
             match tokio::time::timeout(route.timeout, sending).await {
-                Err(_) => Err(None),
+                Err(_) => Err(Failed::Timeout),
                 Ok(Ok(response)) => Ok(response.map(body::Inner::Local)),
-                Ok(Err(affinity::SendError::Connect(e))) => Err(Some((true, e.into()))),
-                Ok(Err(affinity::SendError::Http(e))) => Err(Some((false, e.into()))),
+                Ok(Err(affinity::SendError::Connect(e))) => Err(Failed::Connecting(e.into())),
+                Ok(Err(affinity::SendError::Http(e))) => Err(Failed::Exchanging(e.into())),
             }
         }
         _ => match tokio::time::timeout(route.timeout, route.http.request(request)).await {
-            Err(_) => Err(None),
+            Err(_) => Err(Failed::Timeout),
             Ok(Ok(response)) => Ok(response.map(body::Inner::Incoming)),
-            Ok(Err(e)) => Err(Some((e.is_connect(), e.into()))),
+            Ok(Err(e)) if e.is_connect() => Err(Failed::Connecting(e.into())),
+            Ok(Err(e)) => Err(Failed::Exchanging(e.into())),
         },
     };
-    let (connecting, e): (bool, Box<dyn std::error::Error + Send + Sync>) = match sent {
+    let e = match sent {
         Ok(response) => return Ok(response),
-        Err(None) => {
+        Err(Failed::Timeout) => {
             return Err(ProxyError::UpstreamTimeout {
                 upstream: route.upstream.to_string(),
                 after: route.timeout,
             })
         }
-        Err(Some(failure)) => failure,
+        Err(Failed::Connecting(e)) => {
+            return Err(ProxyError::UpstreamUnreachable {
+                upstream: route.upstream.to_string(),
+                reason: crate::error::chain(e.as_ref()),
+                fault: Fault::of(e.as_ref(), true),
+            })
+        }
+        Err(Failed::Exchanging(e)) => e,
     };
     let e: &(dyn std::error::Error + 'static) = e.as_ref();
-    if connecting {
-        return Err(ProxyError::UpstreamUnreachable {
-            upstream: route.upstream.to_string(),
-            reason: crate::error::chain(e),
-            fault: Fault::of(e, true),
-        });
-    }
     // The caller's body failed on the way (too large, stalled, caller gone): not the upstream's fault.
     if body::cut_by_portvakt(e).is_some() || is_caller_body_error(e) {
         return Err(request_body_error(e));

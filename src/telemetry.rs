@@ -137,7 +137,7 @@ pub fn exporting() -> bool {
 /// Makes `span` a child of the caller's W3C `traceparent`, when there is one and spans are
 /// exported.
 pub fn continue_trace(span: &tracing::Span, headers: &HeaderMap) {
-    if EXPORTING.load(Ordering::Relaxed) && headers.contains_key("traceparent") {
+    if exporting() && headers.contains_key("traceparent") {
         let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
         let _ = span.set_parent(parent);
     }
@@ -146,7 +146,7 @@ pub fn continue_trace(span: &tracing::Span, headers: &HeaderMap) {
 /// Writes `span` as the `traceparent` (and `tracestate`) of the call going upstream. Without
 /// export, the caller's own headers pass through untouched.
 pub fn propagate(span: &tracing::Span, headers: &mut HeaderMap) {
-    if EXPORTING.load(Ordering::Relaxed) {
+    if exporting() {
         TraceContextPropagator::new().inject_context(&span.context(), &mut HeaderInjector(headers));
     }
 }
