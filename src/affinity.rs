@@ -57,9 +57,26 @@ pub struct Affinity {
 
 /// An idle connection, counted in [`PARKED`] for as long as it exists here: taken back, replaced,
 /// or closed with its caller's connection.
-struct Parked(Option<LocalConn>);
+struct Parked {
+    conn: Option<LocalConn>,
+    _ticket: ParkTicket,
+}
 
-impl Drop for Parked {
+/// A place among the idle upstream connections parked across all callers (at most
+/// [`MAX_PARKED`]), given back when dropped.
+pub struct ParkTicket(());
+
+impl ParkTicket {
+    pub fn take() -> Option<Self> {
+        if PARKED.fetch_add(1, Ordering::Relaxed) >= MAX_PARKED {
+            PARKED.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(ParkTicket(()))
+    }
+}
+
+impl Drop for ParkTicket {
     fn drop(&mut self) {
         PARKED.fetch_sub(1, Ordering::Relaxed);
     }
@@ -68,18 +85,23 @@ impl Drop for Parked {
 impl Affinity {
     fn take(&self, authority: &Authority) -> Option<LocalConn> {
         let mut parked = crate::sync::lock(&self.parked).take()?;
-        parked.0.take().filter(|conn| conn.authority == *authority)
+        parked
+            .conn
+            .take()
+            .filter(|conn| conn.authority == *authority)
     }
 
     fn park(&self, conn: LocalConn) {
         if conn.closed {
             return;
         }
-        if PARKED.fetch_add(1, Ordering::Relaxed) >= MAX_PARKED {
-            PARKED.fetch_sub(1, Ordering::Relaxed);
+        let Some(ticket) = ParkTicket::take() else {
             return;
-        }
-        let previous = crate::sync::lock(&self.parked).replace(Parked(Some(conn)));
+        };
+        let previous = crate::sync::lock(&self.parked).replace(Parked {
+            conn: Some(conn),
+            _ticket: ticket,
+        });
         drop(previous);
     }
 }

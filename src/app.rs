@@ -492,6 +492,7 @@ pub fn start_on(
             .tls
             .as_ref()
             .map(|t| TlsAcceptor::from(Arc::clone(&t.server))),
+        lane: Some(Arc::clone(&proxy)),
     };
     tasks.push(tokio::spawn(crate::server::serve(
         listener,

@@ -209,6 +209,19 @@ impl ProxyError {
 
     /// The `application/problem+json` answer (RFC 9457) naming the route.
     pub fn to_response(&self, route: Option<&str>) -> Response<Body> {
+        let problem = self.problem(route);
+        let mut response =
+            full(problem.status, "application/problem+json", problem.body).map(Either::Right);
+        if let Some(secs) = problem.retry_after {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+
+    /// The answer's parts: its status, `Retry-After` in seconds, and the problem+json body.
+    pub fn problem(&self, route: Option<&str>) -> Problem {
         let (slug, title) = self.kind();
         let status = self.status();
         let mut body = Map::new();
@@ -242,15 +255,22 @@ impl ProxyError {
         {
             body.insert("allowed".into(), json!(allowed));
         }
-        let mut response = problem(status, &Value::Object(body));
-        if let Some(after) = self.retry_after() {
-            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        Problem {
+            status,
+            retry_after: self
+                .retry_after()
+                .map(|after| (after.as_secs() + u64::from(after.subsec_nanos() > 0)).max(1)),
+            body: Value::Object(body).to_string(),
         }
-        response
     }
+}
+
+/// One of portvakt's own answers, before it becomes a response.
+pub struct Problem {
+    pub status: StatusCode,
+    /// Whole seconds, at least 1.
+    pub retry_after: Option<u64>,
+    pub body: String,
 }
 
 fn route_note(on_route: bool) -> &'static str {
@@ -259,10 +279,6 @@ fn route_note(on_route: bool) -> &'static str {
     } else {
         ""
     }
-}
-
-fn problem(status: StatusCode, body: &Value) -> Response<Body> {
-    full(status, "application/problem+json", body.to_string()).map(Either::Right)
 }
 
 /// A small, complete answer: portvakt's own, the admin listener's and the mocks'.

@@ -1,6 +1,7 @@
 //! portvakt: an authenticating egress proxy for Maskinporten.
 //!
-//! A request's path: [`server`] accepts it, [`proxy`] checks the caller (address, API key) and the
+//! A request's path: [`server`] accepts it; [`lane`] serves plain HTTP/1.1 calls without a body to
+//! plain-HTTP upstreams itself and hands every other connection to hyper, where [`proxy`] checks the caller (address, API key) and the
 //! request's form, matches a [`route`], picks the [`party`] the
 //! token is for, gets the token from the [`token`] cache (signed with a key from [`keys`], and
 //! exchanged at Altinn where the route asks), injects it and streams the call through
@@ -18,6 +19,7 @@ pub mod demo;
 pub mod error;
 pub mod keygen;
 pub mod keys;
+pub mod lane;
 pub mod metrics;
 pub mod mock;
 pub mod party;

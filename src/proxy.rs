@@ -68,6 +68,13 @@ impl Proxy {
         self.max_in_flight - self.in_flight.available_permits()
     }
 
+    /// A place among the requests served at once, held to the answer's last byte.
+    pub(crate) fn permit(&self) -> Result<OwnedSemaphorePermit, ProxyError> {
+        Arc::clone(&self.in_flight)
+            .try_acquire_owned()
+            .map_err(|_| ProxyError::Overloaded(self.max_in_flight))
+    }
+
     /// Puts a reloaded configuration in force for the requests that arrive from now on.
     pub fn replace(&self, snapshot: Snapshot) {
         self.current.store(Arc::new(snapshot));
@@ -124,8 +131,8 @@ impl Proxy {
                 let name = Arc::clone(&route.name);
                 let result = match self.check_route(&route, &request, peer, request_id) {
                     Err(e) => Err(e),
-                    Ok(()) => match Arc::clone(&self.in_flight).try_acquire_owned() {
-                        Err(_) => Err(ProxyError::Overloaded(self.max_in_flight)),
+                    Ok(()) => match self.permit() {
+                        Err(e) => Err(e),
                         Ok(permit) => {
                             self.forward(&route, rest_len, request, permit, request_id)
                                 .await
@@ -135,11 +142,45 @@ impl Proxy {
                 (Some(name), result)
             }
         };
-        let route_label = route_name.as_deref().map_or("-", |s| s.as_str());
         let response = match result {
             Ok(response) => response,
             Err(error) => {
-                if let (Some(fault), Some(route)) = (error.upstream_fault(), &route_name) {
+                let response = error.to_response(route_name.as_deref().map(String::as_str));
+                self.finish(
+                    route_name.as_ref(),
+                    &method,
+                    started,
+                    request_id,
+                    Err(&error),
+                );
+                return response;
+            }
+        };
+        self.finish(
+            route_name.as_ref(),
+            &method,
+            started,
+            request_id,
+            Ok(response.status()),
+        );
+        response
+    }
+
+    /// What every answered request leaves behind, whichever way it was served: its metrics, its
+    /// access line, and for an error the warning and the status page's entry.
+    pub(crate) fn finish(
+        &self,
+        route: Option<&Arc<String>>,
+        method: &Method,
+        started: Instant,
+        request_id: &str,
+        outcome: Result<StatusCode, &ProxyError>,
+    ) {
+        let route_label = route.map_or("-", |s| s.as_str());
+        let status = match outcome {
+            Ok(status) => status,
+            Err(error) => {
+                if let (Some(fault), Some(route)) = (error.upstream_fault(), route) {
                     self.metrics.count_upstream_error(route, fault);
                 }
                 tracing::warn!(route = route_label, %method, status = error.status().as_u16(), %error, request_id, "request not forwarded");
@@ -151,16 +192,14 @@ impl Proxy {
                     message: error.to_string(),
                     request_id: request_id.to_string(),
                 });
-                error.to_response(route_name.as_deref().map(String::as_str))
+                error.status()
             }
         };
         let elapsed = started.elapsed();
         let labels = RequestLabels {
-            route: route_name
-                .clone()
-                .unwrap_or_else(|| Arc::clone(&self.no_route)),
-            method: metrics::method_class(&method),
-            status: response.status().as_u16(),
+            route: route.map_or_else(|| Arc::clone(&self.no_route), Arc::clone),
+            method: metrics::method_class(method),
+            status: status.as_u16(),
         };
         self.metrics.requests.get_or_create(&labels).inc();
         self.metrics
@@ -172,12 +211,11 @@ impl Proxy {
             target: "portvakt::access",
             route = route_label,
             %method,
-            status = response.status().as_u16(),
+            status = status.as_u16(),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             request_id,
             "request"
         );
-        response
     }
 
     /// The checks that need no route: a proxy's own request forms, and `inbound.allow`. Then the
