@@ -17,6 +17,7 @@ pub mod check;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod json_log;
 pub mod keygen;
 pub mod keys;
 pub mod lane;

@@ -66,6 +66,7 @@ pub fn init(format: LogFormat, telemetry: Option<&Telemetry>) -> Guard {
             .json()
             .with_current_span(false)
             .with_span_list(true)
+            .event_format(crate::json_log::JsonLines::new())
             .with_writer(std::io::stderr)
             .with_filter(filter)
             .boxed()

@@ -77,6 +77,7 @@ pub async fn serve(
         let (started, request) = loop {
             if !caller.buf.is_empty() {
                 let started = std::time::Instant::now();
+                buffers.ready();
                 match prepare(&proxy, &caller.buf, peer.ip(), &mut buffers.request) {
                     Prepared::Ready(request) => break (started, request),
                     Prepared::Partial if caller.buf.len() < max_head => {}
@@ -153,6 +154,16 @@ struct Buffers {
 }
 
 impl Buffers {
+    /// Empty buffers of the usual size, for the next request.
+    fn ready(&mut self) {
+        for buf in [&mut self.request, &mut self.answer] {
+            if buf.capacity() == 0 {
+                *buf = pool::take();
+            }
+            buf.clear();
+        }
+    }
+
     fn give_back(&mut self) {
         pool::give(std::mem::take(&mut self.request));
         pool::give(std::mem::take(&mut self.answer));
@@ -231,10 +242,6 @@ fn prepare(proxy: &Proxy, bytes: &[u8], peer: IpAddr, out: &mut Vec<u8>) -> Prep
     else {
         return Prepared::Hyper;
     };
-    if out.capacity() == 0 {
-        *out = pool::take();
-    }
-    out.clear();
     head::write_upstream(
         out,
         &head,
