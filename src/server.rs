@@ -61,6 +61,8 @@ pub async fn serve<H, F, B>(
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     }
     let (tls, lane, max_head) = (limits.tls, limits.lane, limits.max_header_bytes);
+    // Shared, not cloned into each lane connection: an idle connection should hold little.
+    let shared = Arc::new(builder.clone());
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
@@ -87,16 +89,19 @@ pub async fn serve<H, F, B>(
                 if let (Some(proxy), None) = (&lane, &tls) {
                     // The lane's task holds a watcher, so a graceful shutdown waits for it.
                     let (proxy, builder, watcher, stop) =
-                        (Arc::clone(proxy), builder.clone(), graceful.watcher(), shutdown.clone());
-                    tokio::spawn(async move {
+                        (Arc::clone(proxy), Arc::clone(&shared), graceful.watcher(), shutdown.clone());
+                    let task = async move {
+                        // Made in the task, not captured by it, so its state is held once.
                         let Outcome::Hyper(stream) = lane::serve(proxy, stream, peer, max_head, stop).await else {
                             return;
                         };
+                        // Boxed: a connection in the lane does not carry the room hyper's state needs.
                         let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                        if let Err(e) = watcher.watch(connection).await {
+                        if let Err(e) = Box::pin(watcher.watch(connection)).await {
                             tracing::debug!(error = %e, "connection ended with an error");
                         }
-                    });
+                    };
+                    tokio::spawn(task);
                     continue;
                 }
                 let Some(acceptor) = &tls else {

@@ -27,9 +27,11 @@ use head::Parsed;
 use http::uri::Authority;
 use http::{HeaderMap, HeaderValue, Method};
 use response::{Answer, Framing, Rewrite};
+use std::future::Future as _;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -109,9 +111,22 @@ pub async fn serve(
             caller
                 .buf
                 .reserve(BUF.min(max_head + 1 - caller.buf.len()).max(1));
-            match timeout_at(deadline, read(&mut caller.stream, &mut caller.buf)).await {
-                Ok(Ok(1..)) => {}
-                Ok(Ok(0) | Err(_)) | Err(_) => return Outcome::Closed,
+            let read = if idle {
+                // tokio takes a new socket for readable before it knows: a read that would wait
+                // gives its buffer back and waits for real readiness without one.
+                let mut reading = std::pin::pin!(read(&mut caller.stream, &mut caller.buf));
+                match std::future::poll_fn(|cx| Poll::Ready(reading.as_mut().poll(cx))).await {
+                    Poll::Ready(read) => read,
+                    Poll::Pending => continue,
+                }
+            } else {
+                match timeout_at(deadline, read(&mut caller.stream, &mut caller.buf)).await {
+                    Ok(read) => read,
+                    Err(_) => return Outcome::Closed,
+                }
+            };
+            if !matches!(read, Ok(1..)) {
+                return Outcome::Closed;
             }
         };
         caller.buf.drain(..request.head_len);
