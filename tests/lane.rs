@@ -1,0 +1,329 @@
+//! The fast lane (`src/lane/`): what it relays byte for byte, and how a connection moves to hyper.
+//! Callers are raw sockets, so every byte on the wire is seen; upstreams are scripted raw servers
+//! or the echo upstream, which verifies each token.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use portvakt::app::Running;
+use portvakt::mock::MockMaskinporten;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// An answer read off a raw socket: status, head (lower-cased), body as sent.
+struct Answer {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+/// Reads one answer: by Content-Length, chunked (the raw chunked bytes), or to the close. `buf`
+/// keeps what arrived beyond it.
+async fn read_answer(s: &mut TcpStream, buf: &mut Vec<u8>, head_request: bool) -> Answer {
+    let mut chunk = [0u8; 4096];
+    let (status, head_len, headers) = loop {
+        let mut h = [httparse::EMPTY_HEADER; 64];
+        let mut r = httparse::Response::new(&mut h);
+        if let httparse::Status::Complete(n) = r.parse(buf).unwrap() {
+            let headers: Vec<(String, String)> = r
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_ascii_lowercase(),
+                        String::from_utf8_lossy(h.value).to_string(),
+                    )
+                })
+                .collect();
+            break (r.code.unwrap(), n, headers);
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed before the head");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head: String = headers.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
+    buf.drain(..head_len);
+    let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+    let body_len = if head_request || status == 204 || status == 304 {
+        Some(0)
+    } else if get("transfer-encoding").is_some() {
+        None
+    } else {
+        get("content-length").map(|v| v.parse::<usize>().unwrap())
+    };
+    let chunked = get("transfer-encoding").is_some();
+    loop {
+        let done = match body_len {
+            Some(n) => buf.len() >= n,
+            None if chunked => buf.windows(5).any(|w| w == b"0\r\n\r\n") || ends_chunked(buf),
+            None => false,
+        };
+        if done {
+            break;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let n = body_len.unwrap_or(buf.len()).min(buf.len());
+    let body = buf.drain(..n).collect();
+    Answer { status, head, body }
+}
+
+/// A chunked body that ended with trailers.
+fn ends_chunked(buf: &[u8]) -> bool {
+    buf.windows(3).any(|w| w == b"\n0\r") && buf.ends_with(b"\r\n\r\n")
+}
+
+/// An upstream that answers each request with the raw bytes its path names, and keeps each
+/// request head it read. `/close` answers and closes; every other answer keeps the connection.
+struct Scripted {
+    url: String,
+    heads: Arc<Mutex<Vec<String>>>,
+    accepted: Arc<AtomicUsize>,
+}
+
+const CHUNKED: &str = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Up: 1\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n";
+
+async fn scripted() -> Scripted {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let (kept, count) = (Arc::clone(&heads), Arc::clone(&accepted));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let kept = Arc::clone(&kept);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match stream.read(&mut chunk).await {
+                            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => return,
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end + 4]).to_string();
+                    buf.drain(..end + 4);
+                    let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                    kept.lock().unwrap().push(head);
+                    let answer: &[u8] = match path.as_str() {
+                        "/chunked" => CHUNKED.as_bytes(),
+                        "/close" => b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the close",
+                        "/early" => b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\nX-Up: 2\r\n\r\n",
+                        "/head" => b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n",
+                        "/bad" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+                        _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                    };
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    if path == "/close" || path == "/bad" {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Scripted {
+        url,
+        heads,
+        accepted,
+    }
+}
+
+async fn lane_proxy(upstream: &str) -> (Running, MockMaskinporten) {
+    let (mock, _echo) = mock_and_upstream().await;
+    let routes = format!(
+        "  - name: nav\n    prefix: /nav/\n    upstream: {upstream}\n    client: vendor\n    scopes: [{SCOPE}]\n"
+    );
+    let proxy = spawn_proxy(
+        &config_yaml(&mock.issuer(), &mock.token_endpoint(), &routes),
+        &[],
+    )
+    .await;
+    (proxy, mock)
+}
+
+#[tokio::test]
+async fn chunked_early_hints_head_and_close_delimited_answers_pass_through() {
+    let up = scripted().await;
+    let (proxy, _mock) = lane_proxy(&up.url).await;
+    let mut caller = TcpStream::connect(proxy.listen).await.unwrap();
+    let mut buf = Vec::new();
+
+    // Chunked: the body's bytes go through as they are, extensions and trailers included.
+    caller
+        .write_all(b"GET /nav/chunked HTTP/1.1\r\nHost: p\r\nX-Request-Id: lane-1\r\n\r\n")
+        .await
+        .unwrap();
+    let a = read_answer(&mut caller, &mut buf, false).await;
+    assert_eq!(a.status, 200);
+    assert!(
+        a.head.contains("transfer-encoding: chunked\n"),
+        "{}",
+        a.head
+    );
+    assert!(a.head.contains("x-up: 1\n") && a.head.contains("x-request-id: lane-1\n"));
+    let sent = CHUNKED.split_once("\r\n\r\n").unwrap().1;
+    assert_eq!(String::from_utf8(a.body).unwrap(), sent);
+
+    // A 103 is not relayed; the 204 after it is.
+    caller
+        .write_all(b"GET /nav/early HTTP/1.1\r\nHost: p\r\n\r\n")
+        .await
+        .unwrap();
+    let a = read_answer(&mut caller, &mut buf, false).await;
+    assert_eq!((a.status, a.body.len()), (204, 0));
+    assert!(a.head.contains("x-up: 2\n"), "{}", a.head);
+
+    // HEAD: the length is the GET's, and no body follows.
+    caller
+        .write_all(b"HEAD /nav/head HTTP/1.1\r\nHost: p\r\n\r\n")
+        .await
+        .unwrap();
+    let a = read_answer(&mut caller, &mut buf, true).await;
+    assert_eq!(a.status, 200);
+    assert!(a.head.contains("content-length: 100\n"), "{}", a.head);
+
+    // Two requests in one write are answered in order.
+    caller
+        .write_all(b"GET /nav/a HTTP/1.1\r\nHost: p\r\n\r\nGET /nav/b HTTP/1.1\r\nHost: p\r\n\r\n")
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let a = read_answer(&mut caller, &mut buf, false).await;
+        assert_eq!((a.status, a.body.as_slice()), (200, &b"ok"[..]));
+    }
+    // All of it on one upstream connection, kept alive.
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
+
+    // Until the close: relayed, and the caller's connection closes after it.
+    caller
+        .write_all(b"GET /nav/close HTTP/1.1\r\nHost: p\r\n\r\n")
+        .await
+        .unwrap();
+    let a = read_answer(&mut caller, &mut buf, false).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body, b"until the close");
+    assert!(a.head.contains("connection: close\n"), "{}", a.head);
+    let mut rest = [0u8; 16];
+    assert_eq!(caller.read(&mut rest).await.unwrap(), 0, "closed after");
+
+    let heads = up.heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 6);
+    for head in &heads {
+        let lower = head.to_ascii_lowercase();
+        assert!(lower.contains("authorization: bearer "), "{head}");
+        assert_eq!(lower.matches("x-request-id: ").count(), 1, "{head}");
+    }
+    assert!(heads[0].contains("x-request-id: lane-1\r\n"));
+    assert!(heads[2].starts_with("HEAD /head HTTP/1.1\r\n"));
+}
+
+#[tokio::test]
+async fn an_invalid_answer_is_502_and_counted_as_a_protocol_error() {
+    let up = scripted().await;
+    let (proxy, _mock) = lane_proxy(&up.url).await;
+    let mut caller = TcpStream::connect(proxy.listen).await.unwrap();
+    let mut buf = Vec::new();
+    caller
+        .write_all(b"GET /nav/bad HTTP/1.1\r\nHost: p\r\n\r\n")
+        .await
+        .unwrap();
+    let a = read_answer(&mut caller, &mut buf, false).await;
+    assert_eq!(a.status, 502);
+    assert!(a.head.contains("content-type: application/problem+json\n"));
+    let problem: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(problem["type"], "urn:portvakt:problem:upstream-failed");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("conflicting Content-Length"),
+        "{problem}"
+    );
+    // The caller's connection carries on.
+    caller
+        .write_all(b"GET /nav/x HTTP/1.1\r\nHost: p\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_answer(&mut caller, &mut buf, false).await.status, 200);
+    let m = metrics_text(&proxy).await;
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"portvakt_upstream_errors_total{route="nav",kind="protocol"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"portvakt_requests_total{route="nav",method="GET",status="502"}"#
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn a_connection_moves_to_hyper_when_a_body_comes_and_every_call_carries_a_valid_token() {
+    let (mock, echo) = mock_and_upstream().await;
+    let routes = format!(
+        "  - name: nav\n    prefix: /nav/\n    upstream: {}\n    client: vendor\n    scopes: [{SCOPE}]\n",
+        echo.url()
+    );
+    let proxy = spawn_proxy(
+        &config_yaml(&mock.issuer(), &mock.token_endpoint(), &routes),
+        &[],
+    )
+    .await;
+    let mut caller = TcpStream::connect(proxy.listen).await.unwrap();
+    let mut buf = Vec::new();
+    // The lane, then a body (hyper's from here on), then plain calls again on the same socket.
+    caller
+        .write_all(b"GET /nav/one HTTP/1.1\r\nHost: p\r\nAuthorization: Basic eA==\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_answer(&mut caller, &mut buf, false).await.status, 200);
+    caller
+        .write_all(b"POST /nav/two HTTP/1.1\r\nHost: p\r\nContent-Length: 3\r\n\r\nabc")
+        .await
+        .unwrap();
+    assert_eq!(read_answer(&mut caller, &mut buf, false).await.status, 200);
+    caller
+        .write_all(b"GET /nav/three HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let last = read_answer(&mut caller, &mut buf, false).await;
+    assert_eq!(last.status, 200);
+    assert!(last.head.contains("connection: close\n"), "{}", last.head);
+
+    let records = echo.records();
+    assert_eq!(records.len(), 3);
+    for (r, path) in records.iter().zip(["/one", "/two", "/three"]) {
+        assert_eq!(r.target, path);
+        assert!(r.token_valid, "{path}: {:?}", r.token_error);
+        assert!(r.headers.get("x-hop").is_none() && r.headers.get("connection").is_none());
+    }
+    assert_eq!(
+        (records[1].method.as_str(), records[1].body_len),
+        ("POST", 3)
+    );
+    assert_eq!(mock.token_requests(), 1);
+}
