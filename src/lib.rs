@@ -21,6 +21,7 @@ pub mod json_log;
 pub mod keygen;
 pub mod keys;
 pub mod lane;
+pub mod log_writer;
 pub mod metrics;
 pub mod mock;
 pub mod party;

@@ -105,6 +105,8 @@ fn main() -> ExitCode {
     let log_format = cli.log_format;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // A worker out of work writes the log lines it collected (log_writer.rs).
+        .on_thread_park(portvakt::log_writer::on_park)
         .build()
     {
         Ok(rt) => rt,

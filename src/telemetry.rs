@@ -67,13 +67,13 @@ pub fn init(format: LogFormat, telemetry: Option<&Telemetry>) -> Guard {
             .with_current_span(false)
             .with_span_list(true)
             .event_format(crate::json_log::JsonLines::new())
-            .with_writer(std::io::stderr)
+            .with_writer(crate::log_writer::Stderr)
             .with_filter(filter)
             .boxed()
     } else {
         tracing_subscriber::fmt::layer()
             .with_ansi(terminal)
-            .with_writer(std::io::stderr)
+            .with_writer(crate::log_writer::Stderr)
             .with_filter(filter)
             .boxed()
     };
