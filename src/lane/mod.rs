@@ -41,8 +41,10 @@ use tokio::time::{timeout, timeout_at, Instant};
 /// How long a caller may take to send a request head, idle keep-alive time included: hyper's
 /// `header_read_timeout` in `server.rs`.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
-/// The largest head the lane reads; a larger one goes to hyper and its configured limit.
+/// The largest request head the lane reads; a larger one goes to hyper and its configured limit.
 const MAX_HEAD: usize = 16 * 1024;
+/// The largest answer head the lane takes from an upstream (cookies and the like); larger is a 502.
+const MAX_ANSWER_HEAD: usize = 64 * 1024;
 const BUF: usize = 8 * 1024;
 /// What a long body streams through.
 const STREAM_BUF: usize = 64 * 1024;
@@ -580,7 +582,7 @@ async fn exchange_head(
                     conn.buf.drain(..len);
                     continue;
                 }
-                response::Parsed::Partial if conn.buf.len() >= MAX_HEAD => {
+                response::Parsed::Partial if conn.buf.len() >= MAX_ANSWER_HEAD => {
                     return Err(HeadError::Invalid(response::Invalid("head too large")));
                 }
                 response::Parsed::Partial => {}
