@@ -327,3 +327,18 @@ async fn a_connection_moves_to_hyper_when_a_body_comes_and_every_call_carries_a_
     );
     assert_eq!(mock.token_requests(), 1);
 }
+
+#[tokio::test]
+async fn a_head_sent_in_pieces_is_served_once_it_is_whole() {
+    let up = scripted().await;
+    let (proxy, _mock) = lane_proxy(&up.url).await;
+    let mut caller = TcpStream::connect(proxy.listen).await.unwrap();
+    for piece in ["GET /nav/pie", "ces HTTP/1.1\r\nHost: p\r", "\n\r", "\n"] {
+        caller.write_all(piece.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let mut buf = Vec::new();
+    let a = read_answer(&mut caller, &mut buf, false).await;
+    assert_eq!((a.status, a.body.as_slice()), (200, &b"ok"[..]));
+    assert!(up.heads.lock().unwrap()[0].starts_with("GET /pieces HTTP/1.1\r\n"));
+}

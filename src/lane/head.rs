@@ -86,6 +86,13 @@ pub fn parse<'b>(buf: &'b [u8], headers: &'b mut [httparse::Header<'b>]) -> Pars
     })
 }
 
+/// Whether `buf` holds the blank line that ends a head, looking only at what came after the
+/// first `from` bytes (and the two before, where the line may have started).
+pub fn ends(buf: &[u8], from: usize) -> bool {
+    let tail = &buf[from.saturating_sub(2).min(buf.len())..];
+    tail.windows(2).any(|w| w == b"\n\n") || tail.windows(3).any(|w| w == b"\n\r\n")
+}
+
 /// The comma-separated tokens of a header value, trimmed.
 fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
@@ -214,6 +221,16 @@ mod tests {
         );
         let close = "DELETE /nav/a HTTP/1.1\r\nConnection: close\r\ncontent-length: 0\r\n\r\n";
         assert_eq!(lane(close).map(|l| l.2), Some(false));
+    }
+
+    #[test]
+    fn finds_the_end_of_a_head_sent_in_pieces() {
+        let raw = b"GET / HTTP/1.1\r\nHost: p\r\n\r\n";
+        for split in 0..raw.len() {
+            assert!(!ends(&raw[..split], 0), "{split}");
+            assert!(ends(raw, split), "{split}");
+        }
+        assert!(ends(b"GET / HTTP/1.1\nHost: p\n\n", 20));
     }
 
     #[test]

@@ -78,11 +78,20 @@ pub async fn serve(
     let mut buffers = Buffers::default();
     loop {
         let deadline = Instant::now() + HEAD_TIMEOUT;
+        // How far the buffer was searched for the head's end: a head sent a byte at a time is
+        // parsed once, not once per byte.
+        let mut searched = 0;
         let (started, request) = loop {
             if !caller.buf.is_empty() {
                 let started = std::time::Instant::now();
-                buffers.ready();
-                match prepare(&proxy, &caller.buf, peer.ip(), &mut buffers.request) {
+                let prepared = if head::ends(&caller.buf, searched) {
+                    buffers.ready();
+                    prepare(&proxy, &caller.buf, peer.ip(), &mut buffers.request)
+                } else {
+                    Prepared::Partial
+                };
+                searched = caller.buf.len();
+                match prepared {
                     Prepared::Ready(request) => break (started, request),
                     Prepared::Partial if caller.buf.len() < max_head => {}
                     Prepared::Partial | Prepared::Hyper => {
