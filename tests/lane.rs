@@ -128,12 +128,14 @@ async fn scripted() -> Scripted {
                         "/early" => b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\nX-Up: 2\r\n\r\n",
                         "/head" => b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n",
                         "/bad" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+                        "/bye" => b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbye",
                         _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
                     };
                     if stream.write_all(answer).await.is_err() {
                         return;
                     }
-                    if path == "/close" || path == "/bad" {
+                    // `/bye` closes without saying so, as at a keep-alive timeout.
+                    if path == "/close" || path == "/bad" || path == "/bye" {
                         return;
                     }
                 }
@@ -341,4 +343,109 @@ async fn a_head_sent_in_pieces_is_served_once_it_is_whole() {
     let a = read_answer(&mut caller, &mut buf, false).await;
     assert_eq!((a.status, a.body.as_slice()), (200, &b"ok"[..]));
     assert!(up.heads.lock().unwrap()[0].starts_with("GET /pieces HTTP/1.1\r\n"));
+}
+
+#[tokio::test]
+async fn a_small_body_goes_through_the_lane_and_is_sent_again_after_a_401() {
+    let (mock, echo) = mock_and_upstream().await;
+    let routes = format!(
+        "  - name: nav\n    prefix: /nav/\n    upstream: {}\n    client: vendor\n    scopes: [{SCOPE}]\n    idle_timeout_seconds: 1\n",
+        echo.url()
+    );
+    let proxy = spawn_proxy(
+        &config_yaml(&mock.issuer(), &mock.token_endpoint(), &routes),
+        &[],
+    )
+    .await;
+    let mut caller = TcpStream::connect(proxy.listen).await.unwrap();
+    let mut buf = Vec::new();
+    let body = br#"{"fnr":"not logged"}"#;
+    let post = |path: &str| {
+        let mut r = format!(
+            "POST /nav/{path} HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(body);
+        r
+    };
+    // A POST and a GET in one write: the body ends where its length says.
+    let mut two = post("first");
+    two.extend_from_slice(b"GET /nav/second HTTP/1.1\r\nHost: p\r\n\r\n");
+    caller.write_all(&two).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(read_answer(&mut caller, &mut buf, false).await.status, 200);
+    }
+    // The upstream stops taking the token: the lane fetches a new one and sends the body again.
+    echo.revoke_seen_tokens();
+    caller.write_all(&post("third")).await.unwrap();
+    assert_eq!(read_answer(&mut caller, &mut buf, false).await.status, 200);
+
+    let records = echo.records();
+    let posts: Vec<_> = records.iter().filter(|r| r.method == "POST").collect();
+    assert_eq!(posts.len(), 3, "first, third refused, third again");
+    for r in &posts {
+        assert_eq!(r.body_len, body.len() as u64);
+        assert_eq!(r.body_sha256, sha256_hex(body));
+    }
+    let token = |r: &&portvakt::mock::upstream::Recorded| r.headers["authorization"].clone();
+    assert!(posts.iter().all(|r| r.token_valid));
+    assert_eq!(token(&posts[0]), token(&posts[1]), "the revoked token");
+    assert_ne!(token(&posts[1]), token(&posts[2]), "a fresh one");
+    assert_eq!(records[1].target, "/second");
+    assert_eq!(mock.token_requests(), 2);
+    assert_eq!(
+        metric_value(
+            &metrics_text(&proxy).await,
+            r#"portvakt_upstream_unauthorized_total{route="nav",result="retried"}"#
+        ),
+        Some(1.0)
+    );
+
+    // A body that stops coming: 408 within the route's idle timeout, and the connection closes.
+    caller
+        .write_all(b"PUT /nav/slow HTTP/1.1\r\nHost: p\r\nContent-Length: 10\r\n\r\nabc")
+        .await
+        .unwrap();
+    let a = read_answer(&mut caller, &mut buf, false).await;
+    assert_eq!(a.status, 408);
+    assert!(a.head.contains("connection: close\n"), "{}", a.head);
+    let problem: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(problem["type"], "urn:portvakt:problem:request-body-timeout");
+    assert_eq!(
+        echo.records().len(),
+        4,
+        "nothing of the stalled request went upstream"
+    );
+}
+
+#[tokio::test]
+async fn a_post_never_meets_a_kept_connection_the_upstream_closed() {
+    let up = scripted().await;
+    let (proxy, _mock) = lane_proxy(&up.url).await;
+    let mut caller = TcpStream::connect(proxy.listen).await.unwrap();
+    let mut buf = Vec::new();
+    // `/bye` answers and then closes the upstream connection, which the lane keeps; a POST after
+    // it must not be sent on that connection, since a POST cannot be sent twice.
+    for i in 0..3 {
+        caller
+            .write_all(b"GET /nav/bye HTTP/1.1\r\nHost: p\r\n\r\n")
+            .await
+            .unwrap();
+        let a = read_answer(&mut caller, &mut buf, false).await;
+        assert_eq!((a.status, a.body.as_slice()), (200, &b"bye"[..]));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        caller
+            .write_all(b"POST /nav/x HTTP/1.1\r\nHost: p\r\nContent-Length: 2\r\n\r\nhi")
+            .await
+            .unwrap();
+        let a = read_answer(&mut caller, &mut buf, false).await;
+        assert_eq!(
+            (a.status, a.body.as_slice()),
+            (200, &b"ok"[..]),
+            "round {i}"
+        );
+    }
+    // Each `/bye` closes the connection the POST before it left kept: four in all.
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 4);
 }

@@ -1,6 +1,6 @@
 //! The caller's request head as the fast lane reads it, and the head the lane sends upstream.
-//! A head the lane does not take (a body, an upgrade, HTTP/1.0, anything malformed) goes to
-//! hyper untouched, so every unusual request meets the general path's rules and answers.
+//! A head the lane does not take (a chunked body, an upgrade, HTTP/1.0, anything malformed) goes
+//! to hyper untouched, so every unusual request meets the general path's rules and answers.
 
 use crate::route::Route;
 use crate::upstream::is_hop_by_hop;
@@ -8,7 +8,8 @@ use crate::upstream::is_hop_by_hop;
 /// Headers read per request: hyper's default, so a head too big here is too big for hyper too.
 pub const MAX_HEADERS: usize = 100;
 
-/// A request head the lane serves: HTTP/1.1, origin form, no body, no upgrade.
+/// A request head the lane may serve: HTTP/1.1, origin form, a body of known length if any, no
+/// upgrade.
 pub struct Head<'b> {
     pub method: &'b str,
     pub path: &'b str,
@@ -16,6 +17,8 @@ pub struct Head<'b> {
     pub headers: &'b [httparse::Header<'b>],
     /// The head's length in bytes, blank line included.
     pub len: usize,
+    /// The body's length (`Content-Length`; 0 without one).
+    pub body_len: u64,
     /// The caller keeps the connection open after this request.
     pub keep_alive: bool,
     /// A `Connection` header may name more headers that must not travel on.
@@ -48,12 +51,24 @@ pub fn parse<'b>(buf: &'b [u8], headers: &'b mut [httparse::Header<'b>]) -> Pars
     let headers: &'b [httparse::Header<'b>] = request.headers;
     let mut keep_alive = true;
     let mut has_connection = false;
+    let mut body_len = None;
     for h in headers {
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
-            // Only an empty body is the lane's; a body takes the general path, with its limits.
-            if h.value.trim_ascii() != b"0" {
-                return Parsed::Hyper;
+            // One plain length, however often repeated; anything else is hyper's to refuse.
+            let value = h.value.trim_ascii();
+            let n = match std::str::from_utf8(value) {
+                Ok(v)
+                    if !v.is_empty() && v.len() <= 19 && v.bytes().all(|b| b.is_ascii_digit()) =>
+                {
+                    v.parse::<u64>().ok()
+                }
+                _ => None,
+            };
+            match (n, body_len) {
+                (Some(n), None) => body_len = Some(n),
+                (Some(n), Some(seen)) if n == seen => {}
+                _ => return Parsed::Hyper,
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding")
             || name.eq_ignore_ascii_case("upgrade")
@@ -81,6 +96,7 @@ pub fn parse<'b>(buf: &'b [u8], headers: &'b mut [httparse::Header<'b>]) -> Pars
         query,
         headers,
         len,
+        body_len: body_len.unwrap_or(0),
         keep_alive,
         has_connection,
     })
@@ -221,6 +237,12 @@ mod tests {
         );
         let close = "DELETE /nav/a HTTP/1.1\r\nConnection: close\r\ncontent-length: 0\r\n\r\n";
         assert_eq!(lane(close).map(|l| l.2), Some(false));
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let post = b"POST /a HTTP/1.1\r\nContent-Length: 3\r\ncontent-length: 3\r\n\r\nabc";
+        match parse(post, &mut headers) {
+            Parsed::Lane(h) => assert_eq!((h.body_len, h.len), (3, post.len() - 3)),
+            _ => panic!("a body of known length is the lane's"),
+        }
     }
 
     #[test]
@@ -237,7 +259,9 @@ mod tests {
     fn leaves_everything_else_to_hyper() {
         for raw in [
             "GET /a HTTP/1.0\r\n\r\n",
-            "POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+            "POST /a HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc",
+            "POST /a HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\nabc",
+            "POST /a HTTP/1.1\r\nContent-Length: +3\r\n\r\nabc",
             "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
             "GET /a HTTP/1.1\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
             "PUT /a HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",

@@ -31,7 +31,7 @@ use std::future::Future as _;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -148,6 +148,25 @@ pub async fn serve(
             close,
             started,
         };
+        if request.body_len > 0 {
+            let idle = request.route.idle_timeout;
+            match read_body(&mut caller, request.body_len, idle, &mut buffers.body).await {
+                Ok(()) => {}
+                Err(None) => return Outcome::Closed,
+                Err(Some(error)) => {
+                    // What is left of the body cannot be told from a next request: closed after.
+                    let exchange = Exchange {
+                        close: true,
+                        ..exchange
+                    };
+                    exchange
+                        .refuse(&mut caller, &mut buffers.answer, &error)
+                        .await;
+                    let _ = caller.stream.shutdown().await;
+                    return Outcome::Closed;
+                }
+            }
+        }
         let kept = exchange.run(&mut caller, &mut upstream, &mut buffers).await;
         if !kept || close {
             let _ = caller.stream.shutdown().await;
@@ -177,6 +196,8 @@ struct Upstream {
 struct Buffers {
     request: Vec<u8>,
     answer: Vec<u8>,
+    /// The request's body, kept for a second send after a 401.
+    body: Vec<u8>,
 }
 
 impl Buffers {
@@ -188,11 +209,13 @@ impl Buffers {
             }
             buf.clear();
         }
+        self.body.clear();
     }
 
     fn give_back(&mut self) {
         pool::give(std::mem::take(&mut self.request));
         pool::give(std::mem::take(&mut self.answer));
+        pool::give(std::mem::take(&mut self.body));
     }
 }
 
@@ -206,6 +229,7 @@ enum Prepared {
 struct Request {
     method: Method,
     head_len: usize,
+    body_len: usize,
     keep_alive: bool,
     route: Arc<Route>,
     slot: Arc<TokenSlot>,
@@ -264,6 +288,16 @@ fn prepare(proxy: &Proxy, bytes: &[u8], peer: IpAddr, out: &mut Vec<u8>) -> Prep
     let Ok(slot) = route.parties.select(&party) else {
         return Prepared::Hyper;
     };
+    // A body the lane holds whole, to send again after a 401. A larger one, or one over the
+    // route's limit, streams on the general path, which answers 413 over the limit.
+    if head.body_len > 0
+        && (route.retry_body_max.is_none_or(|max| head.body_len > max)
+            || route
+                .max_body_bytes
+                .is_some_and(|limit| head.body_len > limit))
+    {
+        return Prepared::Hyper;
+    }
     let (Ok(method), Ok(permit)) = (Method::from_bytes(head.method.as_bytes()), proxy.permit())
     else {
         return Prepared::Hyper;
@@ -280,6 +314,8 @@ fn prepare(proxy: &Proxy, bytes: &[u8], peer: IpAddr, out: &mut Vec<u8>) -> Prep
     Prepared::Ready(Request {
         method,
         head_len: head.len,
+        // Within retry_body_max, checked above.
+        body_len: usize::try_from(head.body_len).unwrap_or(usize::MAX),
         keep_alive: head.keep_alive,
         id: request_id::from_caller(head.get("x-request-id")),
         slot: Arc::clone(slot),
@@ -322,23 +358,7 @@ impl Exchange<'_> {
             Ok(answer) => answer,
             Err(error) => {
                 *upstream = None;
-                write_problem(
-                    &mut buffers.answer,
-                    &error,
-                    route,
-                    id.as_bytes(),
-                    self.close,
-                );
-                self.proxy.finish(
-                    Some(&route.name),
-                    &self.request.method,
-                    self.started,
-                    id_str,
-                    Err(&error),
-                );
-                return write(&mut caller.stream, &buffers.answer, route.idle_timeout)
-                    .await
-                    .is_ok();
+                return self.refuse(caller, &mut buffers.answer, &error).await;
             }
         };
         self.proxy.finish(
@@ -378,6 +398,23 @@ impl Exchange<'_> {
         !answer.close
     }
 
+    /// Answers with `error`, as the general path would, and records it. False when the caller is
+    /// gone.
+    async fn refuse(&self, caller: &mut Caller, out: &mut Vec<u8>, error: &ProxyError) -> bool {
+        let (route, id) = (&self.request.route, &self.request.id);
+        write_problem(out, error, route, id.as_bytes(), self.close);
+        self.proxy.finish(
+            Some(&route.name),
+            &self.request.method,
+            self.started,
+            request_id::as_str(id),
+            Err(error),
+        );
+        write(&mut caller.stream, out, route.idle_timeout)
+            .await
+            .is_ok()
+    }
+
     /// Gets the token, sends the request and reads the answer's head; after a 401, once more with
     /// a fresh token, as the general path does.
     async fn forward(
@@ -399,6 +436,7 @@ impl Exchange<'_> {
             token.bearer().as_bytes(),
             id.as_bytes(),
         );
+        buffers.request.extend_from_slice(&buffers.body);
         let how = Rewrite {
             head_request: self.request.method == Method::HEAD,
             request_id: id.as_bytes(),
@@ -442,6 +480,7 @@ impl Exchange<'_> {
             token.bearer().as_bytes(),
             id.as_bytes(),
         );
+        buffers.request.extend_from_slice(&buffers.body);
         buffers.answer.clear();
         self.send(
             upstream,
@@ -472,7 +511,7 @@ impl Exchange<'_> {
         };
         let kept = upstream
             .take()
-            .filter(|conn| conn.authority == target.authority);
+            .filter(|conn| conn.authority == target.authority && !conn.stirred());
         let (mut conn, mut reused) = match kept {
             Some(conn) => (conn, true),
             None => (
@@ -557,6 +596,17 @@ async fn connect(target: &LocalTarget) -> io::Result<Upstream> {
     })
 }
 
+impl Upstream {
+    /// Whether the kept connection became readable while it waited: the upstream closed it (or
+    /// sent what it should not have). Read off tokio's readiness, without a system call; a
+    /// request on such a connection would fail, and one that is not idempotent cannot be sent
+    /// again.
+    fn stirred(&self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        self.stream.poll_read_ready(&mut cx).is_ready()
+    }
+}
+
 enum HeadError {
     /// Not a byte of an answer came back.
     Unanswered(io::Error),
@@ -615,6 +665,31 @@ async fn exchange_head(
             Err(e) => return Err(HeadError::Unanswered(e)),
         }
     }
+}
+
+/// Reads the request's body of `len` bytes into `body`: what came with the head first, then
+/// from the socket, each read within the route's idle timeout. `Err(None)`: the caller left.
+async fn read_body(
+    caller: &mut Caller,
+    len: usize,
+    idle: Duration,
+    body: &mut Vec<u8>,
+) -> Result<(), Option<ProxyError>> {
+    let have = caller.buf.len().min(len);
+    body.extend_from_slice(&caller.buf[..have]);
+    caller.buf.drain(..have);
+    while body.len() < len {
+        let left = len - body.len();
+        body.reserve(left);
+        // Never past the body: what follows it is the caller's next request.
+        let mut rest = (&mut caller.stream).take(left as u64);
+        match timeout(idle, rest.read_buf(body)).await {
+            Err(_) => return Err(Some(ProxyError::RequestBodyTimeout(idle))),
+            Ok(Ok(0) | Err(_)) => return Err(None),
+            Ok(Ok(_)) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Reads what is there into `buf`'s spare room, waiting until something is. A short read tells
