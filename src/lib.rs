@@ -1,6 +1,6 @@
 //! portvakt: an authenticating egress proxy for Maskinporten.
 //!
-//! A request's path: [`server`] accepts it; [`lane`] serves plain HTTP/1.1 calls without a body to
+//! A request's path: [`server`] accepts it; [`lane`] serves plain HTTP/1.1 calls with small bodies or none to
 //! plain-HTTP upstreams itself and hands every other connection to hyper, where [`proxy`] checks the caller (address, API key) and the
 //! request's form, matches a [`route`], picks the [`party`] the
 //! token is for, gets the token from the [`token`] cache (signed with a key from [`keys`], and

@@ -1,10 +1,12 @@
-//! The fast lane: a plain HTTP/1.1 caller's requests without a body, to a plain-HTTP upstream
+//! The fast lane: a plain HTTP/1.1 caller's requests with no body, or one small enough to keep for
+//! the 401 retry (`retry_body_max_bytes`), to a plain-HTTP upstream
 //! reached directly, served on the caller's own connection and an upstream connection of its own,
 //! without hyper. hyper's server and client, with a future, a header map and a body wrapper per
 //! request, cost several times the proxying itself (docs/performance.md).
 //!
 //! The lane reads a head, and only when it is one the lane serves (a route with a local target,
-//! a caller let in, no body, no upgrade) does it do anything. Every other connection goes to
+//! a caller let in, a body of known length within the route's limits, no upgrade) does it do
+//! anything. Every other connection goes to
 //! hyper and the general path (`proxy.rs`) with the bytes read so far, before anything was done
 //! for it: refusals, bodies, HTTP/2 and every answer of the general path hold unchanged. The
 //! token, the header rules, the 401 retry, the metrics and the access line are the general path's.
