@@ -1,0 +1,166 @@
+//! The caller's own connection to its route's upstream: connecting, sending a request and reading
+//! the answer's head, relaying the answer's body to the caller.
+
+use super::response::{self, Answer, Framing, Rewrite};
+use super::{pool, read, write, Caller, BUF, MAX_ANSWER_HEAD, STREAM_BUF};
+use crate::affinity::{LocalTarget, ParkTicket};
+use crate::upstream::Fault;
+use http::uri::Authority;
+use std::io;
+use std::task::Context;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+/// The caller's own connection to its route's upstream.
+pub(super) struct Upstream {
+    pub(super) authority: Authority,
+    pub(super) stream: TcpStream,
+    /// What the upstream sent and the lane has not relayed yet.
+    pub(super) buf: Vec<u8>,
+    /// Held while the connection waits for the caller's next request.
+    pub(super) parked: Option<ParkTicket>,
+}
+
+pub(super) async fn connect(target: &LocalTarget) -> io::Result<Upstream> {
+    let addr = (
+        target.authority.host(),
+        target.authority.port_u16().unwrap_or(80),
+    );
+    let stream = match timeout(target.connect_timeout, TcpStream::connect(addr)).await {
+        Ok(stream) => stream?,
+        Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timeout")),
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(Upstream {
+        authority: target.authority.clone(),
+        stream,
+        buf: Vec::new(),
+        parked: None,
+    })
+}
+
+impl Upstream {
+    /// Whether the kept connection became readable while it waited: the upstream closed it (or
+    /// sent what it should not have). Read off tokio's readiness, without a system call; a
+    /// request on such a connection would fail, and one that is not idempotent cannot be sent
+    /// again.
+    pub(super) fn stirred(&self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        self.stream.poll_read_ready(&mut cx).is_ready()
+    }
+}
+
+pub(super) enum HeadError {
+    /// Not a byte of an answer came back.
+    Unanswered(io::Error),
+    Io(io::Error),
+    Invalid(response::Invalid),
+}
+
+/// Writes the request and reads the answer's head (skipping 1xx answers), writing the caller's
+/// head into `out`. The answer's first body bytes stay in the connection's buffer.
+pub(super) async fn exchange_head(
+    conn: &mut Upstream,
+    request: &[u8],
+    how: &Rewrite<'_>,
+    out: &mut Vec<u8>,
+) -> Result<Answer, HeadError> {
+    conn.stream
+        .write_all(request)
+        .await
+        .map_err(HeadError::Unanswered)?;
+    if conn.buf.capacity() == 0 {
+        conn.buf = pool::take();
+    }
+    let mut answered = false;
+    loop {
+        if !conn.buf.is_empty() {
+            match response::parse(&conn.buf, how, out).map_err(HeadError::Invalid)? {
+                response::Parsed::Answer(answer) => {
+                    conn.buf.drain(..answer.len);
+                    return Ok(answer);
+                }
+                response::Parsed::Informational(len) => {
+                    conn.buf.drain(..len);
+                    continue;
+                }
+                response::Parsed::Partial if conn.buf.len() >= MAX_ANSWER_HEAD => {
+                    return Err(HeadError::Invalid(response::Invalid("head too large")));
+                }
+                response::Parsed::Partial => {}
+            }
+        }
+        conn.buf.reserve(BUF);
+        match read(&mut conn.stream, &mut conn.buf).await {
+            Ok(0) => {
+                let e = io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the upstream closed the connection before it answered",
+                );
+                return Err(if answered {
+                    HeadError::Io(e)
+                } else {
+                    HeadError::Unanswered(e)
+                });
+            }
+            Ok(_) => answered = true,
+            Err(e) if answered => return Err(HeadError::Io(e)),
+            Err(e) => return Err(HeadError::Unanswered(e)),
+        }
+    }
+}
+
+/// Which side broke a body off.
+pub(super) enum Broken {
+    Upstream(Fault),
+    Caller,
+}
+
+/// Sends the caller the answer's head (in `out`) and its body as it comes, each read and write
+/// within the route's idle timeout.
+pub(super) async fn relay(
+    caller: &mut Caller,
+    conn: &mut Upstream,
+    answer: &mut Answer,
+    out: &mut Vec<u8>,
+    idle: Duration,
+) -> Result<(), Broken> {
+    let (n, mut done) = answer
+        .framing
+        .take(&conn.buf)
+        .map_err(|_| Broken::Upstream(Fault::Protocol))?;
+    // A small answer goes in one write with its head.
+    out.extend_from_slice(&conn.buf[..n]);
+    conn.buf.drain(..n);
+    write(&mut caller.stream, out, idle)
+        .await
+        .map_err(|()| Broken::Caller)?;
+    while !done {
+        if conn.buf.capacity() < STREAM_BUF {
+            conn.buf.reserve(STREAM_BUF);
+        }
+        let got = match timeout(idle, read(&mut conn.stream, &mut conn.buf)).await {
+            Err(_) => return Err(Broken::Upstream(Fault::Timeout)),
+            Ok(Err(e)) => return Err(Broken::Upstream(Fault::of(&e, false))),
+            Ok(Ok(got)) => got,
+        };
+        if got == 0 {
+            return match answer.framing {
+                Framing::UntilClose => Ok(()),
+                _ => Err(Broken::Upstream(Fault::Reset)),
+            };
+        }
+        let (n, end) = answer
+            .framing
+            .take(&conn.buf)
+            .map_err(|_| Broken::Upstream(Fault::Protocol))?;
+        done = end;
+        write(&mut caller.stream, &conn.buf[..n], idle)
+            .await
+            .map_err(|()| Broken::Caller)?;
+        conn.buf.drain(..n);
+    }
+    Ok(())
+}
