@@ -149,23 +149,22 @@ async fn scripted() -> Scripted {
     }
 }
 
-async fn lane_proxy(upstream: &str) -> (Running, MockMaskinporten) {
-    let (mock, _echo) = mock_and_upstream().await;
+/// portvakt with one route, `/nav/` to `upstream`, plus the route lines in `extra`.
+async fn lane_proxy(mock: &MockMaskinporten, upstream: &str, extra: &str) -> Running {
     let routes = format!(
-        "  - name: nav\n    prefix: /nav/\n    upstream: {upstream}\n    client: vendor\n    scopes: [{SCOPE}]\n"
+        "  - name: nav\n    prefix: /nav/\n    upstream: {upstream}\n    client: vendor\n    scopes: [{SCOPE}]\n{extra}"
     );
-    let proxy = spawn_proxy(
+    spawn_proxy(
         &config_yaml(&mock.issuer(), &mock.token_endpoint(), &routes),
         &[],
     )
-    .await;
-    (proxy, mock)
+    .await
 }
 
 #[tokio::test]
 async fn chunked_early_hints_head_and_close_delimited_answers_pass_through() {
-    let up = scripted().await;
-    let (proxy, _mock) = lane_proxy(&up.url).await;
+    let (up, (mock, _echo)) = (scripted().await, mock_and_upstream().await);
+    let proxy = lane_proxy(&mock, &up.url, "").await;
     let mut caller = TcpStream::connect(proxy.listen).await.unwrap();
     let mut buf = Vec::new();
 
@@ -240,8 +239,8 @@ async fn chunked_early_hints_head_and_close_delimited_answers_pass_through() {
 
 #[tokio::test]
 async fn an_invalid_answer_is_502_and_counted_as_a_protocol_error() {
-    let up = scripted().await;
-    let (proxy, _mock) = lane_proxy(&up.url).await;
+    let (up, (mock, _echo)) = (scripted().await, mock_and_upstream().await);
+    let proxy = lane_proxy(&mock, &up.url, "").await;
     let mut caller = TcpStream::connect(proxy.listen).await.unwrap();
     let mut buf = Vec::new();
     caller
@@ -286,15 +285,7 @@ async fn an_invalid_answer_is_502_and_counted_as_a_protocol_error() {
 #[tokio::test]
 async fn a_connection_moves_to_hyper_when_a_body_comes_and_every_call_carries_a_valid_token() {
     let (mock, echo) = mock_and_upstream().await;
-    let routes = format!(
-        "  - name: nav\n    prefix: /nav/\n    upstream: {}\n    client: vendor\n    scopes: [{SCOPE}]\n",
-        echo.url()
-    );
-    let proxy = spawn_proxy(
-        &config_yaml(&mock.issuer(), &mock.token_endpoint(), &routes),
-        &[],
-    )
-    .await;
+    let proxy = lane_proxy(&mock, &echo.url(), "").await;
     let mut caller = TcpStream::connect(proxy.listen).await.unwrap();
     let mut buf = Vec::new();
     // The lane, then a body (hyper's from here on), then plain calls again on the same socket.
@@ -332,8 +323,8 @@ async fn a_connection_moves_to_hyper_when_a_body_comes_and_every_call_carries_a_
 
 #[tokio::test]
 async fn a_head_sent_in_pieces_is_served_once_it_is_whole() {
-    let up = scripted().await;
-    let (proxy, _mock) = lane_proxy(&up.url).await;
+    let (up, (mock, _echo)) = (scripted().await, mock_and_upstream().await);
+    let proxy = lane_proxy(&mock, &up.url, "").await;
     let mut caller = TcpStream::connect(proxy.listen).await.unwrap();
     for piece in ["GET /nav/pie", "ces HTTP/1.1\r\nHost: p\r", "\n\r", "\n"] {
         caller.write_all(piece.as_bytes()).await.unwrap();
@@ -348,15 +339,7 @@ async fn a_head_sent_in_pieces_is_served_once_it_is_whole() {
 #[tokio::test]
 async fn a_small_body_goes_through_the_lane_and_is_sent_again_after_a_401() {
     let (mock, echo) = mock_and_upstream().await;
-    let routes = format!(
-        "  - name: nav\n    prefix: /nav/\n    upstream: {}\n    client: vendor\n    scopes: [{SCOPE}]\n    idle_timeout_seconds: 1\n",
-        echo.url()
-    );
-    let proxy = spawn_proxy(
-        &config_yaml(&mock.issuer(), &mock.token_endpoint(), &routes),
-        &[],
-    )
-    .await;
+    let proxy = lane_proxy(&mock, &echo.url(), "    idle_timeout_seconds: 1\n").await;
     let mut caller = TcpStream::connect(proxy.listen).await.unwrap();
     let mut buf = Vec::new();
     let body = br#"{"fnr":"not logged"}"#;
@@ -421,8 +404,8 @@ async fn a_small_body_goes_through_the_lane_and_is_sent_again_after_a_401() {
 
 #[tokio::test]
 async fn a_post_never_meets_a_kept_connection_the_upstream_closed() {
-    let up = scripted().await;
-    let (proxy, _mock) = lane_proxy(&up.url).await;
+    let (up, (mock, _echo)) = (scripted().await, mock_and_upstream().await);
+    let proxy = lane_proxy(&mock, &up.url, "").await;
     let mut caller = TcpStream::connect(proxy.listen).await.unwrap();
     let mut buf = Vec::new();
     // `/bye` answers and then closes the upstream connection, which the lane keeps; a POST after
