@@ -8,6 +8,7 @@ use super::client::{FetchError, Issued};
 use super::policy::{self, Schedule};
 use super::{ClientIdentity, TokenKey, TokenSource};
 use crate::metrics::{ClientLabels, FetchLabels, Metrics};
+use arc_swap::ArcSwapOption;
 use http::HeaderValue;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -144,6 +145,9 @@ pub struct TokenSlot {
     misses: Counter,
     wait_timeout: Duration,
     state: Mutex<State>,
+    /// The current token while it needs neither a refresh nor a second look: what a request
+    /// takes without the lock. Set and cleared with `state.token`, under the lock.
+    fresh: ArcSwapOption<Token>,
     changed: watch::Sender<u64>,
 }
 
@@ -196,6 +200,7 @@ impl TokenSlot {
         }
         st.last_invalidated = Some(now);
         st.token = None;
+        self.fresh.store(None);
         true
     }
 
@@ -203,6 +208,18 @@ impl TokenSlot {
     /// refresh when the token is due for one. The fetch runs in its own task, so a caller that goes
     /// away does not cancel it for the others.
     pub async fn get(self: &Arc<Self>) -> Result<Arc<Token>, TokenError> {
+        // Every request asks: a token that is neither due for a refresh nor near its end, for the
+        // client's current key, is taken without the lock.
+        if let Some(token) = self.fresh.load_full() {
+            let now = Instant::now();
+            if now < token.schedule.refresh_at
+                && now < token.schedule.serve_until
+                && token.key_generation == self.client.key.generation()
+            {
+                self.hits.inc();
+                return Ok(token);
+            }
+        }
         let deadline = Instant::now() + self.wait_timeout;
         let mut changed = self.changed.subscribe();
         let mut waited = false;
@@ -288,12 +305,14 @@ impl TokenSlot {
                     Some(bearer) => {
                         let schedule =
                             policy::schedule(requested_at, Duration::from_secs(issued.expires_in));
-                        st.token = Some(Arc::new(Token {
+                        let token = Arc::new(Token {
                             bearer,
                             key_generation,
                             expires_in: issued.expires_in,
                             schedule,
-                        }));
+                        });
+                        self.fresh.store(Some(Arc::clone(&token)));
+                        st.token = Some(token);
                         st.failures = 0;
                         st.failure = None;
                     }
@@ -634,6 +653,7 @@ impl TokenCache {
             metrics: Arc::clone(&self.metrics),
             wait_timeout: self.wait_timeout,
             state: Mutex::new(State::default()),
+            fresh: ArcSwapOption::empty(),
             changed,
         })
     }
