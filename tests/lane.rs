@@ -259,19 +259,27 @@ async fn an_invalid_answer_is_502_and_counted_as_a_protocol_error() {
             .contains("conflicting Content-Length"),
         "{problem}"
     );
-    // The caller's connection carries on.
+    // The same to HEAD: the length of the problem, and no body, so the connection carries on.
+    caller
+        .write_all(b"HEAD /nav/bad HTTP/1.1\r\nHost: p\r\n\r\n")
+        .await
+        .unwrap();
+    let a = read_answer(&mut caller, &mut buf, true).await;
+    assert_eq!(a.status, 502);
+    assert!(a.head.contains("content-length: "), "{}", a.head);
     caller
         .write_all(b"GET /nav/x HTTP/1.1\r\nHost: p\r\n\r\n")
         .await
         .unwrap();
-    assert_eq!(read_answer(&mut caller, &mut buf, false).await.status, 200);
+    let a = read_answer(&mut caller, &mut buf, false).await;
+    assert_eq!((a.status, a.body.as_slice()), (200, &b"ok"[..]));
     let m = metrics_text(&proxy).await;
     assert_eq!(
         metric_value(
             &m,
             r#"portvakt_upstream_errors_total{route="nav",kind="protocol"}"#
         ),
-        Some(1.0)
+        Some(2.0)
     );
     assert_eq!(
         metric_value(

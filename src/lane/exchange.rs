@@ -102,7 +102,7 @@ impl Exchange<'_> {
         error: &ProxyError,
     ) -> bool {
         let (route, id) = (&self.request.route, &self.request.id);
-        write_problem(out, error, route, id.as_bytes(), self.close);
+        write_problem(out, error, self);
         self.proxy.finish(
             Some(&route.name),
             &self.request.method,
@@ -313,7 +313,8 @@ async fn gone(stream: &TcpStream) {
 }
 
 /// One of portvakt's own answers, as the general path would write it.
-fn write_problem(out: &mut Vec<u8>, error: &ProxyError, route: &Route, id: &[u8], close: bool) {
+fn write_problem(out: &mut Vec<u8>, error: &ProxyError, exchange: &Exchange<'_>) {
+    let (route, id) = (&exchange.request.route, exchange.request.id.as_bytes());
     let problem = error.problem(Some(&route.name));
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -336,9 +337,12 @@ fn write_problem(out: &mut Vec<u8>, error: &ProxyError, route: &Route, id: &[u8]
         b"date",
         httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes(),
     );
-    if close {
+    if exchange.close {
         head::line(out, b"connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(problem.body.as_bytes());
+    // An answer to HEAD says how long the body would be, and sends none.
+    if exchange.request.method != Method::HEAD {
+        out.extend_from_slice(problem.body.as_bytes());
+    }
 }
