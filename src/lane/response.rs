@@ -354,6 +354,121 @@ mod tests {
         ));
     }
 
+    /// Heads made of the words that matter to framing, in random order: read or refused, never
+    /// a panic, and the length relayed is the length the caller is told.
+    #[test]
+    fn random_answer_heads_are_read_or_refused() {
+        let words: [&[u8]; 12] = [
+            b"Content-Length: ",
+            b"Transfer-Encoding: ",
+            b"Connection: ",
+            b"chunked",
+            b"gzip, ",
+            b"close",
+            b"5",
+            b"18446744073709551616",
+            b", ",
+            b"\r\n",
+            b"X-A: b",
+            b" ",
+        ];
+        let mut rng = fastrand::Rng::with_seed(11);
+        let how = Rewrite {
+            head_request: false,
+            request_id: b"id",
+            close: false,
+        };
+        for _ in 0..5000 {
+            let mut raw = b"HTTP/1.1 200 OK\r\n".to_vec();
+            for _ in 0..rng.usize(0..12) {
+                raw.extend_from_slice(words[rng.usize(..words.len())]);
+            }
+            raw.extend_from_slice(b"\r\n\r\n");
+            let mut out = Vec::new();
+            if let Ok(Parsed::Answer(a)) = parse(&raw, &how, &mut out) {
+                assert!(out.ends_with(b"\r\n\r\n"));
+                // A length the caller is told is the length the lane relays.
+                if let Framing::Length(n) = a.framing {
+                    let told = String::from_utf8_lossy(&out).to_ascii_lowercase();
+                    assert!(
+                        n == 0 || told.contains(&format!("content-length: {n}")),
+                        "{told}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Random chunked bodies, cut at random points, end where they end; random bytes never panic
+    /// and are read the same however they are cut.
+    #[test]
+    fn chunked_bodies_end_at_the_same_byte_however_they_arrive() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..2000 {
+            let mut body = Vec::new();
+            for _ in 0..rng.usize(0..5) {
+                let len = rng.usize(1..300);
+                body.extend_from_slice(format!("{len:x}").as_bytes());
+                if rng.bool() {
+                    body.extend_from_slice(b";name=value");
+                }
+                body.extend_from_slice(b"\r\n");
+                body.extend((0..len).map(|_| rng.u8(..)));
+                body.extend_from_slice(b"\r\n");
+            }
+            body.extend_from_slice(b"0\r\n");
+            if rng.bool() {
+                body.extend_from_slice(b"X-Trailer: 1\r\n");
+            }
+            body.extend_from_slice(b"\r\n");
+            let end = body.len();
+            body.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+            let (mut c, mut at) = (Chunked::default(), 0);
+            loop {
+                let piece = rng.usize(1..64).min(body.len() - at);
+                let (n, done) = c.advance(&body[at..at + piece]).unwrap();
+                at += n;
+                if done {
+                    break;
+                }
+                assert_eq!(n, piece);
+            }
+            assert_eq!(at, end);
+        }
+        for _ in 0..2000 {
+            let noise: Vec<u8> = (0..rng.usize(0..200))
+                .map(|_| *rng.choice(b"0123456789abcdef;\r\n xX").unwrap_or(&b'0'))
+                .collect();
+            let whole = Chunked::default().advance(&noise);
+            let mut c = Chunked::default();
+            let mut pieced = Ok((0, false));
+            let mut at = 0;
+            while at < noise.len() {
+                let piece = rng.usize(1..16).min(noise.len() - at);
+                match c.advance(&noise[at..at + piece]) {
+                    Ok((n, done)) => {
+                        at += n;
+                        pieced = Ok((at, done));
+                        if done {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        pieced = Err(e);
+                        break;
+                    }
+                }
+            }
+            if noise.is_empty() {
+                continue;
+            }
+            assert_eq!(whole.is_ok(), pieced.is_ok(), "{noise:?}");
+            if let (Ok(w), Ok(p)) = (whole, pieced) {
+                assert_eq!(w, p, "{noise:?}");
+            }
+        }
+    }
+
     #[test]
     fn finds_the_end_of_a_chunked_body_in_any_split() {
         let body = b"5;ext=1\r\nhello\r\n10\r\n0123456789abcdef\r\n0\r\nTrailer: x\r\n\r\nNEXT";
