@@ -331,7 +331,7 @@ fn write_problem(out: &mut Vec<u8>, error: &ProxyError, exchange: &Exchange<'_>)
         b"content-length",
         problem.body.len().to_string().as_bytes(),
     );
-    head::line(out, b"x-request-id", id);
+    head::line(out, request_id::HEADER.as_str().as_bytes(), id);
     head::line(
         out,
         b"date",

@@ -2,6 +2,7 @@
 //! A head the lane does not take (a chunked body, an upgrade, HTTP/1.0, anything malformed) goes
 //! to hyper untouched, so every unusual request meets the general path's rules and answers.
 
+use crate::request_id;
 use crate::route::Route;
 use crate::upstream::is_hop_by_hop;
 
@@ -56,16 +57,7 @@ pub fn parse<'b>(buf: &'b [u8], headers: &'b mut [httparse::Header<'b>]) -> Pars
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
             // One plain length, however often repeated; anything else is hyper's to refuse.
-            let value = h.value.trim_ascii();
-            let n = match std::str::from_utf8(value) {
-                Ok(v)
-                    if !v.is_empty() && v.len() <= 19 && v.bytes().all(|b| b.is_ascii_digit()) =>
-                {
-                    v.parse::<u64>().ok()
-                }
-                _ => None,
-            };
-            match (n, body_len) {
+            match (decimal(h.value), body_len) {
                 (Some(n), None) => body_len = Some(n),
                 (Some(n), Some(seen)) if n == seen => {}
                 _ => return Parsed::Hyper,
@@ -110,11 +102,29 @@ pub fn ends(buf: &[u8], from: usize) -> bool {
 }
 
 /// The comma-separated tokens of a header value, trimmed.
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
         .split(|b| *b == b',')
         .map(<[u8]>::trim_ascii)
         .filter(|t| !t.is_empty())
+}
+
+/// A `Content-Length` value: digits only, within u64.
+pub fn decimal(value: &[u8]) -> Option<u64> {
+    let value = std::str::from_utf8(value.trim_ascii()).ok()?;
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse().ok()
+}
+
+/// Whether a `Connection` header among `headers` names `name`, which then stays on this hop.
+pub fn named_by_connection(headers: &[httparse::Header<'_>], name: &str) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|h| tokens(h.value))
+        .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
 }
 
 impl Head<'_> {
@@ -126,17 +136,6 @@ impl Head<'_> {
             .map(|h| h.value)
     }
 
-    /// Whether the caller's `Connection` header names `name`, which then stays on this hop.
-    fn connection_names(&self, name: &str) -> bool {
-        self.has_connection
-            && self
-                .headers
-                .iter()
-                .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-                .flat_map(|h| tokens(h.value))
-                .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
-    }
-
     /// Whether the caller's header `name` travels upstream. What portvakt sets itself (`Host`,
     /// `Authorization`, the request id, the route's headers) replaces the caller's; hop-by-hop
     /// headers, party and API key headers never leave.
@@ -144,7 +143,7 @@ impl Head<'_> {
         !(is_hop_by_hop(name)
             || name.eq_ignore_ascii_case("host")
             || name.eq_ignore_ascii_case("authorization")
-            || name.eq_ignore_ascii_case("x-request-id")
+            || name.eq_ignore_ascii_case(request_id::HEADER.as_str())
             || route
                 .parties
                 .headers()
@@ -155,7 +154,7 @@ impl Head<'_> {
                 .headers
                 .iter()
                 .any(|(h, _)| h.as_str().eq_ignore_ascii_case(name))
-            || self.connection_names(name))
+            || (self.has_connection && named_by_connection(self.headers, name)))
     }
 }
 
@@ -200,7 +199,7 @@ pub fn write_upstream(out: &mut Vec<u8>, head: &Head<'_>, to: &Outgoing<'_>) {
 /// 401 replaces only these lines.
 pub fn finish_upstream(out: &mut Vec<u8>, bearer: &[u8], request_id: &[u8]) {
     line(out, b"authorization", bearer);
-    line(out, b"x-request-id", request_id);
+    line(out, request_id::HEADER.as_str().as_bytes(), request_id);
     out.extend_from_slice(b"\r\n");
 }
 

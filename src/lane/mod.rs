@@ -309,7 +309,7 @@ fn prepare(proxy: &Proxy, bytes: &[u8], peer: IpAddr, out: &mut Vec<u8>) -> Prep
         // Within retry_body_max, checked above.
         body_len: usize::try_from(head.body_len).unwrap_or(usize::MAX),
         keep_alive: head.keep_alive,
-        id: request_id::from_caller(head.get("x-request-id")),
+        id: request_id::from_caller(head.get(request_id::HEADER.as_str())),
         slot: Arc::clone(slot),
         route: Arc::clone(route),
         _permit: permit,

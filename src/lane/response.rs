@@ -1,7 +1,8 @@
 //! The upstream's answer as the fast lane relays it: its head rewritten for the caller, its body
 //! passed through byte for byte, its framing read only to find where the answer ends.
 
-use super::head::line;
+use super::head::{decimal, line, named_by_connection, tokens};
+use crate::request_id;
 use crate::upstream::is_hop_by_hop;
 
 /// Why an upstream's answer cannot be relayed.
@@ -101,18 +102,14 @@ pub fn parse(buf: &[u8], how: &Rewrite<'_>, out: &mut Vec<u8>) -> Result<Parsed,
             chunked = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
         } else if h.name.eq_ignore_ascii_case("content-length") {
             for part in h.value.split(|b| *b == b',') {
-                let n = std::str::from_utf8(part.trim_ascii())
-                    .ok()
-                    .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .ok_or(Invalid("bad Content-Length"))?;
+                let n = decimal(part).ok_or(Invalid("bad Content-Length"))?;
                 if length.is_some_and(|l| l != n) {
                     return Err(Invalid("conflicting Content-Length headers"));
                 }
                 length = Some(n);
             }
         } else if h.name.eq_ignore_ascii_case("connection") {
-            for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+            for token in tokens(h.value) {
                 close_token |= token.eq_ignore_ascii_case(b"close");
                 keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
             }
@@ -146,13 +143,6 @@ pub fn parse(buf: &[u8], how: &Rewrite<'_>, out: &mut Vec<u8>) -> Result<Parsed,
         .unwrap_or("");
     out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\n");
-    let named_by_connection = |name: &str| {
-        headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-            .flat_map(|h| h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii))
-            .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
-    };
     let relayed_chunked = matches!(framing, Framing::Chunked(_));
     for h in headers {
         let name = h.name;
@@ -163,14 +153,14 @@ pub fn parse(buf: &[u8], how: &Rewrite<'_>, out: &mut Vec<u8>) -> Result<Parsed,
             chunked.is_none()
         } else {
             !(is_hop_by_hop(name)
-                || name.eq_ignore_ascii_case("x-request-id")
-                || named_by_connection(name))
+                || name.eq_ignore_ascii_case(request_id::HEADER.as_str())
+                || named_by_connection(headers, name))
         };
         if keep {
             line(out, name.as_bytes(), h.value);
         }
     }
-    line(out, b"x-request-id", how.request_id);
+    line(out, request_id::HEADER.as_str().as_bytes(), how.request_id);
     if close {
         line(out, b"connection", b"close");
     }
