@@ -116,6 +116,28 @@ pub struct LocalTarget {
 }
 
 impl LocalTarget {
+    /// A TCP connection to the upstream within the connect timeout, with `TCP_NODELAY`.
+    pub async fn dial(&self) -> std::io::Result<TcpStream> {
+        // As a string, so an IPv6 literal keeps its brackets and parses.
+        let addr = format!(
+            "{}:{}",
+            self.authority.host(),
+            self.authority.port_u16().unwrap_or(80)
+        );
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+                Ok(stream) => stream?,
+                Err(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "connect timeout",
+                    ))
+                }
+            };
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
     pub fn new(authority: Authority, connect_timeout: Duration) -> Option<Self> {
         Some(LocalTarget {
             host: HeaderValue::from_str(authority.as_str()).ok()?,
@@ -183,23 +205,7 @@ pub async fn send(
 }
 
 async fn connect(target: &LocalTarget) -> Result<LocalConn, SendError> {
-    let addr = format!(
-        "{}:{}",
-        target.authority.host(),
-        target.authority.port_u16().unwrap_or(80)
-    );
-    let stream = match tokio::time::timeout(target.connect_timeout, TcpStream::connect(addr)).await
-    {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return Err(SendError::Connect(e)),
-        Err(_) => {
-            return Err(SendError::Connect(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "connect timeout",
-            )))
-        }
-    };
-    let _ = stream.set_nodelay(true);
+    let stream = target.dial().await.map_err(SendError::Connect)?;
     let (sender, io) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await

@@ -98,7 +98,11 @@ struct Scripted {
 const CHUNKED: &str = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Up: 1\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n";
 
 async fn scripted() -> Scripted {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    scripted_on("127.0.0.1:0").await
+}
+
+async fn scripted_on(addr: &str) -> Scripted {
+    let listener = TcpListener::bind(addr).await.unwrap();
     let url = format!("http://{}/", listener.local_addr().unwrap());
     let heads = Arc::new(Mutex::new(Vec::new()));
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -439,4 +443,24 @@ async fn a_post_never_meets_a_kept_connection_the_upstream_closed() {
     }
     // Each `/bye` closes the connection the POST before it left kept: four in all.
     assert_eq!(up.accepted.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
+async fn an_upstream_at_an_ipv6_literal_is_reached() {
+    let (up, (mock, _echo)) = (scripted_on("[::1]:0").await, mock_and_upstream().await);
+    assert!(up.url.starts_with("http://[::1]:"), "{}", up.url);
+    let proxy = lane_proxy(&mock, &up.url, "").await;
+    let mut caller = TcpStream::connect(proxy.listen).await.unwrap();
+    let mut buf = Vec::new();
+    caller
+        .write_all(b"GET /nav/v6 HTTP/1.1\r\nHost: p\r\n\r\n")
+        .await
+        .unwrap();
+    let a = read_answer(&mut caller, &mut buf, false).await;
+    assert_eq!((a.status, a.body.as_slice()), (200, &b"ok"[..]));
+    let head = up.heads.lock().unwrap()[0].to_ascii_lowercase();
+    assert!(
+        head.contains(&format!("host: {}\r\n", &up.url[7..up.url.len() - 1])),
+        "{head}"
+    );
 }

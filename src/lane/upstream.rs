@@ -24,18 +24,9 @@ pub(super) struct Upstream {
 }
 
 pub(super) async fn connect(target: &LocalTarget) -> io::Result<Upstream> {
-    let addr = (
-        target.authority.host(),
-        target.authority.port_u16().unwrap_or(80),
-    );
-    let stream = match timeout(target.connect_timeout, TcpStream::connect(addr)).await {
-        Ok(stream) => stream?,
-        Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timeout")),
-    };
-    let _ = stream.set_nodelay(true);
     Ok(Upstream {
         authority: target.authority.clone(),
-        stream,
+        stream: target.dial().await?,
         buf: Vec::new(),
         parked: None,
     })
