@@ -10,6 +10,7 @@ use crate::metrics::{self, Metrics, RequestLabels, RetryLabels};
 use crate::recent::{RecentError, RecentErrors};
 use crate::request_id;
 use crate::route::{self, Route, RouteTable};
+use crate::token::cache::{Token, TokenSlot};
 use crate::upstream::{self, Fault, UpstreamBody};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -218,6 +219,38 @@ impl Proxy {
         );
     }
 
+    /// After an upstream 401, whichever path sent the request: the upstream no longer accepts
+    /// the token (revoked, rotated, clock), so it is dropped for everyone; the outcome is counted
+    /// and logged. True when the request goes once more with a fresh token, which it can only if
+    /// portvakt kept it (`replayable`) and no other request dropped a token of this slot just now.
+    pub(crate) fn unauthorized(
+        &self,
+        route: &Route,
+        slot: &TokenSlot,
+        token: &Arc<Token>,
+        replayable: bool,
+        request_id: &str,
+    ) -> bool {
+        let result = match (slot.invalidate(token), replayable) {
+            (false, _) => "suppressed",
+            (true, false) => "not_replayable",
+            (true, true) => "retried",
+        };
+        self.metrics
+            .unauthorized_retries
+            .get_or_create(&RetryLabels {
+                route: Arc::clone(&route.name),
+                result,
+            })
+            .inc();
+        if result != "retried" {
+            tracing::warn!(route = %route.name, result, request_id, "upstream answered 401: not retried");
+            return false;
+        }
+        tracing::info!(route = %route.name, request_id, "upstream answered 401: retrying once with a fresh token");
+        true
+    }
+
     /// The checks that need no route: a proxy's own request forms, and `inbound.allow`. Then the
     /// route for the path, with the length of the path's remainder after its prefix.
     fn admit(
@@ -358,25 +391,11 @@ impl Proxy {
             return Ok(self.relay(route, response, permit));
         }
 
-        // The upstream no longer accepts the token (revoked, rotated, clock): drop it for everyone.
-        let (result, replay) = match (slot.invalidate(&token), replay) {
-            (false, _) => ("suppressed", None),
-            (true, None) => ("not_replayable", None),
-            (true, Some(replay)) => ("retried", Some(replay)),
-        };
-        self.metrics
-            .unauthorized_retries
-            .get_or_create(&RetryLabels {
-                route: Arc::clone(&route.name),
-                result,
-            })
-            .inc();
-        let Some(replay) = replay else {
-            tracing::warn!(route = %route.name, result, request_id, "upstream answered 401: not retried");
+        let retry = self.unauthorized(route, slot, &token, replay.is_some(), request_id);
+        let Some(replay) = replay.filter(|_| retry) else {
             return Ok(self.relay(route, response, permit));
         };
         drop(response);
-        tracing::info!(route = %route.name, request_id, "upstream answered 401: retrying once with a fresh token");
         let token = slot.get().await?;
         let retry = upstream_span(route);
         let mut request = replay.with(token.bearer());

@@ -6,14 +6,12 @@ use super::upstream::{connect, exchange_head, relay, Broken, HeadError, Upstream
 use super::{head, pool, write, Buffers, Caller, Request};
 use crate::affinity::{LocalTarget, ParkTicket};
 use crate::error::ProxyError;
-use crate::metrics::RetryLabels;
 use crate::proxy::Proxy;
 use crate::request_id;
 use crate::route::Route;
 use crate::upstream::Fault;
 use http::Method;
 use std::io;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt as _;
 use tokio::net::TcpStream;
@@ -154,23 +152,13 @@ impl Exchange<'_> {
         if answer.status != 401 || route.retry_body_max.is_none() {
             return Ok(answer);
         }
-        // The upstream no longer accepts the token (revoked, rotated, clock): drop it for everyone.
-        let retried = slot.invalidate(&token);
-        let result = if retried { "retried" } else { "suppressed" };
-        self.proxy
-            .metrics
-            .unauthorized_retries
-            .get_or_create(&RetryLabels {
-                route: Arc::clone(&route.name),
-                result,
-            })
-            .inc();
-        let request_id = request_id::as_str(id);
-        if !retried {
-            tracing::warn!(route = %route.name, result, request_id, "upstream answered 401: not retried");
+        // The lane keeps every request it serves whole, so it can always be sent again.
+        if !self
+            .proxy
+            .unauthorized(route, slot, &token, true, request_id::as_str(id))
+        {
             return Ok(answer);
         }
-        tracing::info!(route = %route.name, request_id, "upstream answered 401: retrying once with a fresh token");
         // The 401's body is not read: its connection goes.
         *upstream = None;
         let token = request_id::scope(id.clone(), slot.get()).await?;
