@@ -127,57 +127,47 @@ impl Exchange<'_> {
             .local
             .as_ref()
             .ok_or_else(|| ProxyError::Internal("the route has no local upstream target".into()))?;
-        let token = request_id::scope(id.clone(), slot.get()).await?;
-        let unsigned = buffers.request.len();
-        head::finish_upstream(
-            &mut buffers.request,
-            token.bearer().as_bytes(),
-            id.as_bytes(),
-        );
-        buffers.request.extend_from_slice(&buffers.body);
         let how = Rewrite {
             head_request: self.request.method == Method::HEAD,
             request_id: id.as_bytes(),
             close: self.close,
         };
-        let answer = self
-            .send(
-                upstream,
-                target,
-                &buffers.request,
-                &how,
-                &mut buffers.answer,
-            )
-            .await?;
-        if answer.status != 401 || route.retry_body_max.is_none() {
-            return Ok(answer);
+        let unsigned = buffers.request.len();
+        let mut token = request_id::scope(id.clone(), slot.get()).await?;
+        let mut retried = false;
+        loop {
+            // The token's lines and the body go last, so a retry replaces only them.
+            buffers.request.truncate(unsigned);
+            head::finish_upstream(
+                &mut buffers.request,
+                token.bearer().as_bytes(),
+                id.as_bytes(),
+            );
+            buffers.request.extend_from_slice(&buffers.body);
+            let answer = self
+                .send(
+                    upstream,
+                    target,
+                    &buffers.request,
+                    &how,
+                    &mut buffers.answer,
+                )
+                .await?;
+            // The lane keeps every request it serves whole, so it can always be sent again: once.
+            if retried
+                || answer.status != 401
+                || route.retry_body_max.is_none()
+                || !self
+                    .proxy
+                    .unauthorized(route, slot, &token, true, request_id::as_str(id))
+            {
+                return Ok(answer);
+            }
+            retried = true;
+            // The 401's body is not read: its connection goes.
+            *upstream = None;
+            token = request_id::scope(id.clone(), slot.get()).await?;
         }
-        // The lane keeps every request it serves whole, so it can always be sent again.
-        if !self
-            .proxy
-            .unauthorized(route, slot, &token, true, request_id::as_str(id))
-        {
-            return Ok(answer);
-        }
-        // The 401's body is not read: its connection goes.
-        *upstream = None;
-        let token = request_id::scope(id.clone(), slot.get()).await?;
-        buffers.request.truncate(unsigned);
-        head::finish_upstream(
-            &mut buffers.request,
-            token.bearer().as_bytes(),
-            id.as_bytes(),
-        );
-        buffers.request.extend_from_slice(&buffers.body);
-        buffers.answer.clear();
-        self.send(
-            upstream,
-            target,
-            &buffers.request,
-            &how,
-            &mut buffers.answer,
-        )
-        .await
     }
 
     /// Sends `request` on the caller's upstream connection (or a new one) and reads the answer's
@@ -197,21 +187,20 @@ impl Exchange<'_> {
             upstream: route.upstream.to_string(),
             after: route.timeout,
         };
-        let kept = upstream
+        let mut kept = upstream
             .take()
             .filter(|conn| conn.authority == target.authority && !conn.stirred());
-        let (mut conn, mut reused) = match kept {
-            Some(conn) => (conn, true),
-            None => (
-                timeout_at(deadline, connect(target))
+        loop {
+            let reused = kept.is_some();
+            let mut conn = match kept.take() {
+                Some(conn) => conn,
+                None => timeout_at(deadline, connect(target))
                     .await
                     .map_err(|_| timed_out())?
                     .map_err(|e| unreachable(route, &e))?,
-                false,
-            ),
-        };
-        conn.parked = None;
-        loop {
+            };
+            conn.parked = None;
+            answer_head.clear();
             let result = timeout_at(
                 deadline,
                 exchange_head(&mut conn, request, how, answer_head),
@@ -223,13 +212,8 @@ impl Exchange<'_> {
                     *upstream = Some(conn);
                     return Ok(answer);
                 }
+                // Closed before a byte of an answer: once more, on a new connection.
                 Ok(Err(HeadError::Unanswered(_))) if reused && idempotent(&self.request.method) => {
-                    reused = false;
-                    answer_head.clear();
-                    conn = timeout_at(deadline, connect(target))
-                        .await
-                        .map_err(|_| timed_out())?
-                        .map_err(|e| unreachable(route, &e))?;
                 }
                 Ok(Err(HeadError::Unanswered(e) | HeadError::Io(e))) => {
                     return Err(ProxyError::UpstreamFailed {
