@@ -208,12 +208,10 @@ impl TokenSlot {
     /// refresh when the token is due for one. The fetch runs in its own task, so a caller that goes
     /// away does not cancel it for the others.
     pub async fn get(self: &Arc<Self>) -> Result<Arc<Token>, TokenError> {
-        // Every request asks: a token that is neither due for a refresh nor near its end, for the
-        // client's current key, is taken without the lock.
+        // Every request asks: a token not yet due for a refresh, for the client's current key, is
+        // taken without the lock (a refresh is due before the token's end: policy::schedule).
         if let Some(token) = self.fresh.load_full() {
-            let now = Instant::now();
-            if now < token.schedule.refresh_at
-                && now < token.schedule.serve_until
+            if Instant::now() < token.schedule.refresh_at
                 && token.key_generation == self.client.key.generation()
             {
                 self.hits.inc();
