@@ -37,6 +37,8 @@ struct LocalConn {
     io: Pin<Box<Conn>>,
     /// The I/O future has finished: the connection is closed and is never polled again.
     closed: bool,
+    /// Where the connection goes when its caller leaves while it waits.
+    home: Arc<IdleConns>,
 }
 
 impl LocalConn {
@@ -44,6 +46,19 @@ impl LocalConn {
     fn drive(&mut self, cx: &mut Context<'_>) {
         if !self.closed && self.io.as_mut().poll(cx).is_ready() {
             self.closed = true;
+        }
+    }
+
+    /// Leaves the parked connection to other callers, when hyper would send another request on
+    /// it and nothing of an answer is unread; any other is closed.
+    fn release(mut self, ticket: ParkTicket) {
+        self.drive(&mut Context::from_waker(std::task::Waker::noop()));
+        if self.closed || !self.sender.is_ready() {
+            return;
+        }
+        let parts = Pin::into_inner(self.io).into_parts();
+        if parts.read_buf.is_empty() {
+            self.home.put(parts.io.into_inner(), ticket);
         }
     }
 }
@@ -59,7 +74,16 @@ pub struct Affinity {
 /// or closed with its caller's connection.
 struct Parked {
     conn: Option<LocalConn>,
-    _ticket: ParkTicket,
+    ticket: Option<ParkTicket>,
+}
+
+impl Drop for Parked {
+    /// The caller left, or parked another connection in its place.
+    fn drop(&mut self) {
+        if let (Some(conn), Some(ticket)) = (self.conn.take(), self.ticket.take()) {
+            conn.release(ticket);
+        }
+    }
 }
 
 /// A place among the idle upstream connections parked across all callers (at most
@@ -83,12 +107,14 @@ impl Drop for ParkTicket {
 }
 
 impl Affinity {
+    /// The parked connection, when it goes to `authority`. One to another upstream stays parked
+    /// until a new one takes its place, and is then left to other callers.
     fn take(&self, authority: &Authority) -> Option<LocalConn> {
-        let mut parked = crate::sync::lock(&self.parked).take()?;
-        parked
-            .conn
-            .take()
-            .filter(|conn| conn.authority == *authority)
+        let mut parked = crate::sync::lock(&self.parked);
+        if parked.as_ref()?.conn.as_ref()?.authority != *authority {
+            return None;
+        }
+        parked.take()?.conn.take()
     }
 
     fn park(&self, conn: LocalConn) {
@@ -100,7 +126,7 @@ impl Affinity {
         };
         let previous = crate::sync::lock(&self.parked).replace(Parked {
             conn: Some(conn),
-            _ticket: ticket,
+            ticket: Some(ticket),
         });
         drop(previous);
     }
@@ -113,6 +139,99 @@ pub struct LocalTarget {
     /// `Host`, which the pooled client would set from the URI.
     pub host: HeaderValue,
     pub connect_timeout: Duration,
+    /// Connections left idle by callers that went away, for the next caller.
+    pub idle: Arc<IdleConns>,
+}
+
+/// How long a connection may wait among [`IdleConns`]: the pooled client's idle timeout.
+const IDLE_FOR: Duration = Duration::from_secs(90);
+
+/// Idle keep-alive connections to one upstream that outlived their caller's connection. Without
+/// them a caller that opens a connection per request (common for legacy systems) costs a new
+/// upstream connection per request, and the upstream side's ephemeral ports, held in TIME_WAIT
+/// for a minute each, run out at a few hundred requests a second.
+#[derive(Default)]
+pub struct IdleConns(Mutex<Idle>);
+
+#[derive(Default)]
+struct Idle {
+    conns: Vec<IdleConn>,
+    /// A task closes the expired and the upstream-closed while any wait.
+    reaping: bool,
+}
+
+struct IdleConn {
+    stream: TcpStream,
+    since: tokio::time::Instant,
+    _ticket: ParkTicket,
+}
+
+impl IdleConn {
+    /// Not idle too long, and not readable, which on an idle connection means the upstream closed
+    /// it.
+    fn usable(&self) -> bool {
+        self.since.elapsed() < IDLE_FOR && !stirred(&self.stream)
+    }
+}
+
+impl IdleConns {
+    /// The most recently left connection that is still usable.
+    pub fn take(&self) -> Option<TcpStream> {
+        let mut idle = crate::sync::lock(&self.0);
+        while let Some(conn) = idle.conns.pop() {
+            if conn.usable() {
+                return Some(conn.stream);
+            }
+        }
+        None
+    }
+
+    /// Keeps `stream`, idle with nothing unread, for the next caller.
+    pub fn put(self: &Arc<Self>, stream: TcpStream, ticket: ParkTicket) {
+        let mut idle = crate::sync::lock(&self.0);
+        idle.conns.push(IdleConn {
+            stream,
+            since: tokio::time::Instant::now(),
+            _ticket: ticket,
+        });
+        if !idle.reaping {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                idle.reaping = true;
+                runtime.spawn(reap(Arc::downgrade(self)));
+            }
+        }
+    }
+}
+
+/// Closes what can no longer be used, so a quiet upstream is not held open (nor its half-closed
+/// connections kept) until the next caller; ends with the last idle connection, or its route.
+async fn reap(conns: std::sync::Weak<IdleConns>) {
+    loop {
+        tokio::time::sleep(IDLE_FOR / 6).await;
+        let Some(conns) = conns.upgrade() else {
+            return;
+        };
+        let mut idle = crate::sync::lock(&conns.0);
+        idle.conns.retain(IdleConn::usable);
+        if idle.conns.is_empty() {
+            idle.reaping = false;
+            return;
+        }
+    }
+}
+
+impl std::fmt::Debug for IdleConns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IdleConns({})", crate::sync::lock(&self.0).conns.len())
+    }
+}
+
+/// Whether an idle connection became readable while it waited: the upstream closed it (or sent
+/// what it should not have). Read off tokio's readiness, without a system call; a request on
+/// such a connection would fail, and one that is not idempotent cannot be sent again.
+pub fn stirred(stream: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    stream.poll_read_ready(&mut cx).is_ready()
 }
 
 impl LocalTarget {
@@ -143,6 +262,7 @@ impl LocalTarget {
             host: HeaderValue::from_str(authority.as_str()).ok()?,
             authority,
             connect_timeout,
+            idle: Arc::default(),
         })
     }
 }
@@ -172,11 +292,12 @@ pub async fn send(
     *request.uri_mut() = origin;
     request.headers_mut().insert(HOST, target.host.clone());
     let mut reused = affinity.take(&target.authority);
+    let mut retried = false;
     loop {
-        let fresh = reused.is_none();
-        let mut conn = match reused.take() {
-            Some(conn) => conn,
-            None => connect(target).await?,
+        let (mut conn, fresh) = match reused.take() {
+            Some(conn) => (conn, false),
+            // After a parked connection failed, a new one: not another that waited as long.
+            None => connect(target, !retried).await?,
         };
         match Drive::new(&mut conn, request).await {
             Ok(response) => {
@@ -192,7 +313,10 @@ pub async fn send(
                 }
                 return Ok(Response::from_parts(parts, body));
             }
-            Err(Unsent::Again(back)) if !fresh => request = *back,
+            Err(Unsent::Again(back)) if !fresh => {
+                request = *back;
+                retried = true;
+            }
             Err(Unsent::Again(_)) => {
                 return Err(SendError::Connect(std::io::Error::new(
                     std::io::ErrorKind::ConnectionAborted,
@@ -204,18 +328,25 @@ pub async fn send(
     }
 }
 
-async fn connect(target: &LocalTarget) -> Result<LocalConn, SendError> {
-    let stream = target.dial().await.map_err(SendError::Connect)?;
+/// A connection to `target`: one another caller left idle (when `idle` allows it), or a new one.
+/// True with a new one.
+async fn connect(target: &LocalTarget, idle: bool) -> Result<(LocalConn, bool), SendError> {
+    let (stream, fresh) = match idle.then(|| target.idle.take()).flatten() {
+        Some(stream) => (stream, false),
+        None => (target.dial().await.map_err(SendError::Connect)?, true),
+    };
     let (sender, io) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
         .map_err(SendError::Http)?;
-    Ok(LocalConn {
+    let conn = LocalConn {
         authority: target.authority.clone(),
         sender,
         io: Box::pin(io),
         closed: false,
-    })
+        home: Arc::clone(&target.idle),
+    };
+    Ok((conn, fresh))
 }
 
 enum Unsent {
@@ -328,5 +459,42 @@ impl Body for LocalBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt as _;
+    use tokio::net::TcpListener;
+
+    fn len(conns: &IdleConns) -> usize {
+        crate::sync::lock(&conns.0).conns.len()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_the_upstream_closed_or_that_waited_too_long_are_closed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns = Arc::new(IdleConns::default());
+        let mut far_ends = Vec::new();
+        for _ in 0..2 {
+            let near = TcpStream::connect(addr).await.unwrap();
+            far_ends.push(listener.accept().await.unwrap().0);
+            conns.put(near, ParkTicket::take().unwrap());
+        }
+        // The upstream closes the first; the reaper's next round closes it on portvakt's side.
+        drop(far_ends.remove(0));
+        tokio::time::sleep(IDLE_FOR / 6 + Duration::from_secs(1)).await;
+        assert_eq!(len(&conns), 1);
+        assert!(crate::sync::lock(&conns.0).reaping);
+        // The second waits out IDLE_FOR, and is closed: its far end reads the end.
+        tokio::time::sleep(IDLE_FOR).await;
+        assert_eq!(len(&conns), 0);
+        assert!(!crate::sync::lock(&conns.0).reaping, "the reaper ended");
+        let mut byte = [0u8; 1];
+        assert_eq!(far_ends[0].read(&mut byte).await.unwrap(), 0);
+        assert!(conns.take().is_none());
     }
 }

@@ -464,3 +464,78 @@ async fn an_upstream_at_an_ipv6_literal_is_reached() {
         "{head}"
     );
 }
+
+/// Sends `request` on a new connection that closes after it, as a caller without keep-alive
+/// does, and returns the answer once portvakt has closed the connection.
+async fn call_once(proxy: &Running, request: &[u8]) -> Answer {
+    let mut caller = TcpStream::connect(proxy.listen).await.unwrap();
+    caller.write_all(request).await.unwrap();
+    let mut buf = Vec::new();
+    let answer = read_answer(&mut caller, &mut buf, false).await;
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), caller.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    // portvakt leaves the upstream connection to the next caller just after it closes this one.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    answer
+}
+
+#[tokio::test]
+async fn callers_that_close_their_connections_share_upstream_connections() {
+    let (mock, echo) = mock_and_upstream().await;
+    let proxy = lane_proxy(&mock, &echo.url(), "").await;
+    // The lane (GET, small POST) and hyper (HTTP/1.0, a chunked body) alike, each call on a
+    // connection of its own.
+    let calls: [&[u8]; 5] = [
+        b"GET /nav/1 HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n",
+        b"GET /nav/2 HTTP/1.0\r\nHost: p\r\n\r\n",
+        b"POST /nav/3 HTTP/1.1\r\nHost: p\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi",
+        b"POST /nav/4 HTTP/1.1\r\nHost: p\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+        b"GET /nav/5 HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n",
+    ];
+    for call in calls {
+        let answer = call_once(&proxy, call).await;
+        assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(call));
+    }
+    let records = echo.records();
+    assert_eq!(records.len(), 5);
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r.target, format!("/{}", i + 1));
+        assert!(r.token_valid, "{}: {:?}", r.target, r.token_error);
+        assert_eq!(
+            r.peer, records[0].peer,
+            "{}: every call on the first upstream connection",
+            r.target
+        );
+    }
+    assert_eq!(
+        (records[3].method.as_str(), records[3].body_len),
+        ("POST", 2)
+    );
+}
+
+#[tokio::test]
+async fn a_connection_left_by_a_caller_is_not_used_once_the_upstream_closed_it() {
+    let (up, (mock, _echo)) = (scripted().await, mock_and_upstream().await);
+    let proxy = lane_proxy(&mock, &up.url, "").await;
+    // `/bye` answers and then closes the upstream connection, which its caller leaves to the
+    // next; a POST after it, on the lane or through hyper, must go on a new connection.
+    let posts: [&[u8]; 2] = [
+        b"POST /nav/x HTTP/1.1\r\nHost: p\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi",
+        b"POST /nav/x HTTP/1.0\r\nHost: p\r\nContent-Length: 2\r\n\r\nhi",
+    ];
+    for (i, post) in posts.iter().enumerate() {
+        let a = call_once(
+            &proxy,
+            b"GET /nav/bye HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!((a.status, a.body.as_slice()), (200, &b"bye"[..]));
+        let a = call_once(&proxy, post).await;
+        assert_eq!((a.status, a.body.as_slice()), (200, &b"ok"[..]), "post {i}");
+    }
+    // The first POST's connection went on to the second `/bye`, which closed it: three in all.
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 3);
+}

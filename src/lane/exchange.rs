@@ -187,14 +187,20 @@ impl Exchange<'_> {
             upstream: route.upstream.to_string(),
             after: route.timeout,
         };
-        let mut kept = upstream
-            .take()
-            .filter(|conn| conn.authority == target.authority && !conn.stirred());
+        let mut kept = upstream.take().and_then(|conn| {
+            if conn.authority != target.authority {
+                conn.release();
+                None
+            } else {
+                (!conn.stirred()).then_some(conn)
+            }
+        });
+        let mut retried = false;
         loop {
-            let reused = kept.is_some();
-            let mut conn = match kept.take() {
-                Some(conn) => conn,
-                None => timeout_at(deadline, connect(target))
+            let (mut conn, reused) = match kept.take() {
+                Some(conn) => (conn, true),
+                // After a kept connection failed, a new one: not another that waited as long.
+                None => timeout_at(deadline, connect(target, !retried))
                     .await
                     .map_err(|_| timed_out())?
                     .map_err(|e| unreachable(route, &e))?,
@@ -214,6 +220,7 @@ impl Exchange<'_> {
                 }
                 // Closed before a byte of an answer: once more, on a new connection.
                 Ok(Err(HeadError::Unanswered(_))) if reused && idempotent(&self.request.method) => {
+                    retried = true;
                 }
                 Ok(Err(HeadError::Unanswered(e) | HeadError::Io(e))) => {
                     return Err(ProxyError::UpstreamFailed {

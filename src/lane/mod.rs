@@ -76,7 +76,8 @@ pub async fn serve(
         stream,
         buf: Vec::new(),
     };
-    let mut upstream: Option<Upstream> = None;
+    let mut upstream = Kept(None);
+    let upstream = &mut upstream.0;
     let mut buffers = Buffers::default();
     loop {
         let deadline = Instant::now() + HEAD_TIMEOUT;
@@ -169,10 +170,22 @@ pub async fn serve(
                 }
             }
         }
-        let kept = exchange.run(&mut caller, &mut upstream, &mut buffers).await;
+        let kept = exchange.run(&mut caller, upstream, &mut buffers).await;
         if !kept || close {
             let _ = caller.stream.shutdown().await;
             return Outcome::Closed;
+        }
+    }
+}
+
+/// The caller's upstream connection between requests. When the caller leaves, or its
+/// connection goes to hyper, a connection that waits for a next request is left to other callers.
+struct Kept(Option<Upstream>);
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            conn.release();
         }
     }
 }

@@ -3,11 +3,11 @@
 
 use super::response::{self, Answer, Framing, Rewrite};
 use super::{pool, read, write, Caller, BUF, MAX_ANSWER_HEAD, STREAM_BUF};
-use crate::affinity::{LocalTarget, ParkTicket};
+use crate::affinity::{self, IdleConns, LocalTarget, ParkTicket};
 use crate::upstream::Fault;
 use http::uri::Authority;
 use std::io;
-use std::task::Context;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
@@ -21,25 +21,39 @@ pub(super) struct Upstream {
     pub(super) buf: Vec<u8>,
     /// Held while the connection waits for the caller's next request.
     pub(super) parked: Option<ParkTicket>,
+    /// Where the connection goes when its caller leaves while it waits.
+    home: Arc<IdleConns>,
 }
 
-pub(super) async fn connect(target: &LocalTarget) -> io::Result<Upstream> {
-    Ok(Upstream {
+/// A connection to `target`: one another caller left idle (when `idle` allows it), or a new one.
+/// True with one left.
+pub(super) async fn connect(target: &LocalTarget, idle: bool) -> io::Result<(Upstream, bool)> {
+    let (stream, reused) = match idle.then(|| target.idle.take()).flatten() {
+        Some(stream) => (stream, true),
+        None => (target.dial().await?, false),
+    };
+    let conn = Upstream {
         authority: target.authority.clone(),
-        stream: target.dial().await?,
+        stream,
         buf: Vec::new(),
         parked: None,
-    })
+        home: Arc::clone(&target.idle),
+    };
+    Ok((conn, reused))
 }
 
 impl Upstream {
-    /// Whether the kept connection became readable while it waited: the upstream closed it (or
-    /// sent what it should not have). Read off tokio's readiness, without a system call; a
-    /// request on such a connection would fail, and one that is not idempotent cannot be sent
-    /// again.
+    /// Whether the kept connection became readable while it waited (`affinity::stirred`).
     pub(super) fn stirred(&self) -> bool {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        self.stream.poll_read_ready(&mut cx).is_ready()
+        affinity::stirred(&self.stream)
+    }
+
+    /// Leaves a connection that waits for its caller's next request (it holds a parking ticket,
+    /// and nothing of an answer is unread) to the next caller; any other is closed.
+    pub(super) fn release(self) {
+        if let (Some(ticket), true) = (self.parked, self.buf.is_empty()) {
+            self.home.put(self.stream, ticket);
+        }
     }
 }
 
