@@ -6,9 +6,10 @@
 //! proxies keep using the pooled client. A caller's connection parks one idle upstream connection;
 //! a call to another upstream on it closes that one and opens its own.
 
+use crate::direct::{IdleConns, LocalTarget, ParkTicket, Stream};
 use crate::upstream::UpstreamBody;
 use bytes::Bytes;
-use http::header::{HeaderValue, HOST};
+use http::header::HOST;
 use http::uri::Authority;
 use http::{Request, Response, Uri};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -17,18 +18,10 @@ use hyper::client::conn::TrySendError;
 use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
-use tokio::net::TcpStream;
 
-/// Idle upstream connections parked by all callers together; beyond this an idle one is closed,
-/// so ten thousand idle callers do not hold ten thousand upstream connections.
-const MAX_PARKED: usize = 256;
-static PARKED: AtomicUsize = AtomicUsize::new(0);
-
-type Conn = Connection<TokioIo<TcpStream>, UpstreamBody>;
+type Conn = Connection<TokioIo<Stream>, UpstreamBody>;
 
 /// One upstream connection: the handle requests are sent on, and the future that does its I/O.
 struct LocalConn {
@@ -86,26 +79,6 @@ impl Drop for Parked {
     }
 }
 
-/// A place among the idle upstream connections parked across all callers (at most
-/// [`MAX_PARKED`]), given back when dropped.
-pub struct ParkTicket(());
-
-impl ParkTicket {
-    pub fn take() -> Option<Self> {
-        if PARKED.fetch_add(1, Ordering::Relaxed) >= MAX_PARKED {
-            PARKED.fetch_sub(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(ParkTicket(()))
-    }
-}
-
-impl Drop for ParkTicket {
-    fn drop(&mut self) {
-        PARKED.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 impl Affinity {
     /// The parked connection, when it goes to `authority`. One to another upstream stays parked
     /// until a new one takes its place, and is then left to other callers.
@@ -129,141 +102,6 @@ impl Affinity {
             ticket: Some(ticket),
         });
         drop(previous);
-    }
-}
-
-/// Where a route's upstream can be reached on a connection of the caller's own.
-#[derive(Debug, Clone)]
-pub struct LocalTarget {
-    pub authority: Authority,
-    /// `Host`, which the pooled client would set from the URI.
-    pub host: HeaderValue,
-    pub connect_timeout: Duration,
-    /// Connections left idle by callers that went away, for the next caller.
-    pub idle: Arc<IdleConns>,
-}
-
-/// How long a connection may wait among [`IdleConns`]: the pooled client's idle timeout.
-const IDLE_FOR: Duration = Duration::from_secs(90);
-
-/// Idle keep-alive connections to one upstream that outlived their caller's connection. Without
-/// them a caller that opens a connection per request (common for legacy systems) costs a new
-/// upstream connection per request, and the upstream side's ephemeral ports, held in TIME_WAIT
-/// for a minute each, run out at a few hundred requests a second.
-#[derive(Default)]
-pub struct IdleConns(Mutex<Idle>);
-
-#[derive(Default)]
-struct Idle {
-    conns: Vec<IdleConn>,
-    /// A task closes the expired and the upstream-closed while any wait.
-    reaping: bool,
-}
-
-struct IdleConn {
-    stream: TcpStream,
-    since: tokio::time::Instant,
-    _ticket: ParkTicket,
-}
-
-impl IdleConn {
-    /// Not idle too long, and not readable, which on an idle connection means the upstream closed
-    /// it.
-    fn usable(&self) -> bool {
-        self.since.elapsed() < IDLE_FOR && !stirred(&self.stream)
-    }
-}
-
-impl IdleConns {
-    /// The most recently left connection that is still usable.
-    pub fn take(&self) -> Option<TcpStream> {
-        let mut idle = crate::sync::lock(&self.0);
-        while let Some(conn) = idle.conns.pop() {
-            if conn.usable() {
-                return Some(conn.stream);
-            }
-        }
-        None
-    }
-
-    /// Keeps `stream`, idle with nothing unread, for the next caller.
-    pub fn put(self: &Arc<Self>, stream: TcpStream, ticket: ParkTicket) {
-        let mut idle = crate::sync::lock(&self.0);
-        idle.conns.push(IdleConn {
-            stream,
-            since: tokio::time::Instant::now(),
-            _ticket: ticket,
-        });
-        if !idle.reaping {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                idle.reaping = true;
-                runtime.spawn(reap(Arc::downgrade(self)));
-            }
-        }
-    }
-}
-
-/// Closes what can no longer be used, so a quiet upstream is not held open (nor its half-closed
-/// connections kept) until the next caller; ends with the last idle connection, or its route.
-async fn reap(conns: std::sync::Weak<IdleConns>) {
-    loop {
-        tokio::time::sleep(IDLE_FOR / 6).await;
-        let Some(conns) = conns.upgrade() else {
-            return;
-        };
-        let mut idle = crate::sync::lock(&conns.0);
-        idle.conns.retain(IdleConn::usable);
-        if idle.conns.is_empty() {
-            idle.reaping = false;
-            return;
-        }
-    }
-}
-
-impl std::fmt::Debug for IdleConns {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "IdleConns({})", crate::sync::lock(&self.0).conns.len())
-    }
-}
-
-/// Whether an idle connection became readable while it waited: the upstream closed it (or sent
-/// what it should not have). Read off tokio's readiness, without a system call; a request on
-/// such a connection would fail, and one that is not idempotent cannot be sent again.
-pub fn stirred(stream: &TcpStream) -> bool {
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    stream.poll_read_ready(&mut cx).is_ready()
-}
-
-impl LocalTarget {
-    /// A TCP connection to the upstream within the connect timeout, with `TCP_NODELAY`.
-    pub async fn dial(&self) -> std::io::Result<TcpStream> {
-        // As a string, so an IPv6 literal keeps its brackets and parses.
-        let addr = format!(
-            "{}:{}",
-            self.authority.host(),
-            self.authority.port_u16().unwrap_or(80)
-        );
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
-                Ok(stream) => stream?,
-                Err(_) => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "connect timeout",
-                    ))
-                }
-            };
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
-    }
-
-    pub fn new(authority: Authority, connect_timeout: Duration) -> Option<Self> {
-        Some(LocalTarget {
-            host: HeaderValue::from_str(authority.as_str()).ok()?,
-            authority,
-            connect_timeout,
-            idle: Arc::default(),
-        })
     }
 }
 
@@ -459,42 +297,5 @@ impl Body for LocalBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-    use tokio::io::AsyncReadExt as _;
-    use tokio::net::TcpListener;
-
-    fn len(conns: &IdleConns) -> usize {
-        crate::sync::lock(&conns.0).conns.len()
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn idle_connections_the_upstream_closed_or_that_waited_too_long_are_closed() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let conns = Arc::new(IdleConns::default());
-        let mut far_ends = Vec::new();
-        for _ in 0..2 {
-            let near = TcpStream::connect(addr).await.unwrap();
-            far_ends.push(listener.accept().await.unwrap().0);
-            conns.put(near, ParkTicket::take().unwrap());
-        }
-        // The upstream closes the first; the reaper's next round closes it on portvakt's side.
-        drop(far_ends.remove(0));
-        tokio::time::sleep(IDLE_FOR / 6 + Duration::from_secs(1)).await;
-        assert_eq!(len(&conns), 1);
-        assert!(crate::sync::lock(&conns.0).reaping);
-        // The second waits out IDLE_FOR, and is closed: its far end reads the end.
-        tokio::time::sleep(IDLE_FOR).await;
-        assert_eq!(len(&conns), 0);
-        assert!(!crate::sync::lock(&conns.0).reaping, "the reaper ended");
-        let mut byte = [0u8; 1];
-        assert_eq!(far_ends[0].read(&mut byte).await.unwrap(), 0);
-        assert!(conns.take().is_none());
     }
 }

@@ -269,6 +269,13 @@ pub fn assemble(
         };
         let upstream = Target::from_uri(&r.upstream)
             .with_context(|| format!("route {}: upstream has no scheme or host", r.name))?;
+        let (http, tls) = upstreams
+            .get(r)
+            .with_context(|| format!("route {}", r.name))?;
+        let local = crate::upstream::local_target(&r.upstream, &r.proxy, r.connect_timeout, &tls);
+        if let Some(local) = &local {
+            local.probe();
+        }
         routes.push(Arc::new(Route {
             name: Arc::new(r.name.clone()),
             prefix: r.prefix.clone(),
@@ -282,10 +289,8 @@ pub fn assemble(
                 .collect(),
             timeout: r.timeout,
             retry_body_max: r.retry_on_401.then_some(r.retry_body_max_bytes),
-            http: upstreams
-                .get(r)
-                .with_context(|| format!("route {}", r.name))?,
-            local: crate::upstream::local_target(&r.upstream, &r.proxy, r.connect_timeout),
+            http,
+            local,
             allow: r.allow.clone(),
             api_keys: r.api_keys.clone(),
             api_key_header: r.api_key_header.clone(),
@@ -319,7 +324,7 @@ pub fn assemble(
 /// agree on all three share one, and its connections.
 struct UpstreamClients {
     tls: rustls::ClientConfig,
-    made: Vec<(UpstreamKind, UpstreamClient)>,
+    made: Vec<(UpstreamKind, UpstreamClient, rustls::ClientConfig)>,
 }
 
 /// What sets two routes' upstream clients apart: extra CA file, connect timeout, proxy.
@@ -333,22 +338,23 @@ impl UpstreamClients {
         }
     }
 
-    fn get(&mut self, r: &RouteConfig) -> anyhow::Result<UpstreamClient> {
+    /// The route's pooled client, and the TLS configuration it verifies upstreams with.
+    fn get(&mut self, r: &RouteConfig) -> anyhow::Result<(UpstreamClient, rustls::ClientConfig)> {
         let key = (
             r.ca_file.as_ref().map(|c| c.path.clone()),
             r.connect_timeout,
             r.proxy.clone(),
         );
-        if let Some((_, client)) = self.made.iter().find(|(k, _)| *k == key) {
-            return Ok(client.clone());
+        if let Some((_, client, tls)) = self.made.iter().find(|(k, _, _)| *k == key) {
+            return Ok((client.clone(), tls.clone()));
         }
         let tls = match &r.ca_file {
             None => self.tls.clone(),
             Some(ca) => tls_config(&ca.certs).with_context(|| ca.path.display().to_string())?,
         };
-        let client = crate::upstream::client(tls, r.connect_timeout, &r.proxy);
-        self.made.push((key, client.clone()));
-        Ok(client)
+        let client = crate::upstream::client(tls.clone(), r.connect_timeout, &r.proxy);
+        self.made.push((key, client.clone(), tls.clone()));
+        Ok((client, tls))
     }
 }
 

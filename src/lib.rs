@@ -16,6 +16,7 @@ pub mod body;
 pub mod check;
 pub mod config;
 pub mod demo;
+pub mod direct;
 pub mod error;
 pub mod json_log;
 pub mod keygen;

@@ -483,7 +483,8 @@ async fn send(
     type BoxError = Box<dyn std::error::Error + Send + Sync>;
     let affinity = request.extensions().get::<Affinity>().cloned();
     let sent = match (&route.local, affinity) {
-        (Some(target), Some(affinity)) => {
+        // A connection of the caller's own is plain TCP; TLS takes the pooled client.
+        (Some(target), Some(affinity)) if !target.is_tls() => {
             let sending = affinity::send(&affinity, target, request);
             match tokio::time::timeout(route.timeout, sending).await {
                 Err(_) => Err(Failed::Timeout),
@@ -494,7 +495,12 @@ async fn send(
         }
         _ => match tokio::time::timeout(route.timeout, route.http.request(request)).await {
             Err(_) => Err(Failed::Timeout),
-            Ok(Ok(response)) => Ok(response.map(body::Inner::Incoming)),
+            Ok(Ok(response)) => {
+                if let Some(target) = &route.local {
+                    target.learn(response.version());
+                }
+                Ok(response.map(body::Inner::Incoming))
+            }
             Ok(Err(e)) if e.is_connect() => Err(Failed::Connecting(e.into())),
             Ok(Err(e)) => Err(Failed::Exchanging(e.into())),
         },

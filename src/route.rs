@@ -27,7 +27,7 @@ pub struct Route {
     pub http: UpstreamClient,
     /// Set for a plain-HTTP upstream reached without a proxy: calls go on the caller's own
     /// upstream connection (`affinity.rs`) instead of the pool.
-    pub local: Option<crate::affinity::LocalTarget>,
+    pub local: Option<crate::direct::LocalTarget>,
     /// Caller networks let in on this route, besides `inbound.allow`.
     pub allow: Option<AllowList>,
     /// Keys a caller must present in `api_key_header`; empty when none is asked for.

@@ -50,17 +50,16 @@ pub fn client(
         .build(https)
 }
 
-/// Where calls to `upstream` can go on the caller's own connection (`affinity.rs`): a plain-HTTP
-/// upstream that no egress proxy intercepts. HTTPS keeps the pooled client, which negotiates
-/// HTTP/2 by ALPN and shares TLS sessions.
+/// Where calls to `upstream` can go on a connection portvakt holds itself (`direct.rs`): an
+/// upstream that no egress proxy intercepts. An https:// one is verified with `tls`, and takes
+/// the pooled client (HTTP/2 by ALPN, shared TLS sessions) until it is known to speak HTTP/1.1
+/// only.
 pub fn local_target(
     upstream: &Uri,
     egress: &Egress,
     connect_timeout: Duration,
-) -> Option<crate::affinity::LocalTarget> {
-    if upstream.scheme() != Some(&http::uri::Scheme::HTTP) {
-        return None;
-    }
+    tls: &rustls::ClientConfig,
+) -> Option<crate::direct::LocalTarget> {
     let direct = match egress {
         Egress::Direct => true,
         Egress::Environment => Matcher::from_env().intercept(upstream).is_none(),
@@ -69,7 +68,7 @@ pub fn local_target(
     if !direct {
         return None;
     }
-    crate::affinity::LocalTarget::new(upstream.authority()?.clone(), connect_timeout)
+    crate::direct::LocalTarget::new(upstream, connect_timeout, tls)
 }
 
 /// Opens TCP connections to upstreams, straight or through an outbound proxy with CONNECT (the

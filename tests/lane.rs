@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use portvakt::app::Running;
-use portvakt::mock::MockMaskinporten;
+use portvakt::mock::{EchoUpstream, MockMaskinporten};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -102,54 +102,78 @@ async fn scripted() -> Scripted {
 }
 
 async fn scripted_on(addr: &str) -> Scripted {
+    scripted_with(addr, None).await
+}
+
+/// As [`scripted_on`], over TLS with `tls` (its `url` then https://).
+async fn scripted_with(addr: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Scripted {
     let listener = TcpListener::bind(addr).await.unwrap();
-    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}/", listener.local_addr().unwrap());
     let heads = Arc::new(Mutex::new(Vec::new()));
     let accepted = Arc::new(AtomicUsize::new(0));
     let (kept, count) = (Arc::clone(&heads), Arc::clone(&accepted));
     tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
+        while let Ok((stream, _)) = listener.accept().await {
             count.fetch_add(1, Ordering::SeqCst);
             let kept = Arc::clone(&kept);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match stream.read(&mut chunk).await {
-                            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                            _ => return,
+            match &tls {
+                None => drop(tokio::spawn(script(stream, kept))),
+                Some(tls) => {
+                    let tls = tls.clone();
+                    tokio::spawn(async move {
+                        if let Ok(stream) = tls.accept(stream).await {
+                            script(stream, kept).await;
                         }
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end + 4]).to_string();
-                    buf.drain(..end + 4);
-                    let path = head.split(' ').nth(1).unwrap_or("/").to_string();
-                    kept.lock().unwrap().push(head);
-                    let answer: &[u8] = match path.as_str() {
-                        "/chunked" => CHUNKED.as_bytes(),
-                        "/close" => b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the close",
-                        "/early" => b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\nX-Up: 2\r\n\r\n",
-                        "/head" => b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n",
-                        "/bad" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
-                        "/bye" => b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbye",
-                        _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
-                    };
-                    if stream.write_all(answer).await.is_err() {
-                        return;
-                    }
-                    // `/bye` closes without saying so, as at a keep-alive timeout.
-                    if path == "/close" || path == "/bad" || path == "/bye" {
-                        return;
-                    }
+                    });
                 }
-            });
+            }
         }
     });
     Scripted {
         url,
         heads,
         accepted,
+    }
+}
+
+/// Answers each request on `stream` with the bytes its path names.
+async fn script(
+    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    kept: Arc<Mutex<Vec<String>>>,
+) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            match stream.read(&mut chunk).await {
+                Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                _ => return,
+            }
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end + 4]).to_string();
+        buf.drain(..end + 4);
+        let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+        kept.lock().unwrap().push(head);
+        let answer: &[u8] = match path.as_str() {
+            "/chunked" => CHUNKED.as_bytes(),
+            "/close" => b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the close",
+            "/early" => b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\nX-Up: 2\r\n\r\n",
+            "/head" => b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n",
+            "/bad" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+            "/bye" => b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbye",
+            _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        };
+        if stream.write_all(answer).await.is_err() || stream.flush().await.is_err() {
+            return;
+        }
+        // `/bye` closes without saying so, as at a keep-alive timeout (over TLS, with a
+        // close_notify).
+        if path == "/close" || path == "/bad" || path == "/bye" {
+            let _ = stream.shutdown().await;
+            return;
+        }
     }
 }
 
@@ -538,4 +562,127 @@ async fn a_connection_left_by_a_caller_is_not_used_once_the_upstream_closed_it()
     }
     // The first POST's connection went on to the second `/bye`, which closed it: three in all.
     assert_eq!(up.accepted.load(Ordering::SeqCst), 3);
+}
+
+/// An HTTPS echo upstream offering `alpn`, trusted with `ca_file: test-ca.pem`, and portvakt with
+/// a route `/nav/` to it.
+async fn https_upstream(alpn: &[&[u8]]) -> (MockMaskinporten, EchoUpstream, Running) {
+    let mock = MockMaskinporten::start(vec![registered_client()], 120)
+        .await
+        .unwrap();
+    let (cert, key) = tls_files();
+    let echo = EchoUpstream::start_tls_offering(Some(mock.decoding_key()), &cert, &key, alpn)
+        .await
+        .unwrap();
+    let proxy = lane_proxy(&mock, &echo.url(), "    ca_file: test-ca.pem\n").await;
+    (mock, echo, proxy)
+}
+
+/// Two callers, each keeping its connection, call in turns: on each caller's own upstream
+/// connection (the lane), or all on one (the pooled client, one call at a time).
+async fn two_callers_in_turns(proxy: &Running) {
+    let mut callers = [
+        TcpStream::connect(proxy.listen).await.unwrap(),
+        TcpStream::connect(proxy.listen).await.unwrap(),
+    ];
+    let mut buf = Vec::new();
+    for round in 0..2 {
+        for (who, caller) in callers.iter_mut().enumerate() {
+            let call = format!("GET /nav/{who}/{round} HTTP/1.1\r\nHost: p\r\n\r\n");
+            caller.write_all(call.as_bytes()).await.unwrap();
+            assert_eq!(read_answer(caller, &mut buf, false).await.status, 200);
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_https_upstream_that_speaks_http1_only_is_served_on_each_callers_own_connection() {
+    let (mock, echo, proxy) = https_upstream(&[b"http/1.1"]).await;
+    // However the first call goes, it (or the handshake at start) shows the upstream offers no
+    // HTTP/2; the calls after it take the lane.
+    let first = call_once(
+        &proxy,
+        b"GET /nav/first HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(first.status, 200);
+    two_callers_in_turns(&proxy).await;
+    let records = echo.records();
+    assert_eq!(records.len(), 5);
+    for r in &records {
+        assert!(r.token_valid, "{}: {:?}", r.target, r.token_error);
+        assert_eq!(r.version, http::Version::HTTP_11);
+        assert_eq!(r.headers["host"], echo.addr().to_string());
+    }
+    let peer = |target: &str| records.iter().find(|r| r.target == target).unwrap().peer;
+    assert_eq!(peer("/0/0"), peer("/0/1"), "caller 0 keeps its connection");
+    assert_eq!(peer("/1/0"), peer("/1/1"), "caller 1 keeps its connection");
+    assert_ne!(peer("/0/0"), peer("/1/0"), "each caller has its own");
+    assert_eq!(mock.token_requests(), 1);
+}
+
+#[tokio::test]
+async fn an_https_upstream_that_offers_http2_is_still_reached_over_it() {
+    let (_mock, echo, proxy) = https_upstream(&[b"h2", b"http/1.1"]).await;
+    let first = call_once(
+        &proxy,
+        b"GET /nav/first HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(first.status, 200);
+    two_callers_in_turns(&proxy).await;
+    let records = echo.records();
+    assert_eq!(records.len(), 5);
+    for r in &records {
+        assert!(r.token_valid, "{}: {:?}", r.target, r.token_error);
+        assert_eq!(r.version, http::Version::HTTP_2, "{}", r.target);
+    }
+}
+
+#[tokio::test]
+async fn a_post_never_meets_a_kept_tls_connection_the_upstream_closed() {
+    let (cert, key) = tls_files();
+    let tls = portvakt::mock::tls_acceptor_offering(&cert, &key, &[b"http/1.1"]).unwrap();
+    let (up, (mock, _echo)) = (
+        scripted_with("127.0.0.1:0", Some(tls)).await,
+        mock_and_upstream().await,
+    );
+    let proxy = lane_proxy(&mock, &up.url, "    ca_file: test-ca.pem\n").await;
+    let first = call_once(
+        &proxy,
+        b"GET /nav/first HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(first.status, 200);
+    // As over plain TCP: `/bye` answers, then closes (with a close_notify) the connection the
+    // lane keeps; the POST after it goes on a new one.
+    let mut caller = TcpStream::connect(proxy.listen).await.unwrap();
+    let mut buf = Vec::new();
+    for i in 0..3 {
+        caller
+            .write_all(b"GET /nav/bye HTTP/1.1\r\nHost: p\r\n\r\n")
+            .await
+            .unwrap();
+        let a = read_answer(&mut caller, &mut buf, false).await;
+        assert_eq!((a.status, a.body.as_slice()), (200, &b"bye"[..]));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        caller
+            .write_all(b"POST /nav/x HTTP/1.1\r\nHost: p\r\nContent-Length: 2\r\n\r\nhi")
+            .await
+            .unwrap();
+        let a = read_answer(&mut caller, &mut buf, false).await;
+        assert_eq!(
+            (a.status, a.body.as_slice()),
+            (200, &b"ok"[..]),
+            "round {i}"
+        );
+    }
+    let posts = up
+        .heads
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|h| h.starts_with("POST /x "))
+        .count();
+    assert_eq!(posts, 3, "each POST sent once");
 }

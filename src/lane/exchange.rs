@@ -4,7 +4,7 @@
 use super::response::{Answer, Rewrite};
 use super::upstream::{connect, exchange_head, relay, Broken, HeadError, Upstream};
 use super::{head, pool, write, Buffers, Caller, Request};
-use crate::affinity::{LocalTarget, ParkTicket};
+use crate::direct::{LocalTarget, ParkTicket};
 use crate::error::ProxyError;
 use crate::proxy::Proxy;
 use crate::request_id;
@@ -187,7 +187,7 @@ impl Exchange<'_> {
             upstream: route.upstream.to_string(),
             after: route.timeout,
         };
-        let mut kept = upstream.take().and_then(|conn| {
+        let mut kept = upstream.take().and_then(|mut conn| {
             if conn.authority != target.authority {
                 conn.release();
                 None

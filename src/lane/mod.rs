@@ -35,7 +35,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::{timeout, timeout_at, Instant};
@@ -263,7 +263,7 @@ fn prepare(proxy: &Proxy, bytes: &[u8], peer: IpAddr, out: &mut Vec<u8>) -> Prep
     let Some((route, remainder)) = snapshot.routes.find(head.path) else {
         return Prepared::Hyper;
     };
-    let Some(target) = &route.local else {
+    let Some(target) = route.local.as_ref().filter(|t| t.speaks_http1_only()) else {
         return Prepared::Hyper;
     };
     if route.allow.as_ref().is_some_and(|a| !a.contains(peer)) || route::escapes_prefix(remainder) {
@@ -331,7 +331,7 @@ fn prepare(proxy: &Proxy, bytes: &[u8], peer: IpAddr, out: &mut Vec<u8>) -> Prep
 
 /// Reads what is there into `buf`'s spare room, waiting until something is. A short read tells
 /// tokio the socket is drained, so no read is spent on finding that out.
-async fn read(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+async fn read(stream: &mut (impl AsyncRead + Unpin), buf: &mut Vec<u8>) -> io::Result<usize> {
     stream.read_buf(buf).await
 }
 

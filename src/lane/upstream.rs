@@ -3,20 +3,19 @@
 
 use super::response::{self, Answer, Framing, Rewrite};
 use super::{pool, read, write, Caller, BUF, MAX_ANSWER_HEAD, STREAM_BUF};
-use crate::affinity::{self, IdleConns, LocalTarget, ParkTicket};
+use crate::direct::{IdleConns, LocalTarget, ParkTicket, Stream};
 use crate::upstream::Fault;
 use http::uri::Authority;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt as _;
-use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 /// The caller's own connection to its route's upstream.
 pub(super) struct Upstream {
     pub(super) authority: Authority,
-    pub(super) stream: TcpStream,
+    pub(super) stream: Stream,
     /// What the upstream sent and the lane has not relayed yet.
     pub(super) buf: Vec<u8>,
     /// Held while the connection waits for the caller's next request.
@@ -43,9 +42,9 @@ pub(super) async fn connect(target: &LocalTarget, idle: bool) -> io::Result<(Ups
 }
 
 impl Upstream {
-    /// Whether the kept connection became readable while it waited (`affinity::stirred`).
-    pub(super) fn stirred(&self) -> bool {
-        affinity::stirred(&self.stream)
+    /// Whether the kept connection became readable while it waited (`Stream::stirred`).
+    pub(super) fn stirred(&mut self) -> bool {
+        self.stream.stirred()
     }
 
     /// Leaves a connection that waits for its caller's next request (it holds a parking ticket,
@@ -72,10 +71,12 @@ pub(super) async fn exchange_head(
     how: &Rewrite<'_>,
     out: &mut Vec<u8>,
 ) -> Result<Answer, HeadError> {
-    conn.stream
-        .write_all(request)
-        .await
-        .map_err(HeadError::Unanswered)?;
+    // Over TLS, what the write left in rustls goes out with the flush.
+    let sent = match conn.stream.write_all(request).await {
+        Ok(()) => conn.stream.flush().await,
+        Err(e) => Err(e),
+    };
+    sent.map_err(HeadError::Unanswered)?;
     if conn.buf.capacity() == 0 {
         conn.buf = pool::take();
     }

@@ -22,6 +22,15 @@ pub fn tls_acceptor(
     cert_pem: &std::path::Path,
     key_pem: &std::path::Path,
 ) -> std::io::Result<tokio_rustls::TlsAcceptor> {
+    tls_acceptor_offering(cert_pem, key_pem, &[b"h2", b"http/1.1"])
+}
+
+/// As [`tls_acceptor`], offering the protocols in `alpn`.
+pub fn tls_acceptor_offering(
+    cert_pem: &std::path::Path,
+    key_pem: &std::path::Path,
+    alpn: &[&[u8]],
+) -> std::io::Result<tokio_rustls::TlsAcceptor> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let invalid = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
@@ -37,7 +46,7 @@ pub fn tls_acceptor(
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| invalid(&e))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
 }
 

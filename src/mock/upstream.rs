@@ -74,13 +74,22 @@ impl EchoUpstream {
     }
 
     /// Starts an HTTPS upstream (ALPN h2 and http/1.1) with the PEM certificate chain and key given.
-    /// Starts an HTTPS upstream (ALPN h2 and http/1.1) with the PEM certificate chain and key given.
     pub async fn start_tls(
         verify_with: Option<DecodingKey>,
         cert_pem: &Path,
         key_pem: &Path,
     ) -> std::io::Result<Self> {
-        let acceptor = super::tls_acceptor(cert_pem, key_pem)?;
+        Self::start_tls_offering(verify_with, cert_pem, key_pem, &[b"h2", b"http/1.1"]).await
+    }
+
+    /// As [`EchoUpstream::start_tls`], offering the protocols in `alpn` (HTTP/1.1 only, for one).
+    pub async fn start_tls_offering(
+        verify_with: Option<DecodingKey>,
+        cert_pem: &Path,
+        key_pem: &Path,
+        alpn: &[&[u8]],
+    ) -> std::io::Result<Self> {
+        let acceptor = super::tls_acceptor_offering(cert_pem, key_pem, alpn)?;
         Self::start_with(
             TcpListener::bind("127.0.0.1:0").await?,
             Some(acceptor),
