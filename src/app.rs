@@ -272,7 +272,7 @@ pub fn assemble(
         let (http, tls) = upstreams
             .get(r)
             .with_context(|| format!("route {}", r.name))?;
-        let local = crate::upstream::local_target(&r.upstream, &r.proxy, r.connect_timeout, &tls);
+        let local = crate::upstream::local_target(r, &tls);
         if let Some(local) = &local {
             local.probe();
         }
@@ -327,8 +327,8 @@ struct UpstreamClients {
     made: Vec<(UpstreamKind, UpstreamClient, rustls::ClientConfig)>,
 }
 
-/// What sets two routes' upstream clients apart: extra CA file, connect timeout, proxy.
-type UpstreamKind = (Option<PathBuf>, Duration, Egress);
+/// What sets two routes' upstream clients apart: extra CA file, connect timeout, proxy, HTTP/2.
+type UpstreamKind = (Option<PathBuf>, Duration, Egress, bool);
 
 impl UpstreamClients {
     fn new(tls: rustls::ClientConfig) -> Self {
@@ -344,6 +344,7 @@ impl UpstreamClients {
             r.ca_file.as_ref().map(|c| c.path.clone()),
             r.connect_timeout,
             r.proxy.clone(),
+            r.upstream_http2,
         );
         if let Some((_, client, tls)) = self.made.iter().find(|(k, _, _)| *k == key) {
             return Ok((client.clone(), tls.clone()));
@@ -352,7 +353,8 @@ impl UpstreamClients {
             None => self.tls.clone(),
             Some(ca) => tls_config(&ca.certs).with_context(|| ca.path.display().to_string())?,
         };
-        let client = crate::upstream::client(tls.clone(), r.connect_timeout, &r.proxy);
+        let client =
+            crate::upstream::client(tls.clone(), r.connect_timeout, &r.proxy, r.upstream_http2);
         self.made.push((key, client.clone(), tls.clone()));
         Ok((client, tls))
     }

@@ -3,9 +3,10 @@
 //! TLS for an https:// upstream that speaks HTTP/1.1.
 //!
 //! An https:// upstream is spoken to over HTTP/2 when it offers it by ALPN, through the pooled
-//! client. Whether it does is learned once per configuration, by a handshake at load
-//! ([`LocalTarget::probe`]) and from every answer the pooled client gets ([`LocalTarget::learn`]);
-//! until an upstream is known to speak HTTP/1.1 only, its requests take the pooled client.
+//! client, unless its route says `upstream_http2: false`. Whether it does is learned once per
+//! configuration, by a handshake at load ([`LocalTarget::probe`]) and from every answer the
+//! pooled client gets ([`LocalTarget::learn`]); until an upstream is known to speak HTTP/1.1 only,
+//! its requests take the pooled client.
 
 use http::header::HeaderValue;
 use http::uri::{Authority, Scheme};
@@ -68,10 +69,12 @@ impl std::fmt::Debug for Tls {
 
 impl LocalTarget {
     /// `upstream` reached directly, with `tls` (the route's client configuration) for https://.
+    /// Without `http2`, an https:// upstream is spoken to over HTTP/1.1 whatever it offers.
     pub fn new(
         upstream: &Uri,
         connect_timeout: Duration,
         tls: &rustls::ClientConfig,
+        http2: bool,
     ) -> Option<Self> {
         let authority = upstream.authority()?.clone();
         let tls = match upstream.scheme() {
@@ -99,7 +102,7 @@ impl LocalTarget {
             authority,
             connect_timeout,
             tls,
-            speaks: Arc::new(AtomicU8::new(UNKNOWN)),
+            speaks: Arc::new(AtomicU8::new(if http2 { UNKNOWN } else { HTTP1_ONLY })),
             idle: Arc::default(),
         })
     }
@@ -135,6 +138,9 @@ impl LocalTarget {
         let (Some(tls), Ok(runtime)) = (&self.tls, tokio::runtime::Handle::try_current()) else {
             return;
         };
+        if self.speaks_http1_only() {
+            return;
+        }
         let (target, connector) = (self.clone(), tls.probe.clone());
         runtime.spawn(async move {
             match target.connect(Some(&connector)).await {

@@ -2,7 +2,7 @@
 //! for what crosses a proxy.
 
 use crate::body::Guarded;
-use crate::config::Egress;
+use crate::config::{Egress, RouteConfig};
 use base64::Engine as _;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
@@ -28,11 +28,13 @@ pub type UpstreamBody = Either<Guarded, Full<Bytes>>;
 
 pub type UpstreamClient = Client<HttpsConnector<EgressConnector>, UpstreamBody>;
 
-/// Keep-alive pooled client, shared by routes with the same TLS trust, connect timeout and proxy.
+/// Keep-alive pooled client, shared by routes with the same TLS trust, connect timeout, proxy and
+/// HTTP/2 setting.
 pub fn client(
     tls: rustls::ClientConfig,
     connect_timeout: Duration,
     egress: &Egress,
+    http2: bool,
 ) -> UpstreamClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
@@ -42,9 +44,13 @@ pub fn client(
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(EgressConnector::new(http, egress));
+        .enable_http1();
+    let connector = EgressConnector::new(http, egress);
+    let https = if http2 {
+        https.enable_http2().wrap_connector(connector)
+    } else {
+        https.wrap_connector(connector)
+    };
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .build(https)
@@ -55,20 +61,23 @@ pub fn client(
 /// the pooled client (HTTP/2 by ALPN, shared TLS sessions) until it is known to speak HTTP/1.1
 /// only.
 pub fn local_target(
-    upstream: &Uri,
-    egress: &Egress,
-    connect_timeout: Duration,
+    route: &RouteConfig,
     tls: &rustls::ClientConfig,
 ) -> Option<crate::direct::LocalTarget> {
-    let direct = match egress {
+    let direct = match &route.proxy {
         Egress::Direct => true,
-        Egress::Environment => Matcher::from_env().intercept(upstream).is_none(),
+        Egress::Environment => Matcher::from_env().intercept(&route.upstream).is_none(),
         Egress::Proxy(_) => false,
     };
     if !direct {
         return None;
     }
-    crate::direct::LocalTarget::new(upstream, connect_timeout, tls)
+    crate::direct::LocalTarget::new(
+        &route.upstream,
+        route.connect_timeout,
+        tls,
+        route.upstream_http2,
+    )
 }
 
 /// Opens TCP connections to upstreams, straight or through an outbound proxy with CONNECT (the

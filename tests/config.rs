@@ -494,6 +494,10 @@ fn parties_load_and_default_their_headers() {
         "0192:974760673"
     );
     assert!(r.retry_on_401);
+    assert!(
+        r.upstream_http2,
+        "HTTP/2 when the upstream offers it, unless set"
+    );
     assert_eq!(r.retry_body_max_bytes, 64 * 1024);
     let users = parse_with(
         &with_route("    systemuser_orgs: [\"910753614\", {org: \"889640782\", externalRef: x}]\n    systemuser_org_header: X-Systembruker\n    retry_body_max_bytes: 0\n"),
@@ -549,6 +553,10 @@ fn bad_parties_are_refused_at_their_field() {
         (
             "    retry_on_401: \"yes\"\n",
             "routes[0].retry_on_401: expected true or false",
+        ),
+        (
+            "    upstream_http2: 1\n",
+            "routes[0].upstream_http2: expected true or false",
         ),
     ];
     for (extra, want) in cases {

@@ -565,8 +565,8 @@ async fn a_connection_left_by_a_caller_is_not_used_once_the_upstream_closed_it()
 }
 
 /// An HTTPS echo upstream offering `alpn`, trusted with `ca_file: test-ca.pem`, and portvakt with
-/// a route `/nav/` to it.
-async fn https_upstream(alpn: &[&[u8]]) -> (MockMaskinporten, EchoUpstream, Running) {
+/// a route `/nav/` to it, plus the route lines in `extra`.
+async fn https_upstream(alpn: &[&[u8]], extra: &str) -> (MockMaskinporten, EchoUpstream, Running) {
     let mock = MockMaskinporten::start(vec![registered_client()], 120)
         .await
         .unwrap();
@@ -574,7 +574,8 @@ async fn https_upstream(alpn: &[&[u8]]) -> (MockMaskinporten, EchoUpstream, Runn
     let echo = EchoUpstream::start_tls_offering(Some(mock.decoding_key()), &cert, &key, alpn)
         .await
         .unwrap();
-    let proxy = lane_proxy(&mock, &echo.url(), "    ca_file: test-ca.pem\n").await;
+    let extra = format!("    ca_file: test-ca.pem\n{extra}");
+    let proxy = lane_proxy(&mock, &echo.url(), &extra).await;
     (mock, echo, proxy)
 }
 
@@ -597,16 +598,40 @@ async fn two_callers_in_turns(proxy: &Running) {
 
 #[tokio::test]
 async fn an_https_upstream_that_speaks_http1_only_is_served_on_each_callers_own_connection() {
-    let (mock, echo, proxy) = https_upstream(&[b"http/1.1"]).await;
+    let (mock, echo, proxy) = https_upstream(&[b"http/1.1"], "").await;
+    each_caller_on_its_own_connection(&mock, &echo, &proxy).await;
+}
+
+#[tokio::test]
+async fn upstream_http2_false_keeps_http1_with_an_upstream_that_offers_http2() {
+    let (mock, echo, proxy) =
+        https_upstream(&[b"h2", b"http/1.1"], "    upstream_http2: false\n").await;
+    each_caller_on_its_own_connection(&mock, &echo, &proxy).await;
+    // A chunked body goes through hyper and the pooled client: HTTP/1.1 there too.
+    let post = call_once(&proxy, b"POST /nav/chunked HTTP/1.1\r\nHost: p\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n").await;
+    assert_eq!(post.status, 200);
+    let last = echo.records().pop().unwrap();
+    assert_eq!(
+        (last.target.as_str(), last.version),
+        ("/chunked", http::Version::HTTP_11)
+    );
+}
+
+/// A first call, then two callers in turns, each on its own HTTP/1.1 upstream connection.
+async fn each_caller_on_its_own_connection(
+    mock: &MockMaskinporten,
+    echo: &EchoUpstream,
+    proxy: &Running,
+) {
     // However the first call goes, it (or the handshake at start) shows the upstream offers no
     // HTTP/2; the calls after it take the lane.
     let first = call_once(
-        &proxy,
+        proxy,
         b"GET /nav/first HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n",
     )
     .await;
     assert_eq!(first.status, 200);
-    two_callers_in_turns(&proxy).await;
+    two_callers_in_turns(proxy).await;
     let records = echo.records();
     assert_eq!(records.len(), 5);
     for r in &records {
@@ -623,7 +648,7 @@ async fn an_https_upstream_that_speaks_http1_only_is_served_on_each_callers_own_
 
 #[tokio::test]
 async fn an_https_upstream_that_offers_http2_is_still_reached_over_it() {
-    let (_mock, echo, proxy) = https_upstream(&[b"h2", b"http/1.1"]).await;
+    let (_mock, echo, proxy) = https_upstream(&[b"h2", b"http/1.1"], "").await;
     let first = call_once(
         &proxy,
         b"GET /nav/first HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n",

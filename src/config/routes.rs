@@ -41,6 +41,7 @@ const ROUTE: &[&str] = &[
     "idle_timeout_seconds",
     "proxy",
     "insecure_http",
+    "upstream_http2",
 ];
 const SYSTEMUSER: &[&str] = &["org", "externalRef"];
 /// A secret value read from a file: `{value_file: path}`.
@@ -203,6 +204,9 @@ fn route(r: &mut Reader, v: &Value, path: &str, cx: &Context) -> Option<RouteCon
     let retry_on_401 = r
         .boolean(m.get("retry_on_401"), &p("retry_on_401"))
         .unwrap_or(true);
+    let upstream_http2 = r
+        .boolean(m.get("upstream_http2"), &p("upstream_http2"))
+        .unwrap_or(true);
     let retry_body_max_bytes = match m.get("retry_body_max_bytes") {
         Some(Value::Number(n)) if n.as_u64() == Some(0) => 0,
         v => r
@@ -323,6 +327,7 @@ fn route(r: &mut Reader, v: &Value, path: &str, cx: &Context) -> Option<RouteCon
         connect_timeout: Duration::from_secs(connect_timeout),
         idle_timeout: Duration::from_secs(idle_timeout),
         proxy,
+        upstream_http2,
     })
 }
 
