@@ -411,3 +411,28 @@ mod tests {
         assert!(conns.take().is_none());
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod learning {
+    use super::*;
+
+    fn target(uri: &str, http2: bool) -> LocalTarget {
+        let tls = crate::app::tls_config(&[]).unwrap();
+        LocalTarget::new(&uri.parse().unwrap(), Duration::from_secs(1), &tls, http2).unwrap()
+    }
+
+    #[test]
+    fn an_https_upstream_takes_the_lane_only_while_it_is_known_to_offer_no_http2() {
+        let t = target("https://api.example.no/", true);
+        assert!(!t.speaks_http1_only(), "unknown at first");
+        t.learn(Version::HTTP_11);
+        assert!(t.speaks_http1_only());
+        t.learn(Version::HTTP_2);
+        assert!(!t.speaks_http1_only(), "it offers HTTP/2 now");
+        assert!(target("https://api.example.no/", false).speaks_http1_only());
+        let plain = target("http://127.0.0.1:8080/", true);
+        plain.learn(Version::HTTP_2);
+        assert!(plain.speaks_http1_only() && !plain.is_tls());
+    }
+}

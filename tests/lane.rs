@@ -695,3 +695,40 @@ async fn a_post_never_meets_a_kept_tls_connection_the_upstream_closed() {
         .count();
     assert_eq!(posts, 3, "each POST sent once");
 }
+
+#[tokio::test]
+async fn the_lanes_tls_verifies_the_upstream_as_the_pooled_client_does() {
+    // `upstream_http2: false` puts the route on the lane from the start; without `ca_file`, the
+    // test CA is not trusted, so the lane's own handshake must fail as the pooled client's does.
+    let mock = MockMaskinporten::start(vec![registered_client()], 120)
+        .await
+        .unwrap();
+    let (cert, key) = tls_files();
+    let echo =
+        EchoUpstream::start_tls_offering(Some(mock.decoding_key()), &cert, &key, &[b"http/1.1"])
+            .await
+            .unwrap();
+    let proxy = lane_proxy(&mock, &echo.url(), "    upstream_http2: false\n").await;
+    let mut caller = TcpStream::connect(proxy.listen).await.unwrap();
+    let mut buf = Vec::new();
+    caller
+        .write_all(b"GET /nav/x HTTP/1.1\r\nHost: p\r\n\r\n")
+        .await
+        .unwrap();
+    let a = read_answer(&mut caller, &mut buf, false).await;
+    assert_eq!(a.status, 502);
+    let problem: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("certificate"),
+        "{problem}"
+    );
+    assert!(echo.records().is_empty(), "nothing reached the upstream");
+    let m = metrics_text(&proxy).await;
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"portvakt_upstream_errors_total{route="nav",kind="tls"}"#
+        ),
+        Some(1.0)
+    );
+}
