@@ -20,6 +20,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
@@ -35,6 +36,8 @@ const IDLE_FOR: Duration = Duration::from_secs(90);
 const UNKNOWN: u8 = 0;
 const HTTP1_ONLY: u8 = 1;
 const HTTP2: u8 = 2;
+/// Unknown, and the handshake that will tell is under way.
+const PROBING: u8 = 3;
 
 /// Where a route's upstream can be reached on a connection portvakt holds itself.
 #[derive(Debug, Clone)]
@@ -44,8 +47,10 @@ pub struct LocalTarget {
     pub host: HeaderValue,
     pub connect_timeout: Duration,
     tls: Option<Tls>,
-    /// For an https:// upstream: [`UNKNOWN`], [`HTTP1_ONLY`] or [`HTTP2`].
+    /// For an https:// upstream: [`UNKNOWN`], [`PROBING`], [`HTTP1_ONLY`] or [`HTTP2`].
     speaks: Arc<AtomicU8>,
+    /// Told when a probe ends, for callers that wait for it.
+    probed: Arc<Notify>,
     /// Connections left idle by callers that went away, for the next caller.
     pub idle: Arc<IdleConns>,
 }
@@ -103,6 +108,7 @@ impl LocalTarget {
             connect_timeout,
             tls,
             speaks: Arc::new(AtomicU8::new(if http2 { UNKNOWN } else { HTTP1_ONLY })),
+            probed: Arc::default(),
             idle: Arc::default(),
         })
     }
@@ -117,6 +123,22 @@ impl LocalTarget {
         self.tls.is_some()
     }
 
+    /// Whether the handshake that learns if the upstream offers HTTP/2 is under way.
+    pub fn probing(&self) -> bool {
+        self.tls.is_some() && self.speaks.load(Ordering::Relaxed) == PROBING
+    }
+
+    /// Waits, at most the connect timeout, for the probe under way to end. A caller that came
+    /// before then would otherwise go to hyper for the whole life of its connection.
+    pub async fn probe_ended(&self) {
+        let notified = self.probed.notified();
+        let mut notified = std::pin::pin!(notified);
+        notified.as_mut().enable();
+        if self.probing() {
+            let _ = tokio::time::timeout(self.connect_timeout, notified).await;
+        }
+    }
+
     /// What the pooled client's answer from this upstream came over: HTTP/2 if the upstream
     /// offers it by ALPN, else HTTP/1.1.
     pub fn learn(&self, version: Version) {
@@ -128,7 +150,9 @@ impl LocalTarget {
         } else {
             HTTP1_ONLY
         };
-        self.speaks.store(speaks, Ordering::Relaxed);
+        if self.speaks.swap(speaks, Ordering::Relaxed) == PROBING {
+            self.probed.notify_waiters();
+        }
     }
 
     /// For an https:// upstream, a TLS handshake in the background that learns whether it offers
@@ -138,7 +162,10 @@ impl LocalTarget {
         let (Some(tls), Ok(runtime)) = (&self.tls, tokio::runtime::Handle::try_current()) else {
             return;
         };
-        if self.speaks_http1_only() {
+        let started =
+            self.speaks
+                .compare_exchange(UNKNOWN, PROBING, Ordering::Relaxed, Ordering::Relaxed);
+        if started.is_err() {
             return;
         }
         let (target, connector) = (self.clone(), tls.probe.clone());
@@ -153,9 +180,20 @@ impl LocalTarget {
                         target.idle.put(Stream::Tls(tls), ticket);
                     }
                 }
-                Ok(Stream::Plain(_)) => {}
-                Err(e) => tracing::debug!(upstream = %target.authority, error = %e, "could not learn whether the upstream offers HTTP/2"),
+                failed => {
+                    if let Err(e) = failed {
+                        tracing::debug!(upstream = %target.authority, error = %e, "could not learn whether the upstream offers HTTP/2");
+                    }
+                    // Unless an answer taught it meanwhile.
+                    let _ = target.speaks.compare_exchange(
+                        PROBING,
+                        UNKNOWN,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                }
             }
+            target.probed.notify_waiters();
         });
     }
 

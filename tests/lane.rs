@@ -93,6 +93,10 @@ struct Scripted {
     url: String,
     heads: Arc<Mutex<Vec<String>>>,
     accepted: Arc<AtomicUsize>,
+    /// For each head in `heads`, the number of the connection it came on (1 for the first).
+    conns: Arc<Mutex<Vec<usize>>>,
+    /// Over TLS, the connections whose client offered HTTP/2 by ALPN.
+    offered_h2: Arc<Mutex<Vec<usize>>>,
 }
 
 const CHUNKED: &str = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Up: 1\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n";
@@ -102,28 +106,60 @@ async fn scripted() -> Scripted {
 }
 
 async fn scripted_on(addr: &str) -> Scripted {
-    scripted_with(addr, None).await
+    scripted_with(addr, None, Duration::ZERO).await
 }
 
-/// As [`scripted_on`], over TLS with `tls` (its `url` then https://).
-async fn scripted_with(addr: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Scripted {
+/// As [`scripted_on`], over TLS with `tls` (its `url` then https://), the first connection's
+/// handshake held back `first_handshake_after`.
+async fn scripted_with(
+    addr: &str,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    first_handshake_after: Duration,
+) -> Scripted {
     let listener = TcpListener::bind(addr).await.unwrap();
     let scheme = if tls.is_some() { "https" } else { "http" };
     let url = format!("{scheme}://{}/", listener.local_addr().unwrap());
     let heads = Arc::new(Mutex::new(Vec::new()));
     let accepted = Arc::new(AtomicUsize::new(0));
-    let (kept, count) = (Arc::clone(&heads), Arc::clone(&accepted));
+    let conns = Arc::new(Mutex::new(Vec::new()));
+    let offered_h2 = Arc::new(Mutex::new(Vec::new()));
+    let (kept, count, on) = (
+        Arc::clone(&heads),
+        Arc::clone(&accepted),
+        Arc::clone(&conns),
+    );
+    let h2 = Arc::clone(&offered_h2);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            let kept = Arc::clone(&kept);
+            let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+            let seen = Seen {
+                heads: Arc::clone(&kept),
+                conns: Arc::clone(&on),
+                conn: n,
+            };
             match &tls {
-                None => drop(tokio::spawn(script(stream, kept))),
+                None => drop(tokio::spawn(script(stream, seen))),
                 Some(tls) => {
-                    let tls = tls.clone();
+                    let (config, h2) = (Arc::clone(tls.config()), Arc::clone(&h2));
                     tokio::spawn(async move {
-                        if let Ok(stream) = tls.accept(stream).await {
-                            script(stream, kept).await;
+                        if n == 1 {
+                            tokio::time::sleep(first_handshake_after).await;
+                        }
+                        let acceptor = rustls::server::Acceptor::default();
+                        let Ok(start) =
+                            tokio_rustls::LazyConfigAcceptor::new(acceptor, stream).await
+                        else {
+                            return;
+                        };
+                        if start
+                            .client_hello()
+                            .alpn()
+                            .is_some_and(|mut p| p.any(|p| p == b"h2"))
+                        {
+                            h2.lock().unwrap().push(n);
+                        }
+                        if let Ok(stream) = start.into_stream(config).await {
+                            script(stream, seen).await;
                         }
                     });
                 }
@@ -134,14 +170,20 @@ async fn scripted_with(addr: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Sc
         url,
         heads,
         accepted,
+        conns,
+        offered_h2,
     }
 }
 
+/// Where a scripted connection records the heads it reads.
+struct Seen {
+    heads: Arc<Mutex<Vec<String>>>,
+    conns: Arc<Mutex<Vec<usize>>>,
+    conn: usize,
+}
+
 /// Answers each request on `stream` with the bytes its path names.
-async fn script(
-    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    kept: Arc<Mutex<Vec<String>>>,
-) {
+async fn script(mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin, seen: Seen) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -155,7 +197,8 @@ async fn script(
         let head = String::from_utf8_lossy(&buf[..end + 4]).to_string();
         buf.drain(..end + 4);
         let path = head.split(' ').nth(1).unwrap_or("/").to_string();
-        kept.lock().unwrap().push(head);
+        seen.heads.lock().unwrap().push(head);
+        seen.conns.lock().unwrap().push(seen.conn);
         let answer: &[u8] = match path.as_str() {
             "/chunked" => CHUNKED.as_bytes(),
             "/close" => b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the close",
@@ -674,7 +717,7 @@ async fn a_post_never_meets_a_kept_tls_connection_the_upstream_closed() {
     let (cert, key) = tls_files();
     let tls = portvakt::mock::tls_acceptor_offering(&cert, &key, &[b"http/1.1"]).unwrap();
     let (up, (mock, _echo)) = (
-        scripted_with("127.0.0.1:0", Some(tls)).await,
+        scripted_with("127.0.0.1:0", Some(tls), Duration::ZERO).await,
         mock_and_upstream().await,
     );
     let proxy = lane_proxy(&mock, &up.url, "    ca_file: test-ca.pem\n").await;
@@ -730,5 +773,29 @@ async fn the_lanes_tls_verifies_the_upstream_as_the_pooled_client_does() {
             r#"portvakt_upstream_errors_total{route="nav",kind="tls"}"#
         ),
         Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn callers_that_come_while_the_upstream_is_asked_about_http2_wait_and_take_the_lane() {
+    let (cert, key) = tls_files();
+    let tls = portvakt::mock::tls_acceptor_offering(&cert, &key, &[b"http/1.1"]).unwrap();
+    // The handshake portvakt makes at start to learn whether the upstream offers HTTP/2 is held
+    // back a second; the callers come at once.
+    let (up, (mock, _echo)) = (
+        scripted_with("127.0.0.1:0", Some(tls), Duration::from_secs(1)).await,
+        mock_and_upstream().await,
+    );
+    let proxy = lane_proxy(&mock, &up.url, "    ca_file: test-ca.pem\n").await;
+    two_callers_in_turns(&proxy).await;
+    // They waited for it and took the lane: the first caller on the probe's connection (which
+    // offered HTTP/2, and got HTTP/1.1), the second on one of the lane's, which offer HTTP/1.1
+    // only. The pooled client's connections offer HTTP/2 as well.
+    let conns = up.conns.lock().unwrap().clone();
+    assert_eq!(conns, [1, 2, 1, 2]);
+    assert_eq!(
+        *up.offered_h2.lock().unwrap(),
+        [1],
+        "only the probe offered HTTP/2"
     );
 }

@@ -84,6 +84,8 @@ pub async fn serve(
         // How far the buffer was searched for the head's end: a head sent a byte at a time is
         // parsed once, not once per byte.
         let mut searched = 0;
+        // Whether this head waited for its upstream's probe already: once is enough.
+        let mut waited = false;
         let (started, request) = loop {
             if !caller.buf.is_empty() {
                 let started = std::time::Instant::now();
@@ -96,8 +98,16 @@ pub async fn serve(
                 searched = caller.buf.len();
                 match prepared {
                     Prepared::Ready(request) => break (started, request),
+                    Prepared::Learning(route) if !waited => {
+                        if let Some(target) = &route.local {
+                            // Boxed: rare, and inline it would grow every caller's task.
+                            Box::pin(target.probe_ended()).await;
+                        }
+                        (waited, searched) = (true, 0);
+                        continue;
+                    }
                     Prepared::Partial if caller.buf.len() < max_head => {}
-                    Prepared::Partial | Prepared::Hyper => {
+                    Prepared::Partial | Prepared::Hyper | Prepared::Learning(_) => {
                         return Outcome::Hyper(Rewind::new(caller.buf, caller.stream));
                     }
                 }
@@ -227,6 +237,8 @@ impl Buffers {
 enum Prepared {
     Partial,
     Hyper,
+    /// The route's upstream is being asked whether it offers HTTP/2: ask again once it has said.
+    Learning(Arc<Route>),
     Ready(Request),
 }
 
@@ -263,9 +275,15 @@ fn prepare(proxy: &Proxy, bytes: &[u8], peer: IpAddr, out: &mut Vec<u8>) -> Prep
     let Some((route, remainder)) = snapshot.routes.find(head.path) else {
         return Prepared::Hyper;
     };
-    let Some(target) = route.local.as_ref().filter(|t| t.speaks_http1_only()) else {
+    let Some(target) = &route.local else {
         return Prepared::Hyper;
     };
+    if target.probing() {
+        return Prepared::Learning(Arc::clone(route));
+    }
+    if !target.speaks_http1_only() {
+        return Prepared::Hyper;
+    }
     if route.allow.as_ref().is_some_and(|a| !a.contains(peer)) || route::escapes_prefix(remainder) {
         return Prepared::Hyper;
     }
