@@ -3,8 +3,9 @@
 //! and drives it inside its own task: a proxied request then wakes no other task. The pooled
 //! client (`upstream.rs`) hands every request to a separate connection task and back, and on a
 //! loaded machine those wake-ups cost more than the proxying itself. HTTPS, HTTP/2 and egress
-//! proxies keep using the pooled client. A caller's connection parks one idle upstream connection;
-//! a call to another upstream on it closes that one and opens its own.
+//! proxies keep using the pooled client here (the lane serves HTTPS/1.1 itself). A caller's
+//! connection parks one idle upstream connection; when the caller leaves, or calls another
+//! upstream, that one goes to its route's idle set (`direct::IdleConns`) for other callers.
 
 use crate::direct::{IdleConns, LocalTarget, ParkTicket, Stream};
 use crate::upstream::UpstreamBody;
