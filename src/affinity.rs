@@ -170,10 +170,7 @@ pub async fn send(
 /// A connection to `target`: one another caller left idle (when `idle` allows it), or a new one.
 /// True with a new one.
 async fn connect(target: &LocalTarget, idle: bool) -> Result<(LocalConn, bool), SendError> {
-    let (stream, fresh) = match idle.then(|| target.idle.take()).flatten() {
-        Some(stream) => (stream, false),
-        None => (target.dial().await.map_err(SendError::Connect)?, true),
-    };
+    let (stream, reused) = target.connection(idle).await.map_err(SendError::Connect)?;
     let (sender, io) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
@@ -185,7 +182,7 @@ async fn connect(target: &LocalTarget, idle: bool) -> Result<(LocalConn, bool), 
         closed: false,
         home: Arc::clone(&target.idle),
     };
-    Ok((conn, fresh))
+    Ok((conn, !reused))
 }
 
 enum Unsent {

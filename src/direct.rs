@@ -47,7 +47,7 @@ pub struct LocalTarget {
     pub host: HeaderValue,
     pub connect_timeout: Duration,
     tls: Option<Tls>,
-    /// For an https:// upstream: [`UNKNOWN`], [`PROBING`], [`HTTP1_ONLY`] or [`HTTP2`].
+    /// [`UNKNOWN`], [`PROBING`], [`HTTP1_ONLY`] (always for http://) or [`HTTP2`].
     speaks: Arc<AtomicU8>,
     /// Told when a probe ends, for callers that wait for it.
     probed: Arc<Notify>,
@@ -102,12 +102,17 @@ impl LocalTarget {
             }
             _ => return None,
         };
+        let speaks = if tls.is_some() && http2 {
+            UNKNOWN
+        } else {
+            HTTP1_ONLY
+        };
         Some(LocalTarget {
             host: HeaderValue::from_str(authority.as_str()).ok()?,
             authority,
             connect_timeout,
             tls,
-            speaks: Arc::new(AtomicU8::new(if http2 { UNKNOWN } else { HTTP1_ONLY })),
+            speaks: Arc::new(AtomicU8::new(speaks)),
             probed: Arc::default(),
             idle: Arc::default(),
         })
@@ -116,7 +121,7 @@ impl LocalTarget {
     /// Whether requests may go on portvakt's own HTTP/1.1 connections: always for http://, and
     /// for https:// once the upstream is known not to offer HTTP/2.
     pub fn speaks_http1_only(&self) -> bool {
-        self.tls.is_none() || self.speaks.load(Ordering::Relaxed) == HTTP1_ONLY
+        self.speaks.load(Ordering::Relaxed) == HTTP1_ONLY
     }
 
     pub fn is_tls(&self) -> bool {
@@ -125,7 +130,7 @@ impl LocalTarget {
 
     /// Whether the handshake that learns if the upstream offers HTTP/2 is under way.
     pub fn probing(&self) -> bool {
-        self.tls.is_some() && self.speaks.load(Ordering::Relaxed) == PROBING
+        self.speaks.load(Ordering::Relaxed) == PROBING
     }
 
     /// Waits, at most the connect timeout, for the probe under way to end. A caller that came
@@ -139,8 +144,9 @@ impl LocalTarget {
         }
     }
 
-    /// What the pooled client's answer from this upstream came over: HTTP/2 if the upstream
-    /// offers it by ALPN, else HTTP/1.1.
+    /// What the pooled client's answer from this upstream came over (or the probe negotiated):
+    /// HTTP/2 if the upstream offers it by ALPN, else HTTP/1.1. Written only when it changes, as
+    /// every pooled answer tells it.
     pub fn learn(&self, version: Version) {
         if self.tls.is_none() {
             return;
@@ -150,7 +156,9 @@ impl LocalTarget {
         } else {
             HTTP1_ONLY
         };
-        if self.speaks.swap(speaks, Ordering::Relaxed) == PROBING {
+        if self.speaks.load(Ordering::Relaxed) != speaks
+            && self.speaks.swap(speaks, Ordering::Relaxed) == PROBING
+        {
             self.probed.notify_waiters();
         }
     }
@@ -159,23 +167,22 @@ impl LocalTarget {
     /// HTTP/2. One that does not keeps the connection for the first caller. A failed handshake
     /// teaches nothing: the pooled client's first answer will.
     pub fn probe(&self) {
-        let (Some(tls), Ok(runtime)) = (&self.tls, tokio::runtime::Handle::try_current()) else {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        // Only an https:// upstream whose answer is not known yet starts as UNKNOWN.
         let started =
             self.speaks
                 .compare_exchange(UNKNOWN, PROBING, Ordering::Relaxed, Ordering::Relaxed);
         if started.is_err() {
             return;
         }
-        let (target, connector) = (self.clone(), tls.probe.clone());
+        let target = self.clone();
         runtime.spawn(async move {
-            match target.connect(Some(&connector)).await {
+            match target.connect(true).await {
                 Ok(Stream::Tls(tls)) => {
                     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                    target
-                        .speaks
-                        .store(if h2 { HTTP2 } else { HTTP1_ONLY }, Ordering::Relaxed);
+                    target.learn(if h2 { Version::HTTP_2 } else { Version::HTTP_11 });
                     if let (false, Some(ticket)) = (h2, ParkTicket::take()) {
                         target.idle.put(Stream::Tls(tls), ticket);
                     }
@@ -197,13 +204,18 @@ impl LocalTarget {
         });
     }
 
-    /// A connection to the upstream within the connect timeout, with `TCP_NODELAY`, and TLS
-    /// offering HTTP/1.1 for https://.
-    pub async fn dial(&self) -> io::Result<Stream> {
-        self.connect(self.tls.as_ref().map(|tls| &tls.http1)).await
+    /// A connection to the upstream: one another caller left idle (when `idle` allows it), or a
+    /// new one. True with one left.
+    pub async fn connection(&self, idle: bool) -> io::Result<(Stream, bool)> {
+        match idle.then(|| self.idle.take()).flatten() {
+            Some(stream) => Ok((stream, true)),
+            None => Ok((self.connect(false).await?, false)),
+        }
     }
 
-    async fn connect(&self, connector: Option<&TlsConnector>) -> io::Result<Stream> {
+    /// A new connection within the connect timeout, with `TCP_NODELAY`, and for https:// TLS
+    /// offering HTTP/1.1 only, or as the pooled client does for the `probe`.
+    async fn connect(&self, probe: bool) -> io::Result<Stream> {
         let default_port = if self.tls.is_some() { 443 } else { 80 };
         // As a string, so an IPv6 literal keeps its brackets and parses.
         let addr = format!(
@@ -217,9 +229,10 @@ impl LocalTarget {
             .await
             .map_err(|_| timed_out())??;
         let _ = tcp.set_nodelay(true);
-        let (Some(connector), Some(tls)) = (connector, &self.tls) else {
+        let Some(tls) = &self.tls else {
             return Ok(Stream::Plain(tcp));
         };
+        let connector = if probe { &tls.probe } else { &tls.http1 };
         // Boxed: a TLS handshake's state is kilobytes, and inline it would make every caller's
         // task that large for its whole life, idle or not (10,000 silent callers: +12 MB).
         let handshake = Box::pin(connector.connect(tls.name.clone(), tcp));

@@ -24,13 +24,9 @@ pub(super) struct Upstream {
     home: Arc<IdleConns>,
 }
 
-/// A connection to `target`: one another caller left idle (when `idle` allows it), or a new one.
-/// True with one left.
+/// A connection to `target` (`LocalTarget::connection`). True with one another caller left.
 pub(super) async fn connect(target: &LocalTarget, idle: bool) -> io::Result<(Upstream, bool)> {
-    let (stream, reused) = match idle.then(|| target.idle.take()).flatten() {
-        Some(stream) => (stream, true),
-        None => (target.dial().await?, false),
-    };
+    let (stream, reused) = target.connection(idle).await?;
     let conn = Upstream {
         authority: target.authority.clone(),
         stream,
