@@ -612,8 +612,8 @@ async fn a_connection_left_by_a_caller_is_not_used_once_the_upstream_closed_it()
     assert_eq!(up.accepted.load(Ordering::SeqCst), 3);
 }
 
-/// An HTTPS echo upstream offering `alpn`, trusted with `ca_file: test-ca.pem`, and portvakt with
-/// a route `/nav/` to it, plus the route lines in `extra`.
+/// An HTTPS echo upstream offering `alpn`, and portvakt with a route `/nav/` to it, plus the
+/// route lines in `extra` (`TRUSTED` to trust the test CA).
 async fn https_upstream(alpn: &[&[u8]], extra: &str) -> (MockMaskinporten, EchoUpstream, Running) {
     let mock = MockMaskinporten::start(vec![registered_client()], 120)
         .await
@@ -622,10 +622,11 @@ async fn https_upstream(alpn: &[&[u8]], extra: &str) -> (MockMaskinporten, EchoU
     let echo = EchoUpstream::start_tls_offering(Some(mock.decoding_key()), &cert, &key, alpn)
         .await
         .unwrap();
-    let extra = format!("    ca_file: test-ca.pem\n{extra}");
-    let proxy = lane_proxy(&mock, &echo.url(), &extra).await;
+    let proxy = lane_proxy(&mock, &echo.url(), extra).await;
     (mock, echo, proxy)
 }
+
+const TRUSTED: &str = "    ca_file: test-ca.pem\n";
 
 /// Two callers, each keeping its connection, call in turns: on each caller's own upstream
 /// connection (the lane), or all on one (the pooled client, one call at a time).
@@ -646,14 +647,17 @@ async fn two_callers_in_turns(proxy: &Running) {
 
 #[tokio::test]
 async fn an_https_upstream_that_speaks_http1_only_is_served_on_each_callers_own_connection() {
-    let (mock, echo, proxy) = https_upstream(&[b"http/1.1"], "").await;
+    let (mock, echo, proxy) = https_upstream(&[b"http/1.1"], TRUSTED).await;
     each_caller_on_its_own_connection(&mock, &echo, &proxy).await;
 }
 
 #[tokio::test]
 async fn upstream_http2_false_keeps_http1_with_an_upstream_that_offers_http2() {
-    let (mock, echo, proxy) =
-        https_upstream(&[b"h2", b"http/1.1"], "    upstream_http2: false\n").await;
+    let (mock, echo, proxy) = https_upstream(
+        &[b"h2", b"http/1.1"],
+        &format!("{TRUSTED}    upstream_http2: false\n"),
+    )
+    .await;
     each_caller_on_its_own_connection(&mock, &echo, &proxy).await;
     // A chunked body goes through hyper and the pooled client: HTTP/1.1 there too.
     let post = call_once(&proxy, b"POST /nav/chunked HTTP/1.1\r\nHost: p\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n").await;
@@ -696,7 +700,7 @@ async fn each_caller_on_its_own_connection(
 
 #[tokio::test]
 async fn an_https_upstream_that_offers_http2_is_still_reached_over_it() {
-    let (_mock, echo, proxy) = https_upstream(&[b"h2", b"http/1.1"], "").await;
+    let (_mock, echo, proxy) = https_upstream(&[b"h2", b"http/1.1"], TRUSTED).await;
     let first = call_once(
         &proxy,
         b"GET /nav/first HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n",
@@ -743,15 +747,7 @@ async fn a_post_never_meets_a_kept_tls_connection_the_upstream_closed() {
 async fn the_lanes_tls_verifies_the_upstream_as_the_pooled_client_does() {
     // `upstream_http2: false` puts the route on the lane from the start; without `ca_file`, the
     // test CA is not trusted, so the lane's own handshake must fail as the pooled client's does.
-    let mock = MockMaskinporten::start(vec![registered_client()], 120)
-        .await
-        .unwrap();
-    let (cert, key) = tls_files();
-    let echo =
-        EchoUpstream::start_tls_offering(Some(mock.decoding_key()), &cert, &key, &[b"http/1.1"])
-            .await
-            .unwrap();
-    let proxy = lane_proxy(&mock, &echo.url(), "    upstream_http2: false\n").await;
+    let (_mock, echo, proxy) = https_upstream(&[b"http/1.1"], "    upstream_http2: false\n").await;
     let mut caller = TcpStream::connect(proxy.listen).await.unwrap();
     let mut buf = Vec::new();
     caller
