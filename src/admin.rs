@@ -1,7 +1,7 @@
 //! The admin listener: `/` (the status page for people), `/healthz` (alive), `/readyz` (serving, with each route's token state),
 //! `/metrics` (Prometheus). Nothing here ever shows a token or secret.
 
-use crate::error::Body;
+use crate::body::Body;
 use crate::metrics::TokenLabels;
 use crate::proxy::Proxy;
 use crate::route::RouteTable;
@@ -127,5 +127,5 @@ fn refresh_gauges(proxy: &Proxy) {
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
-    crate::error::full(status, content_type, body).map(Either::Right)
+    crate::body::full(status, content_type, body).map(Either::Right)
 }

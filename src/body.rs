@@ -3,11 +3,13 @@
 //! forever), a request body past the route's size limit ends it, and the concurrency permit of the
 //! request it belongs to is held until the body is done.
 
+use crate::fault::{BodyError, Fault};
 use crate::metrics::Metrics;
-use crate::upstream::Fault;
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use std::fmt;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,71 +18,9 @@ use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 
-/// Why portvakt cut a body short.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyError {
-    /// No data for this long.
-    Idle(Duration),
-    /// More than this many bytes.
-    TooLarge(u64),
-}
-
-impl fmt::Display for BodyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BodyError::Idle(d) => write!(f, "no data for {} s", d.as_secs()),
-            BodyError::TooLarge(max) => write!(f, "the body is larger than {max} bytes"),
-        }
-    }
-}
-
-impl std::error::Error for BodyError {}
-
-/// A body as hyper delivers it: the caller's or a pooled upstream connection's, or one read from
-/// an upstream connection the caller's connection drives itself (`affinity.rs`).
-pub enum Inner {
-    Incoming(Incoming),
-    Local(crate::affinity::LocalBody),
-}
-
-impl From<Incoming> for Inner {
-    fn from(body: Incoming) -> Self {
-        Inner::Incoming(body)
-    }
-}
-
-impl Body for Inner {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            Inner::Incoming(b) => Pin::new(b).poll_frame(cx),
-            Inner::Local(b) => Pin::new(b).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Inner::Incoming(b) => b.is_end_stream(),
-            Inner::Local(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Inner::Incoming(b) => b.size_hint(),
-            Inner::Local(b) => b.size_hint(),
-        }
-    }
-}
-
 /// A streamed body with an idle timeout, an optional size limit and an optional permit.
 pub struct Guarded {
-    inner: Inner,
+    inner: Incoming,
     idle: Duration,
     /// Armed on the first wait, pushed back on every frame.
     timer: Option<Pin<Box<Sleep>>>,
@@ -97,9 +37,9 @@ pub struct FaultCount {
 }
 
 impl Guarded {
-    pub fn new(inner: impl Into<Inner>, idle: Duration) -> Self {
+    pub fn new(inner: Incoming, idle: Duration) -> Self {
         Guarded {
-            inner: inner.into(),
+            inner,
             idle,
             timer: None,
             limit: None,
@@ -125,7 +65,7 @@ impl Guarded {
     }
 }
 
-impl Body for Guarded {
+impl HttpBody for Guarded {
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -182,7 +122,19 @@ impl Body for Guarded {
     }
 }
 
-/// The [`BodyError`] somewhere in an error's chain of causes, if portvakt cut the body.
-pub fn cut_by_portvakt(e: &(dyn std::error::Error + 'static)) -> Option<BodyError> {
-    crate::error::causes(e).find_map(|err| err.downcast_ref::<BodyError>().copied())
+/// An answer's body: streamed from the upstream, or one of portvakt's own small answers.
+pub type Body = Either<Guarded, Full<Bytes>>;
+
+/// A small, complete answer: portvakt's own, the admin listener's and the mocks'.
+pub fn full(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
 }

@@ -1,19 +1,15 @@
 //! Every answer portvakt makes itself: one error type, its status and its problem+json body, in one place.
 
-use crate::body::Guarded;
+use crate::body::{full, Body};
+use crate::fault::{cut_by_portvakt, BodyError, Fault};
 use crate::party::PartyError;
 use crate::token::cache::TokenError;
 use crate::token::FetchError;
-use crate::upstream::Fault;
-use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
-use http_body_util::{Either, Full};
+use http_body_util::Either;
 use serde_json::{json, Map, Value};
 use std::time::Duration;
-
-/// The response body: streamed from the upstream, or one of portvakt's own small answers.
-pub type Body = Either<Guarded, Full<Bytes>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -33,6 +29,12 @@ pub enum ProxyError {
     Connect,
     #[error("absolute-form request targets are not served: portvakt is not a forward proxy")]
     AbsoluteForm,
+    #[error("the request target is not an origin-form path and query (RFC 9112 3.2)")]
+    InvalidTarget,
+    #[error("an HTTP/1.1 request needs exactly one Host header, this one has {0}")]
+    InvalidHost(usize),
+    #[error("the transfer coding {0:?} is not supported: only chunked is")]
+    UnsupportedTransferCoding(String),
     #[error("the request body is larger than this route's limit of {limit} bytes")]
     BodyTooLarge { limit: u64 },
     #[error("the caller sent no body data for {} s", .0.as_secs())]
@@ -72,7 +74,10 @@ impl ProxyError {
             ProxyError::CallerNotAllowed { .. } => StatusCode::FORBIDDEN,
             ProxyError::ApiKey { .. } => StatusCode::UNAUTHORIZED,
             ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::AbsoluteForm => StatusCode::BAD_REQUEST,
+            ProxyError::AbsoluteForm | ProxyError::InvalidTarget | ProxyError::InvalidHost(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::UnsupportedTransferCoding(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::RequestBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -110,6 +115,12 @@ impl ProxyError {
             ProxyError::ApiKey { missing: false, .. } => ("api-key-invalid", "API key not valid"),
             ProxyError::Connect => ("connect-refused", "CONNECT not served"),
             ProxyError::AbsoluteForm => ("absolute-form-refused", "Not a forward proxy"),
+            ProxyError::InvalidTarget => ("target-invalid", "Request target not valid"),
+            ProxyError::InvalidHost(_) => ("host-invalid", "Host header missing or repeated"),
+            ProxyError::UnsupportedTransferCoding(_) => (
+                "transfer-coding-unsupported",
+                "Transfer coding not supported",
+            ),
             ProxyError::BodyTooLarge { .. } => ("body-too-large", "Request body too large"),
             ProxyError::RequestBodyTimeout(_) => ("request-body-timeout", "Request body stalled"),
             ProxyError::Overloaded(_) => ("overloaded", "Too many requests at once"),
@@ -151,6 +162,30 @@ impl ProxyError {
             ProxyError::UpstreamFailed { .. } => ("upstream-failed", "Upstream failed"),
             ProxyError::Internal(_) => ("internal", "Internal error"),
         }
+    }
+
+    /// What went wrong reading the caller's body: portvakt's own limits, or the caller.
+    pub fn request_body(e: &(dyn std::error::Error + 'static)) -> ProxyError {
+        match cut_by_portvakt(e) {
+            Some(BodyError::TooLarge(limit)) => ProxyError::BodyTooLarge { limit },
+            Some(BodyError::Idle(after)) => ProxyError::RequestBodyTimeout(after),
+            None => ProxyError::RequestBody(crate::cause::chain(e)),
+        }
+    }
+
+    /// The caller's body failing on its way upstream, if that is what `e` says: cut by portvakt,
+    /// or reported by hyper as a body error of its user (the caller stopped sending).
+    pub fn in_request_body(e: &(dyn std::error::Error + 'static)) -> Option<ProxyError> {
+        let callers = crate::cause::causes(e).any(|err| {
+            err.downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_user)
+        });
+        (callers || cut_by_portvakt(e).is_some()).then(|| ProxyError::request_body(e))
+    }
+
+    /// Whether the caller's connection is closed after this answer: its framing was refused.
+    pub fn ends_connection(&self) -> bool {
+        matches!(self, ProxyError::UnsupportedTransferCoding(_))
     }
 
     /// The upstream's part in the failure, for `portvakt_upstream_errors_total`.
@@ -202,6 +237,8 @@ impl ProxyError {
             ProxyError::ApiKey { header, .. } => {
                 format!("{self}: send this route's key in the {header} header")
             }
+            ProxyError::InvalidTarget => "the request target may hold only a path and a query in RFC 3986 characters: no `#` fragment, no raw spaces, quotes, braces or non-ASCII bytes (percent-encode them); the request was not forwarded".into(),
+            ProxyError::UnsupportedTransferCoding(_) => format!("{self}; send the body with Content-Length or plain chunked framing, and name a content coding in Content-Encoding instead; the request was not forwarded"),
             ProxyError::AbsoluteForm => "portvakt routes by path only: send the request to portvakt with a path (GET /nav/...), not a full URL as to a forward proxy".into(),
             other => other.to_string(),
         }
@@ -212,6 +249,12 @@ impl ProxyError {
         let problem = self.problem(route);
         let mut response =
             full(problem.status, "application/problem+json", problem.body).map(Either::Right);
+        if self.ends_connection() {
+            // The body's framing cannot be trusted: nothing more is read from this connection.
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Some(secs) = problem.retry_after {
             response
                 .headers_mut()
@@ -279,33 +322,4 @@ fn route_note(on_route: bool) -> &'static str {
     } else {
         ""
     }
-}
-
-/// A small, complete answer: portvakt's own, the admin listener's and the mocks'.
-pub fn full(
-    status: StatusCode,
-    content_type: &'static str,
-    body: impl Into<Bytes>,
-) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body.into()));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
-}
-
-/// An error with its causes, for operators: the top-level messages of hyper and reqwest alone say little.
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    causes(e)
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(": ")
-}
-
-/// The error itself, then each of its sources in turn.
-pub fn causes<'e>(
-    e: &'e (dyn std::error::Error + 'static),
-) -> impl Iterator<Item = &'e (dyn std::error::Error + 'static)> {
-    std::iter::successors(Some(e), |err| err.source())
 }

@@ -10,22 +10,23 @@
 //! [`reload`] swaps in a changed configuration while it runs.
 
 pub mod admin;
-pub mod affinity;
 pub mod app;
 pub mod body;
+pub mod build;
+pub mod cause;
 pub mod check;
 pub mod config;
 pub mod demo;
-pub mod direct;
 pub mod error;
+pub mod fault;
 pub mod json_log;
 pub mod keygen;
 pub mod keys;
-pub mod lane;
 pub mod log_writer;
 pub mod metrics;
 pub mod mock;
 pub mod party;
+pub mod pipeline;
 pub mod proxy;
 pub mod recent;
 pub mod reload;

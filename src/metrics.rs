@@ -220,7 +220,7 @@ impl Metrics {
         &self.declared
     }
 
-    pub fn count_upstream_error(&self, route: &Arc<String>, fault: crate::upstream::Fault) {
+    pub fn count_upstream_error(&self, route: &Arc<String>, fault: crate::fault::Fault) {
         self.upstream_errors
             .get_or_create(&UpstreamErrorLabels {
                 route: Arc::clone(route),

@@ -1,8 +1,8 @@
 //! Hot reload: SIGHUP or a changed config file loads the new configuration and puts it in force
 //! for new requests. A configuration that does not load is logged and the running one keeps
-//! serving; clients and tokens that did not change are kept (see [`crate::app::assemble`]).
+//! serving; clients and tokens that did not change are kept (see [`crate::build::assemble`]).
 
-use crate::app::{assemble, Kept};
+use crate::build::{assemble, Kept};
 use crate::config::Config;
 use crate::keys::rotation::{self, Watched};
 use crate::metrics::ResultLabels;

@@ -1,11 +1,11 @@
-//! The route table: which route serves a path (longest prefix, on whole segments) and where its
-//! upstream request goes. Pure functions, tested by table.
+//! The route table: which route serves a path (longest prefix, on whole segments), and whether a
+//! path's remainder stays under the route's base however the upstream decodes it. Pure functions,
+//! tested by table.
 
 use crate::config::{AllowList, ApiKey};
 use crate::party::Parties;
-use crate::upstream::UpstreamClient;
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderName, HeaderValue, Uri};
+use crate::upstream::{Target, UpstreamClient};
+use http::{HeaderName, HeaderValue};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,9 +25,6 @@ pub struct Route {
     pub retry_body_max: Option<u64>,
     /// The pooled client for this route's upstream (shared by routes with the same TLS trust).
     pub http: UpstreamClient,
-    /// Set for a plain-HTTP upstream reached without a proxy: calls go on the caller's own
-    /// upstream connection (`affinity.rs`) instead of the pool.
-    pub local: Option<crate::direct::LocalTarget>,
     /// Caller networks let in on this route, besides `inbound.allow`.
     pub allow: Option<AllowList>,
     /// Keys a caller must present in `api_key_header`; empty when none is asked for.
@@ -55,53 +52,6 @@ impl Route {
         } else {
             Err(false)
         }
-    }
-}
-
-/// Where a route's calls go: scheme and authority, and the base path the remainder is appended to.
-#[derive(Debug, Clone)]
-pub struct Target {
-    pub scheme: Scheme,
-    pub authority: Authority,
-    /// Without a trailing `/`; empty for the root.
-    pub base_path: String,
-}
-
-impl Target {
-    pub fn from_uri(uri: &Uri) -> Option<Target> {
-        Some(Target {
-            scheme: uri.scheme()?.clone(),
-            authority: uri.authority()?.clone(),
-            base_path: uri.path().trim_end_matches('/').to_string(),
-        })
-    }
-
-    /// The upstream URI for a request whose path, after the route's prefix, is `remainder`.
-    /// The remainder and query are passed byte for byte, percent-escapes included.
-    pub fn uri(&self, remainder: &str, query: Option<&str>) -> Result<Uri, http::Error> {
-        let mut pq = String::with_capacity(
-            self.base_path.len() + remainder.len() + query.map_or(0, |q| q.len() + 1) + 1,
-        );
-        pq.push_str(&self.base_path);
-        pq.push_str(remainder);
-        if pq.is_empty() {
-            pq.push('/');
-        }
-        if let Some(q) = query {
-            pq.push('?');
-            pq.push_str(q);
-        }
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(PathAndQuery::try_from(pq)?)
-            .build()
-    }
-}
-
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}://{}{}/", self.scheme, self.authority, self.base_path)
     }
 }
 
@@ -233,29 +183,6 @@ mod tests {
         for (prefix, path, want) in cases {
             assert_eq!(remainder(prefix, path), want, "{prefix} {path}");
         }
-    }
-
-    #[test]
-    fn upstream_uris_keep_remainder_and_query_byte_for_byte() {
-        let t = Target::from_uri(&"https://api.nav.no/forsikring/".parse().unwrap()).unwrap();
-        let cases = [
-            ("/a/b", Some("x=1"), "https://api.nav.no/forsikring/a/b?x=1"),
-            ("", None, "https://api.nav.no/forsikring"),
-            ("/", None, "https://api.nav.no/forsikring/"),
-            (
-                "/%C3%A6%20x",
-                Some("q=%2F&y"),
-                "https://api.nav.no/forsikring/%C3%A6%20x?q=%2F&y",
-            ),
-        ];
-        for (rest, query, want) in cases {
-            assert_eq!(t.uri(rest, query).unwrap().to_string(), want);
-        }
-        let root = Target::from_uri(&"http://127.0.0.1:8/".parse().unwrap()).unwrap();
-        assert_eq!(
-            root.uri("", None).unwrap().to_string(),
-            "http://127.0.0.1:8/"
-        );
     }
 
     #[test]

@@ -1,8 +1,6 @@
-//! Accept loop (plain or TLS) and graceful shutdown, shared by the proxy, the admin listener and the mocks.
+//! Accept loop (plain or TLS) and graceful shutdown, shared by the proxy, the admin listener and
+//! the mocks. hyper reads and writes every byte; this module knows no routes and no domain types.
 
-use crate::affinity::Affinity;
-use crate::lane::{self, Outcome};
-use crate::proxy::Proxy;
 use hyper::body::{Body, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -11,7 +9,6 @@ use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -26,9 +23,6 @@ pub struct Limits {
     /// The largest request head read; larger gets 431. 0 keeps hyper's default.
     pub max_header_bytes: usize,
     pub tls: Option<TlsAcceptor>,
-    /// Plain HTTP/1.1 requests the fast lane serves (`lane.rs`), the proxy listener's only; the
-    /// rest, and every connection of a listener without it, go to hyper.
-    pub lane: Option<Arc<Proxy>>,
 }
 
 /// Serves HTTP/1.1 and HTTP/2 (h2c, or by ALPN under `tls`) on `listener`, handing each request to
@@ -60,9 +54,7 @@ pub async fn serve<H, F, B>(
             .http2()
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     }
-    let (tls, lane, max_head) = (limits.tls, limits.lane, limits.max_header_bytes);
-    // Shared, not cloned into each lane connection: an idle connection should hold little.
-    let shared = Arc::new(builder.clone());
+    let tls = limits.tls;
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
@@ -78,32 +70,11 @@ pub async fn serve<H, F, B>(
                 };
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
-                // The connection's own upstream connections, for every request it carries.
-                let affinity = Affinity::default();
-                let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-                    request.extensions_mut().insert(affinity.clone());
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                     let handler = handler.clone();
                     async move { Ok::<_, Infallible>(handler(request, peer).await) }
                 });
                 // Errors while serving are a caller or peer going away mid-request: nothing to answer.
-                if let (Some(proxy), None) = (&lane, &tls) {
-                    // The lane's task holds a watcher, so a graceful shutdown waits for it.
-                    let (proxy, builder, watcher, stop) =
-                        (Arc::clone(proxy), Arc::clone(&shared), graceful.watcher(), shutdown.clone());
-                    let task = async move {
-                        // Made in the task, not captured by it, so its state is held once.
-                        let Outcome::Hyper(stream) = lane::serve(proxy, stream, peer, max_head, stop).await else {
-                            return;
-                        };
-                        // Boxed: a connection in the lane does not carry the room hyper's state needs.
-                        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                        if let Err(e) = Box::pin(watcher.watch(connection)).await {
-                            tracing::debug!(error = %e, "connection ended with an error");
-                        }
-                    };
-                    tokio::spawn(task);
-                    continue;
-                }
                 let Some(acceptor) = &tls else {
                     let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
                     tokio::spawn(async move {

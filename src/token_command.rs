@@ -33,9 +33,9 @@ pub async fn run(
     let Some(client) = config.clients.iter().find(|c| c.name == route.client) else {
         anyhow::bail!("route {route_name} names unknown client {}", route.client);
     };
-    let tls = crate::app::tls_config(&[])?;
-    let endpoint = crate::app::token_endpoint(config, &tls)?;
-    let spec = crate::app::party_grant_spec(route, party).map_err(anyhow::Error::msg)?;
+    let tls = crate::build::tls_config(&[])?;
+    let endpoint = crate::build::token_endpoint(config, &tls)?;
+    let spec = crate::build::party_grant_spec(route, party).map_err(anyhow::Error::msg)?;
     let mut out = json!({
         "route": route.name,
         "client": client.name,

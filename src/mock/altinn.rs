@@ -115,7 +115,7 @@ impl Drop for MockAltinn {
 type Answer = Response<Full<Bytes>>;
 
 fn answer(status: StatusCode, content_type: &'static str, body: String) -> Answer {
-    crate::error::full(status, content_type, body)
+    crate::body::full(status, content_type, body)
 }
 
 async fn handle(inner: Arc<Inner>, request: Request<Incoming>) -> Answer {

@@ -104,7 +104,7 @@ fn transport(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         "timed out".into()
     } else {
-        crate::error::chain(e)
+        crate::cause::chain(e)
     }
 }
 

@@ -341,7 +341,7 @@ fn describe_transport(e: &reqwest::Error) -> String {
         "timed out".into()
     } else {
         // reqwest's message includes the endpoint URL, which holds no secret; the causes say why.
-        crate::error::chain(e)
+        crate::cause::chain(e)
     }
 }
 

@@ -283,7 +283,7 @@ impl Drop for MockMaskinporten {
 type Answer = Response<Full<Bytes>>;
 
 fn json_answer(status: StatusCode, body: &Value) -> Answer {
-    crate::error::full(status, "application/json", body.to_string())
+    crate::body::full(status, "application/json", body.to_string())
 }
 
 /// The mock's own time, which tests may set off from the machine's.
@@ -345,7 +345,7 @@ async fn token_answer(inner: &Inner, request: Request<Incoming>) -> Answer {
             return answer;
         }
         Mode::Garbage => {
-            return crate::error::full(StatusCode::OK, "text/html", "<html>proxy login</html>")
+            return crate::body::full(StatusCode::OK, "text/html", "<html>proxy login</html>")
         }
         Mode::NoAccessToken => {
             return json_answer(

@@ -1,0 +1,340 @@
+//! Config -> running snapshot: the route table, one token slot per distinct grant, the upstream
+//! clients, and the clients' keys; on a reload, what did not change keeps its state. Used by
+//! `app.rs` at start and by `reload.rs`.
+
+use crate::config::{Config, Egress, Maskinporten, RouteConfig, SystemUser};
+use crate::keys::rotation::{self, Watched};
+use crate::keys::ClientKey;
+use crate::keys::KeySource;
+use crate::metrics::Metrics;
+use crate::party::{Parties, PartyKind, Selector};
+use crate::pipeline::Snapshot;
+use crate::route::{Route, RouteTable};
+use crate::token::TokenSource;
+use crate::token::{
+    client, AltinnExchange, ClientIdentity, GrantSpec, TokenCache, TokenEndpoint, TokenKey,
+    TokenSlot,
+};
+use crate::upstream::{Target, UpstreamClient};
+use anyhow::Context as _;
+use rustls_pki_types::CertificateDer;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The TLS configuration for outbound connections: rustls with the Mozilla roots, plus the CA
+/// certificates in `extra_roots` (a route's `ca_file`).
+pub fn tls_config(extra_roots: &[CertificateDer<'static>]) -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots =
+        rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for cert in extra_roots {
+        roots
+            .add(cert.clone())
+            .context("a ca_file certificate is not a usable CA certificate")?;
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS setup")?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
+}
+
+/// The configured Maskinporten token endpoint, over `tls` (plus `maskinporten.ca_file`).
+pub fn token_endpoint(
+    config: &Config,
+    tls: &rustls::ClientConfig,
+) -> anyhow::Result<TokenEndpoint> {
+    let token_tls = match &config.maskinporten.ca_file {
+        Some(ca) => tls_config(&ca.certs)
+            .with_context(|| format!("maskinporten.ca_file: {}", ca.path.display()))?,
+        None => tls.clone(),
+    };
+    let http = client::http_client(
+        token_tls,
+        config.maskinporten.timeout,
+        config.maskinporten.connect_timeout,
+        &config.maskinporten.proxy,
+    )
+    .context("building the token endpoint client")?;
+    Ok(TokenEndpoint::new(
+        http,
+        config.maskinporten.token_endpoint.clone(),
+        config.maskinporten.issuer.clone(),
+    ))
+}
+
+/// What a route asks Maskinporten for when acting for `consumer_org` (delegation) and as
+/// `systemuser` (an Altinn system user).
+pub fn grant_spec(
+    route: &RouteConfig,
+    consumer_org: Option<&str>,
+    systemuser: Option<&SystemUser>,
+) -> GrantSpec {
+    let mut details = route.authorization_details.clone();
+    if let Some(user) = systemuser {
+        details.push(user.authorization_detail());
+    }
+    GrantSpec::new(
+        &route.scopes,
+        route.resource.as_ref(),
+        consumer_org,
+        &details,
+    )
+}
+
+/// The grant for the party `org` (or the route's default party), as `portvakt token` asks for it.
+pub fn party_grant_spec(route: &RouteConfig, org: Option<&str>) -> Result<GrantSpec, String> {
+    let (consumer, user) = (route.consumer_org.as_deref(), route.systemuser.as_ref());
+    let (consumers, users) = (route.allowed_consumers(), route.allowed_systemusers());
+    let allowed: Vec<&str> = consumers
+        .clone()
+        .chain(users.clone().map(|u| u.org.as_str()))
+        .collect();
+    match org {
+        None if route.needs_party() => Err(format!(
+            "route {} acts for one of {} per call: name one with --party",
+            route.name,
+            allowed.join(", ")
+        )),
+        None => Ok(grant_spec(route, consumer, user)),
+        Some(org) => {
+            let org = org.strip_prefix("0192:").unwrap_or(org);
+            if let Some(c) = consumers.clone().find(|c| *c == org) {
+                Ok(grant_spec(route, Some(c), user))
+            } else if let Some(u) = users.clone().find(|u| u.org == org) {
+                Ok(grant_spec(route, consumer, Some(u)))
+            } else if allowed.is_empty() {
+                Err(format!(
+                    "route {} does not act for other organisations",
+                    route.name
+                ))
+            } else {
+                Err(format!(
+                    "route {} may act for {}, not {org}",
+                    route.name,
+                    allowed.join(", ")
+                ))
+            }
+        }
+    }
+}
+
+/// A route's token slots, one per party it may act for.
+fn parties(route: &RouteConfig, slot: &dyn Fn(GrantSpec) -> Arc<TokenSlot>) -> Parties {
+    let (consumer, user) = (route.consumer_org.as_deref(), route.systemuser.as_ref());
+    let default = (!route.needs_party()).then(|| slot(grant_spec(route, consumer, user)));
+    let mut consumers = Selector::new(PartyKind::ConsumerOrg, route.consumer_org_header.clone());
+    for org in route.allowed_consumers() {
+        consumers.allow(org, slot(grant_spec(route, Some(org), user)));
+    }
+    let mut users = Selector::new(PartyKind::SystemUser, route.systemuser_org_header.clone());
+    for u in route.allowed_systemusers() {
+        users.allow(&u.org, slot(grant_spec(route, consumer, Some(u))));
+    }
+    Parties::new(default, vec![consumers, users])
+}
+
+/// What a build keeps for the next reload, so that what did not change keeps its state: clients
+/// their keys (and so their cached tokens), the token cache its slots, the endpoint its breaker.
+pub struct Kept {
+    maskinporten: Maskinporten,
+    endpoint: Arc<TokenEndpoint>,
+    cache: TokenCache,
+    clients: HashMap<String, KeptClient>,
+}
+
+struct KeptClient {
+    client_id: String,
+    source: KeySource,
+    identity: Arc<ClientIdentity>,
+}
+
+/// What `build` makes from a config: the request pipeline's snapshot, the clients whose key files
+/// are watched for rotation, and what the next reload keeps.
+pub struct Built {
+    pub snapshot: Snapshot,
+    pub keys: Vec<Watched>,
+    pub kept: Kept,
+}
+
+/// Builds the request pipeline from a new config. With `previous`, clients whose client_id and
+/// key source did not change keep their identity, and routes asking for the same token as before
+/// keep its slot, cached token included.
+pub fn assemble(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    previous: Option<&Kept>,
+) -> anyhow::Result<Built> {
+    let tls = tls_config(&[])?;
+    // Tokens from another Maskinporten (environment, endpoint, proxy) are never carried over.
+    let previous = previous.filter(|p| p.maskinporten == config.maskinporten);
+    let endpoint = match previous {
+        Some(p) => Arc::clone(&p.endpoint),
+        None => Arc::new(token_endpoint(config, &tls)?.with_metrics(
+            metrics.clock_skew.clone(),
+            metrics.token_endpoint_open.clone(),
+        )),
+    };
+    let mut cache = TokenCache::new(
+        Arc::clone(&endpoint) as Arc<dyn TokenSource>,
+        Arc::clone(metrics),
+        config.maskinporten.timeout,
+    );
+    if let Some(p) = previous {
+        cache.inherit(&p.cache);
+    }
+    let mut keys = Vec::with_capacity(config.clients.len());
+    let mut clients: HashMap<String, KeptClient> = HashMap::new();
+    for c in &config.clients {
+        let same = previous
+            .and_then(|p| p.clients.get(&c.name))
+            .filter(|k| k.client_id == c.client_id && k.source == c.source);
+        let identity = match same {
+            Some(kept) => {
+                // The files may have changed since the key watcher last looked.
+                if !kept.identity.key.current().1.same_identity(&c.key) {
+                    kept.identity.key.replace(Arc::clone(&c.key));
+                }
+                Arc::clone(&kept.identity)
+            }
+            None => Arc::new(ClientIdentity {
+                name: Arc::new(c.name.clone()),
+                client_id: c.client_id.clone(),
+                key: Arc::new(ClientKey::new(Arc::clone(&c.key))),
+            }),
+        };
+        rotation::publish(&identity.name, &identity.key.current().1, metrics);
+        keys.push(Watched {
+            name: Arc::clone(&identity.name),
+            source: c.source.clone(),
+            key: Arc::clone(&identity.key),
+        });
+        clients.insert(
+            c.name.clone(),
+            KeptClient {
+                client_id: c.client_id.clone(),
+                source: c.source.clone(),
+                identity,
+            },
+        );
+    }
+    let altinn_http = client::http_client(
+        tls.clone(),
+        config.maskinporten.timeout,
+        config.maskinporten.connect_timeout,
+        &config.maskinporten.proxy,
+    )
+    .context("building the Altinn exchange client")?;
+    let mut exchanges: HashMap<&str, Arc<AltinnExchange>> = HashMap::new();
+    let mut upstreams = UpstreamClients::new(tls);
+    let mut routes = Vec::with_capacity(config.routes.len());
+    for r in &config.routes {
+        let client = &clients
+            .get(&r.client)
+            .with_context(|| format!("route {} names unknown client {}", r.name, r.client))?
+            .identity;
+        let exchange = r.altinn_exchange.as_ref().map(|a| {
+            Arc::clone(exchanges.entry(a.url.as_str()).or_insert_with(|| {
+                Arc::new(AltinnExchange::new(altinn_http.clone(), a.url.clone()))
+            }))
+        });
+        let slot = |grant: GrantSpec| {
+            let key = TokenKey {
+                client: Arc::clone(&client.name),
+                grant,
+            };
+            match &exchange {
+                Some(exchange) => cache.altinn_slot(key, client, exchange),
+                None => cache.slot(key, client),
+            }
+        };
+        let upstream = Target::from_uri(&r.upstream)
+            .with_context(|| format!("route {}: upstream has no scheme or host", r.name))?;
+        let (http, _tls) = upstreams
+            .get(r)
+            .with_context(|| format!("route {}", r.name))?;
+        routes.push(Arc::new(Route {
+            name: Arc::new(r.name.clone()),
+            prefix: r.prefix.clone(),
+            upstream,
+            client: Arc::clone(&client.name),
+            parties: parties(r, &slot),
+            headers: r
+                .headers
+                .iter()
+                .map(|(n, v)| (n.clone(), v.expose().clone()))
+                .collect(),
+            timeout: r.timeout,
+            retry_body_max: r.retry_on_401.then_some(r.retry_body_max_bytes),
+            http,
+            allow: r.allow.clone(),
+            api_keys: r.api_keys.clone(),
+            api_key_header: r.api_key_header.clone(),
+            max_body_bytes: r.max_body_bytes,
+            idle_timeout: r.idle_timeout,
+        }));
+    }
+    let kept_tokens = cache.settle();
+    if previous.is_some() {
+        tracing::info!(
+            kept_tokens,
+            "token slots carried over from the previous configuration"
+        );
+    }
+    Ok(Built {
+        snapshot: Snapshot {
+            routes: RouteTable::new(routes),
+            allow: config.inbound.allow.clone(),
+        },
+        keys,
+        kept: Kept {
+            maskinporten: config.maskinporten.clone(),
+            endpoint,
+            cache,
+            clients,
+        },
+    })
+}
+
+/// One pooled upstream client per distinct TLS trust, connect timeout and proxy; routes that
+/// agree on all three share one, and its connections.
+struct UpstreamClients {
+    tls: rustls::ClientConfig,
+    made: Vec<(UpstreamKind, UpstreamClient, rustls::ClientConfig)>,
+}
+
+/// What sets two routes' upstream clients apart: extra CA file, connect timeout, proxy, HTTP/2.
+type UpstreamKind = (Option<PathBuf>, Duration, Egress, bool);
+
+impl UpstreamClients {
+    fn new(tls: rustls::ClientConfig) -> Self {
+        UpstreamClients {
+            tls,
+            made: Vec::new(),
+        }
+    }
+
+    /// The route's pooled client, and the TLS configuration it verifies upstreams with.
+    fn get(&mut self, r: &RouteConfig) -> anyhow::Result<(UpstreamClient, rustls::ClientConfig)> {
+        let key = (
+            r.ca_file.as_ref().map(|c| c.path.clone()),
+            r.connect_timeout,
+            r.proxy.clone(),
+            r.upstream_http2,
+        );
+        if let Some((_, client, tls)) = self.made.iter().find(|(k, _, _)| *k == key) {
+            return Ok((client.clone(), tls.clone()));
+        }
+        let tls = match &r.ca_file {
+            None => self.tls.clone(),
+            Some(ca) => tls_config(&ca.certs).with_context(|| ca.path.display().to_string())?,
+        };
+        let client =
+            crate::upstream::client(tls.clone(), r.connect_timeout, &r.proxy, r.upstream_http2);
+        self.made.push((key, client.clone(), tls.clone()));
+        Ok((client, tls))
+    }
+}

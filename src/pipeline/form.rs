@@ -1,0 +1,249 @@
+//! The request's form, judged before anything else looks at it. hyper frames the message (it
+//! refuses conflicting lengths, bare CR, obs-fold and codings that do not end in chunked); these
+//! are the rules of RFC 9112 it leaves to the server: the target's grammar, the Host line, the
+//! transfer codings, and what a proxy that is not a forward proxy refuses.
+
+use crate::error::ProxyError;
+use http::header::{HOST, TRANSFER_ENCODING};
+use http::request::Parts;
+use http::uri::Authority;
+use http::{HeaderMap, Method, Version};
+
+/// Every rule on the request's form, in the order a reader would check them.
+pub fn check(head: &Parts) -> Result<(), ProxyError> {
+    if head.method == Method::CONNECT {
+        return Err(ProxyError::Connect);
+    }
+    // HTTP/2 always carries scheme and authority; in HTTP/1 a full URL means the caller takes
+    // portvakt for a forward proxy, and the URL's host must never choose where a call goes.
+    if head.version <= Version::HTTP_11 && head.uri.authority().is_some() {
+        return Err(ProxyError::AbsoluteForm);
+    }
+    let target = head.uri.path_and_query().map_or("", |pq| pq.as_str());
+    if !is_origin_form(target.as_bytes()) {
+        return Err(ProxyError::InvalidTarget);
+    }
+    host(head)?;
+    transfer_codings(&head.headers)
+}
+
+/// RFC 9112 3.2.1: `absolute-path [ "?" query ]`, every byte a pchar (unreserved, sub-delims,
+/// `:`, `@`, or a whole `%HH` escape), `/` between segments, and `/` or `?` in the query. The
+/// http crate drops a `#fragment` before portvakt sees the target, so what remains is what goes
+/// upstream; anything else (raw quotes, braces, `\`, non-ASCII bytes) could be read differently
+/// by the upstream and is refused.
+pub fn is_origin_form(target: &[u8]) -> bool {
+    if target.first() != Some(&b'/') {
+        return false;
+    }
+    let mut i = 0;
+    while i < target.len() {
+        let b = target[i];
+        match b {
+            b'%' => {
+                let hex = |j: usize| target.get(j).is_some_and(u8::is_ascii_hexdigit);
+                if !(hex(i + 1) && hex(i + 2)) {
+                    return false;
+                }
+                i += 3;
+                continue;
+            }
+            // `?` starts the query, and the query may hold more of both.
+            b'?' | b'/' => {}
+            _ if is_pchar(b) => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    true
+}
+
+/// unreserved / sub-delims / ":" / "@" (RFC 3986 3.3), escapes aside.
+fn is_pchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+        )
+}
+
+/// RFC 9112 3.2: an HTTP/1.1 request has exactly one Host line, any request at most one, and its
+/// value is empty or a valid `host[:port]`. Where the call goes never depends on it.
+fn host(head: &Parts) -> Result<(), ProxyError> {
+    let mut lines = head.headers.get_all(HOST).iter();
+    let (first, count) = (lines.next(), 1 + lines.count());
+    let Some(value) = first else {
+        return match head.version {
+            Version::HTTP_11 => Err(ProxyError::InvalidHost(0)),
+            _ => Ok(()),
+        };
+    };
+    if count > 1 {
+        return Err(ProxyError::InvalidHost(count));
+    }
+    let bytes = value.as_bytes();
+    if bytes.is_empty() || is_host_and_port(bytes) {
+        Ok(())
+    } else {
+        Err(ProxyError::InvalidHost(1))
+    }
+}
+
+/// `uri-host [ ":" port ]` (RFC 9110 7.2): no user info, a host, a port of digits only (the http
+/// crate accepts any text there).
+fn is_host_and_port(bytes: &[u8]) -> bool {
+    if bytes.contains(&b'@') {
+        return false;
+    }
+    let Ok(authority) = Authority::try_from(bytes) else {
+        return false;
+    };
+    let port = &authority.as_str()[authority.host().len()..];
+    !authority.host().is_empty()
+        && (port.is_empty()
+            || port
+                .strip_prefix(':')
+                .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit())))
+}
+
+/// RFC 9112 6.1: chunked is the only transfer coding portvakt reads, and it is applied once. hyper
+/// frames by the last coding; a coding before it (`gzip, chunked`) would otherwise reach the
+/// upstream as plain chunked data, silently changed.
+fn transfer_codings(headers: &HeaderMap) -> Result<(), ProxyError> {
+    let lines: Vec<&[u8]> = headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let codings: Vec<&[u8]> = lines
+        .iter()
+        .flat_map(|line| line.split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty())
+        .collect();
+    if codings.len() == 1 && codings[0].eq_ignore_ascii_case(b"chunked") {
+        return Ok(());
+    }
+    let named = lines
+        .iter()
+        .map(|l| String::from_utf8_lossy(l).into_owned())
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(ProxyError::UnsupportedTransferCoding(named))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &[(&str, &str)], target: &str, version: Version) -> Parts {
+        let mut request = http::Request::builder()
+            .method("POST")
+            .uri(target)
+            .version(version);
+        for (name, value) in raw {
+            request = request.header(*name, *value);
+        }
+        request.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn targets_follow_the_origin_form_grammar() {
+        for good in [
+            "/",
+            "/nav/a/b?x=1&y=%2F",
+            "/nav/%C3%A6?q=a/b?c",
+            "/nav/a;b=c,d:e@f!$'()*+~-._",
+            "/nav?",
+        ] {
+            assert!(is_origin_form(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "",
+            "*",
+            "nav/x",
+            "/nav/a b",
+            "/nav/\"x\"",
+            "/nav/{x}",
+            "/nav/a|b",
+            "/nav/a\\b",
+            "/nav/a^b",
+            "/nav/a`b",
+            "/nav/[x]",
+            "/nav/%",
+            "/nav/%2",
+            "/nav/%zz",
+            "/nav/x#y",
+            "/nav/æ",
+            "/nav/x?q=æ",
+            "/nav/x?q=<>",
+        ] {
+            assert!(!is_origin_form(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn host_lines_are_counted_and_checked() {
+        let one = [("host", "api.example:8080")];
+        assert!(host(&head(&one, "/x", Version::HTTP_11)).is_ok());
+        assert!(host(&head(&[("host", "")], "/x", Version::HTTP_11)).is_ok());
+        assert!(host(&head(&[("host", "[::1]:80")], "/x", Version::HTTP_11)).is_ok());
+        assert!(host(&head(&[], "/x", Version::HTTP_10)).is_ok());
+        for (lines, version) in [
+            (&[][..], Version::HTTP_11),
+            (&[("host", "a"), ("host", "a")][..], Version::HTTP_11),
+            (&[("host", "a"), ("host", "b")][..], Version::HTTP_10),
+            (&[("host", "user@a")][..], Version::HTTP_11),
+            (&[("host", "a/b")][..], Version::HTTP_11),
+            (&[("host", "a:port")][..], Version::HTTP_11),
+        ] {
+            assert!(host(&head(lines, "/x", version)).is_err(), "{lines:?}");
+        }
+    }
+
+    #[test]
+    fn chunked_alone_is_the_only_transfer_coding() {
+        let check =
+            |lines: &[(&str, &str)]| transfer_codings(&head(lines, "/", Version::HTTP_11).headers);
+        assert!(check(&[]).is_ok());
+        assert!(check(&[("transfer-encoding", "chunked")]).is_ok());
+        assert!(check(&[("transfer-encoding", "Chunked")]).is_ok());
+        assert!(check(&[("transfer-encoding", " , chunked")]).is_ok());
+        for lines in [
+            &[("transfer-encoding", "gzip, chunked")][..],
+            &[("transfer-encoding", "identity")],
+            &[("transfer-encoding", "chunked, chunked")],
+            &[("transfer-encoding", "xchunked")],
+            &[
+                ("transfer-encoding", "gzip"),
+                ("transfer-encoding", "chunked"),
+            ],
+            &[
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked"),
+            ],
+            &[("transfer-encoding", "")],
+        ] {
+            let e = check(lines).unwrap_err();
+            assert_eq!(e.status(), 501, "{lines:?}");
+        }
+    }
+}

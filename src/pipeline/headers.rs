@@ -1,0 +1,181 @@
+//! The one header policy, both ways. Upstream: nothing of the caller's connection (hop-by-hop
+//! headers and the ones its `Connection` names), nothing of the caller's credentials (its
+//! `Authorization`, cookies, the route's API key, portvakt's party headers), the route's own
+//! headers, and the token once. Framing is never copied from the caller's head: the length or
+//! chunking sent upstream is that of the body portvakt sends.
+
+use crate::route::Route;
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, COOKIE, EXPECT,
+    HOST, TRANSFER_ENCODING, UPGRADE,
+};
+use hyper::body::SizeHint;
+
+/// Hop-by-hop headers (RFC 9110 7.6.1), and `Upgrade`: they belong to one connection.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
+];
+
+/// What the body portvakt sends upstream looks like, for its framing headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body at all: no framing header (a caller's `Content-Length: 0` keeps its zero).
+    None { declared_zero: bool },
+    /// This many bytes: `Content-Length`.
+    Length(u64),
+    /// Of unknown length: chunked.
+    Chunked,
+}
+
+impl Framing {
+    /// From the body's own account of itself, and whether the caller's head declared a length.
+    pub fn of(hint: &SizeHint, end_stream: bool, declared: bool) -> Framing {
+        match hint.exact() {
+            _ if end_stream => Framing::None {
+                declared_zero: declared,
+            },
+            Some(0) => Framing::None {
+                declared_zero: declared,
+            },
+            Some(len) => Framing::Length(len),
+            None => Framing::Chunked,
+        }
+    }
+}
+
+/// The request's headers as they go upstream, before the token is added with [`with_token`].
+pub fn to_upstream(headers: &mut HeaderMap, route: &Route, framing: Framing) {
+    strip_hop_by_hop(headers);
+    // The client sets Host from the upstream URI; the caller's expectation was met by hyper.
+    for name in [HOST, CONTENT_LENGTH, EXPECT, AUTHORIZATION, COOKIE] {
+        headers.remove(name);
+    }
+    for header in route.parties.headers() {
+        headers.remove(header);
+    }
+    if !route.api_keys.is_empty() {
+        headers.remove(&route.api_key_header);
+    }
+    for (name, value) in &route.headers {
+        headers.insert(name.clone(), value.clone());
+    }
+    match framing {
+        Framing::None { declared_zero } => {
+            if declared_zero {
+                headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+            }
+        }
+        Framing::Length(len) => {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+        }
+        // hyper would send a GET of unknown length without its body unless told.
+        Framing::Chunked => {
+            headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        }
+    }
+}
+
+/// The token, the one `Authorization` the upstream sees.
+pub fn with_token(headers: &mut HeaderMap, bearer: &HeaderValue) {
+    headers.insert(AUTHORIZATION, bearer.clone());
+}
+
+/// The upstream's answer as it goes back: nothing of the upstream's connection. A length sent
+/// beside a transfer coding is dropped (RFC 9112 6.3): hyper read the body by the coding, and
+/// frames it anew for the caller.
+pub fn from_upstream(headers: &mut HeaderMap) {
+    if headers.contains_key(TRANSFER_ENCODING) {
+        headers.remove(CONTENT_LENGTH);
+    }
+    strip_hop_by_hop(headers);
+}
+
+/// Removes hop-by-hop headers, including every header the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removes_hop_by_hop_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, X-Secret-Hop, Content-Length"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("proxy-authorization", "Basic eA=="),
+            ("upgrade", "h2c"),
+            ("x-kept", "yes"),
+        ] {
+            h.insert(HeaderName::from_static(k), v.parse().unwrap());
+        }
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn framing_comes_from_the_body_sent() {
+        let exact = |n| SizeHint::with_exact(n);
+        assert_eq!(
+            Framing::of(&exact(0), true, false),
+            Framing::None {
+                declared_zero: false
+            }
+        );
+        assert_eq!(
+            Framing::of(&exact(0), true, true),
+            Framing::None {
+                declared_zero: true
+            }
+        );
+        assert_eq!(Framing::of(&exact(38), false, true), Framing::Length(38));
+        assert_eq!(
+            Framing::of(&SizeHint::new(), false, false),
+            Framing::Chunked
+        );
+        assert_eq!(
+            Framing::of(&SizeHint::new(), true, false),
+            Framing::None {
+                declared_zero: false
+            }
+        );
+    }
+
+    #[test]
+    fn an_answer_framed_twice_keeps_only_its_coding() {
+        let mut h = HeaderMap::new();
+        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("5"));
+        from_upstream(&mut h);
+        assert!(h.is_empty());
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("5"));
+        from_upstream(&mut h);
+        assert_eq!(h[CONTENT_LENGTH], "5");
+    }
+}

@@ -1,0 +1,133 @@
+//! The one place that decides a request. [`decide`] reads the caller's head and either refuses it
+//! or returns the [`Plan`] it is sent by: its form, who is calling, the route, the path kept under
+//! the route's base, the party, a place among the requests served at once, and the token. Nothing
+//! reaches an upstream or Maskinporten before this has said yes, and every protocol path (HTTP/1.1,
+//! HTTP/2, TLS or not) comes through it.
+//!
+//! What is done to the request on its way is in [`headers`] (the one header policy) and [`retry`]
+//! (the 401 rule); `proxy.rs` carries it out.
+
+pub mod access;
+pub mod form;
+pub mod headers;
+pub mod retry;
+
+use crate::config::AllowList;
+use crate::error::ProxyError;
+use crate::route::{self, Route, RouteTable};
+use crate::token::cache::{Token, TokenSlot};
+use http::request::Parts;
+use http::Uri;
+use hyper::body::SizeHint;
+use std::net::IpAddr;
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// What a (re)loaded configuration decides about requests: the routes and who may call.
+pub struct Snapshot {
+    pub routes: RouteTable,
+    /// `inbound.allow`; `None` lets every address in.
+    pub allow: Option<AllowList>,
+}
+
+/// The places among the requests served at once (`inbound.max_concurrent_requests`).
+pub struct Permits {
+    places: Arc<Semaphore>,
+    max: usize,
+}
+
+impl Permits {
+    pub fn new(max: usize) -> Self {
+        Permits {
+            places: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+
+    /// Requests admitted and not yet finished (a place is held to the answer's last byte).
+    pub fn in_flight(&self) -> usize {
+        self.max - self.places.available_permits()
+    }
+
+    fn take(&self) -> Result<OwnedSemaphorePermit, ProxyError> {
+        Arc::clone(&self.places)
+            .try_acquire_owned()
+            .map_err(|_| ProxyError::Overloaded(self.max))
+    }
+}
+
+/// A request portvakt will send: where, for whom, with which token, in which place.
+pub struct Plan {
+    pub route: Arc<Route>,
+    /// The upstream URI: the route's base, the remainder of the caller's path, its query.
+    pub uri: Uri,
+    pub slot: Arc<TokenSlot>,
+    pub token: Arc<Token>,
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// A request portvakt will not send, and the route it was refused on, if it got that far.
+pub struct Refused {
+    pub route: Option<Arc<String>>,
+    pub error: ProxyError,
+}
+
+/// Decides a request from its head (`body` is what its framing says of the body's size).
+pub async fn decide(
+    snapshot: &Snapshot,
+    permits: &Permits,
+    head: &Parts,
+    body: &SizeHint,
+    peer: IpAddr,
+    request_id: &str,
+) -> Result<Plan, Refused> {
+    let refused = |error| Refused { route: None, error };
+    form::check(head).map_err(refused)?;
+    access::inbound(snapshot.allow.as_ref(), peer, request_id).map_err(refused)?;
+    let path = head.uri.path();
+    let Some((route, rest)) = snapshot.routes.find(path) else {
+        return Err(refused(ProxyError::NoRoute {
+            path: path.to_string(),
+            prefixes: snapshot
+                .routes
+                .prefixes()
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+        }));
+    };
+    let on_route = |error| Refused {
+        route: Some(Arc::clone(&route.name)),
+        error,
+    };
+    access::route(route, &head.headers, peer, request_id).map_err(on_route)?;
+    // Checked before the token so that a hostile path costs no Maskinporten call.
+    if route::escapes_prefix(rest) {
+        return Err(on_route(ProxyError::PathEscapes));
+    }
+    if let Some(limit) = route.max_body_bytes.filter(|limit| body.lower() > *limit) {
+        return Err(on_route(ProxyError::BodyTooLarge { limit }));
+    }
+    let uri = route.upstream.uri(rest, head.uri.query()).map_err(|e| {
+        on_route(ProxyError::Internal(format!(
+            "building the upstream URI failed: {e}"
+        )))
+    })?;
+    // A party off the route's list is refused here, before any Maskinporten call.
+    let slot = Arc::clone(
+        route
+            .parties
+            .select(&head.headers)
+            .map_err(|e| on_route(e.into()))?,
+    );
+    let permit = permits.take().map_err(on_route)?;
+    // No token, no call: the request is never forwarded without one.
+    let token = slot.get().await.map_err(|e| on_route(e.into()))?;
+    Ok(Plan {
+        route: Arc::clone(route),
+        uri,
+        slot,
+        token,
+        permit,
+    })
+}
