@@ -164,7 +164,7 @@ impl Proxy {
         let send = upstream::send(&route.http, &route.upstream, route.timeout, request);
         let response = send.instrument(span).await?;
         if response.status() != StatusCode::UNAUTHORIZED || route.retry_body_max.is_none() {
-            return Ok(self.relay(&route, response, permit));
+            return self.relay(&route, response, permit);
         }
         let again = retry::unauthorized(
             &self.metrics,
@@ -175,7 +175,7 @@ impl Proxy {
             request_id,
         );
         let Some(replay) = replay.filter(|_| again) else {
-            return Ok(self.relay(&route, response, permit));
+            return self.relay(&route, response, permit);
         };
         drop(response);
         let token = slot.get().await?;
@@ -185,7 +185,7 @@ impl Proxy {
         headers::with_token(request.headers_mut(), token.bearer());
         let send = upstream::send(&route.http, &route.upstream, route.timeout, request);
         let response = send.instrument(span).await?;
-        Ok(self.relay(&route, response, permit))
+        self.relay(&route, response, permit)
     }
 
     /// The upstream's answer as it goes back to the caller: streamed, under the header policy, its
@@ -196,20 +196,26 @@ impl Proxy {
         route: &crate::route::Route,
         mut response: Response<Incoming>,
         permit: tokio::sync::OwnedSemaphorePermit,
-    ) -> Response<Body> {
-        headers::from_upstream(response.headers_mut());
+    ) -> Result<Response<Body>, ProxyError> {
+        if let Err(reason) = headers::from_upstream(response.headers_mut()) {
+            return Err(ProxyError::UpstreamFailed {
+                upstream: route.upstream.to_string(),
+                reason: reason.to_string(),
+                fault: crate::fault::Fault::Protocol,
+            });
+        }
         *response.version_mut() = Version::HTTP_11;
         let faults = FaultCount {
             metrics: Arc::clone(&self.metrics),
             route: Arc::clone(&route.name),
         };
-        response.map(|b| {
+        Ok(response.map(|b| {
             Either::Left(
                 Guarded::new(b, route.idle_timeout)
                     .with_permit(Some(permit))
                     .counting_faults(faults),
             )
-        })
+        }))
     }
 
     /// What every answered request leaves behind: its metrics, its access line, and for an error

@@ -88,14 +88,34 @@ pub fn with_token(headers: &mut HeaderMap, bearer: &HeaderValue) {
     headers.insert(AUTHORIZATION, bearer.clone());
 }
 
-/// The upstream's answer as it goes back: nothing of the upstream's connection. A length sent
-/// beside a transfer coding is dropped (RFC 9112 6.3): hyper read the body by the coding, and
-/// frames it anew for the caller.
-pub fn from_upstream(headers: &mut HeaderMap) {
+/// The upstream's answer as it goes back: nothing of the upstream's connection, and one length at
+/// most. A length sent beside a transfer coding is dropped (RFC 9112 6.3): hyper read the body by
+/// the coding, and frames it anew for the caller. Lengths that disagree or are not numbers are an
+/// invalid answer (hyper checks them where it reads a body by them, not on HEAD, 204 or 304).
+pub fn from_upstream(headers: &mut HeaderMap) -> Result<(), &'static str> {
     if headers.contains_key(TRANSFER_ENCODING) {
         headers.remove(CONTENT_LENGTH);
     }
+    let mut lengths = headers
+        .get_all(CONTENT_LENGTH)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii);
+    if let Some(first) = lengths.next() {
+        let number = |v: &[u8]| -> Option<u64> {
+            let text = std::str::from_utf8(v).ok()?;
+            text.bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| text.parse().ok())?
+        };
+        let length = number(first).ok_or("the answer's Content-Length is not a number")?;
+        if lengths.any(|other| number(other) != Some(length)) {
+            return Err("the answer carries conflicting Content-Length values");
+        }
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
+    }
     strip_hop_by_hop(headers);
+    Ok(())
 }
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
@@ -171,11 +191,19 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         h.insert(CONTENT_LENGTH, HeaderValue::from_static("5"));
-        from_upstream(&mut h);
+        from_upstream(&mut h).unwrap();
         assert!(h.is_empty());
         let mut h = HeaderMap::new();
-        h.insert(CONTENT_LENGTH, HeaderValue::from_static("5"));
-        from_upstream(&mut h);
-        assert_eq!(h[CONTENT_LENGTH], "5");
+        h.append(CONTENT_LENGTH, HeaderValue::from_static("5"));
+        h.append(CONTENT_LENGTH, HeaderValue::from_static("05, 5"));
+        from_upstream(&mut h).unwrap();
+        assert_eq!(h.get_all(CONTENT_LENGTH).iter().collect::<Vec<_>>(), ["5"]);
+        for bad in [["5", "6"], ["5", "x"], ["-1", "-1"]] {
+            let mut h = HeaderMap::new();
+            for v in bad {
+                h.append(CONTENT_LENGTH, HeaderValue::from_static(v));
+            }
+            assert!(from_upstream(&mut h).is_err(), "{bad:?}");
+        }
     }
 }

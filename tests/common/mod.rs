@@ -4,6 +4,7 @@
 
 pub mod faults;
 pub mod logs;
+pub mod wire;
 
 use portvakt::app::Running;
 use portvakt::keys::SigningKey;
