@@ -13,9 +13,6 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-/// The caller's own credentials: none of them may reach the upstream.
-const CALLER_AUTH: &str = "Basic Y2FsbGVyOnNlY3JldA==";
-
 async fn setup() -> (Recorder, Running, portvakt::mock::MockMaskinporten) {
     let (mock, _echo) = mock_and_upstream().await;
     let up = Recorder::start().await;
