@@ -16,6 +16,7 @@ use crate::config::AllowList;
 use crate::error::ProxyError;
 use crate::route::{self, Route, RouteTable};
 use crate::token::cache::{Token, TokenSlot};
+use crate::upstream::Target;
 use http::request::Parts;
 use http::Uri;
 use hyper::body::SizeHint;
@@ -102,17 +103,10 @@ pub async fn decide(
     };
     access::route(route, &head.headers, peer, request_id).map_err(on_route)?;
     // Checked before the token so that a hostile path costs no Maskinporten call.
-    if route::escapes_prefix(rest) {
-        return Err(on_route(ProxyError::PathEscapes));
-    }
+    let uri = confine(&route.upstream, rest, head.uri.query()).map_err(on_route)?;
     if let Some(limit) = route.max_body_bytes.filter(|limit| body.lower() > *limit) {
         return Err(on_route(ProxyError::BodyTooLarge { limit }));
     }
-    let uri = route.upstream.uri(rest, head.uri.query()).map_err(|e| {
-        on_route(ProxyError::Internal(format!(
-            "building the upstream URI failed: {e}"
-        )))
-    })?;
     // A party off the route's list is refused here, before any Maskinporten call.
     let slot = Arc::clone(
         route
@@ -130,4 +124,15 @@ pub async fn decide(
         token,
         permit,
     })
+}
+
+/// The upstream URI for a path's remainder after its route's prefix, and the caller's query: the
+/// route's base, then the remainder and query byte for byte, as long as the remainder cannot climb
+/// out of the base however the upstream decodes it (`route::escapes_prefix`).
+pub fn confine(base: &Target, rest: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
+    if route::escapes_prefix(rest) {
+        return Err(ProxyError::PathEscapes);
+    }
+    base.uri(rest, query)
+        .map_err(|e| ProxyError::Internal(format!("building the upstream URI failed: {e}")))
 }
