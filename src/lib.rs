@@ -1,13 +1,14 @@
 //! portvakt: an authenticating egress proxy for Maskinporten.
 //!
-//! A request's path: [`server`] accepts it; [`lane`] serves plain HTTP/1.1 calls with small bodies or none to
-//! plain-HTTP upstreams itself and hands every other connection to hyper, where [`proxy`] checks the caller (address, API key) and the
-//! request's form, matches a [`route`], picks the [`party`] the
-//! token is for, gets the token from the [`token`] cache (signed with a key from [`keys`], and
-//! exchanged at Altinn where the route asks), injects it and streams the call through
-//! [`upstream`] (directly or through an outbound proxy) with [`body`] limits both ways, retrying
-//! once with a fresh token on a 401; every answer portvakt makes itself comes from [`error`].
-//! [`reload`] swaps in a changed configuration while it runs.
+//! A request's path: [`server`] accepts it and hyper frames it (every byte portvakt reads or
+//! writes is hyper's); [`proxy`] is the service, which asks [`pipeline::decide`] whether and how it
+//! is sent: its form, the caller (address, API key), the [`route`], the path confined to the
+//! route's base, the [`party`] the token is for, a place among the requests served at once, and the
+//! token from the [`token`] cache (signed with a key from [`keys`], exchanged at Altinn where the
+//! route asks). [`pipeline::headers`] is the one header policy, [`upstream`] the one client,
+//! [`body`] the limits on both bodies, [`pipeline::retry`] the 401 rule; every answer portvakt makes
+//! itself comes from [`error`]. [`build`] turns a configuration into that pipeline, and [`reload`]
+//! swaps in a changed one while it runs.
 
 pub mod admin;
 pub mod app;

@@ -128,8 +128,8 @@ pub struct RouteConfig {
     pub idle_timeout: Duration,
     /// How this route's calls reach the upstream.
     pub proxy: Egress,
-    /// Speak HTTP/2 to an https:// upstream that offers it by ALPN; false keeps HTTP/1.1, on
-    /// connections of portvakt's own (the fast lane).
+    /// Speak HTTP/2 to an https:// upstream that offers it by ALPN; false keeps HTTP/1.1 (the
+    /// pooled client then offers only `http/1.1`).
     pub upstream_http2: bool,
 }
 
