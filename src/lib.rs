@@ -38,6 +38,7 @@ pub mod server;
 pub mod status_page;
 pub mod sync;
 pub mod telemetry;
+pub mod time;
 pub mod token;
 pub mod token_command;
 pub mod upstream;

@@ -113,7 +113,7 @@ pub(super) fn egress(r: &mut Reader, v: Option<&Value>, path: &str, base: &Path)
             (None, Some(f)) => {
                 let at = join(path, "password_file");
                 r.required_string(Some(f), &at)
-                    .and_then(|f| super::routes::secret_file(r, &base.join(f), &at))
+                    .and_then(|f| super::headers::secret_file(r, &base.join(f), &at))
             }
             (None, None) => None,
         }

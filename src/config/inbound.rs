@@ -337,7 +337,7 @@ pub(super) fn api_keys(r: &mut Reader, v: Option<&Value>, path: &str, base: &Pat
         let p = index(path, i);
         // Problems name the entry, never the key.
         let text = match item {
-            Value::Object(_) => super::routes::value_file(r, item, &p, base),
+            Value::Object(_) => super::headers::value_file(r, item, &p, base),
             _ => r.required_string(Some(item), &p),
         };
         let Some(text) = text else { continue };

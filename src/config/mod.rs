@@ -2,8 +2,10 @@
 //! `load` reads the YAML file, checks every field and loads every key, and reports all problems at once.
 
 mod egress;
+mod headers;
 mod inbound;
 mod reader;
+mod route_parties;
 mod routes;
 mod telemetry;
 mod validate;

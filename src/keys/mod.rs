@@ -377,7 +377,7 @@ pub fn load(source: &KeySource) -> Result<SigningKey, KeyError> {
                 password.expose(),
                 alias.as_deref(),
                 *chain,
-                crate::token::grant::unix_now() as i64,
+                crate::time::unix_now() as i64,
             )
             .map_err(in_file(path))
         }

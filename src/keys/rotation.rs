@@ -125,8 +125,7 @@ pub async fn watch(clients: Vec<Watched>, metrics: Arc<Metrics>, interval: Durat
             // Once at startup and then daily, not on every tick.
             let due = last_warning[i].is_none_or(|t| t.elapsed() >= Duration::from_secs(86_400));
             if due {
-                if let Some(warning) = expiry_warning(&key, crate::token::grant::unix_now() as i64)
-                {
+                if let Some(warning) = expiry_warning(&key, crate::time::unix_now() as i64) {
                     tracing::warn!(client = %client.name, key = %key.label(), "{warning}");
                 }
                 last_warning[i] = Some(std::time::Instant::now());
@@ -174,7 +173,7 @@ pub fn publish(client: &Arc<String>, key: &SigningKey, metrics: &Metrics) {
             .set(cert.not_after);
     }
     if let Some(created) = created(key) {
-        let age = crate::token::grant::unix_now() as i64 - created;
+        let age = crate::time::unix_now() as i64 - created;
         metrics.key_age.get_or_create(&labels).set(age.max(0));
     }
 }

@@ -82,9 +82,4 @@ pub fn sign(
     jsonwebtoken::encode(&header, &claims, key.encoding_key())
 }
 
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use crate::time::unix_now;
