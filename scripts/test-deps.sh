@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# What `cargo test` needs besides Rust, on Debian: a C compiler (aws-lc-sys builds C) and Chromium
+# What `cargo test` and the fuzzers need besides Rust, on Debian: C and C++ compilers (aws-lc-sys builds C,
+# libFuzzer C++) and Chromium
 # (the status page is rendered headless in tests/status_page.rs). Idempotent; run as root or with sudo.
 set -euo pipefail
 need=()
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+# libFuzzer (scripts/fuzz.sh) is C++.
+command -v c++ >/dev/null 2>&1 || need+=(g++)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

@@ -137,6 +137,21 @@ impl<W: fmt::Write> Visit for Fields<'_, W> {
     }
 }
 
+/// `s` as a JSON string, exactly as a line carries a field's text value.
+pub fn quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    let _ = string(&mut out, s);
+    out
+}
+
+/// A value's `Debug` form as a JSON string, exactly as a line carries it.
+pub fn quoted_debug(value: &dyn fmt::Debug) -> String {
+    let mut out = String::from("\"");
+    let _ = write!(Escaped(&mut out), "{value:?}");
+    out.push('"');
+    out
+}
+
 fn string(out: &mut impl fmt::Write, s: &str) -> fmt::Result {
     out.write_char('"')?;
     Escaped(out).write_str(s)?;

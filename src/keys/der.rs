@@ -48,6 +48,8 @@ impl<'a> Reader<'a> {
         self.rest.first().copied()
     }
 
+    // Not an Iterator: a malformed element is an error, not the end.
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Result<Element<'a>> {
         let (element, used) = element(self.rest, 0)?;
         self.rest = &self.rest[used..];

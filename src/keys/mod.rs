@@ -1,9 +1,9 @@
 //! Client keys: every supported form is loaded into one [`SigningKey`] that signs JWT grants.
 
-mod der;
-mod jwk;
-mod pem;
-mod pkcs12;
+pub mod der;
+pub mod jwk;
+pub mod pem;
+pub mod pkcs12;
 pub mod rotation;
 pub mod x509;
 

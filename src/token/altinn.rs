@@ -45,44 +45,34 @@ impl AltinnExchange {
                 format!("reading the answer failed: {}", transport(&e)),
             )
         })?;
-        if !status.is_success() {
-            // Altinn's error bodies are not documented; the status says enough and no body is echoed.
-            return Err(failed(
-                Some(status.as_u16()),
-                format!("Altinn answered HTTP {status}"),
-            ));
-        }
-        let token = altinn_token(&body).ok_or_else(|| {
-            failed(
-                Some(status.as_u16()),
-                "the answer is not a JWT (bare or as a JSON string)".into(),
-            )
-        })?;
-        let exp = jsonwebtoken::dangerous::insecure_decode_claims::<Map<String, Value>>(&token)
-            .ok()
-            .and_then(|claims| claims.get("exp").and_then(Value::as_u64))
-            .ok_or_else(|| {
-                failed(
-                    Some(status.as_u16()),
-                    "the Altinn token has no exp claim".into(),
-                )
-            })?;
-        let now = super::grant::unix_now();
-        if exp <= now {
-            return Err(failed(
-                Some(status.as_u16()),
-                format!(
-                    "the Altinn token expired {} s ago when it arrived: check this machine's clock",
-                    now - exp
-                ),
-            ));
-        }
-        Ok(Issued {
-            access_token: Secret::new(token),
-            expires_in: exp - now,
-            scope: None,
-        })
+        read_answer(status.as_u16(), &body, super::grant::unix_now())
+            .map_err(|reason| failed(Some(status.as_u16()), reason))
     }
+}
+
+/// Altinn's answer, read: the token and its lifetime from its own `exp` at `now`, or why not.
+/// Altinn's error bodies are not documented; the status says enough and no body is echoed.
+pub fn read_answer(status: u16, body: &[u8], now: u64) -> Result<Issued, String> {
+    if !(200..300).contains(&status) {
+        return Err(format!("Altinn answered HTTP {status}"));
+    }
+    let token = altinn_token(body)
+        .ok_or_else(|| "the answer is not a JWT (bare or as a JSON string)".to_string())?;
+    let exp = jsonwebtoken::dangerous::insecure_decode_claims::<Map<String, Value>>(&token)
+        .ok()
+        .and_then(|claims| claims.get("exp").and_then(Value::as_u64))
+        .ok_or_else(|| "the Altinn token has no exp claim".to_string())?;
+    if exp <= now {
+        return Err(format!(
+            "the Altinn token expired {} s ago when it arrived: check this machine's clock",
+            now - exp
+        ));
+    }
+    Ok(Issued {
+        access_token: Secret::new(token),
+        expires_in: exp - now,
+        scope: None,
+    })
 }
 
 /// The JWT in the body: bare, or as a JSON string in quotes (Altinn has answered both ways).

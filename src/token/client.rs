@@ -223,53 +223,14 @@ impl TokenEndpoint {
                 describe_transport(&e)
             ))
         })?;
-        if status.is_success() {
-            let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|_| {
-                FetchError::InvalidAnswer(format!(
-                    "HTTP {status} without access_token and expires_in"
-                ))
-            })?;
-            if answer
-                .token_type
-                .as_deref()
-                .is_some_and(|t| !t.eq_ignore_ascii_case("bearer"))
-            {
-                return Err(FetchError::InvalidAnswer("token_type is not Bearer".into()));
-            }
-            let expires_in = answer
-                .expires_in
-                .filter(|e| *e > 0)
-                .ok_or_else(|| FetchError::InvalidAnswer("expires_in is missing or zero".into()))?;
-            if answer.access_token.is_empty()
-                || !answer.access_token.bytes().all(|b| b.is_ascii_graphic())
-            {
-                return Err(FetchError::InvalidAnswer(
-                    "access_token is empty or not printable".into(),
-                ));
-            }
-            return Ok(Issued {
-                access_token: Secret::new(answer.access_token),
-                expires_in,
-                scope: answer.scope,
-            });
-        }
-        if status.is_server_error() || status.as_u16() == 429 {
-            return Err(match retry_after {
-                Some(retry_after) => FetchError::Throttled {
-                    reason: format!("HTTP {status}"),
-                    retry_after,
-                },
-                None => FetchError::Unavailable(format!("HTTP {status}")),
-            });
-        }
-        // Only the parsed, documented fields are kept: the raw body never reaches logs or callers.
-        let (error, description, code) = match serde_json::from_slice::<ErrorAnswer>(&body) {
-            Ok(e) => {
-                let code = mp_code(e.error_uri.as_deref())
-                    .or_else(|| mp_code(e.error_description.as_deref()));
-                (e.error, e.error_description.map(|d| clean(&d)), code)
-            }
-            Err(_) => (format!("http_{}", status.as_u16()), None, None),
+        let (error, description, code) = match read_answer(status.as_u16(), retry_after, &body) {
+            Ok(issued) => return Ok(issued),
+            Err(Refusal::Failed(e)) => return Err(e),
+            Err(Refusal::Rejected {
+                error,
+                description,
+                code,
+            }) => (error, description, code),
         };
         let seen = Seen {
             supplier_org: key.certificate().and_then(|c| c.org_number.as_deref()),
@@ -278,12 +239,82 @@ impl TokenEndpoint {
         };
         let hint = hint(code.as_deref(), &error, spec, &seen);
         Err(FetchError::Rejected {
-            error: clean(&error),
+            error,
             description,
             code,
             hint,
         })
     }
+}
+
+/// Why an answer from the token endpoint is not a token.
+#[derive(Debug)]
+pub enum Refusal {
+    /// Unavailable, throttled, or not a token answer.
+    Failed(FetchError),
+    /// Maskinporten rejected the grant: its documented fields, cleaned (short, printable).
+    Rejected {
+        error: String,
+        description: Option<String>,
+        code: Option<String>,
+    },
+}
+
+/// The token endpoint's answer, read: a token, or why not. Only the parsed, documented fields
+/// are kept: the raw body never reaches logs or callers.
+pub fn read_answer(
+    status: u16,
+    retry_after: Option<Duration>,
+    body: &[u8],
+) -> Result<Issued, Refusal> {
+    let invalid = |m: String| Refusal::Failed(FetchError::InvalidAnswer(m));
+    if (200..300).contains(&status) {
+        let answer: TokenAnswer = serde_json::from_slice(body)
+            .map_err(|_| invalid(format!("HTTP {status} without access_token and expires_in")))?;
+        if answer
+            .token_type
+            .as_deref()
+            .is_some_and(|t| !t.eq_ignore_ascii_case("bearer"))
+        {
+            return Err(invalid("token_type is not Bearer".into()));
+        }
+        let expires_in = answer
+            .expires_in
+            .filter(|e| *e > 0)
+            .ok_or_else(|| invalid("expires_in is missing or zero".into()))?;
+        if answer.access_token.is_empty()
+            || !answer.access_token.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(invalid("access_token is empty or not printable".into()));
+        }
+        return Ok(Issued {
+            access_token: Secret::new(answer.access_token),
+            expires_in,
+            scope: answer.scope,
+        });
+    }
+    if status >= 500 || status == 429 {
+        return Err(Refusal::Failed(match retry_after {
+            Some(retry_after) => FetchError::Throttled {
+                reason: format!("HTTP {status}"),
+                retry_after,
+            },
+            None => FetchError::Unavailable(format!("HTTP {status}")),
+        }));
+    }
+    let (error, description, code) = match serde_json::from_slice::<ErrorAnswer>(body) {
+        Ok(e) => {
+            let code =
+                mp_code(e.error_uri.as_deref()).or_else(|| mp_code(e.error_description.as_deref()));
+            (e.error, e.error_description.map(|d| clean(&d)), code)
+        }
+        Err(_) => (format!("http_{status}"), None, None),
+    };
+    Err(Refusal::Rejected {
+        error: clean(&error),
+        description,
+        code,
+    })
 }
 
 impl TokenEndpoint {

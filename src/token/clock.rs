@@ -1,26 +1,10 @@
 //! Time as Maskinporten sees it: its `Date` header (RFC 9110 IMF-fixdate) tells how far this
 //! machine's clock is off, and Maskinporten refuses grants more than 10 s off (MP-130).
 
-use crate::keys::x509::{civil_from_days, days_from_civil};
-
-const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-const MONTHS: [&str; 12] = [
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-];
-
-/// `Sun, 06 Nov 1994 08:49:37 GMT` for Unix seconds.
+/// `Sun, 06 Nov 1994 08:49:37 GMT` (IMF-fixdate) for Unix seconds; times before 1970 as 1970.
 pub fn http_date(unix: i64) -> String {
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{}, {day:02} {} {year:04} {:02}:{:02}:{:02} GMT",
-        WEEKDAYS[days.rem_euclid(7) as usize],
-        MONTHS[(month - 1) as usize],
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    let secs = u64::try_from(unix).unwrap_or(0);
+    httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
 }
 
 /// A `Retry-After` value: delay seconds, or an HTTP date (against `now_unix`). Capped at an hour,
@@ -34,28 +18,12 @@ pub fn retry_after(value: &http::HeaderValue, now_unix: i64) -> Option<std::time
     Some(std::time::Duration::from_secs(secs.min(3600)))
 }
 
-/// Unix seconds of an IMF-fixdate (the only form a server may send).
+/// Unix seconds of an HTTP date in any of RFC 9110's three forms (IMF-fixdate, the obsolete
+/// RFC 850 form and asctime), as a recipient must accept them (RFC 9110 5.6.7).
 pub fn parse_http_date(text: &str) -> Option<i64> {
-    let mut parts = text.split_whitespace();
-    let (_weekday, day, month, year, time, zone) = (
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-    );
-    if zone != "GMT" || parts.next().is_some() {
-        return None;
-    }
-    let month = MONTHS.iter().position(|m| *m == month)? as i64 + 1;
-    let (day, year): (i64, i64) = (day.parse().ok()?, year.parse().ok()?);
-    let mut hms = time.split(':').map(|n| n.parse::<i64>().ok());
-    let (h, m, s) = (hms.next()??, hms.next()??, hms.next()??);
-    if !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 {
-        return None;
-    }
-    Some(days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + s)
+    let time = httpdate::parse_http_date(text.trim()).ok()?;
+    let secs = time.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    i64::try_from(secs).ok()
 }
 
 /// How many seconds the server's clock is ahead of ours (negative: behind), from its `Date`
@@ -87,6 +55,10 @@ mod tests {
         );
         for t in [0, 1_700_000_000, 1_795_000_000, 4_102_444_799] {
             assert_eq!(parse_http_date(&http_date(t)), Some(t), "{t}");
+        }
+        // The two obsolete forms a recipient must accept (RFC 9110 5.6.7).
+        for obsolete in ["Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994"] {
+            assert_eq!(parse_http_date(obsolete), Some(784_111_777), "{obsolete}");
         }
         for bad in [
             "",

@@ -1,0 +1,325 @@
+//! The properties the fuzz targets check, one function per target. The same file is compiled into
+//! the cargo-fuzz targets (`fuzz/fuzz_targets/`) and into `tests/fuzz_corpora.rs`, which replays
+//! every corpus and regression file through it with the stable toolchain, so a crash once found
+//! stays fixed. A panic is a finding.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use base64::Engine as _;
+use portvakt::keys::{der, jwk, Certificate, SigningKey};
+use std::path::Path;
+
+/// The fixtures' PKCS#12 password (tests/fixtures/pki/password.txt), so mutated real files get
+/// past the integrity check now and then.
+const P12_PASSWORD: &str = "test-passord-1234";
+
+/// The configuration reader answers any text with a config or a list of problems naming the file.
+pub fn config(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        read_config(text);
+    }
+}
+
+/// Structure-aware: a whole, valid configuration whose values come from the input (split at
+/// newlines), quoted as YAML strings or, where the value's first byte is odd, written raw.
+pub fn config_values(data: &[u8]) {
+    const FIELDS: usize = 12;
+    let text = String::from_utf8_lossy(data);
+    let mut values: Vec<String> = text
+        .split('\n')
+        .take(FIELDS)
+        .map(|v| {
+            if v.as_bytes().first().is_some_and(|b| b % 2 == 1) {
+                v.to_string()
+            } else {
+                serde_json::to_string(v).unwrap()
+            }
+        })
+        .collect();
+    values.resize(FIELDS, "\"x\"".into());
+    let v = |i: usize| values[i].as_str();
+    let yaml = format!(
+        "listen: {}\nmaskinporten:\n  environment: {}\n  timeout_seconds: {}\nclients:\n  vendor:\n    client_id: {}\n    key:\n      pem: {}\n      kid: {}\nroutes:\n  - name: {}\n    prefix: {}\n    upstream: {}\n    client: vendor\n    scopes: [{}]\n    consumer_orgs: [{}]\n    headers:\n      {}: x\n",
+        v(0), v(1), v(2), v(3), v(4), v(5), v(6), v(7), v(8), v(9), v(10), v(11)
+    );
+    read_config(&yaml);
+}
+
+fn read_config(text: &str) {
+    let env = |name: &str| (name == "SET").then(|| "value".to_string());
+    // Key files resolve under a folder that does not exist, so nothing is read from disk.
+    match portvakt::config::from_str(
+        text,
+        Path::new("fuzz.yaml"),
+        Path::new("/nonexistent-portvakt-fuzz"),
+        &env,
+    ) {
+        Ok(config) => {
+            for route in &config.routes {
+                assert!(route.prefix.starts_with('/'), "{}", route.prefix);
+            }
+        }
+        Err(e) => {
+            let message = e.to_string();
+            assert!(
+                message.contains("fuzz.yaml"),
+                "a problem that names no file: {message}"
+            );
+        }
+    }
+}
+
+/// The DER reader, X.509 and PKCS#12: every structure walks without a panic; a certificate's
+/// dates and organisation number are sane; a PKCS#12 file that opens gives a key whose public
+/// part is its certificate's.
+pub fn keys(data: &[u8]) {
+    walk(der::Reader::new(data), 0);
+    if let Ok(cert) = Certificate::parse(data) {
+        certificate_is_sane(&cert);
+    }
+    for password in [P12_PASSWORD, ""] {
+        let now = portvakt::time::unix_now() as i64;
+        let Ok(key) = SigningKey::from_pkcs12(data, password, None, true, now) else {
+            continue;
+        };
+        let cert = key
+            .certificate()
+            .expect("a virksomhetssertifikat key without its certificate");
+        certificate_is_sane(cert);
+        let (n, e) = cert
+            .rsa
+            .as_ref()
+            .expect("an RSA key with a certificate that is not RSA");
+        let jwk = key.public_jwk();
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        assert_eq!(
+            jwk["n"].as_str(),
+            Some(b64.encode(n).as_str()),
+            "the key is not the certificate's"
+        );
+        assert_eq!(
+            jwk["e"].as_str(),
+            Some(b64.encode(e).as_str()),
+            "the key is not the certificate's"
+        );
+        assert!(key.bits() >= 2048);
+        assert!(
+            cert.not_before <= now && now <= cert.not_after,
+            "a certificate out of date was taken"
+        );
+    }
+}
+
+fn walk(mut reader: der::Reader<'_>, depth: usize) {
+    while !reader.is_empty() {
+        let Ok(element) = reader.next() else { return };
+        assert!(element.body.len() <= element.raw.len());
+        if depth < 32 && element.tag & 0x20 != 0 {
+            walk(element.children(), depth + 1);
+        }
+        let _ = element.octets();
+        let _ = element.small_uint();
+        let _ = element.oid();
+        let _ = element.bmp_string();
+    }
+}
+
+fn certificate_is_sane(cert: &Certificate) {
+    assert!(
+        cert.not_before <= cert.not_after,
+        "{} after {}",
+        cert.not_before,
+        cert.not_after
+    );
+    if let Some(org) = &cert.org_number {
+        assert!(
+            org.len() == 9 && org.bytes().all(|b| b.is_ascii_digit()),
+            "org number {org:?}"
+        );
+    }
+    let _ = portvakt::keys::x509::date(cert.not_after);
+}
+
+/// PEM, JWK, JWK set and base64 JWK: a key that loads is RSA of at least 2048 bits with a kid
+/// and an RFC 7638 thumbprint.
+pub fn key_text(data: &[u8]) {
+    let loaded = [
+        SigningKey::from_pem(data, "kid-1"),
+        jwk::load(data, "jwk"),
+        std::str::from_utf8(data)
+            .map_err(|_| portvakt::keys::KeyError::Invalid("utf-8".into()))
+            .and_then(jwk::decode_base64)
+            .and_then(|bytes| jwk::load(&bytes, "jwk_base64")),
+    ];
+    for key in loaded.into_iter().flatten() {
+        assert!(key.bits() >= 2048, "{} bits", key.bits());
+        assert!(key.kid().is_some_and(|k| !k.is_empty()));
+        assert_eq!(
+            key.thumbprint().len(),
+            43,
+            "a SHA-256 thumbprint in base64url"
+        );
+    }
+}
+
+/// Maskinporten's token answer and error answer, Altinn's exchange answer, `Retry-After` and HTTP
+/// dates. A token taken is printable and lives; a rejection carries only short, printable,
+/// parsed fields, never the body; dates in any of RFC 9110's three forms round-trip.
+pub fn answers(data: &[u8]) {
+    let (status, body) = match data.split_first() {
+        Some((s, rest)) => ([200, 400, 401, 429, 503, 201][usize::from(*s) % 6], rest),
+        None => (200, data),
+    };
+    match portvakt::token::client::read_answer(status, None, body) {
+        Ok(issued) => {
+            assert!((200..300).contains(&status));
+            let token = issued.access_token.expose();
+            assert!(!token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic()));
+            assert!(issued.expires_in > 0);
+        }
+        Err(portvakt::token::client::Refusal::Rejected {
+            error,
+            description,
+            code,
+        }) => {
+            for text in std::iter::once(&error)
+                .chain(description.as_ref())
+                .chain(code.as_ref())
+            {
+                assert!(
+                    text.chars().count() <= 300 && !text.chars().any(char::is_control),
+                    "{text:?}"
+                );
+            }
+        }
+        Err(portvakt::token::client::Refusal::Failed(_)) => {}
+    }
+    if let Ok(issued) = portvakt::token::altinn::read_answer(status, body, 1_000_000_000) {
+        assert!(issued.expires_in > 0);
+        assert_eq!(issued.access_token.expose().split('.').count(), 3);
+    }
+    if let Ok(text) = std::str::from_utf8(body) {
+        if let Ok(value) = http::HeaderValue::from_str(text) {
+            if let Some(after) = portvakt::token::clock::retry_after(&value, 1_700_000_000) {
+                assert!(after.as_secs() <= 3600);
+            }
+        }
+        if let Some(unix) = portvakt::token::clock::parse_http_date(text) {
+            let again = portvakt::token::clock::http_date(unix);
+            assert_eq!(
+                portvakt::token::clock::parse_http_date(&again),
+                Some(unix),
+                "{text:?} -> {again}"
+            );
+        }
+    }
+}
+
+/// The JSON log line writer: for any text, the line it writes parses as JSON and gives the text
+/// back, so no caller data can forge a field or a line.
+pub fn json_log(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    for (quoted, want) in [
+        (portvakt::json_log::quoted(&text), text.to_string()),
+        (portvakt::json_log::quoted_debug(&text), format!("{text:?}")),
+    ] {
+        assert!(
+            !quoted.contains('\n') && !quoted.contains('\r'),
+            "a line break in {quoted:?}"
+        );
+        let line = format!("{{\"fields\":{{\"message\":{quoted},\"route\":\"nav\"}}}}");
+        let parsed: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert_eq!(parsed["fields"]["message"].as_str(), Some(want.as_str()));
+        assert_eq!(
+            parsed["fields"].as_object().map(|f| f.len()),
+            Some(2),
+            "a forged field: {line}"
+        );
+    }
+}
+
+/// Path confinement, as a request meets it: the request-target's bytes parsed as hyper parses
+/// them (the http crate's `Uri`), judged by the pipeline's form rule, routed by prefix and confined
+/// by `pipeline::confine`, the calls `pipeline::decide` makes. Whatever portvakt would send stays
+/// under the route's base however the upstream decodes and normalises the path (percent-decoding
+/// once or twice, `\` as `/`, `;params` dropped, dot segments resolved), carries the caller's query
+/// unchanged, and holds no `#`.
+pub fn path(data: &[u8]) {
+    let mut target = b"/nav/".to_vec();
+    target.extend_from_slice(data);
+    let Ok(uri) = http::Uri::try_from(target.as_slice()) else {
+        return;
+    };
+    let Some(pq) = uri.path_and_query() else {
+        return;
+    };
+    if !portvakt::pipeline::form::is_origin_form(pq.as_str().as_bytes()) {
+        return;
+    }
+    let Some(rest) = portvakt::route::remainder("/nav", uri.path()) else {
+        return;
+    };
+    assert!(!rest.contains(['?', '#']), "{rest:?}");
+    let base = portvakt::upstream::Target::from_uri(&"https://api.example/base/".parse().unwrap())
+        .unwrap();
+    let Ok(sent) = portvakt::pipeline::confine(&base, rest, uri.query()) else {
+        return;
+    };
+    assert_eq!(sent.query(), uri.query(), "the query changed");
+    stays_under_base(&sent, &String::from_utf8_lossy(&target));
+}
+
+/// Whether an upstream URI stays under `/base` however the upstream decodes it, and holds no `#`.
+pub fn stays_under_base(sent: &http::Uri, from: &str) {
+    let path = sent.path();
+    assert!(!sent.to_string().contains('#'), "{sent}");
+    assert!(path.starts_with("/base"), "{path}");
+    for decoded in [decode(path), decode(&decode(path))] {
+        let segments = resolve(&decoded);
+        assert!(
+            segments
+                .as_ref()
+                .and_then(|s| s.first())
+                .map(String::as_str)
+                == Some("base"),
+            "{from:?} leaves /base once decoded: {decoded:?}"
+        );
+    }
+}
+
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) =
+                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+            {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// How a lenient upstream might see the path: backslashes as slashes, params dropped, dot segments
+/// resolved; `None` when it climbs above the root.
+fn resolve(path: &str) -> Option<Vec<String>> {
+    let mut stack: Vec<String> = Vec::new();
+    for seg in path.replace('\\', "/").split('/') {
+        let seg = seg.split(';').next().unwrap_or("");
+        match seg {
+            "" | "." => {}
+            ".." => {
+                stack.pop()?;
+            }
+            s => stack.push(s.to_string()),
+        }
+    }
+    Some(stack)
+}
