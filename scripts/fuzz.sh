@@ -21,7 +21,7 @@ for target in "${targets[@]}"; do
   if ! cargo fuzz run "$target" -- -max_total_time="$seconds" -timeout=30 -rss_limit_mb=3072 \
       -print_final_stats=1 >"$log" 2>&1; then
     tail -n 40 "$log"
-    echo "fuzz: $target FAILED; its input is in fuzz/artifacts/$target" >&2
+    echo "fuzz: $target FAILED (a finding leaves its input in fuzz/artifacts/$target)" >&2
     exit 1
   fi
   runs=$(awk '/stat::number_of_executed_units/ {print $2}' "$log")

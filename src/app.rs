@@ -47,6 +47,7 @@ pub fn build(config: &Config) -> anyhow::Result<App> {
             built.snapshot,
             metrics,
             config.inbound.max_concurrent_requests,
+            config.inbound.max_concurrent_per_address,
         )),
         keys: built.keys,
         kept: built.kept,
@@ -167,6 +168,18 @@ pub fn start_on(
             .tls
             .as_ref()
             .map(|t| TlsAcceptor::from(Arc::clone(&t.server))),
+        answer_stall: Some(app.inbound.answer_stall),
+        on_stall: Some({
+            let metrics = Arc::clone(&proxy.metrics);
+            Arc::new(move |_peer| {
+                metrics
+                    .slow_callers_cut
+                    .get_or_create(&crate::metrics::CutLabels {
+                        reason: "answer_stall",
+                    })
+                    .inc();
+            })
+        }),
     };
     tasks.push(tokio::spawn(crate::server::serve(
         listener,

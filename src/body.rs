@@ -1,10 +1,12 @@
 //! Bodies streamed through portvakt, in either direction, with the limits a proxy needs: a pause
 //! longer than the route's idle timeout ends the stream (a stalled peer never holds a connection
-//! forever), a request body past the route's size limit ends it, and the concurrency permit of the
-//! request it belongs to is held until the body is done.
+//! forever), a caller's body that comes slower than the minimum rate or past its deadline ends it
+//! (a slow caller cannot hold a place), a request body past the route's size limit ends it, and
+//! the place of the request it belongs to is held until the body is done.
 
 use crate::fault::{BodyError, Fault};
 use crate::metrics::Metrics;
+use crate::permits::Permit;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
@@ -15,18 +17,46 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 
-/// A streamed body with an idle timeout, an optional size limit and an optional permit.
+/// How a body must keep coming: its longest pause and, for a caller's body, a minimum average rate
+/// (once a grace period is over, counting only the time portvakt waits for data, so an upstream
+/// that reads slowly never counts against the caller) and an overall deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pace {
+    pub idle: Duration,
+    /// Bytes a second; 0 for none.
+    pub min_rate: u64,
+    pub grace: Duration,
+    pub deadline: Option<Duration>,
+}
+
+impl Pace {
+    /// No pause longer than `idle`, and nothing else.
+    pub fn idle(idle: Duration) -> Pace {
+        Pace {
+            idle,
+            min_rate: 0,
+            grace: Duration::ZERO,
+            deadline: None,
+        }
+    }
+}
+
+/// A streamed body under its [`Pace`], with an optional size limit and the request's place.
 pub struct Guarded {
     inner: Incoming,
-    idle: Duration,
-    /// Armed on the first wait, pushed back on every frame.
+    pace: Pace,
+    /// Armed while waiting, for the earliest moment the pace is broken.
     timer: Option<Pin<Box<Sleep>>>,
+    /// The first poll, the last frame, the wait under way, and the time waited before it.
+    started: Option<Instant>,
+    last: Option<Instant>,
+    waiting_since: Option<Instant>,
+    waited: Duration,
     limit: Option<u64>,
     seen: u64,
-    _permit: Option<OwnedSemaphorePermit>,
+    _permit: Option<Permit>,
     faults: Option<FaultCount>,
 }
 
@@ -37,11 +67,15 @@ pub struct FaultCount {
 }
 
 impl Guarded {
-    pub fn new(inner: Incoming, idle: Duration) -> Self {
+    pub fn new(inner: Incoming, pace: Pace) -> Self {
         Guarded {
             inner,
-            idle,
+            pace,
             timer: None,
+            started: None,
+            last: None,
+            waiting_since: None,
+            waited: Duration::ZERO,
             limit: None,
             seen: 0,
             _permit: None,
@@ -59,9 +93,32 @@ impl Guarded {
         self
     }
 
-    pub fn with_permit(mut self, permit: Option<OwnedSemaphorePermit>) -> Self {
+    pub fn with_permit(mut self, permit: Option<Permit>) -> Self {
         self._permit = permit;
         self
+    }
+
+    /// When the wait under way breaks the pace, and how: the earliest of the idle timeout, the
+    /// deadline, and the waiting time at which the average rate falls below the minimum.
+    fn due(&self, since: Instant) -> (Instant, BodyError) {
+        let pace = &self.pace;
+        let mut due = (
+            self.last.unwrap_or(since) + pace.idle,
+            BodyError::Idle(pace.idle),
+        );
+        if let (Some(deadline), Some(started)) = (pace.deadline, self.started) {
+            if started + deadline < due.0 {
+                due = (started + deadline, BodyError::Deadline(deadline));
+            }
+        }
+        if pace.min_rate > 0 {
+            let earned = Duration::from_secs_f64(self.seen as f64 / pace.min_rate as f64);
+            let at = since + earned.max(pace.grace).saturating_sub(self.waited);
+            if at < due.0 {
+                due = (at, BodyError::TooSlow(pace.min_rate));
+            }
+        }
+        due
     }
 }
 
@@ -76,14 +133,17 @@ impl HttpBody for Guarded {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                let now = Instant::now();
+                this.started.get_or_insert(now);
+                if let Some(since) = this.waiting_since.take() {
+                    this.waited += now - since;
+                }
+                this.last = Some(now);
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
                     if let Some(max) = this.limit.filter(|max| this.seen > *max) {
                         return Poll::Ready(Some(Err(Box::new(BodyError::TooLarge(max)))));
                     }
-                }
-                if let Some(timer) = &mut this.timer {
-                    timer.as_mut().reset(Instant::now() + this.idle);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -96,16 +156,28 @@ impl HttpBody for Guarded {
             }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                let idle = this.idle;
+                let since = match this.waiting_since {
+                    Some(since) => since,
+                    None => {
+                        let now = Instant::now();
+                        this.started.get_or_insert(now);
+                        this.waiting_since = Some(now);
+                        now
+                    }
+                };
+                let (at, broken) = this.due(since);
                 let timer = this
                     .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                if timer.deadline() != at {
+                    timer.as_mut().reset(at);
+                }
                 match timer.as_mut().poll(cx) {
                     Poll::Ready(()) => {
                         if let Some(f) = &this.faults {
                             f.metrics.count_upstream_error(&f.route, Fault::Timeout);
                         }
-                        Poll::Ready(Some(Err(Box::new(BodyError::Idle(idle)))))
+                        Poll::Ready(Some(Err(Box::new(broken))))
                     }
                     Poll::Pending => Poll::Pending,
                 }

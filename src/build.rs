@@ -2,7 +2,8 @@
 //! clients, and the clients' keys; on a reload, what did not change keeps its state. Used by
 //! `app.rs` at start and by `reload.rs`.
 
-use crate::config::{Config, Egress, Maskinporten, RouteConfig, SystemUser};
+use crate::body::Pace;
+use crate::config::{BodyPace, Config, Egress, Maskinporten, RouteConfig, SystemUser};
 use crate::keys::rotation::{self, Watched};
 use crate::keys::ClientKey;
 use crate::keys::KeySource;
@@ -275,6 +276,7 @@ pub fn assemble(
             api_key_header: r.api_key_header.clone(),
             max_body_bytes: r.max_body_bytes,
             idle_timeout: r.idle_timeout,
+            pace: pace(r, &config.inbound.body),
         }));
     }
     let kept_tokens = cache.settle();
@@ -336,5 +338,16 @@ impl UpstreamClients {
             crate::upstream::client(tls.clone(), r.connect_timeout, &r.proxy, r.upstream_http2);
         self.made.push((key, client.clone(), tls.clone()));
         Ok((client, tls))
+    }
+}
+
+/// The route's pace for a caller's body: its own settings, else `inbound`'s; zero turns one off.
+fn pace(r: &RouteConfig, inbound: &BodyPace) -> Pace {
+    let deadline = r.body_deadline.unwrap_or(inbound.deadline);
+    Pace {
+        idle: r.idle_timeout,
+        min_rate: r.min_body_rate.unwrap_or(inbound.min_rate),
+        grace: r.body_rate_grace.unwrap_or(inbound.grace),
+        deadline: (!deadline.is_zero()).then_some(deadline),
     }
 }

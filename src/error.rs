@@ -39,8 +39,14 @@ pub enum ProxyError {
     BodyTooLarge { limit: u64 },
     #[error("the caller sent no body data for {} s", .0.as_secs())]
     RequestBodyTimeout(Duration),
+    #[error("the caller sent its body slower than {0} bytes a second")]
+    RequestBodyTooSlow(u64),
+    #[error("the caller's body was not whole within {} s", .0.as_secs())]
+    RequestBodyDeadline(Duration),
     #[error("portvakt is serving its maximum of {0} requests at once")]
     Overloaded(usize),
+    #[error("this caller's address has its share of {0} requests under way at once")]
+    AddressOverloaded(usize),
     #[error("the path would leave the route's prefix once decoded")]
     PathEscapes,
     #[error("{0}")]
@@ -79,7 +85,10 @@ impl ProxyError {
             }
             ProxyError::UnsupportedTransferCoding(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::RequestBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::RequestBodyTimeout(_)
+            | ProxyError::RequestBodyTooSlow(_)
+            | ProxyError::RequestBodyDeadline(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::AddressOverloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::PathEscapes | ProxyError::RequestBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::Party(PartyError::NotAllowed { .. }) => StatusCode::FORBIDDEN,
@@ -123,6 +132,14 @@ impl ProxyError {
             ),
             ProxyError::BodyTooLarge { .. } => ("body-too-large", "Request body too large"),
             ProxyError::RequestBodyTimeout(_) => ("request-body-timeout", "Request body stalled"),
+            ProxyError::RequestBodyTooSlow(_) => ("request-body-too-slow", "Request body too slow"),
+            ProxyError::RequestBodyDeadline(_) => {
+                ("request-body-deadline", "Request body took too long")
+            }
+            ProxyError::AddressOverloaded(_) => (
+                "caller-overloaded",
+                "Too many requests at once from this address",
+            ),
             ProxyError::Overloaded(_) => ("overloaded", "Too many requests at once"),
             ProxyError::PathEscapes => ("path-escapes-route", "Path not allowed"),
             ProxyError::Party(PartyError::NotAllowed { .. }) => (
@@ -169,6 +186,8 @@ impl ProxyError {
         match cut_by_portvakt(e) {
             Some(BodyError::TooLarge(limit)) => ProxyError::BodyTooLarge { limit },
             Some(BodyError::Idle(after)) => ProxyError::RequestBodyTimeout(after),
+            Some(BodyError::TooSlow(rate)) => ProxyError::RequestBodyTooSlow(rate),
+            Some(BodyError::Deadline(after)) => ProxyError::RequestBodyDeadline(after),
             None => ProxyError::RequestBody(crate::cause::chain(e)),
         }
     }
@@ -183,9 +202,26 @@ impl ProxyError {
         (callers || cut_by_portvakt(e).is_some()).then(|| ProxyError::request_body(e))
     }
 
-    /// Whether the caller's connection is closed after this answer: its framing was refused.
+    /// Whether the caller's connection is closed after this answer: its framing was refused, or
+    /// its body was cut and the rest of it cannot be read in good time.
     pub fn ends_connection(&self) -> bool {
-        matches!(self, ProxyError::UnsupportedTransferCoding(_))
+        matches!(
+            self,
+            ProxyError::UnsupportedTransferCoding(_)
+                | ProxyError::RequestBodyTimeout(_)
+                | ProxyError::RequestBodyTooSlow(_)
+                | ProxyError::RequestBodyDeadline(_)
+        )
+    }
+
+    /// Why portvakt cut the caller's body, for `portvakt_request_bodies_cut_total`.
+    pub fn body_cut(&self) -> Option<&'static str> {
+        match self {
+            ProxyError::RequestBodyTimeout(_) => Some("idle"),
+            ProxyError::RequestBodyTooSlow(_) => Some("too_slow"),
+            ProxyError::RequestBodyDeadline(_) => Some("deadline"),
+            _ => None,
+        }
     }
 
     /// The upstream's part in the failure, for `portvakt_upstream_errors_total`.
@@ -205,9 +241,9 @@ impl ProxyError {
                 error: FetchError::Unavailable(_) | FetchError::Throttled { .. },
                 retry_after,
             }) => Some(*retry_after),
-            ProxyError::Token(TokenError::WaitTimeout(_)) | ProxyError::Overloaded(_) => {
-                Some(Duration::from_secs(1))
-            }
+            ProxyError::Token(TokenError::WaitTimeout(_))
+            | ProxyError::Overloaded(_)
+            | ProxyError::AddressOverloaded(_) => Some(Duration::from_secs(1)),
             _ => None,
         }
     }

@@ -13,6 +13,10 @@ pub enum BodyError {
     Idle(Duration),
     /// More than this many bytes.
     TooLarge(u64),
+    /// Slower on average than this many bytes a second.
+    TooSlow(u64),
+    /// Not whole within this long.
+    Deadline(Duration),
 }
 
 impl fmt::Display for BodyError {
@@ -20,6 +24,10 @@ impl fmt::Display for BodyError {
         match self {
             BodyError::Idle(d) => write!(f, "no data for {} s", d.as_secs()),
             BodyError::TooLarge(max) => write!(f, "the body is larger than {max} bytes"),
+            BodyError::TooSlow(rate) => {
+                write!(f, "the body came slower than {rate} bytes a second")
+            }
+            BodyError::Deadline(d) => write!(f, "the body was not whole within {} s", d.as_secs()),
         }
     }
 }

@@ -27,6 +27,7 @@ pub mod log_writer;
 pub mod metrics;
 pub mod mock;
 pub mod party;
+pub mod permits;
 pub mod pipeline;
 pub mod proxy;
 pub mod recent;

@@ -72,6 +72,13 @@ pub struct ReloadLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CutLabels {
+    /// idle (no body data for the idle timeout), too_slow (below the minimum rate), deadline (the
+    /// body not whole in time), answer_stall (the caller read nothing of its answer).
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RetryLabels {
     pub route: Arc<String>,
     /// retried, not_replayable (the body was streamed, not kept) or suppressed (a fresh token was
@@ -99,6 +106,7 @@ pub struct Metrics {
     pub key_reloads: Family<ReloadLabels, Counter>,
     pub altinn_exchanges: Family<FetchLabels, Counter>,
     pub unauthorized_retries: Family<RetryLabels, Counter>,
+    pub slow_callers_cut: Family<CutLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     /// Requests holding a concurrency permit, set when scraped.
@@ -141,6 +149,11 @@ impl Metrics {
             in_flight: r.add(
                 "in_flight_requests",
                 "Requests being served now, from admission to the last body byte",
+                None,
+            ),
+            slow_callers_cut: r.add(
+                "slow_callers_cut",
+                "Connections and request bodies portvakt cut because the caller was too slow, by reason",
                 None,
             ),
             unauthorized_retries: r.add(

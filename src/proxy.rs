@@ -3,11 +3,12 @@
 //! one upstream client, the 401 rule), streams the answer back, and leaves each request's metrics
 //! and access line. Every answer portvakt makes itself comes from [`ProxyError`], here.
 
-use crate::body::{Body, FaultCount, Guarded};
+use crate::body::{Body, FaultCount, Guarded, Pace};
 use crate::error::ProxyError;
 use crate::metrics::{self, Metrics, RequestLabels};
+use crate::permits::{Permit, Permits};
 use crate::pipeline::headers::{self, Framing};
-use crate::pipeline::{self, retry, Permits, Plan, Refused, Snapshot};
+use crate::pipeline::{self, retry, Plan, Refused, Snapshot};
 use crate::recent::{RecentError, RecentErrors};
 use crate::request_id;
 use crate::upstream::{self, UpstreamBody};
@@ -37,11 +38,17 @@ pub struct Proxy {
 pub struct Peer(pub SocketAddr);
 
 impl Proxy {
-    pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>, max_in_flight: usize) -> Self {
+    /// `max_in_flight` requests at once, `per_address` of them from one caller address.
+    pub fn new(
+        snapshot: Snapshot,
+        metrics: Arc<Metrics>,
+        max_in_flight: usize,
+        per_address: usize,
+    ) -> Self {
         Proxy {
             current: ArcSwap::from_pointee(snapshot),
             metrics,
-            permits: Permits::new(max_in_flight),
+            permits: Permits::new(max_in_flight, per_address),
             no_route: Arc::new(String::new()),
             recent: RecentErrors::default(),
         }
@@ -118,12 +125,26 @@ impl Proxy {
         match outcome {
             Ok(response) => {
                 let status = response.status();
-                self.finish(route.as_ref(), &method, started, request_id, Ok(status));
+                self.finish(
+                    route.as_ref(),
+                    &method,
+                    peer,
+                    started,
+                    request_id,
+                    Ok(status),
+                );
                 response
             }
             Err(error) => {
                 let response = error.to_response(route.as_deref().map(String::as_str));
-                self.finish(route.as_ref(), &method, started, request_id, Err(&error));
+                self.finish(
+                    route.as_ref(),
+                    &method,
+                    peer,
+                    started,
+                    request_id,
+                    Err(&error),
+                );
                 response
             }
         }
@@ -146,7 +167,7 @@ impl Proxy {
             permit,
         } = plan;
         let declared = head.headers.contains_key(CONTENT_LENGTH);
-        let body = Guarded::new(body, route.idle_timeout).with_limit(route.max_body_bytes);
+        let body = Guarded::new(body, route.pace).with_limit(route.max_body_bytes);
         let body: UpstreamBody = match route.retry_body_max {
             Some(max) => retry::keep_if_small(body, max).await?,
             None => Either::Left(body),
@@ -195,7 +216,7 @@ impl Proxy {
         &self,
         route: &crate::route::Route,
         mut response: Response<Incoming>,
-        permit: tokio::sync::OwnedSemaphorePermit,
+        permit: Permit,
     ) -> Result<Response<Body>, ProxyError> {
         if let Err(reason) = headers::from_upstream(response.headers_mut()) {
             return Err(ProxyError::UpstreamFailed {
@@ -211,7 +232,7 @@ impl Proxy {
         };
         Ok(response.map(|b| {
             Either::Left(
-                Guarded::new(b, route.idle_timeout)
+                Guarded::new(b, Pace::idle(route.idle_timeout))
                     .with_permit(Some(permit))
                     .counting_faults(faults),
             )
@@ -224,6 +245,7 @@ impl Proxy {
         &self,
         route: Option<&Arc<String>>,
         method: &Method,
+        peer: IpAddr,
         started: Instant,
         request_id: &str,
         outcome: Result<StatusCode, &ProxyError>,
@@ -235,7 +257,11 @@ impl Proxy {
                 if let (Some(fault), Some(route)) = (error.upstream_fault(), route) {
                     self.metrics.count_upstream_error(route, fault);
                 }
-                tracing::warn!(route = route_label, %method, status = error.status().as_u16(), %error, request_id, "request not forwarded");
+                if let Some(reason) = error.body_cut() {
+                    let labels = crate::metrics::CutLabels { reason };
+                    self.metrics.slow_callers_cut.get_or_create(&labels).inc();
+                }
+                tracing::warn!(route = route_label, %method, status = error.status().as_u16(), %error, %peer, request_id, "request not forwarded");
                 self.recent.push(RecentError {
                     at: std::time::SystemTime::now(),
                     route: route_label.to_string(),

@@ -33,6 +33,8 @@ pub struct Route {
     pub max_body_bytes: Option<u64>,
     /// Longest pause inside a body, either way.
     pub idle_timeout: Duration,
+    /// How the caller's body must keep coming: that pause, a minimum rate, a deadline.
+    pub pace: crate::body::Pace,
 }
 
 impl Route {

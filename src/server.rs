@@ -8,10 +8,16 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::time::Sleep;
 use tokio_rustls::TlsAcceptor;
 
 /// How long a TLS client may take to finish its handshake.
@@ -23,6 +29,11 @@ pub struct Limits {
     /// The largest request head read; larger gets 431. 0 keeps hyper's default.
     pub max_header_bytes: usize,
     pub tls: Option<TlsAcceptor>,
+    /// How long a write may wait for the caller to read before its connection is closed, so a
+    /// caller that reads nothing of its answer cannot hold a place forever.
+    pub answer_stall: Option<Duration>,
+    /// Told of each connection closed that way.
+    pub on_stall: Option<Arc<dyn Fn(SocketAddr) + Send + Sync>>,
 }
 
 /// Serves HTTP/1.1 and HTTP/2 (h2c, or by ALPN under `tls`) on `listener`, handing each request to
@@ -54,7 +65,7 @@ pub async fn serve<H, F, B>(
             .http2()
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     }
-    let tls = limits.tls;
+    let (tls, stall, on_stall) = (limits.tls, limits.answer_stall, limits.on_stall);
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
@@ -69,6 +80,7 @@ pub async fn serve<H, F, B>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let stream = Stalling::new(stream, stall, peer, on_stall.clone());
                 let handler = handler.clone();
                 let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                     let handler = handler.clone();
@@ -111,4 +123,113 @@ pub async fn serve<H, F, B>(
 /// Resolves once `shutdown` is true (or its sender is gone, which also means stop).
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// A connection whose writes may wait at most `limit` for the caller to read; past that the write
+/// fails and hyper closes the connection. Only the wait is timed: the timer exists while a write
+/// is blocked.
+struct Stalling<S> {
+    inner: S,
+    limit: Option<Duration>,
+    blocked: Option<Pin<Box<Sleep>>>,
+    peer: SocketAddr,
+    on_stall: Option<Arc<dyn Fn(SocketAddr) + Send + Sync>>,
+}
+
+impl<S> Stalling<S> {
+    fn new(
+        inner: S,
+        limit: Option<Duration>,
+        peer: SocketAddr,
+        on_stall: Option<Arc<dyn Fn(SocketAddr) + Send + Sync>>,
+    ) -> Self {
+        Stalling {
+            inner,
+            limit,
+            blocked: None,
+            peer,
+            on_stall,
+        }
+    }
+
+    /// After the inner write said Pending: pending still, or the stall's error once it lasted.
+    fn wait<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        let Some(limit) = self.limit else {
+            return Poll::Pending;
+        };
+        let timer = self
+            .blocked
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        tracing::warn!(peer = %self.peer, stall_seconds = limit.as_secs(), "closing a connection whose caller read nothing of its answer");
+        if let Some(on_stall) = &self.on_stall {
+            on_stall(self.peer);
+        }
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the caller read nothing of its answer",
+        )))
+    }
+
+    fn progressed<T>(
+        &mut self,
+        result: Poll<io::Result<T>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<T>> {
+        match result {
+            Poll::Pending => self.wait(cx),
+            ready => {
+                self.blocked = None;
+                ready
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Stalling<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Stalling<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.progressed(result, cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.progressed(result, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_flush(cx);
+        this.progressed(result, cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }

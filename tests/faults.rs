@@ -359,7 +359,7 @@ async fn beyond_max_concurrent_requests_callers_get_503_and_chunked_bodies_over_
     );
     let yaml = config_yaml(&h.mock.issuer(), &h.mock.token_endpoint(), &routes).replace(
         "admin_listen: 127.0.0.1:0\n",
-        "admin_listen: 127.0.0.1:0\ninbound:\n  max_concurrent_requests: 2\n",
+        "admin_listen: 127.0.0.1:0\ninbound:\n  max_concurrent_requests: 2\n  max_concurrent_per_address: 2\n",
     );
     let proxy = spawn_proxy(&yaml, &[]).await;
     let mut held = Vec::new();

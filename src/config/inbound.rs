@@ -12,6 +12,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 const INBOUND: &[&str] = &[
     "allow",
@@ -19,6 +20,11 @@ const INBOUND: &[&str] = &[
     "tls",
     "max_header_bytes",
     "max_concurrent_requests",
+    "max_concurrent_per_address",
+    "min_body_rate_bytes_per_second",
+    "body_rate_grace_seconds",
+    "body_deadline_seconds",
+    "answer_stall_seconds",
 ];
 const TLS: &[&str] = &["cert", "key", "client_ca"];
 
@@ -26,6 +32,12 @@ const TLS: &[&str] = &["cert", "key", "client_ca"];
 const MIN_HEADER_BYTES: u64 = 8192;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 4096;
+/// Kestrel's default minimum request body rate, after its grace period.
+pub const DEFAULT_MIN_BODY_RATE: u64 = 240;
+pub const DEFAULT_BODY_RATE_GRACE: Duration = Duration::from_secs(5);
+/// A 1 GB upload at 1 MB/s takes 1,000 s.
+pub const DEFAULT_BODY_DEADLINE: Duration = Duration::from_secs(3600);
+pub const DEFAULT_ANSWER_STALL: Duration = Duration::from_secs(60);
 
 /// The `inbound` section, checked.
 #[derive(Debug, Clone)]
@@ -37,6 +49,47 @@ pub struct Inbound {
     pub max_header_bytes: usize,
     /// Requests served at once; more get 503.
     pub max_concurrent_requests: usize,
+    /// Requests served at once for one caller address; more get 429. Half of
+    /// `max_concurrent_requests` unless set.
+    pub max_concurrent_per_address: usize,
+    /// How a caller's body must keep coming, unless a route says otherwise.
+    pub body: BodyPace,
+    /// How long an answer may wait for the caller to read it before its connection is closed.
+    pub answer_stall: Duration,
+}
+
+/// The minimum average rate of a caller's body (0: none) once its grace period is over, and the
+/// time it must be whole within (zero: none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyPace {
+    pub min_rate: u64,
+    pub grace: Duration,
+    pub deadline: Duration,
+}
+
+/// The body pace keys, read where they stand (`inbound` or a route), each `None` when absent.
+pub(super) fn body_pace(
+    r: &mut Reader,
+    m: &serde_json::Map<String, Value>,
+    path: &str,
+) -> (Option<u64>, Option<Duration>, Option<Duration>) {
+    let min_rate = r.u64_or_zero(
+        m.get("min_body_rate_bytes_per_second"),
+        &join(path, "min_body_rate_bytes_per_second"),
+    );
+    let grace = r
+        .u64_or_zero(
+            m.get("body_rate_grace_seconds"),
+            &join(path, "body_rate_grace_seconds"),
+        )
+        .map(Duration::from_secs);
+    let deadline = r
+        .u64_or_zero(
+            m.get("body_deadline_seconds"),
+            &join(path, "body_deadline_seconds"),
+        )
+        .map(Duration::from_secs);
+    (min_rate, grace, deadline)
 }
 
 /// Networks a caller's address must be in.
@@ -163,11 +216,39 @@ pub(super) fn inbound(
         .map_or(DEFAULT_MAX_CONCURRENT_REQUESTS, |n| {
             usize::try_from(n).unwrap_or(usize::MAX)
         });
+    let max_concurrent_per_address = r
+        .positive_u64(
+            m.get("max_concurrent_per_address"),
+            &join(path, "max_concurrent_per_address"),
+        )
+        .map_or((max_concurrent_requests / 2).max(1), |n| {
+            usize::try_from(n).unwrap_or(usize::MAX)
+        });
+    if max_concurrent_per_address > max_concurrent_requests {
+        r.issue(
+            &join(path, "max_concurrent_per_address"),
+            format!("is more than max_concurrent_requests ({max_concurrent_requests})"),
+        );
+    }
+    let (min_rate, grace, deadline) = body_pace(r, m, path);
+    let answer_stall = r
+        .positive_u64(
+            m.get("answer_stall_seconds"),
+            &join(path, "answer_stall_seconds"),
+        )
+        .map_or(DEFAULT_ANSWER_STALL, Duration::from_secs);
     Inbound {
         allow,
         tls,
         max_header_bytes,
         max_concurrent_requests,
+        max_concurrent_per_address,
+        body: BodyPace {
+            min_rate: min_rate.unwrap_or(DEFAULT_MIN_BODY_RATE),
+            grace: grace.unwrap_or(DEFAULT_BODY_RATE_GRACE),
+            deadline: deadline.unwrap_or(DEFAULT_BODY_DEADLINE),
+        },
+        answer_stall,
     }
 }
 

@@ -11,7 +11,7 @@ mod telemetry;
 mod validate;
 
 pub use egress::{is_loopback, Egress, ProxyServer};
-pub use inbound::{AllowList, ApiKey, Inbound, InboundTls};
+pub use inbound::{AllowList, ApiKey, BodyPace, Inbound, InboundTls};
 pub use reader::Issue;
 pub use telemetry::Telemetry;
 
@@ -133,6 +133,10 @@ pub struct RouteConfig {
     /// Speak HTTP/2 to an https:// upstream that offers it by ALPN; false keeps HTTP/1.1 (the
     /// pooled client then offers only `http/1.1`).
     pub upstream_http2: bool,
+    /// The route's own body pace, where it sets one (else `inbound`'s).
+    pub min_body_rate: Option<u64>,
+    pub body_rate_grace: Option<Duration>,
+    pub body_deadline: Option<Duration>,
 }
 
 impl RouteConfig {

@@ -2,7 +2,7 @@
 
 use super::egress::{check_plain_http, egress};
 use super::headers::headers;
-use super::inbound::{allow_list, api_keys};
+use super::inbound::{allow_list, api_keys, body_pace};
 use super::reader::{index, join, Reader};
 use super::route_parties::{
     authorization_details, is_systemuser_detail, parties, resource, selector_header, Parties,
@@ -46,6 +46,9 @@ const ROUTE: &[&str] = &[
     "proxy",
     "insecure_http",
     "upstream_http2",
+    "min_body_rate_bytes_per_second",
+    "body_rate_grace_seconds",
+    "body_deadline_seconds",
 ];
 
 /// Altinn's token exchange, by environment (maskinporten.md section 6).
@@ -216,6 +219,7 @@ fn route(r: &mut Reader, v: &Value, path: &str, cx: &Context) -> Option<RouteCon
         .unwrap_or(60);
     let proxy =
         egress(r, m.get("proxy"), &p("proxy"), base).unwrap_or_else(|| cx.egress_proxy.clone());
+    let (min_body_rate, body_rate_grace, body_deadline) = body_pace(r, m, path);
     Some(RouteConfig {
         name: name?,
         prefix: prefix?,
@@ -244,6 +248,9 @@ fn route(r: &mut Reader, v: &Value, path: &str, cx: &Context) -> Option<RouteCon
         idle_timeout: Duration::from_secs(idle_timeout),
         proxy,
         upstream_http2,
+        min_body_rate,
+        body_rate_grace,
+        body_deadline,
     })
 }
 

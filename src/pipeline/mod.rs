@@ -14,6 +14,7 @@ pub mod retry;
 
 use crate::config::AllowList;
 use crate::error::ProxyError;
+use crate::permits::{Full, Permit, Permits};
 use crate::route::{self, Route, RouteTable};
 use crate::token::cache::{Token, TokenSlot};
 use crate::upstream::Target;
@@ -22,39 +23,12 @@ use http::Uri;
 use hyper::body::SizeHint;
 use std::net::IpAddr;
 use std::sync::Arc;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// What a (re)loaded configuration decides about requests: the routes and who may call.
 pub struct Snapshot {
     pub routes: RouteTable,
     /// `inbound.allow`; `None` lets every address in.
     pub allow: Option<AllowList>,
-}
-
-/// The places among the requests served at once (`inbound.max_concurrent_requests`).
-pub struct Permits {
-    places: Arc<Semaphore>,
-    max: usize,
-}
-
-impl Permits {
-    pub fn new(max: usize) -> Self {
-        Permits {
-            places: Arc::new(Semaphore::new(max)),
-            max,
-        }
-    }
-
-    /// Requests admitted and not yet finished (a place is held to the answer's last byte).
-    pub fn in_flight(&self) -> usize {
-        self.max - self.places.available_permits()
-    }
-
-    fn take(&self) -> Result<OwnedSemaphorePermit, ProxyError> {
-        Arc::clone(&self.places)
-            .try_acquire_owned()
-            .map_err(|_| ProxyError::Overloaded(self.max))
-    }
 }
 
 /// A request portvakt will send: where, for whom, with which token, in which place.
@@ -64,7 +38,7 @@ pub struct Plan {
     pub uri: Uri,
     pub slot: Arc<TokenSlot>,
     pub token: Arc<Token>,
-    pub permit: OwnedSemaphorePermit,
+    pub permit: Permit,
 }
 
 /// A request portvakt will not send, and the route it was refused on, if it got that far.
@@ -114,7 +88,12 @@ pub async fn decide(
             .select(&head.headers)
             .map_err(|e| on_route(e.into()))?,
     );
-    let permit = permits.take().map_err(on_route)?;
+    let permit = permits.take(peer).map_err(|full| {
+        on_route(match full {
+            Full::All(max) => ProxyError::Overloaded(max),
+            Full::Address(share) => ProxyError::AddressOverloaded(share),
+        })
+    })?;
     // No token, no call: the request is never forwarded without one.
     let token = slot.get().await.map_err(|e| on_route(e.into()))?;
     Ok(Plan {
