@@ -22,6 +22,8 @@ struct Fixed {
     client_ca: Option<PathBuf>,
     max_header_bytes: usize,
     max_concurrent_requests: usize,
+    max_concurrent_per_address: usize,
+    answer_stall: Duration,
     shutdown_grace: Duration,
 }
 
@@ -38,6 +40,8 @@ impl Fixed {
                 .and_then(|t| t.client_ca.clone()),
             max_header_bytes: config.inbound.max_header_bytes,
             max_concurrent_requests: config.inbound.max_concurrent_requests,
+            max_concurrent_per_address: config.inbound.max_concurrent_per_address,
+            answer_stall: config.inbound.answer_stall,
             shutdown_grace: config.shutdown_grace,
         }
     }
@@ -142,7 +146,7 @@ impl Reloader {
         let fixed = Fixed::of(config);
         if let Some(old) = crate::sync::lock(&self.fixed).as_ref() {
             if *old != fixed {
-                tracing::warn!("listen, admin_listen, inbound.tls, inbound.max_header_bytes, inbound.max_concurrent_requests and shutdown_grace_seconds take effect at the next restart; everything else is in force now");
+                tracing::warn!("listen, admin_listen, inbound.tls, inbound.max_header_bytes, inbound.max_concurrent_requests, inbound.max_concurrent_per_address, inbound.answer_stall_seconds and shutdown_grace_seconds take effect at the next restart; everything else is in force now");
             }
         }
         self.proxy.replace(built.snapshot);
