@@ -56,6 +56,8 @@ pub struct Guarded {
     waited: Duration,
     limit: Option<u64>,
     seen: u64,
+    /// Data already read from `inner` (while portvakt tried to keep the body), sent first.
+    prefix: Option<Bytes>,
     _permit: Option<Permit>,
     faults: Option<FaultCount>,
 }
@@ -78,9 +80,16 @@ impl Guarded {
             waited: Duration::ZERO,
             limit: None,
             seen: 0,
+            prefix: None,
             _permit: None,
             faults: None,
         }
+    }
+
+    /// The body with `data`, already read from it, put back in front.
+    pub fn with_prefix(mut self, data: Bytes) -> Self {
+        self.prefix = (!data.is_empty()).then_some(data);
+        self
     }
 
     pub fn with_limit(mut self, limit: Option<u64>) -> Self {
@@ -131,6 +140,9 @@ impl HttpBody for Guarded {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        if let Some(data) = this.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 let now = Instant::now();
@@ -186,11 +198,18 @@ impl HttpBody for Guarded {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.prefix.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let prefix = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        let inner = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + prefix);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + prefix);
+        }
+        hint
     }
 }
 

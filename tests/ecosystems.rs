@@ -414,16 +414,42 @@ async fn an_upstream_401_gets_a_fresh_token_and_one_retry_with_the_kept_body() {
 }
 
 #[tokio::test]
-async fn a_streamed_body_is_not_retried_but_the_token_is_still_replaced() {
+async fn a_small_chunked_body_is_kept_and_retried() {
     let h = with_revoked_token(ONE_ROUTE).await;
-    // Chunked, without Content-Length: portvakt streams it and keeps nothing to send again.
+    // Chunked, without Content-Length, within retry_body_max_bytes: kept, so sent again.
+    let status = raw_status(
+        h.proxy.listen,
+        "POST /nav/sak HTTP/1.1\r\nHost: portvakt\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n6\r\n{\"sak\"\r\n5\r\n: 42}\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "the caller never saw the 401");
+    let records = h.upstream.records();
+    assert_eq!(records.len(), 3, "refused, then sent again");
+    assert_eq!(records[2].body_sha256, sha256_hex(b"{\"sak\": 42}"));
+    assert_eq!(
+        records[2].headers["content-length"], "11",
+        "the kept body goes with its length"
+    );
+}
+
+#[tokio::test]
+async fn a_streamed_body_is_not_retried_but_the_token_is_still_replaced() {
+    let routes = ONE_ROUTE.to_string() + "    retry_body_max_bytes: 4\n";
+    let h = with_revoked_token(&routes).await;
+    // Chunked and larger than retry_body_max_bytes: portvakt streams it and keeps nothing to send again.
     let status = raw_status(
         h.proxy.listen,
         "POST /nav/sak HTTP/1.1\r\nHost: portvakt\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n6\r\n{\"sak\"\r\n5\r\n: 42}\r\n0\r\n\r\n",
     )
     .await;
     assert_eq!(status, 401, "the upstream's answer is passed back");
-    assert_eq!(h.upstream.records().len(), 2, "sent once");
+    let records = h.upstream.records();
+    assert_eq!(records.len(), 2, "sent once");
+    assert_eq!(
+        records[1].body_sha256,
+        sha256_hex(b"{\"sak\": 42}"),
+        "the part read first went too"
+    );
     assert!(metrics_text(&h.proxy).await.contains(
         r#"portvakt_upstream_unauthorized_total{route="nav",result="not_replayable"} 1"#
     ));

@@ -7,7 +7,7 @@ use crate::metrics::{Metrics, RetryLabels};
 use crate::route::Route;
 use crate::token::cache::{Token, TokenSlot};
 use crate::upstream::UpstreamBody;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, Request, Uri};
 use http_body_util::{BodyExt as _, Either, Full};
 use hyper::body::Body as _;
@@ -46,23 +46,28 @@ impl Replay {
     }
 }
 
-/// Keeps a body of known size up to `max` bytes in memory (so the request can be replayed), and
-/// streams anything larger or of unknown size.
-pub async fn keep_if_small(body: Guarded, max: u64) -> Result<UpstreamBody, ProxyError> {
+/// Keeps a body of up to `max` bytes in memory, so the request can be replayed: one of known size
+/// at once, a chunked one by reading up to `max` bytes of it. A larger body is streamed (what was
+/// read of it first). Trailers end a kept body: portvakt forwards none (it drops `Trailer`).
+pub async fn keep_if_small(mut body: Guarded, max: u64) -> Result<UpstreamBody, ProxyError> {
     if body.is_end_stream() {
         return Ok(Either::Right(Full::new(Bytes::new())));
     }
-    match body.size_hint().exact() {
-        Some(len) if len <= max => {
-            let bytes = body
-                .collect()
-                .await
-                .map_err(|e| ProxyError::request_body(e.as_ref()))?
-                .to_bytes();
-            Ok(Either::Right(Full::new(bytes)))
-        }
-        _ => Ok(Either::Left(body)),
+    if body.size_hint().exact().is_some_and(|len| len > max) {
+        return Ok(Either::Left(body));
     }
+    let mut kept = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ProxyError::request_body(e.as_ref()))?;
+        match frame.into_data() {
+            Ok(data) => kept.extend_from_slice(&data),
+            Err(_trailers) => break,
+        }
+        if kept.len() as u64 > max {
+            return Ok(Either::Left(body.with_prefix(kept.freeze())));
+        }
+    }
+    Ok(Either::Right(Full::new(kept.freeze())))
 }
 
 /// After an upstream 401: the upstream no longer accepts the token (revoked, rotated, clock), so it
