@@ -264,20 +264,20 @@ async fn main() {
     while started.elapsed() < Duration::from_secs(seconds) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         tick += 1;
-        if tick % 10 == 0 {
+        if tick.is_multiple_of(10) {
             samples.push((started.elapsed().as_secs(), proc_count(pid)));
         }
-        if tick % 20 == 0 {
+        if tick.is_multiple_of(20) {
             if let Some(jti) = seen.current_jti.lock().unwrap().clone() {
                 seen.revoked.lock().unwrap().insert(jti);
                 revocations += 1;
             }
         }
-        if tick % 30 == 0 {
+        if tick.is_multiple_of(30) {
             reloads += 1;
-            write_config(reloads % 2 == 1);
+            write_config(!reloads.is_multiple_of(2));
         }
-        if tick % 120 == 0 {
+        if tick.is_multiple_of(120) {
             rotations += 1;
             write_key(rotations);
         }
