@@ -323,3 +323,125 @@ fn resolve(path: &str) -> Option<Vec<String>> {
     }
     Some(stack)
 }
+
+#[path = "../tests/common/wire.rs"]
+mod wire;
+
+/// Everything the pipeline target runs against, started once per process: a mock Maskinporten,
+/// a strict recording upstream and portvakt itself, all on 127.0.0.1.
+struct World {
+    runtime: tokio::runtime::Runtime,
+    proxy: std::net::SocketAddr,
+    upstream: wire::Recorder,
+    _mock: portvakt::mock::MockMaskinporten,
+    _running: portvakt::app::Running,
+}
+
+fn world() -> &'static World {
+    static WORLD: std::sync::OnceLock<World> = std::sync::OnceLock::new();
+    WORLD.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (mock, upstream, running) = runtime.block_on(async {
+            use portvakt::demo::{DEMO_CLIENT_ID, DEMO_KID, SUPPLIER_ORG};
+            use portvakt::mock::{MockClient, MockMaskinporten, DEMO_CLIENT_KEY_PEM};
+            let key = SigningKey::from_pem(DEMO_CLIENT_KEY_PEM.as_bytes(), DEMO_KID).unwrap();
+            let client = MockClient::new(DEMO_CLIENT_ID, SUPPLIER_ORG)
+                .key(&key)
+                .scopes(["demo:echo"])
+                .delegation("910753614", "demo:echo");
+            let mock = MockMaskinporten::start(vec![client], 3600).await.unwrap();
+            let upstream = wire::Recorder::start().await;
+            let dir = std::env::temp_dir().join(format!("portvakt-fuzz-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("key.pem"), DEMO_CLIENT_KEY_PEM).unwrap();
+            let yaml = format!(
+                "listen: 127.0.0.1:0\nmaskinporten:\n  environment: custom\n  issuer: {issuer}\n  token_endpoint: {endpoint}\nclients:\n  demo:\n    client_id: {DEMO_CLIENT_ID}\n    key:\n      pem: key.pem\n      kid: {DEMO_KID}\nroutes:\n  - name: nav\n    prefix: /nav/\n    upstream: {up}base/\n    client: demo\n    scopes: [demo:echo]\n    headers:\n      X-Route-Secret: route-value\n  - name: keyed\n    prefix: /keyed/\n    upstream: {up}base/keyed/\n    client: demo\n    scopes: [demo:echo]\n    api_keys: [caller-secret-key-0123456789]\n  - name: party\n    prefix: /party/\n    upstream: {up}base/party/\n    client: demo\n    scopes: [demo:echo]\n    consumer_orgs: [\"910753614\"]\n",
+                issuer = mock.issuer(),
+                endpoint = mock.token_endpoint(),
+                up = upstream.url,
+            );
+            let none = |_: &str| None;
+            let config = portvakt::config::from_str(&yaml, Path::new("fuzz.yaml"), &dir, &none)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let running = portvakt::app::start(&config).await.unwrap();
+            (mock, upstream, running)
+        });
+        World {
+            proxy: running.listen,
+            runtime,
+            upstream,
+            _mock: mock,
+            _running: running,
+        }
+    })
+}
+
+/// The pipeline end to end: arbitrary bytes from a caller, through hyper and portvakt, to a strict
+/// recording upstream. Whatever the bytes: everything the upstream gets is strictly framed, under
+/// the route's base, with the token exactly once and none of the caller's credentials, cookies,
+/// API key or party header; and it gets at most one request per answer the caller got. Returns
+/// how many requests reached the upstream.
+pub fn pipeline(data: &[u8]) -> usize {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let world = world();
+    let answers = world.runtime.block_on(async {
+        let mut s = tokio::net::TcpStream::connect(world.proxy).await.unwrap();
+        let _ = s.write_all(data).await;
+        let _ = s.shutdown().await;
+        let mut out = Vec::new();
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out)).await;
+        // Give a request under way the time to reach the upstream, if it were to.
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        out.windows(9)
+            .filter(|w| w.starts_with(b"HTTP/1.1 ") || w.starts_with(b"HTTP/1.0 "))
+            .count()
+    });
+    let received: Vec<wire::Received> = world.upstream.received.lock().unwrap().drain(..).collect();
+    assert_eq!(
+        world.upstream.violations(),
+        Vec::<String>::new(),
+        "the upstream got malformed bytes"
+    );
+    assert!(
+        received.len() <= answers,
+        "{} upstream requests for {answers} answers",
+        received.len()
+    );
+    for r in &received {
+        let raw = String::from_utf8_lossy(&r.raw);
+        assert!(r.target.starts_with("/base/"), "left the base: {raw}");
+        let auth = r.all("authorization");
+        assert!(auth.len() == 1 && auth[0].starts_with("Bearer ey"), "{raw}");
+        for (name, value) in &r.headers {
+            assert!(
+                !value.contains("caller-secret"),
+                "a caller's credential went upstream: {raw}"
+            );
+            assert!(
+                !matches!(
+                    name.as_str(),
+                    "cookie"
+                        | "proxy-authorization"
+                        | "portvakt-api-key"
+                        | "portvakt-consumer-org"
+                        | "te"
+                        | "upgrade"
+                        | "keep-alive"
+                ),
+                "{name} went upstream: {raw}"
+            );
+        }
+        if r.target.starts_with("/base/")
+            && !r.target.starts_with("/base/keyed")
+            && !r.target.starts_with("/base/party")
+        {
+            assert_eq!(r.all("x-route-secret"), ["route-value"], "{raw}");
+        }
+    }
+    received.len()
+}

@@ -11,7 +11,7 @@ use std::path::Path;
 /// A fuzz target's name and its checks.
 type Target = (&'static str, fn(&[u8]));
 
-const TARGETS: [Target; 7] = [
+const TARGETS: [Target; 8] = [
     ("config", checks::config),
     ("config_values", checks::config_values),
     ("path", checks::path),
@@ -19,6 +19,9 @@ const TARGETS: [Target; 7] = [
     ("key_text", checks::key_text),
     ("answers", checks::answers),
     ("json_log", checks::json_log),
+    ("pipeline", |data| {
+        checks::pipeline(data);
+    }),
 ];
 
 fn files(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -55,6 +58,18 @@ fn every_corpus_and_regression_file_passes_its_targets_checks() {
 
 #[test]
 fn the_checks_find_what_they_are_for() {
+    // The pipeline's seeds reach the upstream: the check looks at real requests.
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/pipeline");
+    for (seed, reached) in [
+        ("credentials", 1),
+        ("api-key", 1),
+        ("party-pipelined", 2),
+        ("lane-smuggling", 1),
+        ("escapes", 0),
+    ] {
+        let data = std::fs::read(corpus.join(seed)).unwrap();
+        assert_eq!(checks::pipeline(&data), reached, "{seed}");
+    }
     // A valid key loads and passes; the seeds hold real files.
     checks::key_text(
         &std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/client-a.pem"))
