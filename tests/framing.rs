@@ -179,7 +179,7 @@ async fn run_case(
 async fn hostile_heads_with_every_body_on_fresh_and_kept_connections() {
     let (up, proxy, mock) = setup().await;
     let table: Vec<(&str, &[u8], Want)> = vec![
-        ("an honest call with the caller's credentials", b"POST /nav/x HTTP/1.1\r\nHost: p\r\nAuthorization: Basic Y2FsbGVyOnNlY3JldA==\r\nCookie: caller=Y2FsbGVy\r\nProxy-Authorization: Basic Y2FsbGVy\r\n", Want::Sent("/api/x")),
+        ("an honest call with the caller's credentials", b"POST /nav/x HTTP/1.1\r\nHost: p\r\nAuthorization: Basic Y2FsbGVyOnNlY3JldA==\r\nCookie: caller=Y2FsbGVy\r\nProxy-Authorization: Basic Y2FsbGVy\r\nPortvakt-Api-Key: Y2FsbGVy-key\r\nPortvakt-Anything: Y2FsbGVy\r\n", Want::Sent("/api/x")),
         ("no Host", b"POST /nav/x HTTP/1.1\r\n", Want::Refused(400)),
         ("two Hosts", b"POST /nav/x HTTP/1.1\r\nHost: p\r\nHost: q\r\n", Want::Refused(400)),
         ("Host with user info", b"POST /nav/x HTTP/1.1\r\nHost: caller@p\r\n", Want::Refused(400)),

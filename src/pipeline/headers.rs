@@ -1,6 +1,7 @@
 //! The one header policy, both ways. Upstream: nothing of the caller's connection (hop-by-hop
 //! headers and the ones its `Connection` names), nothing of the caller's credentials (its
-//! `Authorization`, cookies, the route's API key, portvakt's party headers), the route's own
+//! `Authorization`, cookies, API keys, portvakt's party headers and any `Portvakt-` header), the
+//! route's own
 //! headers, and the token once. Framing is never copied from the caller's head: the length or
 //! chunking sent upstream is that of the body portvakt sends.
 
@@ -58,11 +59,19 @@ pub fn to_upstream(headers: &mut HeaderMap, route: &Route, framing: Framing) {
     for name in [HOST, CONTENT_LENGTH, EXPECT, AUTHORIZATION, COOKIE] {
         headers.remove(name);
     }
+    // Headers for portvakt itself (an API key, a party) never travel on: its configured names, and
+    // anything in its own `Portvakt-` namespace, whether this route asks for them or not.
     for header in route.parties.headers() {
         headers.remove(header);
     }
-    if !route.api_keys.is_empty() {
-        headers.remove(&route.api_key_header);
+    headers.remove(&route.api_key_header);
+    let own: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("portvakt-"))
+        .cloned()
+        .collect();
+    for name in own {
+        headers.remove(name);
     }
     for (name, value) in &route.headers {
         headers.insert(name.clone(), value.clone());
