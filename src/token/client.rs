@@ -383,8 +383,13 @@ fn mp_code(text: Option<&str>) -> Option<String> {
     let digits: String = text[start + 3..]
         .chars()
         .take_while(char::is_ascii_digit)
+        .take(5)
         .collect();
-    (!digits.is_empty()).then(|| format!("MP-{digits}"))
+    // Maskinporten's codes are three digits (MP-100 to MP-199); a run of digits is no code, and
+    // the code becomes a metric label, which must stay short.
+    (1..=4)
+        .contains(&digits.len())
+        .then(|| format!("MP-{digits}"))
 }
 
 /// The system user's organisation in the grant, if it names one.
@@ -491,6 +496,8 @@ mod tests {
         );
         assert_eq!(mp_code(Some("nothing")), None);
         assert_eq!(mp_code(None), None);
+        // Found by the fuzzer: a run of digits became an unbounded metric label.
+        assert_eq!(mp_code(Some(&format!("(MP-{})", "2".repeat(300)))), None);
     }
 
     #[test]
