@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds every fuzz target (fuzz/fuzz_targets) and runs each for SECONDS (default 60) on its corpus
-# (fuzz/corpus/TARGET, seeded in the repository). A crash, a leak or a timeout fails the run and
+# (fuzz/corpus/TARGET, seeded in the repository). A crash, a leak or an input that takes over 120 s
+# (a PKCS#12 file may ask for millions of key-derivation rounds, several times) fails the run and
 # leaves its input in fuzz/artifacts/TARGET; copy it into fuzz/regressions/TARGET with the fix, so
 # that `cargo test` (tests/fuzz_corpora.rs) replays it from then on.
 #   scripts/fuzz.sh [SECONDS] [TARGET ...]
@@ -18,7 +19,7 @@ summary=()
 for target in "${targets[@]}"; do
   mkdir -p "corpus/$target"
   log=$(mktemp)
-  if ! cargo fuzz run "$target" -- -max_total_time="$seconds" -timeout=30 -rss_limit_mb=3072 \
+  if ! cargo fuzz run "$target" -- -max_total_time="$seconds" -timeout=120 -rss_limit_mb=3072 \
       -print_final_stats=1 >"$log" 2>&1; then
     tail -n 40 "$log"
     echo "fuzz: $target FAILED (a finding leaves its input in fuzz/artifacts/$target)" >&2

@@ -39,12 +39,15 @@ impl Received {
 
 /// A recording upstream. Anything not strictly HTTP/1.1 (a bare LF or CR, a length beside a
 /// coding, two lengths, a coding other than chunked, a malformed chunk) is a violation: recorded
-/// with the bytes that showed it, and the connection is closed.
+/// with the bytes that showed it, and the connection is closed. A connection that ends inside a
+/// request is recorded as aborted.
 #[derive(Clone)]
 pub struct Recorder {
     pub url: String,
     pub received: Arc<Mutex<Vec<Received>>>,
     pub violations: Arc<Mutex<Vec<String>>>,
+    /// Requests whose connection ended before they were whole.
+    pub aborted: Arc<Mutex<Vec<String>>>,
     pub accepted: Arc<AtomicUsize>,
 }
 
@@ -59,6 +62,7 @@ impl Recorder {
             url: format!("http://{}/", listener.local_addr().unwrap()),
             received: Arc::default(),
             violations: Arc::default(),
+            aborted: Arc::default(),
             accepted: Arc::default(),
         };
         let r = recorder.clone();
@@ -89,6 +93,12 @@ impl Recorder {
             let request = match read_request(&mut stream, &mut buf, conn).await {
                 Ok(Some(r)) => r,
                 Ok(None) => return,
+                // A connection that ends mid-request is an abort (portvakt gives up a call whose
+                // caller broke off its body), not a malformed request.
+                Err(problem) if problem.starts_with("aborted: ") => {
+                    self.aborted.lock().unwrap().push(problem);
+                    return;
+                }
                 Err(violation) => {
                     self.violations.lock().unwrap().push(violation);
                     return;
@@ -229,7 +239,7 @@ async fn read_request(
             };
             while buf.len() < head_end + len {
                 if !fill(stream, buf).await {
-                    return bad("the body ended before its length");
+                    return bad("aborted: the body ended before its length");
                 }
             }
             at = head_end + len;
@@ -243,7 +253,7 @@ async fn read_request(
                         break at + i;
                     }
                     if !fill(stream, buf).await {
-                        return bad("the chunked body ended early");
+                        return bad("aborted: the chunked body ended early");
                     }
                 };
                 let size_text = std::str::from_utf8(&buf[at..line_end]).unwrap_or("?");
@@ -262,7 +272,7 @@ async fn read_request(
                                 break at + i;
                             }
                             if !fill(stream, buf).await {
-                                return bad("the trailers ended early");
+                                return bad("aborted: the trailers ended early");
                             }
                         };
                         let empty = end == at;
@@ -275,7 +285,7 @@ async fn read_request(
                 }
                 while buf.len() < at + size + 2 {
                     if !fill(stream, buf).await {
-                        return bad("a chunk ended early");
+                        return bad("aborted: a chunk ended early");
                     }
                 }
                 if &buf[at + size..at + size + 2] != b"\r\n" {
