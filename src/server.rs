@@ -58,9 +58,6 @@ pub async fn serve<H, F, B>(
         .timer(TokioTimer::new())
         // A caller that never finishes its headers does not hold a connection forever.
         .header_read_timeout(Duration::from_secs(30))
-        // A caller that shuts down its sending side after its request (as HTTP/1.0-era clients
-        // and `nc -N` do) still gets its answer.
-        .half_close(true)
         .keep_alive(true);
     if limits.max_header_bytes > 0 {
         builder.http1().max_buf_size(limits.max_header_bytes);
