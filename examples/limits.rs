@@ -4,6 +4,9 @@
 //! 127.0.0.1. Run it with `bench/run.sh limits`, which raises the open-file limit first.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::{free_port, rss_kib};
 use portvakt::demo::{DEMO_CLIENT_ID, DEMO_KID, SUPPLIER_ORG};
 use portvakt::keys::SigningKey;
 use portvakt::mock::{EchoUpstream, MockClient, MockMaskinporten, DEMO_CLIENT_KEY_PEM};
@@ -16,23 +19,6 @@ use tokio::net::TcpStream;
 
 const GIB: u64 = 1 << 30;
 const IDLE_CALLERS: usize = 10_000;
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Samples the child's RSS every 20 ms until dropped; keeps the highest.
 struct PeakRss {

@@ -7,7 +7,10 @@
 //! when a property fails.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use bytes::Bytes;
+use common::{free_port, rss_kib};
 use http_body_util::{BodyExt as _, Full};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -179,12 +182,7 @@ async fn caller(port: u16, n: usize, stop: Arc<AtomicBool>, calls: Arc<Calls>) {
 }
 
 fn proc_count(pid: u32) -> (u64, usize) {
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
+    let rss = rss_kib(pid);
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
     (rss, fds)
 }
@@ -373,12 +371,4 @@ async fn main() {
         println!("RESULT soak FAILED: {}", bad.join("; "));
         std::process::exit(1);
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

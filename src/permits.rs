@@ -49,10 +49,7 @@ impl Permits {
     /// A place for a request from `address`, if there is one within its share.
     pub fn take(&self, address: IpAddr) -> Result<Permit, Full> {
         // IPv4 callers on a dual-stack socket arrive as ::ffff:a.b.c.d: one host, one share.
-        let address = match address {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, IpAddr::V4),
-            v4 => v4,
-        };
+        let address = address.to_canonical();
         // Every place taken says more than a share taken: it is checked first.
         let place = Arc::clone(&self.places)
             .try_acquire_owned()

@@ -11,6 +11,8 @@ use crate::pipeline::headers::{self, Framing};
 use crate::pipeline::{self, retry, Plan, Refused, Snapshot};
 use crate::recent::{RecentError, RecentErrors};
 use crate::request_id;
+use crate::route::Route;
+use crate::token::cache::Token;
 use crate::upstream::{self, UpstreamBody};
 use arc_swap::ArcSwap;
 use http::header::CONTENT_LENGTH;
@@ -122,32 +124,15 @@ impl Proxy {
             }
             Err(Refused { route, error }) => (route, Err(error)),
         };
-        match outcome {
-            Ok(response) => {
-                let status = response.status();
-                self.finish(
-                    route.as_ref(),
-                    &method,
-                    peer,
-                    started,
-                    request_id,
-                    Ok(status),
-                );
-                response
-            }
-            Err(error) => {
-                let response = error.to_response(route.as_deref().map(String::as_str));
-                self.finish(
-                    route.as_ref(),
-                    &method,
-                    peer,
-                    started,
-                    request_id,
-                    Err(&error),
-                );
-                response
-            }
-        }
+        self.finish(
+            route.as_ref(),
+            &method,
+            peer,
+            started,
+            request_id,
+            outcome.as_ref().map(Response::status),
+        );
+        outcome.unwrap_or_else(|error| error.to_response(route.as_deref().map(String::as_str)))
     }
 
     /// Sends a decided request: the header policy, the body under the route's limits (kept when
@@ -177,13 +162,9 @@ impl Proxy {
         head.version = Version::HTTP_11;
         head.extensions = http::Extensions::new();
         headers::to_upstream(&mut head.headers, &route, framing);
-        let span = upstream_span(&route);
-        crate::telemetry::propagate(&span, &mut head.headers);
-        let mut request = Request::from_parts(head, body);
+        let request = Request::from_parts(head, body);
         let replay = retry::Replay::of(&request);
-        headers::with_token(request.headers_mut(), token.bearer());
-        let send = upstream::send(&route.http, &route.upstream, route.timeout, request);
-        let response = send.instrument(span).await?;
+        let response = send(&route, request, &token).await?;
         if response.status() != StatusCode::UNAUTHORIZED || route.retry_body_max.is_none() {
             return self.relay(&route, response, permit);
         }
@@ -200,12 +181,7 @@ impl Proxy {
         };
         drop(response);
         let token = slot.get().await?;
-        let span = upstream_span(&route);
-        let mut request = replay.into_request();
-        crate::telemetry::propagate(&span, request.headers_mut());
-        headers::with_token(request.headers_mut(), token.bearer());
-        let send = upstream::send(&route.http, &route.upstream, route.timeout, request);
-        let response = send.instrument(span).await?;
+        let response = send(&route, replay.into_request(), &token).await?;
         self.relay(&route, response, permit)
     }
 
@@ -214,7 +190,7 @@ impl Proxy {
     /// upstream breaks off counts as an upstream error.
     fn relay(
         &self,
-        route: &crate::route::Route,
+        route: &Route,
         mut response: Response<Incoming>,
         permit: Permit,
     ) -> Result<Response<Body>, ProxyError> {
@@ -297,9 +273,23 @@ impl Proxy {
     }
 }
 
+/// One upstream call with the token, under its own span when traces are exported.
+async fn send(
+    route: &Route,
+    mut request: Request<UpstreamBody>,
+    token: &Token,
+) -> Result<Response<Incoming>, ProxyError> {
+    let span = upstream_span(route);
+    crate::telemetry::propagate(&span, request.headers_mut());
+    headers::with_token(request.headers_mut(), token.bearer());
+    upstream::send(&route.http, &route.upstream, route.timeout, request)
+        .instrument(span)
+        .await
+}
+
 /// The upstream call, as a child of the request's span, when traces are exported. Without export
 /// the request's own span carries every line, and a second span per request would only cost.
-fn upstream_span(route: &crate::route::Route) -> tracing::Span {
+fn upstream_span(route: &Route) -> tracing::Span {
     if crate::telemetry::exporting() {
         tracing::info_span!("upstream", route = %route.name, upstream = %route.upstream)
     } else {

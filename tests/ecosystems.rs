@@ -413,15 +413,14 @@ async fn an_upstream_401_gets_a_fresh_token_and_one_retry_with_the_kept_body() {
         .contains(r#"portvakt_upstream_unauthorized_total{route="nav",result="retried"} 1"#));
 }
 
+/// An 11-byte JSON body sent chunked, without Content-Length.
+const CHUNKED_SAK: &str = "POST /nav/sak HTTP/1.1\r\nHost: portvakt\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n6\r\n{\"sak\"\r\n5\r\n: 42}\r\n0\r\n\r\n";
+
 #[tokio::test]
 async fn a_small_chunked_body_is_kept_and_retried() {
     let h = with_revoked_token(ONE_ROUTE).await;
     // Chunked, without Content-Length, within retry_body_max_bytes: kept, so sent again.
-    let status = raw_status(
-        h.proxy.listen,
-        "POST /nav/sak HTTP/1.1\r\nHost: portvakt\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n6\r\n{\"sak\"\r\n5\r\n: 42}\r\n0\r\n\r\n",
-    )
-    .await;
+    let status = raw_status(h.proxy.listen, CHUNKED_SAK).await;
     assert_eq!(status, 200, "the caller never saw the 401");
     let records = h.upstream.records();
     assert_eq!(records.len(), 3, "refused, then sent again");
@@ -437,11 +436,7 @@ async fn a_streamed_body_is_not_retried_but_the_token_is_still_replaced() {
     let routes = ONE_ROUTE.to_string() + "    retry_body_max_bytes: 4\n";
     let h = with_revoked_token(&routes).await;
     // Chunked and larger than retry_body_max_bytes: portvakt streams it and keeps nothing to send again.
-    let status = raw_status(
-        h.proxy.listen,
-        "POST /nav/sak HTTP/1.1\r\nHost: portvakt\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n6\r\n{\"sak\"\r\n5\r\n: 42}\r\n0\r\n\r\n",
-    )
-    .await;
+    let status = raw_status(h.proxy.listen, CHUNKED_SAK).await;
     assert_eq!(status, 401, "the upstream's answer is passed back");
     let records = h.upstream.records();
     assert_eq!(records.len(), 2, "sent once");

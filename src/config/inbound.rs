@@ -99,10 +99,7 @@ pub struct AllowList(Vec<IpNet>);
 impl AllowList {
     pub fn contains(&self, ip: IpAddr) -> bool {
         // An IPv4 caller on a dual-stack socket arrives as ::ffff:a.b.c.d.
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
+        let ip = ip.to_canonical();
         self.0.iter().any(|net| net.contains(&ip))
     }
 }

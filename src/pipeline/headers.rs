@@ -40,14 +40,11 @@ impl Framing {
     /// From the body's own account of itself, and whether the caller's head declared a length.
     pub fn of(hint: &SizeHint, end_stream: bool, declared: bool) -> Framing {
         match hint.exact() {
-            _ if end_stream => Framing::None {
+            Some(len) if len > 0 && !end_stream => Framing::Length(len),
+            None if !end_stream => Framing::Chunked,
+            _ => Framing::None {
                 declared_zero: declared,
             },
-            Some(0) => Framing::None {
-                declared_zero: declared,
-            },
-            Some(len) => Framing::Length(len),
-            None => Framing::Chunked,
         }
     }
 }
