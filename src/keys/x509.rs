@@ -47,6 +47,10 @@ impl Certificate {
         let mut validity = tbs.expect(der::SEQUENCE)?.children();
         let not_before = time(&validity.next()?)?;
         let not_after = time(&validity.next()?)?;
+        if not_after < not_before {
+            // Never valid: taking it would only move the error to the first token fetch.
+            return Err(Malformed("validity ends before it begins"));
+        }
         let subject = tbs.expect(der::SEQUENCE)?;
         let spki = tbs.expect(der::SEQUENCE)?;
         let mut spki_parts = spki.children();
@@ -238,6 +242,14 @@ mod tests {
             "2026-11-21"
         );
         assert_eq!(date(days_from_civil(2024, 2, 29) * 86_400), "2024-02-29");
+    }
+
+    #[test]
+    fn a_certificate_that_ends_before_it_begins_is_malformed() {
+        // Found by the keys fuzzer: notBefore 2030, notAfter 2021.
+        let der = include_bytes!("../../fuzz/regressions/keys/cert-not-before-after-not-after");
+        let err = Certificate::parse(der).map(|_| ()).unwrap_err();
+        assert_eq!(err.0, "validity ends before it begins");
     }
 
     #[test]
