@@ -118,6 +118,15 @@ fn key_lines(out: &mut String, k: &SigningKey, now: i64) {
         k.bits(),
         k.thumbprint()
     );
+    if let Some(hsm) = k.hsm() {
+        let _ = writeln!(
+            out,
+            "    in HSM: module {}, token `{}`, key `{}` (signs inside the token)",
+            hsm.module.display(),
+            hsm.token,
+            hsm.label
+        );
+    }
     match (k.kid(), k.certificate()) {
         (_, Some(cert)) => {
             let _ = writeln!(out, "    certificate {}", cert.subject);

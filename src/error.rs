@@ -102,6 +102,7 @@ impl ProxyError {
                 | FetchError::InvalidAnswer(_)
                 | FetchError::Exchange { .. } => StatusCode::BAD_GATEWAY,
                 FetchError::Signing(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                FetchError::Hsm(_) => StatusCode::SERVICE_UNAVAILABLE,
             },
             ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamFailed { .. } => {
                 StatusCode::BAD_GATEWAY
@@ -168,6 +169,10 @@ impl ProxyError {
                     "Maskinporten's answer was not a token",
                 ),
                 FetchError::Signing(_) => ("grant-signing-failed", "The grant could not be signed"),
+                FetchError::Hsm(_) => (
+                    "hsm-unavailable",
+                    "The HSM holding the client's key could not sign the grant",
+                ),
                 FetchError::Exchange { .. } => {
                     ("altinn-exchange-failed", "Altinn's token exchange failed")
                 }
@@ -238,7 +243,7 @@ impl ProxyError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             ProxyError::Token(TokenError::Failed {
-                error: FetchError::Unavailable(_) | FetchError::Throttled { .. },
+                error: FetchError::Unavailable(_) | FetchError::Throttled { .. } | FetchError::Hsm(_),
                 retry_after,
             }) => Some(*retry_after),
             ProxyError::Token(TokenError::WaitTimeout(_))

@@ -1,7 +1,8 @@
 //! `portvakt keygen`: an RSA key pair for a Maskinporten client, in the forms Samarbeidsportalen
 //! takes (the public JWK set) and portvakt reads (private JWK, its base64 form, PKCS#8 PEM).
 
-use crate::keys::{self, x509};
+use crate::keys::{self, x509, SecretValue};
+use crate::secret::Secret;
 use anyhow::{bail, Context as _};
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -39,6 +40,68 @@ pub struct Written {
     pub private_pem: PathBuf,
 }
 
+/// Where `keygen --pkcs11` makes the key: an HSM token.
+pub struct InToken {
+    pub module: PathBuf,
+    pub token: String,
+    /// `CKA_LABEL` of the new pair; the kid when not given.
+    pub label: Option<String>,
+    pub pin_file: Option<PathBuf>,
+    pub pin: Option<Secret<String>>,
+}
+
+/// Makes the key pair inside the token and writes only its public JWK set into `out`; returns the
+/// next steps to print.
+pub fn run_in_token(
+    name: &str,
+    env: Env,
+    bits: usize,
+    out: &Path,
+    today_unix: i64,
+    hsm: InToken,
+) -> anyhow::Result<((), String)> {
+    let kid = kid(name, env, today_unix)?;
+    let label = hsm.label.clone().unwrap_or_else(|| kid.clone());
+    let pin = match (&hsm.pin_file, hsm.pin) {
+        (Some(file), _) => SecretValue::File(file.clone()).read()?,
+        (None, Some(pin)) => pin,
+        (None, None) => bail!("the token's PIN is needed: give --pin-file or set PORTVAKT_HSM_PIN"),
+    };
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let public_jwks = out.join(format!("{kid}.public.jwks.json"));
+    if public_jwks.exists() {
+        bail!("{} exists already: keygen never overwrites a key", public_jwks.display());
+    }
+    let made = keys::pkcs11::generate(&hsm.module, &hsm.token, pin, &label, bits, &kid)?;
+    let public = serde_json::to_string_pretty(&made.public_jwks)?;
+    write_file(&public_jwks, format!("{public}\n").as_bytes(), false)?;
+    let expires = x509::date(today_unix + keys::rotation::REGISTERED_KEY_LIFETIME.as_secs() as i64);
+    let mut next = String::new();
+    let _ = writeln!(next, "Generated RSA {bits} key {kid} inside token `{}` (label `{label}`, not extractable)", hsm.token);
+    let _ = writeln!(next, "  public JWK set (upload this): {}", public_jwks.display());
+    let _ = writeln!(next, "{public}");
+    let _ = writeln!(next);
+    let _ = writeln!(next, "Next:");
+    let _ = writeln!(next, "  1. In Samarbeidsportalen ({}), add this public JWK set to the Maskinporten client.", env.portal());
+    let _ = writeln!(next, "  2. Give portvakt the key:");
+    let _ = writeln!(next, "       key:\n         pkcs11: {{ module: {}, token: {}, key: {label}, pin_file: /secrets/hsm-pin }}\n         kid: {kid}", hsm.module.display(), hsm.token);
+    let _ = writeln!(next, "  3. Run `portvakt check --config FILE`, then `portvakt token --config FILE --route NAME`.");
+    let _ = writeln!(next, "  Maskinporten removes a registered key a year after upload: replace this one before {expires}.");
+    Ok(((), next))
+}
+
+/// The kid `NAME-ENV.YYYY-MM-DD`, as Altinn's tool names keys.
+fn kid(name: &str, env: Env, today_unix: i64) -> anyhow::Result<String> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        bail!("the name `{name}` may hold only letters, digits, `.`, `_` and `-` (it becomes part of the kid)");
+    }
+    Ok(format!("{name}-{}.{}", env.label(), x509::date(today_unix)))
+}
+
 /// Generates the key and writes its four files into `out`; private files get mode 0600 and no file
 /// is overwritten. Returns what was written and the next steps to print.
 pub fn run(
@@ -48,14 +111,7 @@ pub fn run(
     out: &Path,
     today_unix: i64,
 ) -> anyhow::Result<(Written, String)> {
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    {
-        bail!("the name `{name}` may hold only letters, digits, `.`, `_` and `-` (it becomes part of the kid)");
-    }
-    let kid = format!("{name}-{}.{}", env.label(), x509::date(today_unix));
+    let kid = kid(name, env, today_unix)?;
     let key = keys::generate(bits, &kid)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let written = Written {

@@ -70,6 +70,23 @@ enum Command {
         /// Where to write the files.
         #[arg(long, default_value = ".")]
         out: PathBuf,
+        /// Make the key pair inside an HSM token (non-extractable); only the public JWK set is
+        /// written. Needs --module, --token and the PIN (--pin-file or PORTVAKT_HSM_PIN).
+        #[arg(long, requires_all = ["module", "token"])]
+        pkcs11: bool,
+        /// The HSM vendor's PKCS#11 library.
+        #[arg(long, requires = "pkcs11")]
+        module: Option<PathBuf>,
+        /// The token's label.
+        #[arg(long, requires = "pkcs11")]
+        token: Option<String>,
+        /// CKA_LABEL for the new key pair (default: the kid).
+        #[arg(long, requires = "pkcs11")]
+        label: Option<String>,
+        /// A file holding the token's user PIN; without it the PIN is read from PORTVAKT_HSM_PIN
+        /// (never from the command line, where other users could see it).
+        #[arg(long, requires = "pkcs11")]
+        pin_file: Option<PathBuf>,
     },
     /// Ask a running portvakt's admin listener whether it is alive (for a container HEALTHCHECK,
     /// where there is no curl): exit 0 when /healthz answers 200.
@@ -195,10 +212,30 @@ fn main() -> ExitCode {
                 env,
                 bits,
                 out,
+                pkcs11,
+                module,
+                token,
+                label,
+                pin_file,
             } => {
                 let today = portvakt::token::grant::unix_now() as i64;
-                match portvakt::keygen::run(&name, env, bits, &out, today) {
-                    Ok((_, next)) => {
+                let made = match (pkcs11, module, token) {
+                    (true, Some(module), Some(token)) => {
+                        let hsm = portvakt::keygen::InToken {
+                            module,
+                            token,
+                            label,
+                            pin_file,
+                            pin: std::env::var("PORTVAKT_HSM_PIN")
+                                .ok()
+                                .map(portvakt::secret::Secret::new),
+                        };
+                        portvakt::keygen::run_in_token(&name, env, bits, &out, today, hsm)
+                    }
+                    _ => portvakt::keygen::run(&name, env, bits, &out, today).map(|(_, next)| ((), next)),
+                };
+                match made {
+                    Ok(((), next)) => {
                         print!("{next}");
                         ExitCode::SUCCESS
                     }

@@ -26,7 +26,7 @@ async fn post(mock: &MockMaskinporten, assertion: &str) -> (u16, Value) {
 fn signed(key: &SigningKey, kid: &str, claims: &Value) -> String {
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     header.kid = Some(kid.into());
-    jsonwebtoken::encode(&header, claims, key.encoding_key()).unwrap()
+    jsonwebtoken::encode(&header, claims, key.encoding_key().unwrap()).unwrap()
 }
 
 fn claims(mock: &MockMaskinporten) -> Value {
@@ -254,7 +254,7 @@ async fn delegation_makes_the_customer_consumer_and_the_vendor_supplier() {
 fn certificate_grant(mock: &MockMaskinporten, x5c: Vec<String>, sign_with: &SigningKey) -> String {
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     header.x5c = Some(x5c);
-    jsonwebtoken::encode(&header, &claims(mock), sign_with.encoding_key()).unwrap()
+    jsonwebtoken::encode(&header, &claims(mock), sign_with.encoding_key().unwrap()).unwrap()
 }
 
 fn virksomhet() -> SigningKey {

@@ -4,6 +4,7 @@
 mod egress;
 mod headers;
 mod inbound;
+mod key;
 mod reader;
 mod route_parties;
 mod routes;

@@ -4,8 +4,6 @@ use super::egress::check_plain_http;
 use super::reader::{join, EnvLookup, Issue, Reader};
 use super::routes::{routes, Context};
 use super::{CaFile, Client, Config, Environment, Maskinporten};
-use crate::keys::{self, KeySource, SecretValue};
-use crate::secret::Secret;
 use http::Uri;
 use rustls_pki_types::CertificateDer;
 use serde_json::Value;
@@ -37,18 +35,6 @@ const MASKINPORTEN: &[&str] = &[
     "insecure_http",
 ];
 const CLIENT: &[&str] = &["client_id", "key"];
-const KEY: &[&str] = &[
-    "pem",
-    "kid",
-    "jwk",
-    "jwk_base64",
-    "jwk_base64_file",
-    "pkcs12",
-    "password",
-    "password_file",
-    "alias",
-    "x5c_chain",
-];
 pub fn validate(text: &str, base: &Path, env: EnvLookup<'_>) -> Result<Config, Vec<Issue>> {
     let root: Value = match serde_saphyr::from_str_with_options(text, yaml_options()) {
         Ok(v) => v,
@@ -296,7 +282,7 @@ fn clients<'v>(r: &mut Reader, v: Option<&'v Value>, base: &Path) -> (Vec<Client
                 );
                 None
             }
-            Some(k) => key(r, k, &key_path, base),
+            Some(k) => super::key::key(r, k, &key_path, base),
         };
         if let (Some(client_id), Some((source, key))) = (client_id, key) {
             out.push(Client {
@@ -311,128 +297,6 @@ fn clients<'v>(r: &mut Reader, v: Option<&'v Value>, base: &Path) -> (Vec<Client
         r.issue("clients", "is empty: name at least one Maskinporten client");
     }
     (out, map.keys().map(String::as_str).collect())
-}
-
-fn key(
-    r: &mut Reader,
-    v: &Value,
-    path: &str,
-    base: &Path,
-) -> Option<(KeySource, keys::SigningKey)> {
-    let k = r.mapping(v, path, KEY)?;
-    let forms: Vec<&str> = ["pem", "jwk", "jwk_base64", "jwk_base64_file", "pkcs12"]
-        .into_iter()
-        .filter(|f| k.contains_key(*f))
-        .collect();
-    if forms.len() != 1 {
-        let found = if forms.is_empty() {
-            "none".to_string()
-        } else {
-            forms.join(" and ")
-        };
-        r.issue(
-            path,
-            format!("needs exactly one key form (pem + kid, jwk, jwk_base64, jwk_base64_file, or pkcs12 + password), found {found}"),
-        );
-        return None;
-    }
-    let form = forms[0];
-    let form_path = join(path, form);
-    let kid_path = join(path, "kid");
-    let kid = r.string(k.get("kid"), &kid_path);
-    if form != "pkcs12" {
-        for only in ["password", "password_file", "alias", "x5c_chain"] {
-            if k.contains_key(only) {
-                r.issue(&join(path, only), "only goes with pkcs12");
-            }
-        }
-    }
-    let source = match form {
-        "pem" => {
-            let Some(kid) = kid else {
-                r.issue(&kid_path, "is required with pem: the key id registered for this key in Samarbeidsportalen");
-                return None;
-            };
-            if !kid
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-            {
-                r.issue(&kid_path, "may hold only letters, digits, `.`, `_` and `-`");
-                return None;
-            }
-            KeySource::Pem {
-                path: base.join(r.required_string(k.get("pem"), &form_path)?),
-                kid,
-            }
-        }
-        _ if kid.is_some() => {
-            let why = if form == "pkcs12" {
-                "a virksomhetssertifikat is sent as x5c, never with a kid"
-            } else {
-                "the kid comes from the JWK itself"
-            };
-            r.issue(&kid_path, format!("does not go with {form}: {why}"));
-            return None;
-        }
-        "jwk" => KeySource::Jwk {
-            path: base.join(r.required_string(k.get("jwk"), &form_path)?),
-        },
-        "jwk_base64" => KeySource::JwkBase64 {
-            value: SecretValue::Inline(Secret::new(
-                r.required_string(k.get("jwk_base64"), &form_path)?,
-            )),
-        },
-        "jwk_base64_file" => KeySource::JwkBase64 {
-            value: SecretValue::File(
-                base.join(r.required_string(k.get("jwk_base64_file"), &form_path)?),
-            ),
-        },
-        _ => {
-            let file = r.required_string(k.get("pkcs12"), &form_path);
-            let password = match (k.get("password"), k.get("password_file")) {
-                (Some(_), Some(_)) => {
-                    r.issue(path, "has both password and password_file: keep one");
-                    None
-                }
-                (Some(p), None) => r
-                    .string(Some(p), &join(path, "password"))
-                    .map(|p| SecretValue::Inline(Secret::new(p))),
-                (None, Some(f)) => r
-                    .required_string(Some(f), &join(path, "password_file"))
-                    .map(|f| SecretValue::File(base.join(f))),
-                (None, None) => {
-                    r.issue(path, "pkcs12 needs the file's password: set password (e.g. ${P12_PASSWORD}) or password_file");
-                    None
-                }
-            };
-            let alias = r.string(k.get("alias"), &join(path, "alias"));
-            let chain = r.boolean(k.get("x5c_chain"), &join(path, "x5c_chain"));
-            KeySource::Pkcs12 {
-                path: base.join(file?),
-                password: password?,
-                alias,
-                chain: chain.unwrap_or(false),
-            }
-        }
-    };
-    match keys::load(&source) {
-        Ok(key) => Some((source, key)),
-        Err(e) => {
-            // A password file that cannot be read is reported at password_file, not at the key.
-            let at = match (&e, &source) {
-                (
-                    keys::KeyError::Read { path: unread, .. },
-                    KeySource::Pkcs12 {
-                        password: SecretValue::File(password_file),
-                        ..
-                    },
-                ) if unread == password_file => join(path, "password_file"),
-                _ => form_path,
-            };
-            r.issue(&at, e.to_string());
-            None
-        }
-    }
 }
 
 /// A PEM file of extra CA certificates, trusted besides the Mozilla roots.

@@ -1,8 +1,10 @@
 //! Client keys: every supported form is loaded into one [`SigningKey`] that signs JWT grants.
 
 pub mod der;
+mod generate;
 pub mod jwk;
 pub mod pem;
+pub mod pkcs11;
 pub mod pkcs12;
 pub mod rotation;
 pub mod x509;
@@ -12,6 +14,7 @@ use aws_lc_rs::rsa::KeyPair;
 use aws_lc_rs::signature::KeyPair as _;
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey};
+pub use generate::{generate, GeneratedKey};
 pub use rotation::ClientKey;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -30,7 +33,7 @@ pub enum SecretValue {
 }
 
 impl SecretValue {
-    fn read(&self) -> Result<Secret<String>, KeyError> {
+    pub fn read(&self) -> Result<Secret<String>, KeyError> {
         match self {
             SecretValue::Inline(value) => Ok(value.clone()),
             // Secret files usually end in a newline that is not part of the secret.
@@ -44,7 +47,7 @@ impl SecretValue {
         }
     }
 
-    fn file(&self) -> Option<&Path> {
+    pub fn file(&self) -> Option<&Path> {
         match self {
             SecretValue::Inline(_) => None,
             SecretValue::File(path) => Some(path),
@@ -73,6 +76,13 @@ pub enum KeySource {
         /// Send the whole chain in `x5c`, not only the leaf.
         chain: bool,
     },
+    /// A key inside an HSM, reached through its PKCS#11 library.
+    Pkcs11 {
+        at: pkcs11::Pkcs11Source,
+        /// A registered key's id; without it the token's certificate is sent as `x5c`.
+        kid: Option<String>,
+        chain: bool,
+    },
 }
 
 impl KeySource {
@@ -86,6 +96,7 @@ impl KeySource {
                 files.extend(password.file());
                 files
             }
+            KeySource::Pkcs11 { at, .. } => at.pin.file().into_iter().collect(),
         }
     }
 }
@@ -101,9 +112,25 @@ pub enum KeyError {
     Invalid(String),
 }
 
+/// How a key signs: in this process, or inside an HSM.
+enum Signer {
+    Software(EncodingKey),
+    Hsm(Arc<pkcs11::HsmKey>),
+}
+
+/// Why a grant could not be signed.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    #[error("{0}")]
+    Software(String),
+    /// The HSM holding the key could not sign: its module, token and what it said.
+    #[error("the HSM could not sign: {0}")]
+    Hsm(String),
+}
+
 /// A loaded RSA private key ready to sign grants. `Debug` shows its identity, never the key.
 pub struct SigningKey {
-    encoding: EncodingKey,
+    signer: Signer,
     algorithm: Algorithm,
     /// The registered key's id; `None` for a virksomhetssertifikat, which is sent as `x5c`.
     kid: Option<String>,
@@ -142,23 +169,66 @@ impl SigningKey {
             public.modulus().big_endian_without_leading_zero(),
             public.exponent().big_endian_without_leading_zero(),
         );
-        let thumbprint = jwk_thumbprint(n, e);
-        let public = (b64url(n), b64url(e));
-        Ok(SigningKey {
-            encoding: EncodingKey::from_rsa_der(pkcs1),
+        Ok(SigningKey::new(
+            Signer::Software(EncodingKey::from_rsa_der(pkcs1)),
+            (n, e),
+            kid,
+            algorithm,
+            form,
+        ))
+    }
+
+    fn new(
+        signer: Signer,
+        (n, e): (&[u8], &[u8]),
+        kid: Option<String>,
+        algorithm: Algorithm,
+        form: &'static str,
+    ) -> Self {
+        SigningKey {
+            signer,
             algorithm,
             kid,
             certificate: None,
             x5c: None,
-            bits,
-            thumbprint,
-            public,
+            bits: n.len() * 8,
+            thumbprint: jwk_thumbprint(n, e),
+            public: (b64url(n), b64url(e)),
             form,
-        })
+        }
     }
 
-    pub fn encoding_key(&self) -> &EncodingKey {
-        &self.encoding
+    /// The key for `jsonwebtoken`, when it is held in this process (not for an HSM key).
+    pub fn encoding_key(&self) -> Option<&EncodingKey> {
+        match &self.signer {
+            Signer::Software(key) => Some(key),
+            Signer::Hsm(_) => None,
+        }
+    }
+
+    /// Where an HSM key is kept; `None` for a key held in this process.
+    pub fn hsm(&self) -> Option<pkcs11::Placement> {
+        match &self.signer {
+            Signer::Software(_) => None,
+            Signer::Hsm(key) => Some(key.placement()),
+        }
+    }
+
+    /// Signs a JWS signing input (`header.claims`) and gives the base64url signature. An HSM
+    /// signs on a blocking thread, so that a slow HSM holds up only the fetch that waits for it.
+    pub async fn sign(&self, message: String) -> Result<String, SignError> {
+        match &self.signer {
+            Signer::Software(key) => jsonwebtoken::crypto::sign(message.as_bytes(), key, self.algorithm)
+                .map_err(|e| SignError::Software(e.to_string())),
+            Signer::Hsm(key) => {
+                let key = Arc::clone(key);
+                let signature = tokio::task::spawn_blocking(move || key.sign(message.as_bytes()))
+                    .await
+                    .map_err(|e| SignError::Hsm(format!("the signing thread failed: {e}")))?
+                    .map_err(SignError::Hsm)?;
+                Ok(b64url(&signature))
+            }
+        }
     }
     pub fn algorithm(&self) -> Algorithm {
         self.algorithm
@@ -283,15 +353,29 @@ impl SigningKey {
             .ok_or_else(|| {
                 invalid("the file holds no certificate for its private key (the certificate's public key must match)".into())
             })?;
+        let certs: Vec<Certificate> = certs.into_iter().map(|(_, c)| c).collect();
+        signing.attach(leaf, &certs, chain, now_unix)?;
+        Ok(signing)
+    }
+
+    /// Makes `leaf` the certificate sent as `x5c` (with its chain from `certs` when asked for),
+    /// once it is known to be valid now.
+    fn attach(
+        &mut self,
+        leaf: Certificate,
+        certs: &[Certificate],
+        chain: bool,
+        now_unix: i64,
+    ) -> Result<(), KeyError> {
         if now_unix < leaf.not_before {
-            return Err(invalid(format!(
+            return Err(KeyError::Invalid(format!(
                 "the certificate ({}) is not valid until {}",
                 leaf.subject,
                 x509::date(leaf.not_before)
             )));
         }
         if now_unix > leaf.not_after {
-            return Err(invalid(format!(
+            return Err(KeyError::Invalid(format!(
                 "the certificate ({}) expired on {}: install the renewed virksomhetssertifikat",
                 leaf.subject,
                 x509::date(leaf.not_after)
@@ -301,16 +385,66 @@ impl SigningKey {
         if chain {
             let mut current = &leaf;
             while !current.is_self_issued() && x5c.len() < 8 {
-                let Some((_, issuer)) = certs.iter().find(|(_, c)| current.issued_by(c)) else {
+                let Some(issuer) = certs.iter().find(|c| current.issued_by(c)) else {
                     break;
                 };
                 x5c.push(b64(&issuer.der));
                 current = issuer;
             }
         }
-        signing.x5c = Some(x5c);
-        signing.certificate = Some(Arc::new(leaf));
-        Ok(signing)
+        self.x5c = Some(x5c);
+        self.certificate = Some(Arc::new(leaf));
+        Ok(())
+    }
+
+    /// A key inside an HSM. With a `kid` it is a registered key; without, the certificate stored
+    /// under the key's label is sent as `x5c` (and with `chain`, the CA certificates in the token).
+    pub fn from_hsm(
+        found: pkcs11::Found,
+        kid: Option<String>,
+        chain: bool,
+        now_unix: i64,
+    ) -> Result<Self, KeyError> {
+        let placement = found.key.placement();
+        let certificate = found.certificate.map(|der| Certificate::parse(&der));
+        let mut key = SigningKey::new(
+            Signer::Hsm(Arc::new(found.key)),
+            (&found.modulus, &found.exponent),
+            kid,
+            Algorithm::RS256,
+            "pkcs11",
+        );
+        if key.kid.is_some() {
+            return Ok(key);
+        }
+        let leaf = match certificate {
+            Some(Ok(cert)) => cert,
+            Some(Err(_)) => {
+                return Err(KeyError::Invalid(format!(
+                    "the certificate labelled `{}` in the token cannot be read",
+                    placement.label
+                )))
+            }
+            None => {
+                return Err(KeyError::Invalid(format!(
+                    "no certificate labelled `{}` in the token, and no kid: set `kid` for a key registered in Samarbeidsportalen, or store the virksomhetssertifikat's certificate under the key's label",
+                    placement.label
+                )))
+            }
+        };
+        if leaf.rsa.as_ref().map(|(n, _)| b64url(n)) != Some(key.public.0.clone()) {
+            return Err(KeyError::Invalid(format!(
+                "the certificate labelled `{}` ({}) is not the key's: its public key differs",
+                placement.label, leaf.subject
+            )));
+        }
+        let others: Vec<Certificate> = found
+            .others
+            .iter()
+            .filter_map(|der| Certificate::parse(der).ok())
+            .collect();
+        key.attach(leaf, &others, chain, now_unix)?;
+        Ok(key)
     }
 }
 
@@ -318,6 +452,7 @@ impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SigningKey")
             .field("form", &self.form)
+            .field("hsm", &self.hsm())
             .field("kid", &self.kid)
             .field("certificate", &self.certificate)
             .field("algorithm", &self.algorithm)
@@ -381,6 +516,18 @@ pub fn load(source: &KeySource) -> Result<SigningKey, KeyError> {
             )
             .map_err(in_file(path))
         }
+        KeySource::Pkcs11 { at, kid, chain } => {
+            let found = pkcs11::load(at)?;
+            SigningKey::from_hsm(found, kid.clone(), *chain, crate::time::unix_now() as i64)
+                .map_err(|e| match e {
+                    KeyError::Invalid(m) => KeyError::Invalid(format!(
+                        "token `{}` in {}: {m}",
+                        at.token,
+                        at.module.display()
+                    )),
+                    read => read,
+                })
+        }
     }
 }
 
@@ -410,73 +557,4 @@ fn b64url(bytes: &[u8]) -> String {
 fn jwk_thumbprint(n: &[u8], e: &[u8]) -> String {
     let canonical = format!(r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#, b64url(e), b64url(n));
     b64url(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes()).as_ref())
-}
-
-/// A freshly generated key pair in every form Samarbeidsportalen and portvakt take.
-pub struct GeneratedKey {
-    pub kid: String,
-    /// `{"keys": [{kty, alg, use, e, n, kid}]}`: what is uploaded to Samarbeidsportalen.
-    pub public_jwks: serde_json::Value,
-    pub private_jwk: Secret<serde_json::Value>,
-    /// The private JWK's JSON in standard base64, as `jwk_base64` and Altinn's tool take it.
-    pub private_jwk_base64: Secret<String>,
-    /// PKCS#8 PEM (`BEGIN PRIVATE KEY`), for `pem` + `kid`.
-    pub pkcs8_pem: Secret<String>,
-}
-
-/// Generates an RSA key (2048, 3072 or 4096 bits) named `kid`.
-pub fn generate(bits: usize, kid: &str) -> Result<GeneratedKey, KeyError> {
-    use aws_lc_rs::encoding::AsDer as _;
-    use aws_lc_rs::rsa::KeySize;
-    let size = match bits {
-        2048 => KeySize::Rsa2048,
-        3072 => KeySize::Rsa3072,
-        4096 => KeySize::Rsa4096,
-        other => {
-            return Err(KeyError::Invalid(format!(
-                "{other} bits: choose 2048, 3072 or 4096"
-            )))
-        }
-    };
-    let failed = || KeyError::Invalid("key generation failed".into());
-    let pair = KeyPair::generate(size).map_err(|_| failed())?;
-    let pkcs8 = pair.as_der().map_err(|_| failed())?;
-    let pkcs8 = pkcs8.as_ref();
-    let pkcs1 = pkcs8_rsa(pkcs8)?;
-    let mut fields = der::Reader::new(&pkcs1)
-        .expect(der::SEQUENCE)
-        .map_err(|_| failed())?
-        .children();
-    fields.expect(der::INTEGER).map_err(|_| failed())?; // version
-    let mut private = serde_json::Map::new();
-    private.insert("kty".into(), "RSA".into());
-    private.insert("kid".into(), kid.into());
-    private.insert("alg".into(), "RS256".into());
-    private.insert("use".into(), "sig".into());
-    for name in ["n", "e", "d", "p", "q", "dp", "dq", "qi"] {
-        let value = fields.expect(der::INTEGER).map_err(|_| failed())?;
-        let start = value.body.iter().position(|b| *b != 0).unwrap_or(0);
-        private.insert(name.into(), b64url(&value.body[start..]).into());
-    }
-    let public: serde_json::Map<String, serde_json::Value> = ["kty", "alg", "use", "e", "n", "kid"]
-        .iter()
-        .filter_map(|k| private.get(*k).map(|v| (k.to_string(), v.clone())))
-        .collect();
-    let private = serde_json::Value::Object(private);
-    let private_json = private.to_string();
-    let pem_body = b64(pkcs8)
-        .as_bytes()
-        .chunks(64)
-        .map(|line| String::from_utf8_lossy(line).into_owned())
-        .collect::<Vec<_>>()
-        .join("\n");
-    Ok(GeneratedKey {
-        kid: kid.to_string(),
-        public_jwks: serde_json::json!({ "keys": [public] }),
-        private_jwk_base64: Secret::new(b64(private_json.as_bytes())),
-        private_jwk: Secret::new(private),
-        pkcs8_pem: Secret::new(format!(
-            "-----BEGIN PRIVATE KEY-----\n{pem_body}\n-----END PRIVATE KEY-----\n"
-        )),
-    })
 }

@@ -64,8 +64,8 @@ impl Certificate {
                 .map(|(_, der)| der)
                 .ok_or(Malformed("bad public key bits"))?;
             let mut parts = Reader::new(public_der).expect(der::SEQUENCE)?.children();
-            let n = unsigned(parts.expect(der::INTEGER)?.body);
-            let e = unsigned(parts.expect(der::INTEGER)?.body);
+            let n = trim_leading_zeros(parts.expect(der::INTEGER)?.body);
+            let e = trim_leading_zeros(parts.expect(der::INTEGER)?.body);
             (Some((n, e)), Some(public_der.to_vec()))
         } else {
             (None, None)
@@ -107,7 +107,8 @@ fn org_number(value: &str) -> Option<String> {
     (digits.len() == 9 && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.to_string())
 }
 
-fn unsigned(bytes: &[u8]) -> Vec<u8> {
+/// An unsigned big-endian integer without its leading zero bytes, as JWK and x5c comparisons take it.
+pub fn trim_leading_zeros(bytes: &[u8]) -> Vec<u8> {
     let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
     bytes[start..].to_vec()
 }

@@ -156,7 +156,11 @@ async fn handle(inner: Arc<Inner>, request: Request<Incoming>) -> Answer {
     });
     let mut header = jsonwebtoken::Header::new(Algorithm::RS256);
     header.kid = Some(SIGNING_KID.into());
-    let Ok(jwt) = jsonwebtoken::encode(&header, &altinn, inner.signing.encoding_key()) else {
+    let signed = inner
+        .signing
+        .encoding_key()
+        .map(|key| jsonwebtoken::encode(&header, &altinn, key));
+    let Some(Ok(jwt)) = signed else {
         return answer(
             StatusCode::INTERNAL_SERVER_ERROR,
             "text/plain",

@@ -34,6 +34,10 @@ pub enum FetchError {
     InvalidAnswer(String),
     #[error("the grant could not be signed: {0}")]
     Signing(String),
+    /// The HSM holding the client's key could not sign (unreachable, session lost and not
+    /// re-established): a token still valid keeps serving.
+    #[error("the HSM holding the client's key could not sign the grant: {0}")]
+    Hsm(String),
     /// Altinn's token exchange failed: not reachable (`status` None), or answered without a token.
     #[error("Altinn's token exchange failed: {reason}")]
     Exchange {
@@ -51,6 +55,7 @@ impl FetchError {
             FetchError::Unavailable(_) | FetchError::Throttled { .. } => "unavailable",
             FetchError::InvalidAnswer(_) => "invalid_answer",
             FetchError::Signing(_) => "signing_failed",
+            FetchError::Hsm(_) => "hsm_unavailable",
             FetchError::Exchange { .. } => "exchange_failed",
         }
     }
@@ -194,7 +199,11 @@ impl TokenEndpoint {
         spec: &GrantSpec,
     ) -> Result<Issued, FetchError> {
         let assertion = grant::sign(&self.audience, client_id, key, spec, grant::unix_now())
-            .map_err(|e| FetchError::Signing(e.to_string()))?;
+            .await
+            .map_err(|e| match e {
+                crate::keys::SignError::Software(e) => FetchError::Signing(e),
+                crate::keys::SignError::Hsm(e) => FetchError::Hsm(e),
+            })?;
         let response = self
             .http
             .post(&self.url)

@@ -1,7 +1,8 @@
 //! The JWT grant (RFC 7523) exactly as Maskinporten documents it: only documented claims, minted just
 //! before it is sent.
 
-use crate::keys::SigningKey;
+use crate::keys::{SignError, SigningKey};
+use base64::Engine as _;
 use jsonwebtoken::Header;
 use serde::Serialize;
 use serde_json::Value;
@@ -55,14 +56,15 @@ struct Claims<'a> {
 }
 
 /// Signs a fresh grant: new `jti`, `iat` = `now_unix`, `exp` = `iat` + 120, header `alg` and `kid`
-/// (or `x5c` for a virksomhetssertifikat).
-pub fn sign(
+/// (or `x5c` for a virksomhetssertifikat). The key signs the JWS input in this process or, for a
+/// key in an HSM, inside the HSM.
+pub async fn sign(
     audience: &str,
     client_id: &str,
     key: &SigningKey,
     spec: &GrantSpec,
     now_unix: u64,
-) -> Result<String, jsonwebtoken::errors::Error> {
+) -> Result<String, SignError> {
     let mut header = Header::new(key.algorithm());
     // Exactly one of the two: a registered key's kid, or the virksomhetssertifikat itself.
     header.kid = key.kid().map(str::to_string);
@@ -79,7 +81,17 @@ pub fn sign(
         consumer_org: spec.consumer_org.as_deref(),
         authorization_details: parse(&spec.authorization_details),
     };
-    jsonwebtoken::encode(&header, &claims, key.encoding_key())
+    let part = |json: Result<Vec<u8>, serde_json::Error>| {
+        json.map(|bytes| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+            .map_err(|e| SignError::Software(e.to_string()))
+    };
+    let message = format!(
+        "{}.{}",
+        part(serde_json::to_vec(&header))?,
+        part(serde_json::to_vec(&claims))?
+    );
+    let signature = key.sign(message.clone()).await?;
+    Ok(format!("{message}.{signature}"))
 }
 
 pub use crate::time::unix_now;

@@ -344,7 +344,11 @@ pub(super) fn check_grant(
     }
     let mut jwt_header = jsonwebtoken::Header::new(Algorithm::RS256);
     jwt_header.kid = Some(SIGNING_KID.into());
-    let access_token = jsonwebtoken::encode(&jwt_header, &token, inner.signing.encoding_key())
+    let access_token = inner
+        .signing
+        .encoding_key()
+        .ok_or(())
+        .and_then(|key| jsonwebtoken::encode(&jwt_header, &token, key).map_err(|_| ()))
         .map_err(|_| Refusal {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             error: "server_error",

@@ -1,0 +1,196 @@
+//! `clients.<name>.key`: which key form, its fields, and the key loaded, with every problem located.
+
+use super::reader::{join, Reader};
+use crate::keys::pkcs11::Pkcs11Source;
+use crate::keys::{self, KeySource, SecretValue};
+use crate::secret::Secret;
+use serde_json::Value;
+use std::path::Path;
+
+const KEY: &[&str] = &[
+    "pem",
+    "kid",
+    "jwk",
+    "jwk_base64",
+    "jwk_base64_file",
+    "pkcs12",
+    "password",
+    "password_file",
+    "alias",
+    "x5c_chain",
+    "pkcs11",
+];
+const FORMS: [&str; 6] = ["pem", "jwk", "jwk_base64", "jwk_base64_file", "pkcs12", "pkcs11"];
+const PKCS11: &[&str] = &["module", "token", "key", "pin", "pin_file"];
+
+pub(super) fn key(
+    r: &mut Reader,
+    v: &Value,
+    path: &str,
+    base: &Path,
+) -> Option<(KeySource, keys::SigningKey)> {
+    let k = r.mapping(v, path, KEY)?;
+    let forms: Vec<&str> = FORMS
+        .into_iter()
+        .filter(|f| k.contains_key(*f))
+        .collect();
+    if forms.len() != 1 {
+        let found = if forms.is_empty() {
+            "none".to_string()
+        } else {
+            forms.join(" and ")
+        };
+        r.issue(
+            path,
+            format!("needs exactly one key form (pem + kid, jwk, jwk_base64, jwk_base64_file, pkcs12 + password, or pkcs11), found {found}"),
+        );
+        return None;
+    }
+    let form = forms[0];
+    let form_path = join(path, form);
+    let kid_path = join(path, "kid");
+    let kid = r.string(k.get("kid"), &kid_path);
+    if form != "pkcs12" {
+        for only in ["password", "password_file", "alias"] {
+            if k.contains_key(only) {
+                r.issue(&join(path, only), "only goes with pkcs12");
+            }
+        }
+    }
+    let chain = r.boolean(k.get("x5c_chain"), &join(path, "x5c_chain"));
+    if k.contains_key("x5c_chain") && !(form == "pkcs12" || form == "pkcs11" && kid.is_none()) {
+        r.issue(
+            &join(path, "x5c_chain"),
+            "only goes with a certificate sent as x5c: pkcs12, or pkcs11 without kid",
+        );
+    }
+    if let Some(kid) = &kid {
+        if !kid
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            r.issue(&kid_path, "may hold only letters, digits, `.`, `_` and `-`");
+            return None;
+        }
+    }
+    let source = match form {
+        "pem" => {
+            let Some(kid) = kid else {
+                r.issue(&kid_path, "is required with pem: the key id registered for this key in Samarbeidsportalen");
+                return None;
+            };
+            KeySource::Pem {
+                path: base.join(r.required_string(k.get("pem"), &form_path)?),
+                kid,
+            }
+        }
+        "pkcs11" => KeySource::Pkcs11 {
+            at: pkcs11(r, k.get("pkcs11"), &form_path, base)?,
+            kid,
+            chain: chain.unwrap_or(false),
+        },
+        _ if kid.is_some() => {
+            let why = if form == "pkcs12" {
+                "a virksomhetssertifikat is sent as x5c, never with a kid"
+            } else {
+                "the kid comes from the JWK itself"
+            };
+            r.issue(&kid_path, format!("does not go with {form}: {why}"));
+            return None;
+        }
+        "jwk" => KeySource::Jwk {
+            path: base.join(r.required_string(k.get("jwk"), &form_path)?),
+        },
+        "jwk_base64" => KeySource::JwkBase64 {
+            value: SecretValue::Inline(Secret::new(
+                r.required_string(k.get("jwk_base64"), &form_path)?,
+            )),
+        },
+        "jwk_base64_file" => KeySource::JwkBase64 {
+            value: SecretValue::File(
+                base.join(r.required_string(k.get("jwk_base64_file"), &form_path)?),
+            ),
+        },
+        _ => {
+            let file = r.required_string(k.get("pkcs12"), &form_path);
+            let password = match (k.get("password"), k.get("password_file")) {
+                (Some(_), Some(_)) => {
+                    r.issue(path, "has both password and password_file: keep one");
+                    None
+                }
+                (Some(p), None) => r
+                    .string(Some(p), &join(path, "password"))
+                    .map(|p| SecretValue::Inline(Secret::new(p))),
+                (None, Some(f)) => r
+                    .required_string(Some(f), &join(path, "password_file"))
+                    .map(|f| SecretValue::File(base.join(f))),
+                (None, None) => {
+                    r.issue(path, "pkcs12 needs the file's password: set password (e.g. ${P12_PASSWORD}) or password_file");
+                    None
+                }
+            };
+            let alias = r.string(k.get("alias"), &join(path, "alias"));
+            KeySource::Pkcs12 {
+                path: base.join(file?),
+                password: password?,
+                alias,
+                chain: chain.unwrap_or(false),
+            }
+        }
+    };
+    match keys::load(&source) {
+        Ok(key) => Some((source, key)),
+        Err(e) => {
+            // A password file that cannot be read is reported at password_file, not at the key.
+            let at = match (&e, &source) {
+                (
+                    keys::KeyError::Read { path: unread, .. },
+                    KeySource::Pkcs12 {
+                        password: SecretValue::File(password_file),
+                        ..
+                    },
+                ) if unread == password_file => join(path, "password_file"),
+                (
+                    keys::KeyError::Read { path: unread, .. },
+                    KeySource::Pkcs11 { at, .. },
+                ) if at.pin.file() == Some(unread.as_path()) => join(&form_path, "pin_file"),
+                _ => form_path,
+            };
+            r.issue(&at, e.to_string());
+            None
+        }
+    }
+}
+
+/// `key.pkcs11`: the module, the token's label, the key's label and the PIN.
+fn pkcs11(r: &mut Reader, v: Option<&Value>, path: &str, base: &Path) -> Option<Pkcs11Source> {
+    let m = r.mapping(v?, path, PKCS11)?;
+    let module = r.required_string(m.get("module"), &join(path, "module"));
+    let token = r.required_string(m.get("token"), &join(path, "token"));
+    let label = r.required_string(m.get("key"), &join(path, "key"));
+    let pin = match (m.get("pin"), m.get("pin_file")) {
+        (Some(_), Some(_)) => {
+            r.issue(path, "has both pin and pin_file: keep one");
+            None
+        }
+        (Some(p), None) => r
+            .string(Some(p), &join(path, "pin"))
+            .map(|p| SecretValue::Inline(Secret::new(p))),
+        (None, Some(f)) => r
+            .required_string(Some(f), &join(path, "pin_file"))
+            .map(|f| SecretValue::File(base.join(f))),
+        (None, None) => {
+            r.issue(
+                path,
+                "needs the token's user PIN: set pin (e.g. ${HSM_PIN}) or pin_file",
+            );
+            None
+        }
+    };
+    Some(Pkcs11Source {
+        module: base.join(module?),
+        token: token?,
+        label: label?,
+        pin: pin?,
+    })
+}

@@ -1,0 +1,450 @@
+//! Keys that never leave an HSM: grants are signed inside the token through PKCS#11
+//! (`CKM_SHA256_RSA_PKCS`), and the private key is never read.
+//!
+//! A PKCS#11 library is initialised once per process and a token is logged into once per process
+//! (login state belongs to the application, not to a session), so both live in process-wide
+//! registries: every client whose key is in the same token shares one [`Token`] and its session.
+//! A session lost to a removed token, a restarted HSM or a logout is noticed on the next signature,
+//! logged, and opened again once; only when that fails too does the signature fail.
+
+mod generate;
+
+pub use generate::{generate, Made};
+
+use super::{KeyError, SecretValue};
+use crate::secret::Secret;
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Where a key is kept in an HSM (`key.pkcs11` in the config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pkcs11Source {
+    /// The vendor's PKCS#11 library.
+    pub module: PathBuf,
+    /// The token's label.
+    pub token: String,
+    /// `CKA_LABEL` of the private key (and of its certificate, for a virksomhetssertifikat).
+    pub label: String,
+    pub pin: SecretValue,
+}
+
+/// A token, logged into once, with one session that every signature with its keys shares.
+pub struct Token {
+    module_path: PathBuf,
+    label: String,
+    module: Pkcs11,
+    pin: Mutex<Secret<String>>,
+    open: Mutex<Option<Open>>,
+}
+
+/// A session with the user logged in, and the key handles found through it.
+struct Open {
+    session: Session,
+    keys: HashMap<String, ObjectHandle>,
+}
+
+/// A private key inside a token: its label and the public half read from the token.
+pub struct HsmKey {
+    token: Arc<Token>,
+    label: String,
+    modulus: Vec<u8>,
+}
+
+/// What `check` and the status page show about an HSM key.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub module: PathBuf,
+    pub token: String,
+    pub label: String,
+}
+
+/// What was read from the token when the key was loaded.
+pub struct Found {
+    pub key: HsmKey,
+    pub modulus: Vec<u8>,
+    pub exponent: Vec<u8>,
+    /// The certificate stored under the key's label, and every other certificate in the token
+    /// (the CA chain), as DER.
+    pub certificate: Option<Vec<u8>>,
+    pub others: Vec<Vec<u8>>,
+}
+
+fn modules() -> &'static Mutex<HashMap<PathBuf, Pkcs11>> {
+    static MODULES: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
+    MODULES.get_or_init(Default::default)
+}
+
+fn tokens() -> &'static Mutex<HashMap<(PathBuf, String), Arc<Token>>> {
+    static TOKENS: OnceLock<Mutex<HashMap<(PathBuf, String), Arc<Token>>>> = OnceLock::new();
+    TOKENS.get_or_init(Default::default)
+}
+
+/// The PKCS#11 library at `path`, loaded and initialised once for the whole process.
+pub fn module(path: &Path) -> Result<Pkcs11, KeyError> {
+    let mut modules = modules().lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(module) = modules.get(path) {
+        return Ok(module.clone());
+    }
+    let module = Pkcs11::new(path).map_err(|e| {
+        KeyError::Invalid(format!(
+            "the PKCS#11 module {} cannot be loaded ({e}): install the HSM vendor's library or correct `module`",
+            path.display()
+        ))
+    })?;
+    match module.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => {
+            return Err(KeyError::Invalid(format!(
+                "the PKCS#11 module {} cannot be initialised: {}",
+                path.display(),
+                short(&e)
+            )))
+        }
+    }
+    modules.insert(path.to_path_buf(), module.clone());
+    Ok(module)
+}
+
+/// The token labelled `label` in the module at `path`, shared by every key kept in it.
+pub fn token(path: &Path, label: &str, pin: Secret<String>) -> Result<Arc<Token>, KeyError> {
+    let module = module(path)?;
+    let mut tokens = tokens().lock().unwrap_or_else(|e| e.into_inner());
+    let key = (path.to_path_buf(), label.to_string());
+    if let Some(token) = tokens.get(&key) {
+        // A reloaded configuration may bring a new PIN; the next login uses it.
+        *token.pin.lock().unwrap_or_else(|e| e.into_inner()) = pin;
+        return Ok(Arc::clone(token));
+    }
+    let token = Arc::new(Token {
+        module_path: path.to_path_buf(),
+        label: label.to_string(),
+        module,
+        pin: Mutex::new(pin),
+        open: Mutex::new(None),
+    });
+    tokens.insert(key, Arc::clone(&token));
+    Ok(token)
+}
+
+/// Finds the private key and what belongs with it, checking that it can sign RS256 grants.
+pub fn load(source: &Pkcs11Source) -> Result<Found, KeyError> {
+    let pin = source.pin.read()?;
+    let token = token(&source.module, &source.token, pin)?;
+    let mut open = token.lock();
+    let result = (|| {
+        let open = token.ensure_open(&mut open)?;
+        let session = &open.session;
+        let handle =
+            find_key(session, &source.label).map_err(|e| token.invalid(e.to_string()))?;
+        let attrs = session
+            .get_attributes(
+                handle,
+                &[
+                    AttributeType::KeyType,
+                    AttributeType::Modulus,
+                    AttributeType::PublicExponent,
+                    AttributeType::Sign,
+                ],
+            )
+            .map_err(|e| token.invalid(format!("the key's attributes cannot be read: {}", short(&e))))?;
+        let (mut modulus, mut exponent, mut kind, mut sign) = (None, None, None, true);
+        for attr in attrs {
+            match attr {
+                Attribute::KeyType(k) => kind = Some(k),
+                Attribute::Modulus(n) => modulus = Some(n),
+                Attribute::PublicExponent(e) => exponent = Some(e),
+                Attribute::Sign(s) => sign = s,
+                _ => {}
+            }
+        }
+        if kind != Some(KeyType::RSA) {
+            return Err(token.invalid(format!(
+                "the key `{}` is not an RSA key: Maskinporten takes RSA keys only (RS256)",
+                source.label
+            )));
+        }
+        let (Some(modulus), Some(exponent)) = (modulus, exponent) else {
+            return Err(token.invalid(format!(
+                "the token does not show the public half (modulus, exponent) of `{}`",
+                source.label
+            )));
+        };
+        let modulus = super::x509::trim_leading_zeros(&modulus);
+        let bits = modulus.len() * 8;
+        if bits < super::MIN_RSA_BITS {
+            return Err(token.invalid(format!(
+                "the key `{}` has {bits} bits; Maskinporten needs at least {}",
+                source.label,
+                super::MIN_RSA_BITS
+            )));
+        }
+        if !sign {
+            return Err(token.invalid(format!(
+                "the key `{}` may not sign (CKA_SIGN is false)",
+                source.label
+            )));
+        }
+        let (certificate, others) = certificates(session, &source.label)
+            .map_err(|e| token.invalid(format!("the certificates cannot be read: {}", short(&e))))?;
+        open.keys.insert(source.label.clone(), handle);
+        Ok(Found {
+            key: HsmKey {
+                token: Arc::clone(&token),
+                label: source.label.clone(),
+                modulus: modulus.clone(),
+            },
+            exponent: super::x509::trim_leading_zeros(&exponent),
+            modulus,
+            certificate,
+            others,
+        })
+    })();
+    drop(open);
+    result
+}
+
+impl Token {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Open>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn name(&self) -> String {
+        format!("token `{}` in {}", self.label, self.module_path.display())
+    }
+
+    fn invalid(&self, message: String) -> KeyError {
+        KeyError::Invalid(format!("{}: {message}", self.name()))
+    }
+
+    /// The open session, opening one and logging in when there is none.
+    fn ensure_open<'a>(&self, open: &'a mut Option<Open>) -> Result<&'a mut Open, KeyError> {
+        if open.is_none() {
+            let slot = self.slot()?;
+            let session = self.module.open_ro_session(slot).map_err(|e| {
+                self.invalid(format!("no session can be opened: {}", short(&e)))
+            })?;
+            self.login(&session)?;
+            *open = Some(Open {
+                session,
+                keys: HashMap::new(),
+            });
+        }
+        open.as_mut()
+            .ok_or_else(|| self.invalid("no session".into()))
+    }
+
+    fn login(&self, session: &Session) -> Result<(), KeyError> {
+        let pin = self.pin.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let pin = AuthPin::from(pin.expose().to_string());
+        match session.login(UserType::User, Some(&pin)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+            Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => Err(self.invalid(
+                "the PIN is wrong (the token refused the login); check `pin` or `pin_file`".into(),
+            )),
+            Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(self.invalid(
+                "the user PIN is locked after too many wrong attempts; the security officer must unlock it".into(),
+            )),
+            Err(e) => Err(self.invalid(format!("the login failed: {}", short(&e)))),
+        }
+    }
+
+    /// The slot whose token has this label; the error lists the labels there are.
+    pub fn slot(&self) -> Result<Slot, KeyError> {
+        let slots = self
+            .module
+            .get_slots_with_token()
+            .map_err(|e| self.invalid(format!("the slots cannot be listed: {}", short(&e))))?;
+        let mut labels = Vec::new();
+        for slot in slots {
+            let Ok(info) = self.module.get_token_info(slot) else {
+                continue;
+            };
+            let label = info.label().trim_end().to_string();
+            if label == self.label {
+                return Ok(slot);
+            }
+            if info.token_initialized() {
+                labels.push(format!("`{label}`"));
+            }
+        }
+        Err(KeyError::Invalid(format!(
+            "no token labelled `{}` in {}; the tokens there are: {}",
+            self.label,
+            self.module_path.display(),
+            if labels.is_empty() {
+                "none".to_string()
+            } else {
+                labels.join(", ")
+            }
+        )))
+    }
+
+    /// Opens a second, read-write session on this token, logged in (key generation, tests).
+    pub fn rw_session(&self) -> Result<Session, KeyError> {
+        let session = self
+            .module
+            .open_rw_session(self.slot()?)
+            .map_err(|e| self.invalid(format!("no session can be opened: {}", short(&e))))?;
+        self.login(&session)?;
+        Ok(session)
+    }
+}
+
+/// The private key labelled `label`; the error lists the private keys' labels.
+fn find_key(session: &Session, label: &str) -> Result<ObjectHandle, KeyError> {
+    let found = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ])
+        .map_err(|e| KeyError::Invalid(format!("the keys cannot be listed: {}", short(&e))))?;
+    match found.as_slice() {
+        [one] => Ok(*one),
+        [] => {
+            let all = session
+                .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])
+                .unwrap_or_default();
+            let mut labels: Vec<String> = all
+                .into_iter()
+                .filter_map(|h| session.get_attributes(h, &[AttributeType::Label]).ok())
+                .flatten()
+                .filter_map(|a| match a {
+                    Attribute::Label(l) => Some(format!("`{}`", String::from_utf8_lossy(&l))),
+                    _ => None,
+                })
+                .collect();
+            labels.sort();
+            Err(KeyError::Invalid(format!(
+                "no private key labelled `{label}` in the token; its private keys are: {}",
+                if labels.is_empty() {
+                    "none".to_string()
+                } else {
+                    labels.join(", ")
+                }
+            )))
+        }
+        many => Err(KeyError::Invalid(format!(
+            "{} private keys are labelled `{label}` in the token: give the key a label of its own",
+            many.len()
+        ))),
+    }
+}
+
+/// The certificate labelled `label`, and every other certificate in the token.
+fn certificates(
+    session: &Session,
+    label: &str,
+) -> Result<(Option<Vec<u8>>, Vec<Vec<u8>>), CkError> {
+    let mut own = None;
+    let mut others = Vec::new();
+    for handle in session.find_objects(&[Attribute::Class(ObjectClass::CERTIFICATE)])? {
+        let (mut value, mut name) = (None, None);
+        for attr in session.get_attributes(handle, &[AttributeType::Value, AttributeType::Label])? {
+            match attr {
+                Attribute::Value(v) => value = Some(v),
+                Attribute::Label(l) => name = Some(l),
+                _ => {}
+            }
+        }
+        let Some(value) = value else { continue };
+        if own.is_none() && name.as_deref() == Some(label.as_bytes()) {
+            own = Some(value);
+        } else {
+            others.push(value);
+        }
+    }
+    Ok((own, others))
+}
+
+impl HsmKey {
+    /// Signs `message` with RSASSA-PKCS1-v1_5 over SHA-256 inside the token. Blocks: call it off
+    /// the async workers. A lost session or login is re-established once before giving up.
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
+        let mut open = self.token.lock();
+        match self.sign_in(&mut open, message) {
+            Ok(signature) => Ok(signature),
+            Err(first) => {
+                tracing::warn!(
+                    token = %self.token.label,
+                    module = %self.token.module_path.display(),
+                    key = %self.label,
+                    error = %first,
+                    "HSM session lost; opening a new session and logging in again"
+                );
+                // Closing a session of a token that is gone may fail too; nothing to do about it.
+                *open = None;
+                self.sign_in(&mut open, message)
+                    .map_err(|e| format!("{}: {e}", self.token.name()))
+            }
+        }
+    }
+
+    fn sign_in(&self, open: &mut Option<Open>, message: &[u8]) -> Result<Vec<u8>, String> {
+        let state = self.token.ensure_open(open).map_err(|e| e.to_string())?;
+        let handle = match state.keys.get(&self.label) {
+            Some(handle) => *handle,
+            None => {
+                let handle = find_key(&state.session, &self.label).map_err(|e| e.to_string())?;
+                // The label may now name another key (a re-initialised token): never sign with it.
+                let modulus = match state.session.get_attributes(handle, &[AttributeType::Modulus]) {
+                    Ok(attrs) => attrs.into_iter().find_map(|a| match a {
+                        Attribute::Modulus(n) => Some(super::x509::trim_leading_zeros(&n)),
+                        _ => None,
+                    }),
+                    Err(e) => return Err(short(&e)),
+                };
+                if modulus.as_ref() != Some(&self.modulus) {
+                    return Err(format!(
+                        "the key labelled `{}` is no longer the key portvakt loaded; reload the configuration",
+                        self.label
+                    ));
+                }
+                state.keys.insert(self.label.clone(), handle);
+                handle
+            }
+        };
+        state
+            .session
+            .sign(&Mechanism::Sha256RsaPkcs, handle, message)
+            .map_err(|e| {
+                // The handle may be stale; find the key again next time.
+                state.keys.remove(&self.label);
+                short(&e)
+            })
+    }
+
+    pub fn placement(&self) -> Placement {
+        Placement {
+            module: self.token.module_path.clone(),
+            token: self.token.label.clone(),
+            label: self.label.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for HsmKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HsmKey")
+            .field("module", &self.token.module_path)
+            .field("token", &self.token.label)
+            .field("label", &self.label)
+            .finish()
+    }
+}
+
+/// A PKCS#11 error in one line: the return value's name, not the specification's paragraph.
+fn short(e: &CkError) -> String {
+    match e {
+        CkError::Pkcs11(rv, function) => format!("{function:?} returned {rv:?}"),
+        other => other.to_string(),
+    }
+}
