@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # What `cargo test` and the fuzzers need besides Rust, on Debian: C and C++ compilers (aws-lc-sys builds C,
 # libFuzzer C++) and Chromium
-# (the status page is rendered headless in tests/status_page.rs). Idempotent; run as root or with sudo.
+# (the status page is rendered headless in tests/status_page.rs) and SoftHSM2 (tests/hsm.rs). Idempotent; run as root or with sudo.
 set -euo pipefail
 need=()
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 # libFuzzer (scripts/fuzz.sh) is C++.
 command -v c++ >/dev/null 2>&1 || need+=(g++)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# Keys in an HSM are tested on SoftHSM2, real PKCS#11 software (tests/hsm.rs).
+command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

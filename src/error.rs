@@ -243,7 +243,8 @@ impl ProxyError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             ProxyError::Token(TokenError::Failed {
-                error: FetchError::Unavailable(_) | FetchError::Throttled { .. } | FetchError::Hsm(_),
+                error:
+                    FetchError::Unavailable(_) | FetchError::Throttled { .. } | FetchError::Hsm(_),
                 retry_after,
             }) => Some(*retry_after),
             ProxyError::Token(TokenError::WaitTimeout(_))

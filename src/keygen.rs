@@ -70,19 +70,34 @@ pub fn run_in_token(
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let public_jwks = out.join(format!("{kid}.public.jwks.json"));
     if public_jwks.exists() {
-        bail!("{} exists already: keygen never overwrites a key", public_jwks.display());
+        bail!(
+            "{} exists already: keygen never overwrites a key",
+            public_jwks.display()
+        );
     }
     let made = keys::pkcs11::generate(&hsm.module, &hsm.token, pin, &label, bits, &kid)?;
     let public = serde_json::to_string_pretty(&made.public_jwks)?;
     write_file(&public_jwks, format!("{public}\n").as_bytes(), false)?;
     let expires = x509::date(today_unix + keys::rotation::REGISTERED_KEY_LIFETIME.as_secs() as i64);
     let mut next = String::new();
-    let _ = writeln!(next, "Generated RSA {bits} key {kid} inside token `{}` (label `{label}`, not extractable)", hsm.token);
-    let _ = writeln!(next, "  public JWK set (upload this): {}", public_jwks.display());
+    let _ = writeln!(
+        next,
+        "Generated RSA {bits} key {kid} inside token `{}` (label `{label}`, not extractable)",
+        hsm.token
+    );
+    let _ = writeln!(
+        next,
+        "  public JWK set (upload this): {}",
+        public_jwks.display()
+    );
     let _ = writeln!(next, "{public}");
     let _ = writeln!(next);
     let _ = writeln!(next, "Next:");
-    let _ = writeln!(next, "  1. In Samarbeidsportalen ({}), add this public JWK set to the Maskinporten client.", env.portal());
+    let _ = writeln!(
+        next,
+        "  1. In Samarbeidsportalen ({}), add this public JWK set to the Maskinporten client.",
+        env.portal()
+    );
     let _ = writeln!(next, "  2. Give portvakt the key:");
     let _ = writeln!(next, "       key:\n         pkcs11: {{ module: {}, token: {}, key: {label}, pin_file: /secrets/hsm-pin }}\n         kid: {kid}", hsm.module.display(), hsm.token);
     let _ = writeln!(next, "  3. Run `portvakt check --config FILE`, then `portvakt token --config FILE --route NAME`.");

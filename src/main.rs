@@ -232,7 +232,8 @@ fn main() -> ExitCode {
                         };
                         portvakt::keygen::run_in_token(&name, env, bits, &out, today, hsm)
                     }
-                    _ => portvakt::keygen::run(&name, env, bits, &out, today).map(|(_, next)| ((), next)),
+                    _ => portvakt::keygen::run(&name, env, bits, &out, today)
+                        .map(|(_, next)| ((), next)),
                 };
                 match made {
                     Ok(((), next)) => {

@@ -52,8 +52,9 @@ async fn accepts_a_good_grant_and_answers_like_maskinporten() {
         .await
         .unwrap();
     let spec = GrantSpec::new(&[SCOPE.to_string()], None, None, &[]);
-    let assertion =
-        grant::sign(&mock.issuer(), CLIENT_ID, &client_key(), &spec, unix_now()).unwrap();
+    let assertion = grant::sign(&mock.issuer(), CLIENT_ID, &client_key(), &spec, unix_now())
+        .await
+        .unwrap();
     let (status, body) = post(&mock, &assertion).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["token_type"], "Bearer");

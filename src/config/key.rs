@@ -20,7 +20,14 @@ const KEY: &[&str] = &[
     "x5c_chain",
     "pkcs11",
 ];
-const FORMS: [&str; 6] = ["pem", "jwk", "jwk_base64", "jwk_base64_file", "pkcs12", "pkcs11"];
+const FORMS: [&str; 6] = [
+    "pem",
+    "jwk",
+    "jwk_base64",
+    "jwk_base64_file",
+    "pkcs12",
+    "pkcs11",
+];
 const PKCS11: &[&str] = &["module", "token", "key", "pin", "pin_file"];
 
 pub(super) fn key(
@@ -30,10 +37,7 @@ pub(super) fn key(
     base: &Path,
 ) -> Option<(KeySource, keys::SigningKey)> {
     let k = r.mapping(v, path, KEY)?;
-    let forms: Vec<&str> = FORMS
-        .into_iter()
-        .filter(|f| k.contains_key(*f))
-        .collect();
+    let forms: Vec<&str> = FORMS.into_iter().filter(|f| k.contains_key(*f)).collect();
     if forms.len() != 1 {
         let found = if forms.is_empty() {
             "none".to_string()
@@ -150,10 +154,11 @@ pub(super) fn key(
                         ..
                     },
                 ) if unread == password_file => join(path, "password_file"),
-                (
-                    keys::KeyError::Read { path: unread, .. },
-                    KeySource::Pkcs11 { at, .. },
-                ) if at.pin.file() == Some(unread.as_path()) => join(&form_path, "pin_file"),
+                (keys::KeyError::Read { path: unread, .. }, KeySource::Pkcs11 { at, .. })
+                    if at.pin.file() == Some(unread.as_path()) =>
+                {
+                    join(&form_path, "pin_file")
+                }
                 _ => form_path,
             };
             r.issue(&at, e.to_string());

@@ -13,8 +13,8 @@ use crate::secret::Secret;
 use aws_lc_rs::rsa::KeyPair;
 use aws_lc_rs::signature::KeyPair as _;
 use base64::Engine as _;
-use jsonwebtoken::{Algorithm, EncodingKey};
 pub use generate::{generate, GeneratedKey};
+use jsonwebtoken::{Algorithm, EncodingKey};
 pub use rotation::ClientKey;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -218,8 +218,10 @@ impl SigningKey {
     /// signs on a blocking thread, so that a slow HSM holds up only the fetch that waits for it.
     pub async fn sign(&self, message: String) -> Result<String, SignError> {
         match &self.signer {
-            Signer::Software(key) => jsonwebtoken::crypto::sign(message.as_bytes(), key, self.algorithm)
-                .map_err(|e| SignError::Software(e.to_string())),
+            Signer::Software(key) => {
+                jsonwebtoken::crypto::sign(message.as_bytes(), key, self.algorithm)
+                    .map_err(|e| SignError::Software(e.to_string()))
+            }
             Signer::Hsm(key) => {
                 let key = Arc::clone(key);
                 let signature = tokio::task::spawn_blocking(move || key.sign(message.as_bytes()))

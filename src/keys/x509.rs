@@ -11,7 +11,7 @@ pub struct Certificate {
     /// The subject as `C=NO, O=..., serialNumber=..., CN=...`, in certificate order.
     pub subject: String,
     pub issuer: String,
-    subject_raw: Vec<u8>,
+    pub subject_raw: Vec<u8>,
     issuer_raw: Vec<u8>,
     /// The organisation number from `serialNumber` or `organizationIdentifier` (`NTRNO-<orgno>`).
     pub org_number: Option<String>,

@@ -17,7 +17,7 @@ use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
-use cryptoki::session::{Session, UserType};
+use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use std::collections::HashMap;
@@ -42,7 +42,9 @@ pub struct Token {
     module_path: PathBuf,
     label: String,
     module: Pkcs11,
-    pin: Mutex<Secret<String>>,
+    /// The user PIN, and whether the token refused it: a refused PIN is not tried again until a
+    /// new one is loaded, as HSMs lock the PIN after a few wrong tries.
+    pin: Mutex<(Secret<String>, bool)>,
     open: Mutex<Option<Open>>,
 }
 
@@ -83,8 +85,14 @@ fn modules() -> &'static Mutex<HashMap<PathBuf, Pkcs11>> {
     MODULES.get_or_init(Default::default)
 }
 
-fn tokens() -> &'static Mutex<HashMap<(PathBuf, String), Arc<Token>>> {
-    static TOKENS: OnceLock<Mutex<HashMap<(PathBuf, String), Arc<Token>>>> = OnceLock::new();
+/// Tokens by module path and token label.
+type Tokens = Mutex<HashMap<(PathBuf, String), Arc<Token>>>;
+
+/// A certificate in a token, as DER.
+type Der = Vec<u8>;
+
+fn tokens() -> &'static Tokens {
+    static TOKENS: OnceLock<Tokens> = OnceLock::new();
     TOKENS.get_or_init(Default::default)
 }
 
@@ -121,14 +129,14 @@ pub fn token(path: &Path, label: &str, pin: Secret<String>) -> Result<Arc<Token>
     let key = (path.to_path_buf(), label.to_string());
     if let Some(token) = tokens.get(&key) {
         // A reloaded configuration may bring a new PIN; the next login uses it.
-        *token.pin.lock().unwrap_or_else(|e| e.into_inner()) = pin;
+        *token.pin.lock().unwrap_or_else(|e| e.into_inner()) = (pin, false);
         return Ok(Arc::clone(token));
     }
     let token = Arc::new(Token {
         module_path: path.to_path_buf(),
         label: label.to_string(),
         module,
-        pin: Mutex::new(pin),
+        pin: Mutex::new((pin, false)),
         open: Mutex::new(None),
     });
     tokens.insert(key, Arc::clone(&token));
@@ -143,8 +151,7 @@ pub fn load(source: &Pkcs11Source) -> Result<Found, KeyError> {
     let result = (|| {
         let open = token.ensure_open(&mut open)?;
         let session = &open.session;
-        let handle =
-            find_key(session, &source.label).map_err(|e| token.invalid(e.to_string()))?;
+        let handle = find_key(session, &source.label).map_err(|e| token.invalid(e.to_string()))?;
         let attrs = session
             .get_attributes(
                 handle,
@@ -155,7 +162,12 @@ pub fn load(source: &Pkcs11Source) -> Result<Found, KeyError> {
                     AttributeType::Sign,
                 ],
             )
-            .map_err(|e| token.invalid(format!("the key's attributes cannot be read: {}", short(&e))))?;
+            .map_err(|e| {
+                token.invalid(format!(
+                    "the key's attributes cannot be read: {}",
+                    short(&e)
+                ))
+            })?;
         let (mut modulus, mut exponent, mut kind, mut sign) = (None, None, None, true);
         for attr in attrs {
             match attr {
@@ -193,8 +205,9 @@ pub fn load(source: &Pkcs11Source) -> Result<Found, KeyError> {
                 source.label
             )));
         }
-        let (certificate, others) = certificates(session, &source.label)
-            .map_err(|e| token.invalid(format!("the certificates cannot be read: {}", short(&e))))?;
+        let (certificate, others) = certificates(session, &source.label).map_err(|e| {
+            token.invalid(format!("the certificates cannot be read: {}", short(&e)))
+        })?;
         open.keys.insert(source.label.clone(), handle);
         Ok(Found {
             key: HsmKey {
@@ -227,11 +240,27 @@ impl Token {
 
     /// The open session, opening one and logging in when there is none.
     fn ensure_open<'a>(&self, open: &'a mut Option<Open>) -> Result<&'a mut Open, KeyError> {
+        // A session kept from before may have been logged out (by another session of this
+        // process) or closed (the token went away): log in again, or start afresh.
+        if let Some(state) = open.as_ref() {
+            match state.session.get_session_info().map(|i| i.session_state()) {
+                Ok(SessionState::RoUser | SessionState::RwUser) => {}
+                Ok(_) => {
+                    tracing::warn!(token = %self.label, module = %self.module_path.display(), "HSM session logged out; logging in again");
+                    self.login(&state.session)?;
+                }
+                Err(e) => {
+                    tracing::warn!(token = %self.label, module = %self.module_path.display(), error = %short(&e), "HSM session lost; opening a new one");
+                    *open = None;
+                }
+            }
+        }
         if open.is_none() {
             let slot = self.slot()?;
-            let session = self.module.open_ro_session(slot).map_err(|e| {
-                self.invalid(format!("no session can be opened: {}", short(&e)))
-            })?;
+            let session = self
+                .module
+                .open_ro_session(slot)
+                .map_err(|e| self.invalid(format!("no session can be opened: {}", short(&e))))?;
             self.login(&session)?;
             *open = Some(Open {
                 session,
@@ -243,13 +272,22 @@ impl Token {
     }
 
     fn login(&self, session: &Session) -> Result<(), KeyError> {
-        let pin = self.pin.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let pin = AuthPin::from(pin.expose().to_string());
-        match session.login(UserType::User, Some(&pin)) {
+        let mut pin = self.pin.lock().unwrap_or_else(|e| e.into_inner());
+        if pin.1 {
+            return Err(self.invalid(
+                "the PIN is wrong (the token refused it before, and portvakt does not try it again lest the HSM lock it); correct `pin` or `pin_file`".into(),
+            ));
+        }
+        let secret = AuthPin::from(pin.0.expose().to_string());
+        match session.login(UserType::User, Some(&secret)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
-            Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => Err(self.invalid(
-                "the PIN is wrong (the token refused the login); check `pin` or `pin_file`".into(),
-            )),
+            Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
+                pin.1 = true;
+                Err(self.invalid(
+                    "the PIN is wrong (the token refused the login); check `pin` or `pin_file`"
+                        .into(),
+                ))
+            }
             Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(self.invalid(
                 "the user PIN is locked after too many wrong attempts; the security officer must unlock it".into(),
             )),
@@ -340,10 +378,7 @@ fn find_key(session: &Session, label: &str) -> Result<ObjectHandle, KeyError> {
 }
 
 /// The certificate labelled `label`, and every other certificate in the token.
-fn certificates(
-    session: &Session,
-    label: &str,
-) -> Result<(Option<Vec<u8>>, Vec<Vec<u8>>), CkError> {
+fn certificates(session: &Session, label: &str) -> Result<(Option<Der>, Vec<Der>), CkError> {
     let mut own = None;
     let mut others = Vec::new();
     for handle in session.find_objects(&[Attribute::Class(ObjectClass::CERTIFICATE)])? {
@@ -395,7 +430,10 @@ impl HsmKey {
             None => {
                 let handle = find_key(&state.session, &self.label).map_err(|e| e.to_string())?;
                 // The label may now name another key (a re-initialised token): never sign with it.
-                let modulus = match state.session.get_attributes(handle, &[AttributeType::Modulus]) {
+                let modulus = match state
+                    .session
+                    .get_attributes(handle, &[AttributeType::Modulus])
+                {
                     Ok(attrs) => attrs.into_iter().find_map(|a| match a {
                         Attribute::Modulus(n) => Some(super::x509::trim_leading_zeros(&n)),
                         _ => None,
