@@ -321,6 +321,31 @@ fn bad_keys_are_startup_errors_naming_the_client_and_file() {
             "",
         ),
         (
+            "      pkcs11: {module: /nonexistent/libpkcs11.so, token: t, key: k}\n      kid: a\n",
+            "clients.vendor.key.pkcs11: needs the token's user PIN",
+            "pin_file",
+        ),
+        (
+            "      pkcs11: {module: /nonexistent/libpkcs11.so, token: t, key: k, pin: '1', pin_file: f}\n      kid: a\n",
+            "clients.vendor.key.pkcs11: has both pin and pin_file",
+            "",
+        ),
+        (
+            "      pkcs11: {token: t, key: k, pin: '1'}\n      kid: a\n",
+            "clients.vendor.key.pkcs11.module",
+            "",
+        ),
+        (
+            "      pkcs11: {module: /nonexistent/libpkcs11.so, token: t, key: k, pin: '1'}\n      kid: a\n      x5c_chain: true\n",
+            "clients.vendor.key.x5c_chain: does not go with kid",
+            "",
+        ),
+        (
+            "      pkcs11: {module: /nonexistent/libpkcs11.so, token: t, key: k, pin: '1'}\n      kid: a\n",
+            "clients.vendor.key.pkcs11: the PKCS#11 module /nonexistent/libpkcs11.so cannot be loaded",
+            "install the HSM vendor's library",
+        ),
+        (
             "      pkcs12: pki/virksomhet-aes.p12\n      password_file: pki/password.txt\n      x5c_chain: yes\n",
             "clients.vendor.key.x5c_chain: expected true or false",
             "",

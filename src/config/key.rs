@@ -46,7 +46,7 @@ pub(super) fn key(
         };
         r.issue(
             path,
-            format!("needs exactly one key form (pem + kid, jwk, jwk_base64, jwk_base64_file, pkcs12 + password, or pkcs11), found {found}"),
+            format!("needs exactly one key form (pem + kid, jwk, jwk_base64, jwk_base64_file, or pkcs12 + password), found {found}; or pkcs11 for a key in an HSM"),
         );
         return None;
     }
@@ -62,11 +62,22 @@ pub(super) fn key(
         }
     }
     let chain = r.boolean(k.get("x5c_chain"), &join(path, "x5c_chain"));
-    if k.contains_key("x5c_chain") && !(form == "pkcs12" || form == "pkcs11" && kid.is_none()) {
-        r.issue(
-            &join(path, "x5c_chain"),
-            "only goes with a certificate sent as x5c: pkcs12, or pkcs11 without kid",
-        );
+    if k.contains_key("x5c_chain") {
+        match form {
+            "pkcs12" => {}
+            "pkcs11" if kid.is_some() => {
+                r.issue(
+                    &join(path, "x5c_chain"),
+                    "does not go with kid: with pkcs11 it sends the token's certificate chain, which only a key without kid sends",
+                );
+                return None;
+            }
+            "pkcs11" => {}
+            _ => r.issue(
+                &join(path, "x5c_chain"),
+                "only goes with pkcs12 (or pkcs11 without kid)",
+            ),
+        }
     }
     if let Some(kid) = &kid {
         if !kid

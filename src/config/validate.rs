@@ -278,7 +278,7 @@ fn clients<'v>(r: &mut Reader, v: Option<&'v Value>, base: &Path) -> (Vec<Client
             None => {
                 r.issue(
                     &key_path,
-                    "is required: one of pem (+ kid), jwk, jwk_base64, jwk_base64_file or pkcs12 (+ password)",
+                    "is required: one of pem (+ kid), jwk, jwk_base64, jwk_base64_file or pkcs12 (+ password); or pkcs11 for a key in an HSM",
                 );
                 None
             }

@@ -52,6 +52,9 @@ pub struct Token {
 struct Open {
     session: Session,
     keys: HashMap<String, ObjectHandle>,
+    /// Whether the token wants a login at all (`CKF_LOGIN_REQUIRED`); some cloud HSMs' libraries
+    /// take their credentials elsewhere and have none.
+    login_required: bool,
 }
 
 /// A private key inside a token: its label and the public half read from the token.
@@ -245,6 +248,7 @@ impl Token {
         if let Some(state) = open.as_ref() {
             match state.session.get_session_info().map(|i| i.session_state()) {
                 Ok(SessionState::RoUser | SessionState::RwUser) => {}
+                Ok(_) if !state.login_required => {}
                 Ok(_) => {
                     tracing::warn!(token = %self.label, module = %self.module_path.display(), "HSM session logged out; logging in again");
                     self.login(&state.session)?;
@@ -261,10 +265,17 @@ impl Token {
                 .module
                 .open_ro_session(slot)
                 .map_err(|e| self.invalid(format!("no session can be opened: {}", short(&e))))?;
-            self.login(&session)?;
+            let login_required = self
+                .module
+                .get_token_info(slot)
+                .map_or(true, |info| info.login_required());
+            if login_required {
+                self.login(&session)?;
+            }
             *open = Some(Open {
                 session,
                 keys: HashMap::new(),
+                login_required,
             });
         }
         open.as_mut()
