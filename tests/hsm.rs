@@ -224,6 +224,13 @@ async fn a_virksomhetssertifikat_in_the_token_is_sent_as_x5c_and_with_its_chain(
         assert!(header.get("kid").is_none_or(|k| k.is_null()), "{header}");
         assert_eq!(header["x5c"].as_array().unwrap().len(), certs, "{header}");
         assert!(s.upstream.records().pop().unwrap().token_valid);
+        // The certificate's expiry is watched as a PKCS#12 one's (2051-11-15 in the fixture).
+        let metrics = metrics_text(&s.proxy).await;
+        let not_after = metric_value(
+            &metrics,
+            "portvakt_certificate_not_after_seconds{client=\"vendor\"}",
+        );
+        assert_eq!(not_after, Some(2_583_658_155.0), "{metrics}");
         s.proxy.shutdown().await;
     }
 }
@@ -569,4 +576,55 @@ async fn a_new_key_label_and_kid_take_effect_on_reload() {
     );
     assert_eq!(grants.last().unwrap().rejected, None);
     s.proxy.shutdown().await;
+}
+
+#[test]
+fn check_shows_where_the_key_is_and_the_certificate() {
+    let h = hsm();
+    for (key, wants) in [
+        (
+            key_block("registered", "maskinporten", &format!("      kid: {KID}\n")),
+            vec![
+                "key pkcs11 (RS256, 2048 bits",
+                "token `registered`, key `maskinporten`",
+                KID,
+            ],
+        ),
+        (
+            key_block("virksomhet", "auth", ""),
+            vec![
+                "token `virksomhet`, key `auth`",
+                "certificate C=NO, O=TESTKOMMUNE",
+                "org number 910753614",
+                "not after 2051-11-15",
+            ],
+        ),
+    ] {
+        let yaml = config_with_key(
+            "https://test.maskinporten.no/",
+            "https://test.maskinporten.no/token",
+            &key,
+            &ONE_ROUTE.replace("{upstream}", "https://example.org/"),
+        );
+        let file = h
+            .dir
+            .join(format!("check-{}.yaml", sha256_hex(yaml.as_bytes())));
+        std::fs::write(&file, yaml).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_portvakt"))
+            .args(["check", "--config"])
+            .arg(&file)
+            .env("SOFTHSM2_CONF", &h.conf)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{out:?}");
+        for want in wants {
+            assert!(stdout.contains(want), "want {want:?} in:\n{stdout}");
+        }
+        assert!(
+            stdout.contains(&format!("in HSM: module {}", h.module.display())),
+            "{stdout}"
+        );
+        assert!(!stdout.contains(PIN));
+    }
 }
