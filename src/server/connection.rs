@@ -1,0 +1,147 @@
+//! One caller's connection: HTTP/2 or HTTP/1.1, and for HTTP/1.1 over plain TCP a hyper
+//! connection that is ended while the caller idles and begun again when it sends
+//! ([`super::idle`]).
+
+use super::idle::{Activity, Answered, Idling};
+use hyper::body::Body;
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// What an HTTP/2 connection starts with (RFC 9113, section 3.4).
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How each connection is served.
+pub struct Protocols {
+    pub http1: http1::Builder,
+    pub http2: http2::Builder<TokioExecutor>,
+    /// How long a caller may stay silent before its first request and between requests (as
+    /// hyper's header read timeout, which begins when hyper waits for a request).
+    pub idle: Duration,
+}
+
+/// A caller's transport, as far as the connection needs to know it.
+pub trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Whether the caller speaks HTTP/2: by ALPN, or by the preface it sends (waiting for its
+    /// first bytes, without taking them). `None`: it closed or sent nothing.
+    fn http2(&self) -> impl Future<Output = io::Result<Option<bool>>> + Send;
+    /// Whether hyper's connection may be ended while the caller idles: the socket alone can tell
+    /// when the caller sends again.
+    fn parks(&self) -> bool;
+    /// Waits until the caller sends again (or closes), without taking what it sends.
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+/// Serves one connection until it ends, the caller stays silent for `idle`, or `shutdown` turns
+/// true (then an idle connection closes at once and a busy one after its answer).
+pub async fn serve<I, H, F, B>(
+    io: I,
+    protocols: Arc<Protocols>,
+    handler: H,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: Socket,
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + Unpin + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let first = within(Instant::now() + protocols.idle, &mut shutdown, io.http2()).await;
+    let Some(Ok(Some(http2))) = first else {
+        return;
+    };
+    if http2 {
+        let service = hyper::service::service_fn(move |request| {
+            let answer = handler(request);
+            async move { Ok::<_, Infallible>(answer.await) }
+        });
+        let connection = protocols.http2.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            _ = super::stopped(&mut shutdown) => connection.as_mut().graceful_shutdown(),
+        }
+        let _ = connection.await;
+        return;
+    }
+    let mut io = io;
+    loop {
+        let activity = Arc::new(Activity::default());
+        let service = {
+            let (handler, activity) = (handler.clone(), Arc::clone(&activity));
+            hyper::service::service_fn(move |request| {
+                activity.begin();
+                let answer = handler(request);
+                let activity = Arc::clone(&activity);
+                // hyper takes the connection apart only with a service whose future is Unpin.
+                Box::pin(async move {
+                    Ok::<_, Infallible>(answer.await.map(|b| Answered::new(b, activity)))
+                })
+            })
+        };
+        let parks = io.parks();
+        let idling = Idling::new(io, parks, activity);
+        let mut connection = protocols
+            .http1
+            .serve_connection(TokioIo::new(idling), service);
+        // Polled as a future, hyper flushes what it holds and shuts the socket down when the
+        // connection ends; `Idling` skips only the shutdown, and only when it parked.
+        let ended = tokio::select! {
+            ended = &mut connection => Some(ended),
+            _ = super::stopped(&mut shutdown) => None,
+        };
+        let Some(ended) = ended else {
+            // Close once the request in hand is answered; hyper closes at once if there is none.
+            let mut connection = std::pin::pin!(connection);
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+            return;
+        };
+        let parts = connection.into_parts();
+        let idling = parts.io.into_inner();
+        if ended.is_err() || !idling.parked() || !parts.read_buf.is_empty() {
+            // The caller closed, or hyper ended the connection for a reason of its own, or hyper
+            // holds bytes it did not use: nothing is resumed. Dropping the socket closes it.
+            return;
+        }
+        io = idling.into_inner();
+        tracing::trace!(
+            "keep-alive connection parked: hyper's buffers released until the caller sends"
+        );
+        // Parked: only the socket is kept, until the caller sends or has been silent for `idle`.
+        let deadline = Instant::now() + protocols.idle.saturating_sub(super::idle::PARK_AFTER);
+        match within(deadline, &mut shutdown, io.readable()).await {
+            Some(Ok(())) => {}
+            _ => return,
+        }
+    }
+}
+
+/// `work`'s result, unless `deadline` passes or portvakt shuts down first.
+async fn within<T>(
+    deadline: Instant,
+    shutdown: &mut watch::Receiver<bool>,
+    work: impl Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        done = work => Some(done),
+        _ = tokio::time::sleep_until(deadline) => None,
+        _ = super::stopped(shutdown) => None,
+    }
+}
+
+/// Whether `first` (what a plain-TCP caller sent first) is, or may yet become, HTTP/2's preface.
+pub fn may_be_http2(first: &[u8]) -> bool {
+    let n = first.len().min(PREFACE.len());
+    first[..n] == PREFACE[..n]
+}
