@@ -4,14 +4,15 @@
 # forward over keep-alive TLS (verified against a CA made for the run) to one nginx upstream.
 #
 # Usage (from the project's root, after `cargo build --release`; bench/run.sh tls does both):
-#   bench/tls.sh [--rounds N] [--seconds S] [--connections C] [--http2 [--portvakt-http1]]
+#   bench/tls.sh [--rounds N] [--seconds S] [--connections C] [--http2 [--portvakt-http1] [--haproxy-h2]]
 # --http2 makes the upstream offer HTTP/2 by ALPN: portvakt then speaks HTTP/2 to it (its pooled
 # client), nginx and HAProxy HTTP/1.1. Without it the upstream offers HTTP/1.1 only.
 # --portvakt-http1 sets the route's `upstream_http2: false`, so portvakt speaks HTTP/1.1 as well.
+# --haproxy-h2 puts `alpn h2` on HAProxy's server line, so HAProxy speaks HTTP/2 to the upstream too.
 # Prints a table per round and, last, one line:
 #   RESULT rps_ratio_vs_nginx=X p99_ratio_vs_nginx=Y rps_ratio_vs_haproxy=Z rss_mb=M
 set -euo pipefail
-rounds=3 seconds=5 conns=64 h2="" pv_h2=""
+rounds=3 seconds=5 conns=64 h2="" pv_h2="" hap_alpn=""
 while [[ $# -gt 0 ]]; do
   case $1 in
     --rounds) rounds=$2; shift 2 ;;
@@ -19,6 +20,7 @@ while [[ $# -gt 0 ]]; do
     --connections) conns=$2; shift 2 ;;
     --http2) h2=" http2"; shift ;;
     --portvakt-http1) pv_h2="    upstream_http2: false"; shift ;;
+    --haproxy-h2) hap_alpn=" alpn h2"; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -78,7 +80,7 @@ frontend fe
   default_backend be
 backend be
   http-reuse always
-  server up 127.0.0.1:$UP ssl verify required ca-file $dir/ca.pem
+  server up 127.0.0.1:$UP ssl verify required ca-file $dir/ca.pem$hap_alpn
 EOF
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$dir/key.pem" 2>/dev/null
 cat >"$dir/portvakt.yaml" <<EOF
@@ -130,7 +132,7 @@ measure() { # port -> "rps p50_ms p99_ms errors"
     function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
     END {printf "%.0f %.3f %.3f %s\n", rps, ms(p50), ms(p99), (err==""?"-":"errors")}'
 }
-echo "upstream: HTTPS, offering ${h2:+HTTP/2 and }HTTP/1.1${pv_h2:+; the portvakt route sets upstream_http2: false}"
+echo "upstream: HTTPS, offering ${h2:+HTTP/2 and }HTTP/1.1${pv_h2:+; the portvakt route sets upstream_http2: false}${hap_alpn:+; HAProxy speaks HTTP/2 to it}"
 printf '%-6s %-10s %10s %9s %9s %s\n' round proxy rps p50_ms p99_ms errors
 declare -a r_ngx r_pv r_hap p_ngx p_pv
 for r in $(seq "$rounds"); do
@@ -142,8 +144,11 @@ rss=$(awk '/VmHWM/ {printf "%.1f", $2/1024}' /proc/$pv/status)
 python3 - "${r_ngx[*]}" "${r_pv[*]}" "${r_hap[*]}" "${p_ngx[*]}" "${p_pv[*]}" "$rss" <<'EOF'
 import statistics as s, sys
 ngx, pv, hap, pn, pp = ([float(x) for x in a.split()] for a in sys.argv[1:6])
-rps = s.median(p / n for p, n in zip(pv, ngx))
-p99 = s.median(p / n for p, n in zip(pp, pn))
-hr = s.median(p / h for p, h in zip(pv, hap))
-print(f"RESULT rps_ratio_vs_nginx={rps:.2f} p99_ratio_vs_nginx={p99:.2f} rps_ratio_vs_haproxy={hr:.2f} rss_mb={sys.argv[6]}")
+def spread(xs):
+    xs = list(xs)
+    return f"{s.median(xs):.2f}", f"{min(xs):.2f}-{max(xs):.2f}"
+rps, rps_r = spread(p / n for p, n in zip(pv, ngx))
+p99, p99_r = spread(p / n for p, n in zip(pp, pn))
+hr, hr_r = spread(p / h for p, h in zip(pv, hap))
+print(f"RESULT rps_ratio_vs_nginx={rps} ({rps_r}) p99_ratio_vs_nginx={p99} ({p99_r}) rps_ratio_vs_haproxy={hr} ({hr_r}) rss_mb={sys.argv[6]}")
 EOF

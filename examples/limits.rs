@@ -198,6 +198,9 @@ async fn main() {
     let idle = idle_callers(port, true).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss = rss_kib(pid);
+    // The same callers after a few more seconds of quiet: what a steady idle costs.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let idle_settled_rss = rss_kib(pid);
     drop(idle);
     let _ = child.kill();
     let _ = child.wait();
@@ -229,17 +232,19 @@ async fn main() {
         mib(silent_rss)
     );
     println!(
-        "{IDLE_CALLERS} idle keep-alive callers {:>8.1} MB RSS",
-        mib(idle_rss)
+        "{IDLE_CALLERS} idle keep-alive callers {:>8.1} MB RSS 0.5 s after the last call, {:.1} MB 3 s after",
+        mib(idle_rss),
+        mib(idle_settled_rss)
     );
     println!(
-        "RESULT healthz_ms={:.1} first_call_ms={:.1} token_requests={token_requests} rss_mb={:.1} download_growth_mb={:.1} upload_growth_mb={:.1} silent_10k_rss_mb={:.1} idle_10k_rss_mb={:.1}",
+        "RESULT healthz_ms={:.1} first_call_ms={:.1} token_requests={token_requests} rss_mb={:.1} download_growth_mb={:.1} upload_growth_mb={:.1} silent_10k_rss_mb={:.1} idle_10k_rss_mb={:.1} idle_10k_settled_rss_mb={:.1}",
         healthz.as_secs_f64() * 1000.0,
         first_call.as_secs_f64() * 1000.0,
         mib(baseline),
         mib(down_peak.saturating_sub(baseline)),
         mib(up_peak.saturating_sub(baseline)),
         mib(silent_rss),
-        mib(idle_rss)
+        mib(idle_rss),
+        mib(idle_settled_rss)
     );
 }

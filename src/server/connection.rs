@@ -65,8 +65,8 @@ pub async fn serve<I, H, F, B>(
             let answer = handler(request);
             async move { Ok::<_, Infallible>(answer.await) }
         });
-        let connection = protocols.http2.serve_connection(TokioIo::new(io), service);
-        tokio::pin!(connection);
+        // Boxed, as below: a connection's task holds hyper's state only while hyper serves it.
+        let mut connection = Box::pin(protocols.http2.serve_connection(TokioIo::new(io), service));
         tokio::select! {
             _ = connection.as_mut() => return,
             _ = super::stopped(&mut shutdown) => connection.as_mut().graceful_shutdown(),
@@ -91,19 +91,22 @@ pub async fn serve<I, H, F, B>(
         };
         let parks = io.parks();
         let idling = Idling::new(io, parks, activity);
-        let mut connection = protocols
-            .http1
-            .serve_connection(TokioIo::new(idling), service);
+        // Boxed: hyper's connection state (over a kilobyte) lives in the task only while hyper
+        // serves, not while the caller is silent or the connection parked.
+        let mut connection = Box::new(
+            protocols
+                .http1
+                .serve_connection(TokioIo::new(idling), service),
+        );
         // Polled as a future, hyper flushes what it holds and shuts the socket down when the
         // connection ends; `Idling` skips only the shutdown, and only when it parked.
         let ended = tokio::select! {
-            ended = &mut connection => Some(ended),
+            ended = &mut *connection => Some(ended),
             _ = super::stopped(&mut shutdown) => None,
         };
         let Some(ended) = ended else {
             // Close once the request in hand is answered; hyper closes at once if there is none.
-            let mut connection = std::pin::pin!(connection);
-            connection.as_mut().graceful_shutdown();
+            std::pin::Pin::new(&mut *connection).graceful_shutdown();
             let _ = connection.await;
             return;
         };
@@ -118,6 +121,7 @@ pub async fn serve<I, H, F, B>(
         tracing::trace!(
             "keep-alive connection parked: hyper's buffers released until the caller sends"
         );
+        super::trim::parked();
         // Parked: only the socket is kept, until the caller sends or has been silent for `idle`.
         let deadline = Instant::now() + protocols.idle.saturating_sub(super::idle::PARK_AFTER);
         match within(deadline, &mut shutdown, io.readable()).await {

@@ -26,7 +26,7 @@ use tokio::time::{Instant, Sleep};
 
 /// How long a connection idles before hyper's buffers are let go. Short enough that an idle
 /// caller soon costs only its socket; long enough that a busy caller's next request comes first.
-pub const PARK_AFTER: Duration = Duration::from_millis(250);
+pub const PARK_AFTER: Duration = Duration::from_millis(50);
 
 /// Requests begun and answers finished on one hyper connection.
 #[derive(Default)]

@@ -4,6 +4,7 @@
 mod connection;
 mod idle;
 mod stall;
+mod trim;
 
 use connection::{Protocols, Socket};
 use hyper::body::{Body, Incoming};
