@@ -4,6 +4,7 @@
 #
 # Usage (from the project's root; builds the release binary):
 #   bench/instructions.sh [--requests N]
+#   PORTVAKT_BIN=path/to/portvakt bench/instructions.sh   (another build, e.g. from a git worktree)
 # Workloads, each a fixed count of sequential keep-alive GETs from one caller after a warm-up
 # (the token is fetched during the warm-up and is not counted):
 #   plain   an http:// upstream (nginx), HTTP/1.1
@@ -25,7 +26,8 @@ if ((${#need[@]})); then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}") >/dev/null
 fi
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
+bin=${PORTVAKT_BIN:-target/release/portvakt}
+[[ -n ${PORTVAKT_BIN:-} ]] || cargo build --release --quiet
 here=$(pwd)/bench
 dir=$(mktemp -d)
 pids=()
@@ -92,7 +94,7 @@ routes:
 $3
 EOF
   RUST_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$dir/$1.%p.out" \
-    target/release/portvakt run --config "$dir/$1.yaml" >"$dir/$1.log" 2>&1 &
+    "$bin" run --config "$dir/$1.yaml" >"$dir/$1.log" 2>&1 &
   local pid=$!
   for _ in $(seq 300); do (echo >/dev/tcp/127.0.0.1/$PV) 2>/dev/null && break; sleep 0.1; done
   python3 "$dir/caller.py" $PV 50                      # warm-up: token, pool, caches

@@ -78,13 +78,16 @@ impl Proxy {
         // A span per request costs several percent of throughput (docs/performance.md), so there
         // is one only for trace export and debug logging; the lines a request causes at info and
         // above name its id themselves, and a token fetch it starts takes the id from the task.
+        // The request's future is boxed here, once: it is kilobytes, and every layer above
+        // (hyper, tower, the server) would otherwise copy it as it moves it into its own state.
         let mut response =
             if crate::telemetry::exporting() || tracing::enabled!(tracing::Level::DEBUG) {
                 let span = tracing::info_span!("request", request_id = request_id::as_str(&id));
                 crate::telemetry::continue_trace(&span, request.headers());
-                request_id::scope(id.clone(), self.serve(request, &id).instrument(span)).await
+                let work = Box::pin(self.serve(request, &id).instrument(span));
+                request_id::scope(id.clone(), work).await
             } else {
-                request_id::scope(id.clone(), self.serve(request, &id)).await
+                request_id::scope(id.clone(), Box::pin(self.serve(request, &id))).await
             };
         response.headers_mut().insert(request_id::HEADER, id);
         response

@@ -33,9 +33,13 @@ tokio::task_local! {
     static CURRENT: HeaderValue;
 }
 
-/// Runs `work` as the work of request `id`.
-pub async fn scope<F: std::future::Future>(id: HeaderValue, work: F) -> F::Output {
-    CURRENT.scope(id, work).await
+/// Runs `work` as the work of request `id`. Not an `async fn`: that would hold `work` twice in
+/// its state, once as the argument and once inside the scope.
+pub fn scope<F: std::future::Future>(
+    id: HeaderValue,
+    work: F,
+) -> impl std::future::Future<Output = F::Output> {
+    CURRENT.scope(id, work)
 }
 
 /// The id of the request this task works for, if any.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-/// Longer than the rest after which a connection is parked (250 ms).
+/// Longer than the rest after which a connection is parked (PARK_AFTER, 50 ms).
 const PAST_THE_PARK: Duration = Duration::from_millis(600);
 
 async fn setup() -> (

@@ -62,8 +62,10 @@ pub async fn serve<I, H, F, B>(
     };
     if http2 {
         let service = hyper::service::service_fn(move |request| {
-            let answer = handler(request);
-            async move { Ok::<_, Infallible>(answer.await) }
+            let handler = handler.clone();
+            // The handler's future is made inside this one, where it stays: it is several
+            // kilobytes, and every move of it is a copy.
+            async move { Ok::<_, Infallible>(handler(request).await) }
         });
         // Boxed, as below: a connection's task holds hyper's state only while hyper serves it.
         let mut connection = Box::pin(protocols.http2.serve_connection(TokioIo::new(io), service));
@@ -81,12 +83,13 @@ pub async fn serve<I, H, F, B>(
             let (handler, activity) = (handler.clone(), Arc::clone(&activity));
             hyper::service::service_fn(move |request| {
                 activity.begin();
-                let answer = handler(request);
-                let activity = Arc::clone(&activity);
-                // hyper takes the connection apart only with a service whose future is Unpin.
-                Box::pin(async move {
-                    Ok::<_, Infallible>(answer.await.map(|b| Answered::new(b, activity)))
-                })
+                let (handler, activity) = (handler.clone(), Arc::clone(&activity));
+                // The handler's future (several kilobytes) is made inside this one, which hyper
+                // boxes: every move of it would be a copy.
+                async move {
+                    let answer = handler(request).await;
+                    Ok::<_, Infallible>(answer.map(|b| Answered::new(b, activity)))
+                }
             })
         };
         let parks = io.parks();

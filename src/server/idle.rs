@@ -103,8 +103,11 @@ pub struct Idling<I> {
     /// The count of finished answers when the caller last sent bytes: no rest until another
     /// answer is finished, since those bytes may be the start of a request hyper holds.
     sent_at: Option<u64>,
-    /// The rest being timed, and for which count of finished answers.
-    resting: Option<(u64, Pin<Box<Sleep>>)>,
+    /// The count of finished answers whose rest is being timed.
+    resting: Option<u64>,
+    /// The rest's timer, kept and reset from one rest to the next: a busy caller's connection
+    /// rests for a moment after every answer, and a new timer each time would cost an allocation.
+    timer: Option<Pin<Box<Sleep>>>,
     /// The last write could not finish: hyper may still hold bytes to send.
     write_blocked: bool,
     parked: bool,
@@ -118,6 +121,7 @@ impl<I> Idling<I> {
             activity,
             sent_at: Some(0),
             resting: None,
+            timer: None,
             write_blocked: false,
             parked: false,
         }
@@ -141,16 +145,18 @@ impl<I> Idling<I> {
         if self.write_blocked || self.sent_at.is_some_and(|at| at >= finished) {
             return Poll::Pending;
         }
-        let deadline = Instant::now() + PARK_AFTER;
-        let timer = match &mut self.resting {
-            Some((count, timer)) if *count == finished => timer,
-            resting => {
-                &mut resting
-                    .insert((finished, Box::pin(tokio::time::sleep_until(deadline))))
-                    .1
+        if self.resting != Some(finished) {
+            self.resting = Some(finished);
+            let deadline = Instant::now() + PARK_AFTER;
+            match &mut self.timer {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
             }
-        };
-        timer.as_mut().poll(cx)
+        }
+        match &mut self.timer {
+            Some(timer) => timer.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
     }
 }
 
