@@ -113,18 +113,24 @@ pub async fn serve<I, H, F, B>(
             let _ = connection.await;
             return;
         };
-        let parts = connection.into_parts();
-        let idling = parts.io.into_inner();
-        if ended.is_err() || !idling.parked() || !parts.read_buf.is_empty() {
-            // The caller closed, or hyper ended the connection for a reason of its own, or hyper
-            // holds bytes it did not use: nothing is resumed. Dropping the socket closes it.
-            return;
-        }
+        let idling = {
+            // The rest of the parts goes here: even empty, hyper's read buffer as `Bytes` keeps
+            // its 8 KiB allocation alive.
+            let parts = connection.into_parts();
+            let unread = parts.read_buf.len();
+            let idling = parts.io.into_inner();
+            if ended.is_err() || !idling.parked() || unread > 0 {
+                // The caller closed, or hyper ended the connection for a reason of its own, or
+                // hyper holds bytes it did not use: nothing is resumed. Dropping the socket
+                // closes it.
+                return;
+            }
+            idling
+        };
         io = idling.into_inner();
         tracing::trace!(
             "keep-alive connection parked: hyper's buffers released until the caller sends"
         );
-        super::trim::parked();
         // Parked: only the socket is kept, until the caller sends or has been silent for `idle`.
         let deadline = Instant::now() + protocols.idle.saturating_sub(super::idle::PARK_AFTER);
         match within(deadline, &mut shutdown, io.readable()).await {

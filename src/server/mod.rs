@@ -4,7 +4,6 @@
 mod connection;
 mod idle;
 mod stall;
-mod trim;
 
 use connection::{Protocols, Socket};
 use hyper::body::{Body, Incoming};
