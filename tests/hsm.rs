@@ -70,7 +70,14 @@ fn hsm() -> &'static Hsm {
         .unwrap();
         let pin_file = dir.join("pin");
         std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
-        for label in ["registered", "lost", "virksomhet", "keygen", "rotation"] {
+        for label in [
+            "registered",
+            "lost",
+            "virksomhet",
+            "keygen",
+            "rotation",
+            "refused",
+        ] {
             softhsm(
                 &conf,
                 &[
@@ -86,17 +93,23 @@ fn hsm() -> &'static Hsm {
             );
         }
         let client_a = fixtures().join("client-a.pem");
-        for (token, file, label) in [
+        for (i, (token, file, label)) in [
             ("registered", client_a.as_path(), "maskinporten"),
             ("lost", client_a.as_path(), "maskinporten"),
             ("rotation", client_a.as_path(), "first"),
             ("virksomhet", &fixtures().join("pki/ntrno.key"), "auth"),
-        ] {
-            let file = file.display().to_string();
+            ("refused", &fixtures().join("small-1024.pem"), "small"),
+            ("refused", &fixtures().join("ec.pem"), "ec"),
+            ("refused", client_a.as_path(), "mismatch"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (file, id) = (file.display().to_string(), format!("{:02x}", i + 1));
             softhsm(
                 &conf,
                 &[
-                    "--import", &file, "--token", token, "--label", label, "--id", "01", "--pin",
+                    "--import", &file, "--token", token, "--label", label, "--id", &id, "--pin",
                     PIN,
                 ],
             );
@@ -110,8 +123,20 @@ fn hsm() -> &'static Hsm {
             portvakt::secret::Secret::new(PIN.to_string()),
         )
         .unwrap();
-        let session = token.rw_session().unwrap();
-        for (file, label) in [("pki/ntrno.pem", "auth"), ("pki/test-ca.pem", "test-ca")] {
+        let refused = portvakt::keys::pkcs11::token(
+            &module,
+            "refused",
+            portvakt::secret::Secret::new(PIN.to_string()),
+        )
+        .unwrap();
+        // TESTKOMMUNE's certificate beside client-a's key: a certificate that is not the key's.
+        let (session, refused_session) =
+            (token.rw_session().unwrap(), refused.rw_session().unwrap());
+        for (session, file, label) in [
+            (&session, "pki/ntrno.pem", "auth"),
+            (&session, "pki/test-ca.pem", "test-ca"),
+            (&refused_session, "pki/ntrno.pem", "mismatch"),
+        ] {
             let der = pem_der(&fixtures().join(file));
             let cert = portvakt::keys::Certificate::parse(&der).unwrap();
             session
@@ -386,7 +411,7 @@ fn start_up(key: &str) -> Vec<(i32, String)> {
 }
 
 #[test]
-fn wrong_pin_unknown_token_and_unknown_key_stop_check_and_run_with_exact_errors() {
+fn wrong_pin_unknown_token_unknown_key_and_unusable_keys_stop_check_and_run_with_exact_errors() {
     let h = hsm();
     let module = h.module.display().to_string();
     let kid = format!("      kid: {KID}\n");
@@ -409,6 +434,18 @@ fn wrong_pin_unknown_token_and_unknown_key_stop_check_and_run_with_exact_errors(
         (
             key_block("registered", "maskinporten", ""),
             "no certificate labelled `maskinporten` in the token, and no kid".to_string(),
+        ),
+        (
+            key_block("refused", "small", &kid),
+            "the key `small` has 1024 bits; Maskinporten needs at least 2048".to_string(),
+        ),
+        (
+            key_block("refused", "ec", &kid),
+            "the key `ec` is not an RSA key: Maskinporten takes RSA keys only (RS256)".to_string(),
+        ),
+        (
+            key_block("refused", "mismatch", ""),
+            "the certificate labelled `mismatch` (C=NO, O=TESTKOMMUNE".to_string(),
         ),
     ];
     for (key, want) in cases {
