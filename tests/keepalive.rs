@@ -191,3 +191,23 @@ async fn http2_with_prior_knowledge_is_still_served() {
     assert_eq!(up.received().len(), 3);
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_first_byte_that_could_begin_http2_s_preface_waits_for_the_rest() {
+    let (up, proxy, _mock) = setup().await;
+    let mut s = TcpStream::connect(proxy.listen).await.unwrap();
+    let mut buf = Vec::new();
+    // `P` may begin `PRI * HTTP/2.0`; `POST` tells it is HTTP/1.1 once it comes.
+    s.write_all(b"P").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    s.write_all(b"OST /nav/split HTTP/1.1\r\nHost: p\r\nContent-Length: 2\r\n\r\nok")
+        .await
+        .unwrap();
+    let answer = read_answer(&mut s, &mut buf, false).await.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.head);
+    let got = up.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].target, "/api/split");
+    assert_eq!(got[0].body, b"ok");
+    proxy.shutdown().await;
+}

@@ -131,6 +131,7 @@ pub async fn serve<H, F, B>(
 impl Socket for Stalling<TcpStream> {
     async fn http2(&self) -> io::Result<Option<bool>> {
         let mut first = [0u8; connection::PREFACE.len()];
+        let mut wait = Duration::from_millis(5);
         loop {
             let n = self.get_ref().peek(&mut first).await?;
             if n == 0 {
@@ -140,8 +141,10 @@ impl Socket for Stalling<TcpStream> {
             if !may_be || n == first.len() {
                 return Ok(Some(may_be));
             }
-            // The start of the preface, and the rest not here yet (bounded by the idle timeout).
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            // The start of the preface, and the rest not here yet: a peek cannot wait for more
+            // bytes, so look again later, less and less often (bounded by the idle timeout).
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(500));
         }
     }
 
