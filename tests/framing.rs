@@ -6,27 +6,12 @@
 
 mod common;
 
+use common::proxy_to_recorder;
 use common::wire::{closed, read_answer, Received, Recorder};
-use common::*;
 use portvakt::app::Running;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-
-async fn setup() -> (Recorder, Running, portvakt::mock::MockMaskinporten) {
-    let (mock, _echo) = mock_and_upstream().await;
-    let up = Recorder::start().await;
-    let routes = format!(
-        "  - name: nav\n    prefix: /nav/\n    upstream: {}api/\n    client: vendor\n    scopes: [{SCOPE}]\n",
-        up.url
-    );
-    let proxy = spawn_proxy(
-        &config_yaml(&mock.issuer(), &mock.token_endpoint(), &routes),
-        &[],
-    )
-    .await;
-    (up, proxy, mock)
-}
 
 /// The body a case's request carries, and its framing.
 #[derive(Clone, Copy, Debug)]
@@ -177,7 +162,7 @@ async fn run_case(
 
 #[tokio::test]
 async fn hostile_heads_with_every_body_on_fresh_and_kept_connections() {
-    let (up, proxy, mock) = setup().await;
+    let (up, proxy, mock) = proxy_to_recorder().await;
     let table: Vec<(&str, &[u8], Want)> = vec![
         ("an honest call with the caller's credentials", b"POST /nav/x HTTP/1.1\r\nHost: p\r\nAuthorization: Basic Y2FsbGVyOnNlY3JldA==\r\nCookie: caller=Y2FsbGVy\r\nProxy-Authorization: Basic Y2FsbGVy\r\nPortvakt-Api-Key: Y2FsbGVy-key\r\nPortvakt-Anything: Y2FsbGVy\r\n", Want::Sent("/api/x")),
         ("no Host", b"POST /nav/x HTTP/1.1\r\n", Want::Refused(400)),
@@ -225,7 +210,7 @@ async fn hostile_heads_with_every_body_on_fresh_and_kept_connections() {
 
 #[tokio::test]
 async fn framing_tricks_are_refused_or_sent_framed_once() {
-    let (up, proxy, _mock) = setup().await;
+    let (up, proxy, _mock) = proxy_to_recorder().await;
     let chunk = "5\r\nhello\r\n0\r\n\r\n";
     let table: Vec<(&str, String, Want)> = vec![
         ("two different lengths", "POST /nav/x HTTP/1.1\r\nHost: p\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nhello".into(), Want::Refused(400)),
@@ -284,7 +269,7 @@ async fn framing_tricks_are_refused_or_sent_framed_once() {
 async fn a_length_beside_a_coding_is_framed_by_the_coding_and_ends_the_connection() {
     // hyper reads such a body by its coding and drops the length (RFC 9112 6.3), and closes the
     // caller's connection after answering (6.1): what followed on it is never read as a request.
-    let (up, proxy, _mock) = setup().await;
+    let (up, proxy, _mock) = proxy_to_recorder().await;
     for (what, framing) in [
         (
             "length first",
@@ -318,7 +303,7 @@ async fn a_length_beside_a_coding_is_framed_by_the_coding_and_ends_the_connectio
 
 #[tokio::test]
 async fn an_unsupported_coding_is_answered_with_a_problem_and_the_connection_closes() {
-    let (up, proxy, _mock) = setup().await;
+    let (up, proxy, _mock) = proxy_to_recorder().await;
     let mut caller = TcpStream::connect(proxy.listen).await.unwrap();
     caller
         .write_all(b"POST /nav/x HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /nav/SMUGGLED HTTP/1.1\r\nHost: p\r\n\r\n")
@@ -369,7 +354,7 @@ async fn an_unsupported_coding_is_answered_with_a_problem_and_the_connection_clo
 
 #[tokio::test]
 async fn pipelined_requests_and_one_byte_writes_each_go_once() {
-    let (up, proxy, _mock) = setup().await;
+    let (up, proxy, _mock) = proxy_to_recorder().await;
     let mut caller = TcpStream::connect(proxy.listen).await.unwrap();
     caller
         .write_all(b"POST /nav/one HTTP/1.1\r\nHost: p\r\nContent-Length: 5\r\n\r\nhelloPOST /nav/two HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /nav/three HTTP/1.1\r\nHost: p\r\n\r\n")
@@ -405,7 +390,7 @@ async fn pipelined_requests_and_one_byte_writes_each_go_once() {
 /// second caller's bytes never appear inside another request, and each gets its own answer.
 #[tokio::test]
 async fn no_caller_captures_another_callers_request_or_answer() {
-    let (up, proxy, _mock) = setup().await;
+    let (up, proxy, _mock) = proxy_to_recorder().await;
     let smuggle = |connection: &str, inner: &str| {
         format!(
             "POST /nav/x HTTP/1.1\r\nHost: a\r\nConnection: {connection}\r\nContent-Length: {}\r\n\r\n{inner}",

@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::wire::{closed, read_answer, Recorder};
+use common::proxy_to_recorder;
+use common::wire::{closed, read_answer};
 use common::*;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -14,32 +15,13 @@ use tokio::net::TcpStream;
 /// Longer than the rest after which a connection is parked (PARK_AFTER, 50 ms).
 const PAST_THE_PARK: Duration = Duration::from_millis(600);
 
-async fn setup() -> (
-    Recorder,
-    portvakt::app::Running,
-    portvakt::mock::MockMaskinporten,
-) {
-    let (mock, _echo) = mock_and_upstream().await;
-    let up = Recorder::start().await;
-    let routes = format!(
-        "  - name: nav\n    prefix: /nav/\n    upstream: {}api/\n    client: vendor\n    scopes: [{SCOPE}]\n",
-        up.url
-    );
-    let proxy = spawn_proxy(
-        &config_yaml(&mock.issuer(), &mock.token_endpoint(), &routes),
-        &[],
-    )
-    .await;
-    (up, proxy, mock)
-}
-
 fn parks() -> usize {
     logs::text().matches("keep-alive connection parked").count()
 }
 
 #[tokio::test]
 async fn a_caller_quiet_between_calls_keeps_its_connection_and_every_byte() {
-    let (up, proxy, _mock) = setup().await;
+    let (up, proxy, _mock) = proxy_to_recorder().await;
     let parked_before = parks();
     let mut s = TcpStream::connect(proxy.listen).await.unwrap();
     let mut buf = Vec::new();
@@ -73,7 +55,7 @@ async fn a_caller_quiet_between_calls_keeps_its_connection_and_every_byte() {
 
 #[tokio::test]
 async fn a_request_begun_before_the_rest_and_finished_after_it_is_read_whole() {
-    let (up, proxy, _mock) = setup().await;
+    let (up, proxy, _mock) = proxy_to_recorder().await;
     let mut s = TcpStream::connect(proxy.listen).await.unwrap();
     let mut buf = Vec::new();
     s.write_all(b"GET /nav/first HTTP/1.1\r\nHost: p\r\n\r\n")
@@ -103,7 +85,7 @@ async fn a_request_begun_before_the_rest_and_finished_after_it_is_read_whole() {
 
 #[tokio::test]
 async fn a_body_sent_slowly_is_never_taken_for_a_rest() {
-    let (up, proxy, _mock) = setup().await;
+    let (up, proxy, _mock) = proxy_to_recorder().await;
     let mut s = TcpStream::connect(proxy.listen).await.unwrap();
     let mut buf = Vec::new();
     s.write_all(b"POST /nav/slow-body HTTP/1.1\r\nHost: p\r\nContent-Length: 6\r\n\r\nab")
@@ -123,7 +105,7 @@ async fn a_body_sent_slowly_is_never_taken_for_a_rest() {
 
 #[tokio::test]
 async fn a_pipelined_request_cut_by_a_rest_is_closed_never_misread() {
-    let (up, proxy, _mock) = setup().await;
+    let (up, proxy, _mock) = proxy_to_recorder().await;
     let mut s = TcpStream::connect(proxy.listen).await.unwrap();
     let mut buf = Vec::new();
     // A second request's start arrives with the first; the caller then pauses past the rest.
@@ -153,7 +135,7 @@ async fn a_pipelined_request_cut_by_a_rest_is_closed_never_misread() {
 
 #[tokio::test]
 async fn shutdown_closes_parked_connections_at_once() {
-    let (_up, proxy, _mock) = setup().await;
+    let (_up, proxy, _mock) = proxy_to_recorder().await;
     let mut s = TcpStream::connect(proxy.listen).await.unwrap();
     let mut buf = Vec::new();
     s.write_all(b"GET /nav/x HTTP/1.1\r\nHost: p\r\n\r\n")
@@ -173,7 +155,7 @@ async fn shutdown_closes_parked_connections_at_once() {
 
 #[tokio::test]
 async fn http2_with_prior_knowledge_is_still_served() {
-    let (up, proxy, _mock) = setup().await;
+    let (up, proxy, _mock) = proxy_to_recorder().await;
     let http = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()
@@ -194,7 +176,7 @@ async fn http2_with_prior_knowledge_is_still_served() {
 
 #[tokio::test]
 async fn a_first_byte_that_could_begin_http2_s_preface_waits_for_the_rest() {
-    let (up, proxy, _mock) = setup().await;
+    let (up, proxy, _mock) = proxy_to_recorder().await;
     let mut s = TcpStream::connect(proxy.listen).await.unwrap();
     let mut buf = Vec::new();
     // `P` may begin `PRI * HTTP/2.0`; `POST` tells it is HTTP/1.1 once it comes.

@@ -312,3 +312,25 @@ pub async fn first_answer(http: &reqwest::Client, url: &str) -> Option<reqwest::
     }
     None
 }
+
+/// The mock Maskinporten, a recording upstream and portvakt with one route: `/nav/` to the
+/// recorder's `/api/`.
+pub async fn proxy_to_recorder() -> (
+    wire::Recorder,
+    portvakt::app::Running,
+    portvakt::mock::MockMaskinporten,
+) {
+    let (mock, _echo) = mock_and_upstream().await;
+    let up = wire::Recorder::start().await;
+    let routes = format!(
+        "  - name: nav\n    prefix: /nav/\n    upstream: {}api/\n    client: vendor\n    scopes: [{}]\n",
+        up.url,
+        SCOPE
+    );
+    let proxy = spawn_proxy(
+        &config_yaml(&mock.issuer(), &mock.token_endpoint(), &routes),
+        &[],
+    )
+    .await;
+    (up, proxy, mock)
+}
