@@ -14,7 +14,7 @@ use cryptoki::error::RvError;
 use cryptoki::object::{Attribute, AttributeType, CertificateType, ObjectClass};
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
-use portvakt::mock::{EchoUpstream, MockClient, MockMaskinporten};
+use portvakt::mock::MockClient;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -176,32 +176,9 @@ fn key_block(token: &str, label: &str, extra: &str) -> String {
     )
 }
 
-struct Setup {
-    mock: MockMaskinporten,
-    upstream: EchoUpstream,
-    proxy: portvakt::app::Running,
-}
-
 async fn setup(client: MockClient, key: &str, routes: &str) -> Setup {
     hsm();
-    let mock = MockMaskinporten::start(vec![client], 600).await.unwrap();
-    mock.trust_ca_pem(&std::fs::read(fixtures().join("pki/test-ca.pem")).unwrap())
-        .unwrap();
-    let upstream = EchoUpstream::start(Some(mock.decoding_key()))
-        .await
-        .unwrap();
-    let yaml = config_with_key(
-        &mock.issuer(),
-        &mock.token_endpoint(),
-        key,
-        &routes.replace("{upstream}", &upstream.url()),
-    );
-    let proxy = spawn_proxy(&yaml, &[]).await;
-    Setup {
-        mock,
-        upstream,
-        proxy,
-    }
+    start_with_key(client, key, routes, &[], "").await
 }
 
 /// `ONE_ROUTE` and a second route `/ks/` with another scope, so that a second token is fetched.

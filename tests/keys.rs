@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use portvakt::mock::{EchoUpstream, MockClient, MockMaskinporten};
+use portvakt::mock::{MockClient, MockMaskinporten};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -25,35 +25,9 @@ enum Sent {
     X5c(usize),
 }
 
-struct Setup {
-    mock: MockMaskinporten,
-    upstream: EchoUpstream,
-    proxy: portvakt::app::Running,
-}
-
 /// Mock (trusting the test CA), upstream and a proxy whose client `vendor` has `key`.
 async fn setup(client: MockClient, key: &str, env: &[(&str, &str)], top: &str) -> Setup {
-    let mock = MockMaskinporten::start(vec![client], 600).await.unwrap();
-    mock.trust_ca_pem(&std::fs::read(fixtures().join("pki/test-ca.pem")).unwrap())
-        .unwrap();
-    let upstream = EchoUpstream::start(Some(mock.decoding_key()))
-        .await
-        .unwrap();
-    let yaml = format!(
-        "{top}{}",
-        config_with_key(
-            &mock.issuer(),
-            &mock.token_endpoint(),
-            key,
-            &ONE_ROUTE.replace("{upstream}", &upstream.url()),
-        )
-    );
-    let proxy = spawn_proxy(&yaml, env).await;
-    Setup {
-        mock,
-        upstream,
-        proxy,
-    }
+    start_with_key(client, key, ONE_ROUTE, env, top).await
 }
 
 fn certificate_client(org: &str) -> MockClient {

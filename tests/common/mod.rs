@@ -334,3 +334,42 @@ pub async fn proxy_to_recorder() -> (
     .await;
     (up, proxy, mock)
 }
+
+/// A mock Maskinporten, an echo upstream that verifies tokens, and a proxy.
+pub struct Setup {
+    pub mock: MockMaskinporten,
+    pub upstream: EchoUpstream,
+    pub proxy: Running,
+}
+
+/// The mock (trusting the test CA), the upstream and a proxy whose client `vendor` has the `key:`
+/// block `key`; `routes` names the upstream `{upstream}`, and `top` goes before the config.
+pub async fn start_with_key(
+    client: MockClient,
+    key: &str,
+    routes: &str,
+    env: &[(&str, &str)],
+    top: &str,
+) -> Setup {
+    let mock = MockMaskinporten::start(vec![client], 600).await.unwrap();
+    mock.trust_ca_pem(&std::fs::read(fixtures().join("pki/test-ca.pem")).unwrap())
+        .unwrap();
+    let upstream = EchoUpstream::start(Some(mock.decoding_key()))
+        .await
+        .unwrap();
+    let yaml = format!(
+        "{top}{}",
+        config_with_key(
+            &mock.issuer(),
+            &mock.token_endpoint(),
+            key,
+            &routes.replace("{upstream}", &upstream.url()),
+        )
+    );
+    let proxy = spawn_proxy(&yaml, env).await;
+    Setup {
+        mock,
+        upstream,
+        proxy,
+    }
+}
