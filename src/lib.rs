@@ -32,6 +32,7 @@ pub mod pipeline;
 pub mod proxy;
 pub mod recent;
 pub mod reload;
+pub mod renew;
 pub mod request_id;
 pub mod route;
 pub mod secret;

@@ -1,4 +1,4 @@
-//! The `portvakt` command line: run | check | token | keygen | demo.
+//! The `portvakt` command line: run | check | token | keygen | rotate | keys | health | demo.
 
 use clap::{Parser, Subcommand};
 use portvakt::telemetry::{self, LogFormat};
@@ -88,6 +88,27 @@ enum Command {
         #[arg(long, requires = "pkcs11")]
         pin_file: Option<PathBuf>,
     },
+    /// One pass of key renewal through Digdir's self-service API for each client with `renew`:
+    /// a new key when one is due, its activation once Digdir knows it, the old key's retirement.
+    /// Exit 0: done or nothing to do; 2: waiting for a new key to become usable; 1: an error.
+    Rotate {
+        #[arg(long, env = "PORTVAKT_CONFIG")]
+        config: PathBuf,
+        /// Only this client (default: every client with `renew`).
+        #[arg(long)]
+        client: Option<String>,
+        /// Make a new key now, whatever its predecessor's age.
+        #[arg(long)]
+        force: bool,
+        /// Print the next step and how Digdir's set would change; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Keys that portvakt renews: their status, and adopting a key registered earlier.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Ask a running portvakt's admin listener whether it is alive (for a container HEALTHCHECK,
     /// where there is no curl): exit 0 when /healthz answers 200.
     Health {
@@ -107,6 +128,31 @@ enum Command {
         /// Make one call through the proxy, print it and exit.
         #[arg(long)]
         once: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Each key of the keyset against Digdir's set: kid, state, age and registered exp.
+    Status {
+        #[arg(long, env = "PORTVAKT_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        client: Option<String>,
+    },
+    /// Take a key registered earlier (a private JWK, or a PEM key with --kid) into the client's
+    /// new keyset as its active key, so that renewal starts without a new registration.
+    Adopt {
+        #[arg(long, env = "PORTVAKT_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        client: String,
+        /// The key file: a private JWK or JWK set, or PEM with --kid.
+        #[arg(long)]
+        from: PathBuf,
+        /// The kid a PEM key is registered under.
+        #[arg(long)]
+        kid: Option<String>,
     },
 }
 
@@ -246,6 +292,28 @@ fn main() -> ExitCode {
                     }
                 }
             }
+            Command::Rotate {
+                config,
+                client,
+                force,
+                dry_run,
+            } => ExitCode::from(
+                portvakt::renew::command::rotate(&config, client.as_deref(), force, dry_run).await,
+            ),
+            Command::Keys {
+                command: KeysCommand::Status { config, client },
+            } => ExitCode::from(portvakt::renew::command::status(&config, client.as_deref()).await),
+            Command::Keys {
+                command:
+                    KeysCommand::Adopt {
+                        config,
+                        client,
+                        from,
+                        kid,
+                    },
+            } => ExitCode::from(
+                portvakt::renew::command::adopt(&config, &client, &from, kid.as_deref()).await,
+            ),
             Command::Health { url } => health(&url).await,
             Command::Demo { dir, once } => match portvakt::demo::run(&dir, once).await {
                 Ok(()) => ExitCode::SUCCESS,

@@ -19,14 +19,16 @@ const KEY: &[&str] = &[
     "alias",
     "x5c_chain",
     "pkcs11",
+    "keyset",
 ];
-const FORMS: [&str; 6] = [
+const FORMS: [&str; 7] = [
     "pem",
     "jwk",
     "jwk_base64",
     "jwk_base64_file",
     "pkcs12",
     "pkcs11",
+    "keyset",
 ];
 const PKCS11: &[&str] = &["module", "token", "key", "pin", "pin_file"];
 
@@ -46,7 +48,7 @@ pub(super) fn key(
         };
         r.issue(
             path,
-            format!("needs exactly one key form (pem + kid, jwk, jwk_base64, jwk_base64_file, or pkcs12 + password), found {found}; or pkcs11 for a key in an HSM"),
+            format!("needs exactly one key form (pem + kid, jwk, jwk_base64, jwk_base64_file, or pkcs12 + password), found {found}; or pkcs11 for a key in an HSM, or keyset for keys portvakt renews"),
         );
         return None;
     }
@@ -105,14 +107,17 @@ pub(super) fn key(
             chain: chain.unwrap_or(false),
         },
         _ if kid.is_some() => {
-            let why = if form == "pkcs12" {
-                "a virksomhetssertifikat is sent as x5c, never with a kid"
-            } else {
-                "the kid comes from the JWK itself"
+            let why = match form {
+                "pkcs12" => "a virksomhetssertifikat is sent as x5c, never with a kid",
+                "keyset" => "the kid is the keyset's active key's",
+                _ => "the kid comes from the JWK itself",
             };
             r.issue(&kid_path, format!("does not go with {form}: {why}"));
             return None;
         }
+        "keyset" => KeySource::Keyset {
+            path: base.join(r.required_string(k.get("keyset"), &form_path)?),
+        },
         "jwk" => KeySource::Jwk {
             path: base.join(r.required_string(k.get("jwk"), &form_path)?),
         },

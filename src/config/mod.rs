@@ -6,6 +6,7 @@ mod headers;
 mod inbound;
 mod key;
 mod reader;
+mod renew;
 mod route_parties;
 mod routes;
 mod telemetry;
@@ -14,6 +15,7 @@ mod validate;
 pub use egress::{is_loopback, Egress, ProxyServer};
 pub use inbound::{AllowList, ApiKey, BodyPace, Inbound, InboundTls};
 pub use reader::Issue;
+pub use renew::{Renew, Renewal, SelfService};
 pub use telemetry::Telemetry;
 
 use crate::keys::{KeySource, SigningKey};
@@ -41,6 +43,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Trace export; `None` when not configured.
     pub telemetry: Option<Telemetry>,
+    /// Digdir's self-service API, for key renewal; `None` when not configured.
+    pub selfservice: Option<SelfService>,
+    /// The clients whose keysets portvakt renews.
+    pub renewals: Vec<Renewal>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,15 +247,32 @@ impl std::error::Error for ConfigError {}
 
 /// Reads, checks and loads the configuration at `path` with the process environment for `${NAME}`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    let text = read_text(path)?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    from_str(&text, path, base, &|name| std::env::var(name).ok())
+}
+
+/// Like [`load`], for the renewer (`portvakt rotate`, `portvakt keys`): the keysets of clients with
+/// `renew` are not loaded, since a keyset may have no active key yet.
+pub fn load_for_renewal(path: &Path) -> Result<Config, ConfigError> {
+    let text = read_text(path)?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    validate::validate(&text, base, &|name| std::env::var(name).ok(), true).map_err(|issues| {
+        ConfigError {
+            file: path.to_path_buf(),
+            issues,
+        }
+    })
+}
+
+fn read_text(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: path.to_path_buf(),
         issues: vec![Issue {
             path: String::new(),
             message: format!("cannot read the configuration file: {e}"),
         }],
-    })?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    from_str(&text, path, base, &|name| std::env::var(name).ok())
+    })
 }
 
 /// Checks a configuration text. `file` names it in errors; relative key paths resolve against `base`.
@@ -259,7 +282,7 @@ pub fn from_str(
     base: &Path,
     env: reader::EnvLookup<'_>,
 ) -> Result<Config, ConfigError> {
-    validate::validate(text, base, env).map_err(|issues| ConfigError {
+    validate::validate(text, base, env, false).map_err(|issues| ConfigError {
         file: file.to_path_buf(),
         issues,
     })

@@ -2,6 +2,7 @@
 
 use super::egress::check_plain_http;
 use super::reader::{join, EnvLookup, Issue, Reader};
+use super::renew::Renewal;
 use super::routes::{routes, Context};
 use super::{CaFile, Client, Config, Environment, Maskinporten};
 use http::Uri;
@@ -23,6 +24,7 @@ const TOP: &[&str] = &[
     "egress_proxy",
     "shutdown_grace_seconds",
     "telemetry",
+    "selfservice",
 ];
 const MASKINPORTEN: &[&str] = &[
     "environment",
@@ -34,8 +36,16 @@ const MASKINPORTEN: &[&str] = &[
     "proxy",
     "insecure_http",
 ];
-const CLIENT: &[&str] = &["client_id", "key"];
-pub fn validate(text: &str, base: &Path, env: EnvLookup<'_>) -> Result<Config, Vec<Issue>> {
+const CLIENT: &[&str] = &["client_id", "key", "renew"];
+
+/// `renewing` is for `portvakt rotate` and `portvakt keys`: a client whose keys portvakt renews is
+/// read without loading its keyset, which may have no active key yet.
+pub fn validate(
+    text: &str,
+    base: &Path,
+    env: EnvLookup<'_>,
+    renewing: bool,
+) -> Result<Config, Vec<Issue>> {
     let root: Value = match serde_saphyr::from_str_with_options(text, yaml_options()) {
         Ok(v) => v,
         Err(e) => {
@@ -63,7 +73,19 @@ pub fn validate(text: &str, base: &Path, env: EnvLookup<'_>) -> Result<Config, V
     let egress_proxy = super::egress::egress(&mut r, top.get("egress_proxy"), "egress_proxy", base)
         .unwrap_or_default();
     let maskinporten = maskinporten(&mut r, top.get("maskinporten"), base, &egress_proxy);
-    let (clients, declared) = clients(&mut r, top.get("clients"), base);
+    let environment = maskinporten.as_ref().map(|m| m.environment);
+    let (clients, declared, renewals) =
+        clients(&mut r, top.get("clients"), base, environment, renewing);
+    let selfservice = super::renew::selfservice(&mut r, top.get("selfservice"), base);
+    if selfservice.is_none() && !renewals.is_empty() && top.get("selfservice").is_none() {
+        r.issue(
+            "selfservice",
+            format!(
+                "is required by clients.{}.renew: Digdir's self-service API (environment) and the administration client (client_id, key) that may register keys",
+                renewals[0].client
+            ),
+        );
+    }
     let cx = Context {
         clients: &declared,
         client_orgs: clients
@@ -73,7 +95,7 @@ pub fn validate(text: &str, base: &Path, env: EnvLookup<'_>) -> Result<Config, V
                 Some((c.name.clone(), org))
             })
             .collect(),
-        environment: maskinporten.as_ref().map(|m| m.environment),
+        environment,
         egress_proxy: &egress_proxy,
         base,
     };
@@ -108,6 +130,8 @@ pub fn validate(text: &str, base: &Path, env: EnvLookup<'_>) -> Result<Config, V
             inbound,
             shutdown_grace,
             telemetry,
+            selfservice,
+            renewals,
         }),
         _ => Err(r.issues),
     }
@@ -251,22 +275,29 @@ pub(super) fn http_url(r: &mut Reader, s: &str, path: &str) -> Option<Uri> {
     }
 }
 
-/// The clients that loaded, and the names of all that were declared: routes are checked against
-/// every declared client, loaded or not, so a bad key is reported once, at the key, and not again at
-/// each route that uses the client.
-fn clients<'v>(r: &mut Reader, v: Option<&'v Value>, base: &Path) -> (Vec<Client>, Vec<&'v str>) {
+/// The clients that loaded, the names of all that were declared, and those whose keys portvakt
+/// renews. Routes are checked against every declared client, loaded or not, so a bad key is reported
+/// once, at the key, and not again at each route that uses the client.
+fn clients<'v>(
+    r: &mut Reader,
+    v: Option<&'v Value>,
+    base: &Path,
+    environment: Option<Environment>,
+    renewing: bool,
+) -> (Vec<Client>, Vec<&'v str>, Vec<Renewal>) {
     let Some(v) = v else {
         r.issue(
             "clients",
             "is required: name at least one Maskinporten client with its client_id and key",
         );
-        return (Vec::new(), Vec::new());
+        return (Vec::new(), Vec::new(), Vec::new());
     };
     let Value::Object(map) = v else {
         r.issue("clients", "expected a mapping of client names to clients");
-        return (Vec::new(), Vec::new());
+        return (Vec::new(), Vec::new(), Vec::new());
     };
     let mut out = Vec::new();
+    let mut renewals = Vec::new();
     for (name, c) in map {
         let path = join("clients", name);
         let Some(c) = r.mapping(c, &path, CLIENT) else {
@@ -274,6 +305,32 @@ fn clients<'v>(r: &mut Reader, v: Option<&'v Value>, base: &Path) -> (Vec<Client
         };
         let client_id = r.required_string(c.get("client_id"), &join(&path, "client_id"));
         let key_path = join(&path, "key");
+        let keyset = c
+            .get("key")
+            .and_then(|k| k.get("keyset"))
+            .and_then(Value::as_str)
+            .and_then(|f| r.expand(f, &join(&key_path, "keyset")))
+            .map(|f| base.join(f));
+        if let Some(v) = c.get("renew") {
+            let renew_path = join(&path, "renew");
+            let renew = super::renew::renew(r, v, &renew_path, name, environment);
+            match (&keyset, renew, &client_id) {
+                (None, _, _) => r.issue(
+                    &renew_path,
+                    "needs key.keyset: the file portvakt keeps the renewed keys in (e.g. keyset: /var/lib/portvakt/NAME.keyset.json)",
+                ),
+                (Some(keyset), Some(renew), Some(client_id)) => renewals.push(Renewal {
+                    client: name.clone(),
+                    client_id: client_id.clone(),
+                    keyset: keyset.clone(),
+                    renew,
+                }),
+                _ => {}
+            }
+            if renewing && keyset.is_some() {
+                continue;
+            }
+        }
         let key = match c.get("key") {
             None => {
                 r.issue(
@@ -296,7 +353,7 @@ fn clients<'v>(r: &mut Reader, v: Option<&'v Value>, base: &Path) -> (Vec<Client
     if map.is_empty() {
         r.issue("clients", "is empty: name at least one Maskinporten client");
     }
-    (out, map.keys().map(String::as_str).collect())
+    (out, map.keys().map(String::as_str).collect(), renewals)
 }
 
 /// A PEM file of extra CA certificates, trusted besides the Mozilla roots.

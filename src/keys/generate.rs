@@ -35,21 +35,7 @@ pub fn generate(bits: usize, kid: &str) -> Result<GeneratedKey, KeyError> {
     let pkcs8 = pair.as_der().map_err(|_| failed())?;
     let pkcs8 = pkcs8.as_ref();
     let pkcs1 = pkcs8_rsa(pkcs8)?;
-    let mut fields = der::Reader::new(&pkcs1)
-        .expect(der::SEQUENCE)
-        .map_err(|_| failed())?
-        .children();
-    fields.expect(der::INTEGER).map_err(|_| failed())?; // version
-    let mut private = serde_json::Map::new();
-    private.insert("kty".into(), "RSA".into());
-    private.insert("kid".into(), kid.into());
-    private.insert("alg".into(), "RS256".into());
-    private.insert("use".into(), "sig".into());
-    for name in ["n", "e", "d", "p", "q", "dp", "dq", "qi"] {
-        let value = fields.expect(der::INTEGER).map_err(|_| failed())?;
-        let start = value.body.iter().position(|b| *b != 0).unwrap_or(0);
-        private.insert(name.into(), b64url(&value.body[start..]).into());
-    }
+    let private = private_jwk(&pkcs1, kid)?;
     let public: serde_json::Map<String, serde_json::Value> = ["kty", "alg", "use", "e", "n", "kid"]
         .iter()
         .filter_map(|k| private.get(*k).map(|v| (k.to_string(), v.clone())))
@@ -71,4 +57,49 @@ pub fn generate(bits: usize, kid: &str) -> Result<GeneratedKey, KeyError> {
             "-----BEGIN PRIVATE KEY-----\n{pem_body}\n-----END PRIVATE KEY-----\n"
         )),
     })
+}
+
+/// An RSA private key (PKCS#1 DER) as a private JWK named `kid`, RS256, `use: sig`.
+pub fn private_jwk(
+    pkcs1: &[u8],
+    kid: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>, KeyError> {
+    let failed = || KeyError::Invalid("not a readable RSA private key".into());
+    let mut fields = der::Reader::new(pkcs1)
+        .expect(der::SEQUENCE)
+        .map_err(|_| failed())?
+        .children();
+    fields.expect(der::INTEGER).map_err(|_| failed())?; // version
+    let mut private = serde_json::Map::new();
+    private.insert("kty".into(), "RSA".into());
+    private.insert("kid".into(), kid.into());
+    private.insert("alg".into(), "RS256".into());
+    private.insert("use".into(), "sig".into());
+    for name in ["n", "e", "d", "p", "q", "dp", "dq", "qi"] {
+        let value = fields.expect(der::INTEGER).map_err(|_| failed())?;
+        let start = value.body.iter().position(|b| *b != 0).unwrap_or(0);
+        private.insert(name.into(), b64url(&value.body[start..]).into());
+    }
+    Ok(private)
+}
+
+/// The private JWK of a key file as `portvakt keys adopt` takes it: a private JWK or JWK set (its
+/// last key), or a PEM key with the kid it was registered under.
+pub fn adoptable(text: &[u8], kid: Option<&str>) -> Result<serde_json::Value, KeyError> {
+    if let Some(kid) = kid {
+        let pkcs1 = super::pem::rsa_pkcs1(text).map_err(KeyError::Invalid)?;
+        return private_jwk(&pkcs1, kid).map(serde_json::Value::Object);
+    }
+    let value: serde_json::Value = serde_json::from_slice(text)
+        .map_err(|_| KeyError::Invalid("neither a JWK nor, with --kid, a PEM key".into()))?;
+    let jwk = match value.get("keys").and_then(serde_json::Value::as_array) {
+        Some(keys) => keys
+            .last()
+            .cloned()
+            .ok_or_else(|| KeyError::Invalid("the JWK set has no keys".into()))?,
+        None => value,
+    };
+    // Loading it checks that it is a private RSA key with a kid.
+    super::jwk::load(jwk.to_string().as_bytes(), "jwk")?;
+    Ok(jwk)
 }

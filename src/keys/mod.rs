@@ -4,6 +4,7 @@ mod certified;
 pub mod der;
 mod generate;
 pub mod jwk;
+pub mod keyset;
 pub mod pem;
 pub mod pkcs11;
 pub mod pkcs12;
@@ -14,7 +15,7 @@ use crate::secret::Secret;
 use aws_lc_rs::rsa::KeyPair;
 use aws_lc_rs::signature::KeyPair as _;
 use base64::Engine as _;
-pub use generate::{generate, GeneratedKey};
+pub use generate::{adoptable, generate, GeneratedKey};
 use jsonwebtoken::{Algorithm, EncodingKey};
 pub use rotation::ClientKey;
 use std::fmt;
@@ -77,6 +78,10 @@ pub enum KeySource {
         /// Send the whole chain in `x5c`, not only the leaf.
         chain: bool,
     },
+    /// A keyset that `portvakt rotate` keeps: its active key signs.
+    Keyset {
+        path: PathBuf,
+    },
     /// A key inside an HSM, reached through its PKCS#11 library.
     Pkcs11 {
         at: pkcs11::Pkcs11Source,
@@ -90,7 +95,9 @@ impl KeySource {
     /// The files this key is read from, which the key watcher checks for changes.
     pub fn files(&self) -> Vec<&Path> {
         match self {
-            KeySource::Pem { path, .. } | KeySource::Jwk { path } => vec![path],
+            KeySource::Pem { path, .. } | KeySource::Jwk { path } | KeySource::Keyset { path } => {
+                vec![path]
+            }
             KeySource::JwkBase64 { value } => value.file().into_iter().collect(),
             KeySource::Pkcs12 { path, password, .. } => {
                 let mut files = vec![path.as_path()];
@@ -339,6 +346,7 @@ pub fn load(source: &KeySource) -> Result<SigningKey, KeyError> {
             SigningKey::from_pem(&read(path)?, kid).map_err(in_file(path))
         }
         KeySource::Jwk { path } => jwk::load(&read(path)?, "jwk").map_err(in_file(path)),
+        KeySource::Keyset { path } => keyset::load_active(path),
         KeySource::JwkBase64 { value } => {
             let load = || jwk::load(&jwk::decode_base64(value.read()?.expose())?, "jwk_base64");
             match value.file() {

@@ -3,6 +3,9 @@
 //! Used by `portvakt demo` and the tests; it counts and records every grant it sees.
 
 mod rules;
+mod selfservice;
+
+pub use selfservice::SelfServiceCall;
 
 use crate::keys::SigningKey;
 use crate::server;
@@ -38,6 +41,19 @@ pub struct MockClient {
     pub system_users: HashMap<String, Option<String>>,
     /// Registered keys more than a year old, which Maskinporten refuses with MP-121.
     pub expired_kids: HashSet<String>,
+    /// What the self-service API knows of each registered key.
+    pub registered: HashMap<String, Registered>,
+}
+
+/// A key as the self-service API holds it.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    /// The public JWK as posted (`kty, use, alg, n, e`).
+    pub jwk: Value,
+    /// Unix seconds; the token endpoint answers MP-121 from then on.
+    pub exp: i64,
+    /// Unix seconds; before it the token endpoint does not know the kid yet (propagation).
+    pub usable_from: i64,
 }
 
 impl MockClient {
@@ -50,6 +66,7 @@ impl MockClient {
             delegations: HashSet::new(),
             system_users: HashMap::new(),
             expired_kids: HashSet::new(),
+            registered: HashMap::new(),
         }
     }
 
@@ -62,6 +79,14 @@ impl MockClient {
     pub fn public_jwk(mut self, jwk: &Value) -> Self {
         let part = |name: &str| jwk[name].as_str().unwrap_or_default().to_string();
         self.keys.insert(part("kid"), (part("n"), part("e")));
+        self.registered.insert(
+            part("kid"),
+            Registered {
+                jwk: json!({"kty": "RSA", "use": "sig", "alg": "RS256", "n": part("n"), "e": part("e")}),
+                exp: crate::time::unix_now() as i64 + 365 * 86_400,
+                usable_from: 0,
+            },
+        );
         self
     }
 
@@ -127,6 +152,11 @@ struct Inner {
     grants: Mutex<Vec<RecordedGrant>>,
     /// CA certificates (DER) a virksomhetssertifikat in `x5c` must chain to.
     trusted_cas: Mutex<Vec<rustls_pki_types::CertificateDer<'static>>>,
+    /// Seconds after a POST before the token endpoint accepts a new kid.
+    key_propagation: AtomicU64,
+    selfservice_calls: Mutex<Vec<SelfServiceCall>>,
+    /// The next N self-service calls answer this status.
+    selfservice_failures: Mutex<Option<(u16, u32)>>,
 }
 
 /// A running mock Maskinporten.
@@ -194,6 +224,9 @@ impl MockMaskinporten {
             jtis: Mutex::new(HashSet::new()),
             grants: Mutex::new(Vec::new()),
             trusted_cas: Mutex::new(Vec::new()),
+            key_propagation: AtomicU64::new(0),
+            selfservice_calls: Mutex::new(Vec::new()),
+            selfservice_failures: Mutex::new(None),
         });
         let (shutdown, stop) = watch::channel(false);
         let state = Arc::clone(&inner);
@@ -269,6 +302,38 @@ impl MockMaskinporten {
     pub fn jwks(&self) -> Value {
         json!({ "keys": [self.inner.signing.public_jwk()] })
     }
+    /// How long after a POST to the self-service API the token endpoint accepts a new kid.
+    pub fn set_key_propagation(&self, delay: Duration) {
+        self.inner
+            .key_propagation
+            .store(delay.as_secs(), Ordering::SeqCst);
+    }
+
+    /// The self-service API answers the next `times` calls with `status`.
+    pub fn fail_selfservice(&self, status: u16, times: u32) {
+        *lock(&self.inner.selfservice_failures) = (times > 0).then_some((status, times));
+    }
+
+    /// Every call the self-service API got, in order.
+    pub fn selfservice_calls(&self) -> Vec<SelfServiceCall> {
+        lock(&self.inner.selfservice_calls).clone()
+    }
+
+    /// The client's registered keys as `GET /jwks` lists them.
+    pub fn registered_jwks(&self, client_id: &str) -> Value {
+        selfservice::listing(&self.inner, client_id)
+    }
+
+    /// The registered kids of a client, sorted.
+    pub fn registered_kids(&self, client_id: &str) -> Vec<String> {
+        let mut kids: Vec<String> = lock(&self.inner.clients)
+            .get(client_id)
+            .map(|c| c.keys.keys().cloned().collect())
+            .unwrap_or_default();
+        kids.sort();
+        kids
+    }
+
     pub fn stop(&self) {
         let _ = self.shutdown.send(true);
     }
@@ -308,6 +373,10 @@ async fn handle(inner: Arc<Inner>, request: Request<Incoming>) -> Answer {
                 "token_endpoint_auth_methods_supported": ["private_key_jwt"],
             }),
         ),
+        (_, path) if path.starts_with("/api/v1/clients/") && path.ends_with("/jwks") => {
+            let id = path["/api/v1/clients/".len()..path.len() - "/jwks".len()].to_string();
+            selfservice::handle(&inner, request, &id).await
+        }
         (_, "/stats") => json_answer(
             StatusCode::OK,
             &json!({ "token_requests": inner.token_requests.load(Ordering::SeqCst) }),

@@ -46,7 +46,7 @@ pub(super) fn refuse(
 }
 
 /// A registered key, found by the grant's `kid`.
-fn registered_key(client: &super::MockClient, kid: &str) -> Result<DecodingKey, Refusal> {
+fn registered_key(client: &super::MockClient, kid: &str, now: i64) -> Result<DecodingKey, Refusal> {
     let (n, e) = client.keys.get(kid).ok_or_else(|| {
         refuse(
             "invalid_grant",
@@ -54,7 +54,15 @@ fn registered_key(client: &super::MockClient, kid: &str) -> Result<DecodingKey, 
             format!("Invalid assertion: no key with kid {kid} registered for the client"),
         )
     })?;
-    if client.expired_kids.contains(kid) {
+    let meta = client.registered.get(kid);
+    if meta.is_some_and(|m| m.usable_from > now) {
+        return Err(refuse(
+            "invalid_grant",
+            "MP-124",
+            format!("Invalid assertion: Unknown key identifier (kid) for client: {kid}"),
+        ));
+    }
+    if client.expired_kids.contains(kid) || meta.is_some_and(|m| m.exp <= now) {
         return Err(refuse(
             "invalid_grant",
             "MP-121",
@@ -182,7 +190,7 @@ pub(super) fn check_grant(
             )
         })?;
     let key = match (&header.kid, &header.x5c) {
-        (Some(kid), None) => registered_key(&client, kid)?,
+        (Some(kid), None) => registered_key(&client, kid, super::now(inner))?,
         (None, Some(x5c)) => certificate_key(inner, &client, x5c)?,
         _ => {
             return Err(refuse(

@@ -1,0 +1,346 @@
+//! A keyset: the private keys portvakt renews for one client, each with its state in the renewal
+//! (pending, active, retiring). Written only by the renewer (`portvakt rotate`), read by every
+//! replica through `key.keyset`; grants are signed with the active key alone.
+//!
+//! The file is the source of truth for which key signs, so it is written durably before any key
+//! in it is registered: a temporary file (0600) is written and fsynced, renamed over the old one,
+//! and the directory fsynced, so a crash leaves the old file or the new one, never half of either.
+
+use super::{jwk, KeyError, SigningKey};
+use crate::secret::Secret;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::fmt;
+use std::io::Write as _;
+use std::path::Path;
+
+/// The one version of the file format.
+const VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Made and stored; registered or about to be; never signs.
+    Pending,
+    /// The one key grants are signed with.
+    Active,
+    /// Replaced; stays registered until `retire_after`, so tokens and replicas that still use it work.
+    Retiring,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Active => "active",
+            State::Retiring => "retiring",
+        }
+    }
+}
+
+/// One key of the set. Times are Unix seconds.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub kid: String,
+    pub state: State,
+    pub created: i64,
+    /// When Digdir was first seen to list it (set by the renewer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registered: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activated: Option<i64>,
+    /// A retiring key is removed from Digdir's set after this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retire_after: Option<i64>,
+    /// The `exp` Digdir last reported for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<i64>,
+    /// The private RSA JWK (with `d`, `p`, `q`...).
+    #[serde(with = "secret_json")]
+    pub jwk: Secret<Value>,
+}
+
+impl fmt::Debug for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Entry")
+            .field("kid", &self.kid)
+            .field("state", &self.state)
+            .field("created", &self.created)
+            .field("registered", &self.registered)
+            .field("activated", &self.activated)
+            .field("retire_after", &self.retire_after)
+            .field("exp", &self.exp)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Entry {
+    /// The public half, as Digdir's JWKS takes it (`kty, use, alg, kid, n, e`).
+    pub fn public_jwk(&self) -> Value {
+        let private = self.jwk.expose();
+        let mut public = serde_json::Map::new();
+        for name in ["kty", "use", "alg", "kid", "n", "e"] {
+            if let Some(v) = private.get(name) {
+                public.insert(name.into(), v.clone());
+            }
+        }
+        public.insert("use".into(), "sig".into());
+        public.entry("alg").or_insert_with(|| "RS256".into());
+        Value::Object(public)
+    }
+
+    /// The key, loaded for signing.
+    pub fn signing_key(&self) -> Result<SigningKey, KeyError> {
+        Entry::signing_key_of(self.jwk.expose())
+    }
+
+    /// A private JWK, loaded for signing.
+    pub fn signing_key_of(private: &Value) -> Result<SigningKey, KeyError> {
+        jwk::load(private.to_string().as_bytes(), "keyset")
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Keyset {
+    pub version: u32,
+    pub client_id: String,
+    pub keys: Vec<Entry>,
+    /// When a renewal pass last reached its end (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success: Option<i64>,
+}
+
+impl Keyset {
+    pub fn new(client_id: &str) -> Self {
+        Keyset {
+            version: VERSION,
+            client_id: client_id.to_string(),
+            keys: Vec::new(),
+            last_success: None,
+        }
+    }
+
+    /// Reads and checks a keyset: known version, unique kids, at most one active key, every key a
+    /// private RSA JWK whose own kid is the entry's.
+    pub fn parse(bytes: &[u8]) -> Result<Keyset, KeyError> {
+        let set: Keyset = serde_json::from_slice(bytes)
+            .map_err(|e| KeyError::Invalid(format!("not a portvakt keyset: {e}")))?;
+        if set.version != VERSION {
+            return Err(KeyError::Invalid(format!(
+                "keyset version {} is not one this portvakt reads (it reads {VERSION})",
+                set.version
+            )));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for entry in &set.keys {
+            if !seen.insert(entry.kid.as_str()) {
+                return Err(KeyError::Invalid(format!(
+                    "kid {} is in the keyset twice",
+                    entry.kid
+                )));
+            }
+            if entry.jwk.expose().get("kid").and_then(Value::as_str) != Some(entry.kid.as_str()) {
+                return Err(KeyError::Invalid(format!(
+                    "the JWK of kid {} names another kid",
+                    entry.kid
+                )));
+            }
+            entry
+                .signing_key()
+                .map_err(|e| KeyError::Invalid(format!("kid {}: {e}", entry.kid)))?;
+        }
+        if set.keys.iter().filter(|e| e.state == State::Active).count() > 1 {
+            return Err(KeyError::Invalid(
+                "the keyset has more than one active key".into(),
+            ));
+        }
+        Ok(set)
+    }
+
+    /// Reads the keyset at `path`; a file that does not exist is an empty set for `client_id`.
+    pub fn read(path: &Path, client_id: &str) -> Result<Keyset, KeyError> {
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let set = Keyset::parse(&bytes)
+                    .map_err(|e| KeyError::Invalid(format!("{}: {e}", path.display())))?;
+                if set.client_id != client_id {
+                    return Err(KeyError::Invalid(format!(
+                        "{}: the keyset is for client_id {}, not {client_id}",
+                        path.display(),
+                        set.client_id
+                    )));
+                }
+                Ok(set)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Keyset::new(client_id)),
+            Err(source) => Err(KeyError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    pub fn active(&self) -> Option<&Entry> {
+        self.keys.iter().find(|e| e.state == State::Active)
+    }
+
+    pub fn pending(&self) -> Option<&Entry> {
+        self.keys.iter().find(|e| e.state == State::Pending)
+    }
+
+    pub fn get_mut(&mut self, kid: &str) -> Option<&mut Entry> {
+        self.keys.iter_mut().find(|e| e.kid == kid)
+    }
+
+    /// Writes the keyset durably: a 0600 temporary file beside it, fsynced, renamed over it, and
+    /// the directory fsynced. Only when this returns is the new content there after a crash.
+    pub fn store(&self, path: &Path) -> Result<(), KeyError> {
+        let failed = |source| KeyError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let tmp = dir.join(format!(
+            ".{}.{}.tmp",
+            name.unwrap_or_else(|| "keyset".into()),
+            std::process::id()
+        ));
+        let json = serde_json::to_vec_pretty(self)
+            .map_err(|e| KeyError::Invalid(format!("the keyset cannot be written: {e}")))?;
+        let write = || -> std::io::Result<()> {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            file.write_all(&json)?;
+            file.write_all(b"\n")?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, path)?;
+            std::fs::File::open(dir)?.sync_all()
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            failed(e)
+        })
+    }
+}
+
+/// The active key of the keyset at `path`, for signing.
+pub fn load_active(path: &Path) -> Result<SigningKey, KeyError> {
+    let bytes = std::fs::read(path).map_err(|source| KeyError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let set =
+        Keyset::parse(&bytes).map_err(|e| KeyError::Invalid(format!("{}: {e}", path.display())))?;
+    let active = set.active().ok_or_else(|| {
+        KeyError::Invalid(format!(
+            "{}: the keyset has no active key yet: run `portvakt rotate` to make and register the first one",
+            path.display()
+        ))
+    })?;
+    active
+        .signing_key()
+        .map_err(|e| KeyError::Invalid(format!("{}: {e}", path.display())))
+}
+
+/// A JWK kept as a secret: written as its JSON, never printed.
+mod secret_json {
+    use crate::secret::Secret;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::Value;
+
+    pub fn serialize<S: Serializer>(value: &Secret<Value>, s: S) -> Result<S::Ok, S::Error> {
+        value.expose().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Secret<Value>, D::Error> {
+        Value::deserialize(d).map(Secret::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tempdir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("portvakt-keyset-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn entry(kid: &str, state: State) -> Entry {
+        let key = crate::keys::generate(2048, kid).unwrap();
+        Entry {
+            kid: kid.into(),
+            state,
+            created: 1,
+            registered: None,
+            activated: None,
+            retire_after: None,
+            exp: None,
+            jwk: Secret::new(key.private_jwk.expose().clone()),
+        }
+    }
+
+    #[test]
+    fn a_stored_keyset_reads_back_and_signs_with_its_active_key_only() {
+        let dir = tempdir();
+        let path = dir.join("k.json");
+        let mut set = Keyset::new("c");
+        set.keys.push(entry("a", State::Retiring));
+        set.keys.push(entry("b", State::Active));
+        set.keys.push(entry("c", State::Pending));
+        set.store(&path).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(Keyset::read(&path, "c").unwrap(), set);
+        assert_eq!(load_active(&path).unwrap().kid(), Some("b"));
+        assert!(Keyset::read(&path, "other").is_err());
+        let names: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temporary file is left");
+    }
+
+    #[test]
+    fn a_keyset_without_an_active_key_says_how_to_get_one_and_debug_hides_the_keys() {
+        let dir = tempdir();
+        let path = dir.join("k.json");
+        let mut set = Keyset::new("c");
+        set.keys.push(entry("p", State::Pending));
+        set.store(&path).unwrap();
+        let e = load_active(&path).unwrap_err().to_string();
+        assert!(e.contains("portvakt rotate"), "{e}");
+        let debug = format!("{set:?}");
+        assert!(
+            !debug.contains("\"d\"") && !debug.contains(" d:"),
+            "{debug}"
+        );
+        assert!(set.keys[0].public_jwk().get("d").is_none());
+        assert_eq!(set.keys[0].public_jwk()["use"], "sig");
+    }
+
+    #[test]
+    fn two_active_keys_or_a_repeated_kid_are_refused() {
+        let mut set = Keyset::new("c");
+        set.keys.push(entry("a", State::Active));
+        set.keys.push(entry("b", State::Active));
+        let text = serde_json::to_vec(&set).unwrap();
+        assert!(Keyset::parse(&text).is_err());
+        set.keys[1] = entry("a", State::Pending);
+        let text = serde_json::to_vec(&set).unwrap();
+        assert!(Keyset::parse(&text).is_err());
+        assert!(Keyset::read(Path::new("/nonexistent/k.json"), "c")
+            .unwrap()
+            .keys
+            .is_empty());
+    }
+}

@@ -1,0 +1,195 @@
+//! `portvakt rotate`, `portvakt keys status` and `portvakt keys adopt`: what they print and how
+//! they exit. Exit 0: done or nothing to do; 2: waiting for a pending key; 1: an error, explained;
+//! 64: the configuration cannot be used.
+
+use super::pass::{self, Context, Options, Outcome};
+use crate::keys::keyset::Keyset;
+use std::path::Path;
+
+pub const EXIT_CONFIG: u8 = 64;
+pub const EXIT_WAITING: u8 = 2;
+
+fn load(config: &Path) -> Result<crate::config::Config, u8> {
+    crate::config::load_for_renewal(config).map_err(|e| {
+        eprintln!("{e}");
+        EXIT_CONFIG
+    })
+}
+
+/// One pass of the renewal plan for each chosen client.
+pub async fn rotate(config: &Path, client: Option<&str>, force: bool, dry_run: bool) -> u8 {
+    rotate_with(config, client, force, dry_run, &pass::Uncut, super::now).await
+}
+
+/// [`rotate`] with a clock and a place to cut the pass, for tests.
+pub async fn rotate_with(
+    config: &Path,
+    client: Option<&str>,
+    force: bool,
+    dry_run: bool,
+    faults: &dyn pass::Faults,
+    now: fn() -> i64,
+) -> u8 {
+    let config = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let (chosen, (mut api, endpoint)) =
+        match super::chosen(&config, client).and_then(|c| Ok((c, super::connect(&config)?))) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("portvakt rotate: {e:#}");
+                return EXIT_CONFIG;
+            }
+        };
+    let mut code = 0;
+    for renewal in chosen {
+        let mut cx = Context {
+            api: &mut api,
+            endpoint: &endpoint,
+            verify_scopes: super::verify_scopes(&config, &renewal.client),
+            faults,
+            report: Vec::new(),
+        };
+        let options = Options {
+            force,
+            dry_run,
+            now,
+        };
+        let outcome = pass::run(renewal, &mut cx, &options).await;
+        for line in &cx.report {
+            println!("{}: {line}", renewal.client);
+        }
+        match outcome {
+            Outcome::Nothing => println!("{}: nothing to do", renewal.client),
+            Outcome::Done => println!("{}: done", renewal.client),
+            Outcome::Waiting(why) => {
+                println!("{}: waiting: {why}", renewal.client);
+                if code == 0 {
+                    code = EXIT_WAITING;
+                }
+            }
+            Outcome::Failed(why) => {
+                eprintln!("portvakt rotate: {}: {why}", renewal.client);
+                tracing::error!(client = %renewal.client, "key renewal failed: {why}");
+                code = 1;
+            }
+        }
+    }
+    code
+}
+
+/// The keyset of each chosen client against Digdir's set.
+pub async fn status(config: &Path, client: Option<&str>) -> u8 {
+    let config = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let (chosen, (mut api, _)) =
+        match super::chosen(&config, client).and_then(|c| Ok((c, super::connect(&config)?))) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("portvakt keys status: {e:#}");
+                return EXIT_CONFIG;
+            }
+        };
+    let mut code = 0;
+    for renewal in chosen {
+        println!(
+            "{} (client_id {}, keyset {})",
+            renewal.client,
+            renewal.client_id,
+            renewal.keyset.display()
+        );
+        let keyset = match Keyset::read(&renewal.keyset, &renewal.client_id) {
+            Ok(k) => k,
+            Err(e) => {
+                eprintln!("portvakt keys status: {e}");
+                code = 1;
+                continue;
+            }
+        };
+        match api.registered(&renewal.client_id).await {
+            Ok(registered) => {
+                for line in super::status(&keyset, &registered, super::now()) {
+                    println!("  {line}");
+                }
+            }
+            Err(e) => {
+                eprintln!("portvakt keys status: {}: {e}", renewal.client);
+                code = 1;
+            }
+        }
+    }
+    code
+}
+
+/// Takes a registered key into the client's (new) keyset as its active key, after checking that
+/// Digdir lists it.
+pub async fn adopt(config: &Path, client: &str, from: &Path, kid: Option<&str>) -> u8 {
+    let config = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let renewal = match super::chosen(&config, Some(client)) {
+        Ok(r) => r[0].clone(),
+        Err(e) => {
+            eprintln!("portvakt keys adopt: {e:#}");
+            return EXIT_CONFIG;
+        }
+    };
+    let read = std::fs::read(from)
+        .map_err(|e| format!("cannot read {}: {e}", from.display()))
+        .and_then(|text| {
+            crate::keys::adoptable(&text, kid).map_err(|e| format!("{}: {e}", from.display()))
+        })
+        .and_then(|jwk| {
+            crate::keys::keyset::Entry::signing_key_of(&jwk)
+                .map(|key| (jwk, key))
+                .map_err(|e| format!("{}: {e}", from.display()))
+        });
+    let (jwk, key) = match read {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("portvakt keys adopt: {e}");
+            return 1;
+        }
+    };
+    let listed = match super::connect(&config) {
+        Ok((mut api, _)) => api.registered(&renewal.client_id).await,
+        Err(e) => {
+            eprintln!("portvakt keys adopt: {e:#}");
+            return EXIT_CONFIG;
+        }
+    };
+    let kid = key.kid().unwrap_or_default().to_string();
+    match listed {
+        Ok(keys) if keys.iter().any(|k| k.kid == kid) => {}
+        Ok(keys) => {
+            eprintln!(
+                "portvakt keys adopt: Digdir does not list kid {kid} for client {} (it lists: {}): adopt the key that is registered",
+                renewal.client_id,
+                keys.iter().map(|k| k.kid.as_str()).collect::<Vec<_>>().join(", ")
+            );
+            return 1;
+        }
+        Err(e) => {
+            eprintln!("portvakt keys adopt: {e}");
+            return 1;
+        }
+    }
+    match super::adopt(&renewal, &key, jwk, super::now()) {
+        Ok(()) => {
+            println!(
+                "{}: adopted {kid} as the active key of {}; point key.keyset at it and run `portvakt rotate`",
+                renewal.client,
+                renewal.keyset.display()
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("portvakt keys adopt: {e:#}");
+            1
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! One renewal pass for one client: read the keyset and Digdir's set, plan the next step, take it,
+//! and plan again, until nothing is left to do now. Each step is one write (the keyset, or Digdir's
+//! set); a pass cut between any two starts the next one from what was written.
+
+use super::api::{Api, ApiError};
+use super::plan::{plan, Facts, Step};
+use crate::config::Renewal;
+use crate::keys::keyset::{Entry, Keyset, State};
+use crate::secret::Secret;
+use crate::token::{FetchError, GrantSpec, TokenEndpoint};
+use serde_json::Value;
+
+/// Steps one pass takes at most (a bootstrap with no wait takes five).
+const MAX_STEPS: usize = 10;
+
+/// Where a test may cut a pass, as a crash would: called after each write.
+pub trait Faults: Send + Sync {
+    fn after(&self, point: &str) -> Result<(), String>;
+}
+
+/// No faults: what `portvakt rotate` uses.
+pub struct Uncut;
+
+impl Faults for Uncut {
+    fn after(&self, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing was due.
+    Nothing,
+    /// Something changed; what, in order.
+    Done,
+    /// A pending key is registered but may not sign yet.
+    Waiting(String),
+    Failed(String),
+}
+
+pub struct Options {
+    pub force: bool,
+    pub dry_run: bool,
+    pub now: fn() -> i64,
+}
+
+/// What a pass needs besides the client.
+pub struct Context<'a> {
+    pub api: &'a mut Api,
+    /// Maskinporten's token endpoint, for the grant that proves a new key.
+    pub endpoint: &'a TokenEndpoint,
+    /// The scopes of that grant: those of a route using the client.
+    pub verify_scopes: Option<Vec<String>>,
+    pub faults: &'a dyn Faults,
+    /// What was done and why, a line each, for the operator.
+    pub report: Vec<String>,
+}
+
+pub async fn run(renewal: &Renewal, cx: &mut Context<'_>, options: &Options) -> Outcome {
+    let mut done = false;
+    let mut force = options.force;
+    for _ in 0..MAX_STEPS {
+        let now = (options.now)();
+        let mut keyset = match Keyset::read(&renewal.keyset, &renewal.client_id) {
+            Ok(k) => k,
+            Err(e) => return Outcome::Failed(e.to_string()),
+        };
+        let registered = match cx.api.registered(&renewal.client_id).await {
+            Ok(r) => r,
+            Err(e) => return Outcome::Failed(e.to_string()),
+        };
+        // What Digdir says of portvakt's keys: their `exp`, and when each was first seen listed.
+        let mut seen = false;
+        for entry in &mut keyset.keys {
+            if let Some(r) = registered.iter().find(|r| r.kid == entry.kid) {
+                if entry.registered.is_none() || entry.exp != r.exp {
+                    entry.registered.get_or_insert(now);
+                    entry.exp = r.exp;
+                    seen = true;
+                }
+            }
+        }
+        if seen && !options.dry_run {
+            if let Err(e) = store(&keyset, renewal, cx, "observed") {
+                return e;
+            }
+        }
+        let facts = Facts {
+            keyset: &keyset,
+            registered: &registered,
+            now,
+            renew: &renewal.renew,
+            force,
+        };
+        let step = plan(&facts);
+        if options.dry_run {
+            cx.report.push(describe(&step, &facts));
+            return match step {
+                Step::Nothing => Outcome::Nothing,
+                Step::Wait { kid, .. } => Outcome::Waiting(kid),
+                Step::Refuse(why) => Outcome::Failed(why),
+                _ => Outcome::Done,
+            };
+        }
+        let result = match &step {
+            Step::Nothing => {
+                if let Err(e) = note_success(&mut keyset, renewal, cx, now) {
+                    return e;
+                }
+                return if done {
+                    Outcome::Done
+                } else {
+                    Outcome::Nothing
+                };
+            }
+            Step::Wait { kid, until } => {
+                let _ = note_success(&mut keyset, renewal, cx, now);
+                return Outcome::Waiting(format!(
+                    "the new key {kid} signs once it has been registered {} s more (at {})",
+                    until - now,
+                    crate::keys::x509::datetime(*until)
+                ));
+            }
+            Step::Refuse(why) => return Outcome::Failed(why.clone()),
+            Step::Register { why, set } => {
+                cx.report.push(format!("register: {why}"));
+                post(cx, renewal, &keyset, set, "registered").await
+            }
+            Step::NewKey { why } => {
+                force = false;
+                new_key(cx, renewal, &mut keyset, &registered, now, why).await
+            }
+            Step::Activate { kid } => activate(cx, renewal, &mut keyset, kid, now).await,
+            Step::RenewInPlace { why, set } => {
+                cx.report.push(format!("renew in place: {why}"));
+                if let Err(e) = post(cx, renewal, &keyset, set, "renewed").await {
+                    return e;
+                }
+                return Outcome::Failed(format!("renewed in place, not rotated: {why}"));
+            }
+            Step::Retire { kids, set } => {
+                cx.report
+                    .push(format!("retire {}: their overlap is over", kids.join(", ")));
+                post(cx, renewal, &keyset, set, "retired").await
+            }
+            Step::Forget { kids } => {
+                cx.report
+                    .push(format!("forget {}: no longer registered", kids.join(", ")));
+                keyset.keys.retain(|e| !kids.contains(&e.kid));
+                store(&keyset, renewal, cx, "forgotten")
+            }
+        };
+        match result {
+            Ok(()) => done = true,
+            Err(outcome) => return outcome,
+        }
+    }
+    Outcome::Failed(format!(
+        "the pass took {MAX_STEPS} steps without settling; run it again"
+    ))
+}
+
+fn store(keyset: &Keyset, renewal: &Renewal, cx: &Context, point: &str) -> Result<(), Outcome> {
+    keyset
+        .store(&renewal.keyset)
+        .map_err(|e| Outcome::Failed(format!("the keyset cannot be written: {e}")))?;
+    cx.faults.after(point).map_err(Outcome::Failed)
+}
+
+/// Posts a set, never an empty one and never one without the active key.
+async fn post(
+    cx: &mut Context<'_>,
+    renewal: &Renewal,
+    keyset: &Keyset,
+    set: &[Value],
+    point: &str,
+) -> Result<(), Outcome> {
+    let has = |kid: &str| set.iter().any(|k| k["kid"] == kid);
+    if set.is_empty() || keyset.active().is_some_and(|a| !has(&a.kid)) {
+        return Err(Outcome::Failed(
+            "refusing to post a set without the active key".into(),
+        ));
+    }
+    cx.api
+        .replace(&renewal.client_id, set)
+        .await
+        .map_err(|e: ApiError| Outcome::Failed(e.to_string()))?;
+    cx.faults.after(point).map_err(Outcome::Failed)
+}
+
+/// A new key: stored as pending first, then registered.
+async fn new_key(
+    cx: &mut Context<'_>,
+    renewal: &Renewal,
+    keyset: &mut Keyset,
+    registered: &[super::api::Registered],
+    now: i64,
+    why: &str,
+) -> Result<(), Outcome> {
+    let kid = format!(
+        "{}.{}.{:08x}",
+        renewal.renew.kid_prefix,
+        crate::keys::x509::date(now),
+        fastrand::u32(..)
+    );
+    let bits = renewal.renew.bits;
+    let made = {
+        let kid = kid.clone();
+        tokio::task::spawn_blocking(move || crate::keys::generate(bits, &kid)).await
+    };
+    let key = match made {
+        Ok(Ok(key)) => key,
+        Ok(Err(e)) => return Err(Outcome::Failed(e.to_string())),
+        Err(e) => return Err(Outcome::Failed(format!("key generation failed: {e}"))),
+    };
+    cx.report
+        .push(format!("new key {kid} ({bits} bits): {why}"));
+    keyset.keys.push(Entry {
+        kid: kid.clone(),
+        state: State::Pending,
+        created: now,
+        registered: None,
+        activated: None,
+        retire_after: None,
+        exp: None,
+        jwk: Secret::new(key.private_jwk.expose().clone()),
+    });
+    store(keyset, renewal, cx, "stored")?;
+    let facts = Facts {
+        keyset,
+        registered,
+        now,
+        renew: &renewal.renew,
+        force: false,
+    };
+    let set = facts.set(&[], &[kid.as_str()]);
+    post(cx, renewal, keyset, &set, "registered").await
+}
+
+/// Proves the pending key with a real grant, then makes it the active one.
+async fn activate(
+    cx: &mut Context<'_>,
+    renewal: &Renewal,
+    keyset: &mut Keyset,
+    kid: &str,
+    now: i64,
+) -> Result<(), Outcome> {
+    let Some(scopes) = cx.verify_scopes.clone() else {
+        return Err(Outcome::Failed(format!(
+            "no route uses client {}, so no grant can prove the new key {kid}",
+            renewal.client
+        )));
+    };
+    let key = keyset
+        .keys
+        .iter()
+        .find(|e| e.kid == kid)
+        .map(Entry::signing_key);
+    let key = match key {
+        Some(Ok(key)) => key,
+        Some(Err(e)) => return Err(Outcome::Failed(e.to_string())),
+        None => return Err(Outcome::Failed(format!("{kid} left the keyset"))),
+    };
+    let spec = GrantSpec::new(&scopes, None, None, &[]);
+    match cx.endpoint.request(&renewal.client_id, &key, &spec).await {
+        Ok(_) => {}
+        Err(FetchError::Rejected { code, .. }) if code.as_deref() == Some("MP-124") => {
+            return Err(Outcome::Waiting(format!(
+                "Maskinporten does not know the new key {kid} yet"
+            )))
+        }
+        Err(e) => {
+            return Err(Outcome::Failed(format!(
+                "a grant signed with the new key {kid} got no token: {e}"
+            )))
+        }
+    }
+    cx.faults.after("verified").map_err(Outcome::Failed)?;
+    let overlap = renewal.renew.overlap.as_secs() as i64;
+    for entry in &mut keyset.keys {
+        if entry.kid == kid {
+            entry.state = State::Active;
+            entry.activated = Some(now);
+        } else if entry.state == State::Active {
+            entry.state = State::Retiring;
+            entry.retire_after = Some(now + overlap);
+        }
+    }
+    cx.report.push(format!(
+        "activate {kid}: registered, {} s passed, and a grant signed with it got a token",
+        renewal.renew.activate_after.as_secs()
+    ));
+    store(keyset, renewal, cx, "activated")
+}
+
+/// A pass that reached its end records when, for the status and the alert on a stalled renewer.
+fn note_success(
+    keyset: &mut Keyset,
+    renewal: &Renewal,
+    cx: &Context,
+    now: i64,
+) -> Result<(), Outcome> {
+    if keyset.keys.is_empty() {
+        return Ok(());
+    }
+    keyset.last_success = Some(now);
+    store(keyset, renewal, cx, "noted")
+}
+
+/// The step as `--dry-run` prints it: what would be done and how Digdir's set would change.
+fn describe(step: &Step, f: &Facts) -> String {
+    let kids = |set: &[Value]| {
+        set.iter()
+            .filter_map(|k| k["kid"].as_str().map(str::to_string))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let now: Vec<String> = f.registered.iter().map(|r| r.kid.clone()).collect();
+    let change = |set: &[Value]| format!("Digdir's set: [{}] -> [{}]", now.join(", "), kids(set));
+    match step {
+        Step::Nothing => "nothing to do".into(),
+        Step::Wait { kid, until } => format!(
+            "wait: {kid} may sign from {}",
+            crate::keys::x509::datetime(*until)
+        ),
+        Step::Refuse(why) => format!("cannot go on: {why}"),
+        Step::Register { why, set } => format!("would register ({why}); {}", change(set)),
+        Step::NewKey { why } => format!(
+            "would make a {}-bit key, store it as pending and register it ({why}); Digdir's set: [{}] -> [{}, <new>]",
+            f.renew.bits,
+            now.join(", "),
+            kids(&f.set(&[], &[]))
+        ),
+        Step::Activate { kid } => {
+            format!("would prove {kid} with a grant and make it the active key")
+        }
+        Step::RenewInPlace { why, set } => format!("would renew in place ({why}); {}", change(set)),
+        Step::Retire { kids: k, set } => format!("would retire {}; {}", k.join(", "), change(set)),
+        Step::Forget { kids: k } => format!("would forget {} (no longer registered)", k.join(", ")),
+    }
+}
