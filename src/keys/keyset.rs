@@ -235,15 +235,21 @@ impl Keyset {
 
 /// The active key of the keyset at `path`, for signing.
 pub fn load_active(path: &Path) -> Result<SigningKey, KeyError> {
-    let bytes = std::fs::read(path).map_err(|source| KeyError::Read {
-        path: path.to_path_buf(),
-        source,
+    let bytes = std::fs::read(path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => KeyError::Invalid(format!(
+            "{}: the keyset does not exist yet: run `portvakt rotate` to make and register the first key, or `portvakt keys adopt` to take in a key registered earlier",
+            path.display()
+        )),
+        _ => KeyError::Read {
+            path: path.to_path_buf(),
+            source,
+        },
     })?;
     let set =
         Keyset::parse(&bytes).map_err(|e| KeyError::Invalid(format!("{}: {e}", path.display())))?;
     let active = set.active().ok_or_else(|| {
         KeyError::Invalid(format!(
-            "{}: the keyset has no active key yet: run `portvakt rotate` to make and register the first one",
+            "{}: the keyset has no active key yet: run `portvakt rotate` until its first key is active",
             path.display()
         ))
     })?;

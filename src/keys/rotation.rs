@@ -43,6 +43,13 @@ impl ClientKey {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// Makes `key` the current one while tokens fetched with the previous key keep serving until
+    /// they are due for a refresh: for a renewal, where the previous key stays registered.
+    pub fn succeed(&self, key: Arc<SigningKey>) {
+        let mut guard = self.current.write().unwrap_or_else(|e| e.into_inner());
+        guard.1 = key;
+    }
+
     /// Makes `key` the current one; tokens fetched with earlier keys are no longer served.
     pub fn replace(&self, key: Arc<SigningKey>) -> u64 {
         let mut guard = self.current.write().unwrap_or_else(|e| e.into_inner());
@@ -141,6 +148,11 @@ async fn reload(client: &Watched, metrics: &Metrics) {
     let (_, old) = client.key.current();
     let result = match loaded {
         Ok(Ok(key)) if key.same_identity(&old) => "unchanged",
+        Ok(Ok(key)) if retiring_in_keyset(&client.source, &old) => {
+            tracing::info!(client = %client.name, from = %old.label(), to = %key.label(), thumbprint = key.thumbprint(), "key renewed: new tokens are signed with the new key; tokens already fetched keep serving, since the previous key stays registered while it retires");
+            client.key.succeed(Arc::new(key));
+            "rotated"
+        }
         Ok(Ok(key)) => {
             tracing::info!(client = %client.name, from = %old.label(), to = %key.label(), thumbprint = key.thumbprint(), "key rotated: new tokens are signed with the new key");
             client.key.replace(Arc::new(key));
@@ -159,6 +171,21 @@ async fn reload(client: &Watched, metrics: &Metrics) {
             result,
         })
         .inc();
+}
+
+/// Whether `old` is now a retiring key of the keyset the client's key comes from.
+fn retiring_in_keyset(source: &KeySource, old: &SigningKey) -> bool {
+    let KeySource::Keyset { path } = source else {
+        return false;
+    };
+    let Ok(bytes) = std::fs::read(path) else {
+        return false;
+    };
+    super::keyset::Keyset::parse(&bytes).is_ok_and(|set| {
+        set.keys
+            .iter()
+            .any(|e| e.state == super::keyset::State::Retiring && Some(e.kid.as_str()) == old.kid())
+    })
 }
 
 /// Sets the client's key gauges: certificate not-after and key age, where known.

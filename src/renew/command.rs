@@ -18,7 +18,7 @@ fn load(config: &Path) -> Result<crate::config::Config, u8> {
 
 /// One pass of the renewal plan for each chosen client.
 pub async fn rotate(config: &Path, client: Option<&str>, force: bool, dry_run: bool) -> u8 {
-    rotate_with(config, client, force, dry_run, &pass::Uncut, super::now).await
+    rotate_with(config, client, force, dry_run, &pass::Uncut, &super::now).await
 }
 
 /// [`rotate`] with a clock and a place to cut the pass, for tests.
@@ -28,7 +28,7 @@ pub async fn rotate_with(
     force: bool,
     dry_run: bool,
     faults: &dyn pass::Faults,
-    now: fn() -> i64,
+    now: &(dyn Fn() -> i64 + Sync),
 ) -> u8 {
     let config = match load(config) {
         Ok(c) => c,

@@ -38,10 +38,11 @@ pub enum Outcome {
     Failed(String),
 }
 
-pub struct Options {
+pub struct Options<'a> {
     pub force: bool,
     pub dry_run: bool,
-    pub now: fn() -> i64,
+    /// The renewer's clock (Unix seconds); tests move it on.
+    pub now: &'a (dyn Fn() -> i64 + Sync),
 }
 
 /// What a pass needs besides the client.
@@ -56,7 +57,7 @@ pub struct Context<'a> {
     pub report: Vec<String>,
 }
 
-pub async fn run(renewal: &Renewal, cx: &mut Context<'_>, options: &Options) -> Outcome {
+pub async fn run(renewal: &Renewal, cx: &mut Context<'_>, options: &Options<'_>) -> Outcome {
     let mut done = false;
     let mut force = options.force;
     for _ in 0..MAX_STEPS {
