@@ -285,3 +285,318 @@ async fn bootstrap_activation_forced_rotation_under_traffic_and_retirement() {
     assert_eq!(w.kids(State::Active), second);
     let _ = std::fs::remove_dir_all(&w.dir);
 }
+
+/// Cuts a pass after the first two writes at `point`, as a crash there would (twice, so that a
+/// pass resumed from a cut is cut again), and checks the invariants after every write of every pass.
+struct Cutter<'w> {
+    point: &'static str,
+    world: &'w World,
+    cuts: AtomicUsize,
+    checks: AtomicUsize,
+    /// Kids that were ever registered, and the set never shrank to nothing after the first.
+    ever: Mutex<Vec<String>>,
+}
+
+impl Cutter<'_> {
+    fn check(&self, at: &str) {
+        self.checks.fetch_add(1, Ordering::SeqCst);
+        let w = self.world;
+        let keyset = w.keyset();
+        let registered = w.mock.registered_kids(CLIENT_ID);
+        let mut ever = self.ever.lock().unwrap();
+        for kid in &registered {
+            // 1. Nothing is registered whose private half is not stored.
+            assert!(
+                keyset.keys.iter().any(|e| &e.kid == kid),
+                "after {at}: {kid} is registered but not in the keyset"
+            );
+            if !ever.contains(kid) {
+                ever.push(kid.clone());
+            }
+        }
+        // 3. Once anything was registered, the set is never empty.
+        assert!(
+            ever.is_empty() || !registered.is_empty(),
+            "after {at}: empty set"
+        );
+        let now = w.clock.now();
+        for e in &keyset.keys {
+            match e.state {
+                State::Active => {
+                    // 2. Active only once listed, activate_after later, and after a grant worked.
+                    assert!(
+                        registered.contains(&e.kid),
+                        "after {at}: active {} unregistered",
+                        e.kid
+                    );
+                    let (reg, act) = (e.registered.unwrap(), e.activated.unwrap());
+                    assert!(
+                        act - reg >= 600,
+                        "after {at}: {} active {} s after it was listed",
+                        e.kid,
+                        act - reg
+                    );
+                    assert!(
+                        accepted_kids(&w.mock).contains(&e.kid),
+                        "after {at}: {} never proved",
+                        e.kid
+                    );
+                }
+                // 4. A retiring key stays registered until its overlap is over.
+                State::Retiring if e.retire_after.unwrap() > now => {
+                    assert!(
+                        registered.contains(&e.kid),
+                        "after {at}: {} retired early",
+                        e.kid
+                    )
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Faults for Cutter<'_> {
+    fn after(&self, point: &str) -> Result<(), String> {
+        self.check(point);
+        if point == self.point && self.cuts.fetch_add(1, Ordering::SeqCst) < 2 {
+            return Err(format!("cut after {point}"));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_pass_cut_after_any_write_finishes_on_the_next_one_and_the_invariants_hold_throughout() {
+    for point in [
+        "stored",
+        "registered",
+        "observed",
+        "verified",
+        "activated",
+        "retired",
+        "forgotten",
+        "noted",
+    ] {
+        let w = World::start(point, vendor(), "      overlap_seconds: 86400\n").await;
+        let cutter = Cutter {
+            point,
+            world: &w,
+            cuts: AtomicUsize::new(0),
+            checks: AtomicUsize::new(0),
+            ever: Mutex::new(Vec::new()),
+        };
+        let mut first = None;
+        let mut forced = false;
+        let mut done = false;
+        for _ in 0..40 {
+            let active = w.kids(State::Active).pop();
+            match (&first, &active) {
+                (None, Some(a)) => first = Some(a.clone()),
+                (Some(f), Some(a)) if f != a && w.keyset().keys.len() == 1 => {
+                    done = true;
+                    break;
+                }
+                _ => {}
+            }
+            let force = first.is_some() && !forced;
+            forced |= force;
+            w.rotate_cut(force, &cutter).await;
+            w.clock.advance(if forced { 3 * 3600 } else { 700 });
+        }
+        assert!(
+            done,
+            "cut after {point}: the rotation never finished: {:?}",
+            w.keyset()
+        );
+        assert!(
+            cutter.cuts.load(Ordering::SeqCst) > 0,
+            "never reached {point}"
+        );
+        let active = w.kids(State::Active);
+        assert_eq!(
+            w.mock.registered_kids(CLIENT_ID),
+            active,
+            "cut after {point}"
+        );
+        assert!(cutter.checks.load(Ordering::SeqCst) > 5);
+        let _ = std::fs::remove_dir_all(&w.dir);
+    }
+}
+
+#[tokio::test]
+async fn a_registered_key_is_adopted_and_then_renewed_like_any_other() {
+    let w = World::start("adopt", registered_client(), "").await;
+    let pem = fixtures().join("client-a.pem");
+    let adopt = |from: PathBuf, kid: Option<&'static str>| {
+        let config = w.config.clone();
+        async move { portvakt::renew::command::adopt(&config, "vendor", &from, kid).await }
+    };
+    // A key Digdir does not list is not adopted.
+    assert_eq!(adopt(pem.clone(), Some("not-registered")).await, 1);
+    assert!(!w.keyset.exists());
+    assert_eq!(adopt(pem.clone(), Some(KID)).await, 0);
+    assert_eq!(w.kids(State::Active), vec![KID.to_string()]);
+    // Only into a new keyset.
+    assert_eq!(adopt(pem, Some(KID)).await, 1);
+    // The proxy signs with the adopted key, as before.
+    let config = portvakt::config::load(&w.config).unwrap();
+    let proxy = portvakt::app::start(&config).await.unwrap();
+    assert_eq!(get(&proxy, "/nav/x").await.status(), 200);
+    assert_eq!(accepted_kids(&w.mock), vec![KID.to_string()]);
+    // Nothing is due; Digdir's exp is recorded.
+    assert_eq!(w.rotate(false).await, 0);
+    assert!(w.keyset().keys[0].exp.is_some());
+    // A JWK file adopts too (into another client's keyset it would be refused for its client_id).
+    let jwk = fixtures().join("client-b.jwk.json");
+    assert_eq!(adopt(jwk, None).await, 1, "a key Digdir does not list");
+    // Renewal replaces it like any other key.
+    assert_eq!(w.rotate(true).await, 2);
+    w.clock.advance(601);
+    assert_eq!(w.rotate(false).await, 0);
+    assert_eq!(w.kids(State::Retiring), vec![KID.to_string()]);
+    let _ = std::fs::remove_dir_all(&w.dir);
+}
+
+#[tokio::test]
+async fn a_full_set_is_renewed_in_place_and_no_key_is_dropped() {
+    // Four keys someone else registered (break-glass keys), and the adopted one: five.
+    let mut client = registered_client();
+    let mut foreign = Vec::new();
+    for i in 0..4 {
+        let key = portvakt::keys::generate(2048, &format!("break-glass-{i}")).unwrap();
+        client = client.public_jwk(&key.public_jwks["keys"][0]);
+        foreign.push(format!("break-glass-{i}"));
+    }
+    let w = World::start("full", client, "").await;
+    assert_eq!(
+        portvakt::renew::command::adopt(
+            &w.config,
+            "vendor",
+            &fixtures().join("client-a.pem"),
+            Some(KID)
+        )
+        .await,
+        0
+    );
+    let before = w.mock.registered_jwks(CLIENT_ID);
+    let exp_of = |set: &serde_json::Value, kid: &str| {
+        set["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kid"] == kid)
+            .unwrap()["exp"]
+            .as_i64()
+            .unwrap()
+    };
+    // Due (forced), but there is no room: the active key is posted again, nothing is dropped, and
+    // the pass reports an error for the alert.
+    w.clock.advance(30 * DAY);
+    assert_eq!(w.rotate(true).await, 1);
+    let after = w.mock.registered_jwks(CLIENT_ID);
+    let mut kids = foreign.clone();
+    kids.push(KID.to_string());
+    kids.sort();
+    assert_eq!(w.mock.registered_kids(CLIENT_ID), kids);
+    assert!(w.kids(State::Pending).is_empty(), "no key was made");
+    for kid in &foreign {
+        assert_eq!(
+            exp_of(&before, kid),
+            exp_of(&after, kid),
+            "{kid}'s exp moved"
+        );
+    }
+    let renewed = exp_of(&after, KID);
+    assert!(
+        (renewed - (w.clock.now() + 90 * DAY)).abs() < 60,
+        "{renewed}"
+    );
+}
+
+#[tokio::test]
+async fn digdir_s_5xx_is_tried_again_and_a_4xx_explained_once() {
+    let w = World::start("errors", vendor(), "").await;
+    w.mock.fail_selfservice(503, 2);
+    assert_eq!(w.rotate(false).await, 2, "two 503s, then through");
+    let statuses: Vec<u16> = w
+        .mock
+        .selfservice_calls()
+        .iter()
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(&statuses[..3], &[503, 503, 200]);
+
+    // An administration client without the scope to change keys: one POST, refused, not repeated.
+    let w = World::start_with_admin("forbidden", vendor(), "", &["idporten:dcr.read"]).await;
+    let yaml = std::fs::read_to_string(&w.config).unwrap();
+    let yaml = yaml.replace("selfservice:\n", "selfservice:\n  scopes: [idporten:dcr.read]\n");
+    std::fs::write(&w.config, yaml).unwrap();
+    assert_eq!(w.rotate(false).await, 1);
+    let posts: Vec<u16> = w
+        .mock
+        .selfservice_calls()
+        .iter()
+        .filter(|c| c.method == "POST")
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(posts, vec![403]);
+    // The key was stored before the attempt, and nothing unstored is registered.
+    assert_eq!(w.kids(State::Pending).len(), 1);
+    assert!(w.mock.registered_kids(CLIENT_ID).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_plans_without_writing_and_shows_the_status() {
+    let w = World::start("cli", vendor(), "").await;
+    let portvakt = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_portvakt"))
+            .args(args)
+            .arg("--config")
+            .arg(&w.config)
+            .env("PORTVAKT_LOG_FORMAT", "text")
+            .output()
+            .unwrap()
+    };
+    let dry = portvakt(&["rotate", "--dry-run"]);
+    let out = String::from_utf8_lossy(&dry.stdout);
+    let err = String::from_utf8_lossy(&dry.stderr);
+    assert_eq!(dry.status.code(), Some(0), "{out}{err}");
+    assert!(out.contains("would make a 2048-bit key, store it as pending and register it (the keyset has no key yet (bootstrap))"), "{out}");
+    assert!(!w.keyset.exists(), "a dry run wrote the keyset");
+    assert_eq!(w.posts(), 0);
+    let run = portvakt(&["rotate", "--client", "vendor"]);
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert_eq!(run.status.code(), Some(2), "{out}");
+    assert!(out.contains("vendor: new key vendor-TEST."), "{out}");
+    assert!(out.contains("vendor: waiting: the new key"), "{out}");
+    let status = portvakt(&["keys", "status"]);
+    let out = String::from_utf8_lossy(&status.stdout);
+    let pending = &w.kids(State::Pending)[0];
+    let line = out
+        .lines()
+        .find(|l| l.contains(pending.as_str()))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains("pending") && line.contains("(90 days)"),
+        "{line}"
+    );
+    let unknown = portvakt(&["rotate", "--client", "nobody"]);
+    assert_eq!(unknown.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("client `nobody` has no renew section")
+    );
+    // Secrets stay out of what the commands print.
+    let keyset = std::fs::read_to_string(&w.keyset).unwrap();
+    let d = keyset
+        .split("\"d\": \"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    for o in [&dry, &run, &status] {
+        assert!(!String::from_utf8_lossy(&o.stdout).contains(d));
+        assert!(!String::from_utf8_lossy(&o.stderr).contains(d));
+    }
+}
