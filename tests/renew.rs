@@ -11,7 +11,7 @@ use portvakt::keys::SigningKey;
 use portvakt::mock::{EchoUpstream, MockClient, MockMaskinporten};
 use portvakt::renew::command::rotate_with;
 use portvakt::renew::{Faults, Uncut};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -273,6 +273,8 @@ async fn bootstrap_activation_forced_rotation_under_traffic_and_retirement() {
         0,
         "a call failed during the rotation"
     );
+    // The upstream verified every token it got: each signed by Maskinporten for this client.
+    assert_eq!(w.upstream.records().len(), calls.load(Ordering::SeqCst));
 
     // The old key stays registered through the overlap, then leaves Digdir and the keyset.
     w.clock.advance(6 * DAY);
@@ -530,7 +532,10 @@ async fn digdir_s_5xx_is_tried_again_and_a_4xx_explained_once() {
     // An administration client without the scope to change keys: one POST, refused, not repeated.
     let w = World::start_with_admin("forbidden", vendor(), "", &["idporten:dcr.read"]).await;
     let yaml = std::fs::read_to_string(&w.config).unwrap();
-    let yaml = yaml.replace("selfservice:\n", "selfservice:\n  scopes: [idporten:dcr.read]\n");
+    let yaml = yaml.replace(
+        "selfservice:\n",
+        "selfservice:\n  scopes: [idporten:dcr.read]\n",
+    );
     std::fs::write(&w.config, yaml).unwrap();
     assert_eq!(w.rotate(false).await, 1);
     let posts: Vec<u16> = w
