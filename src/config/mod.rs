@@ -15,7 +15,7 @@ mod validate;
 pub use egress::{is_loopback, Egress, ProxyServer};
 pub use inbound::{AllowList, ApiKey, BodyPace, Inbound, InboundTls};
 pub use reader::Issue;
-pub use renew::{Renew, Renewal, SelfService};
+pub use renew::{KubeAccess, Renew, Renewal, SecretRef, SelfService};
 pub use telemetry::Telemetry;
 
 use crate::keys::{KeySource, SigningKey};

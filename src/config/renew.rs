@@ -18,7 +18,19 @@ const RENEW: &[&str] = &[
     "overlap_seconds",
     "bits",
     "kid_prefix",
+    "kubernetes_secret",
+    "background",
+    "background_interval_seconds",
 ];
+const SECRET: &[&str] = &[
+    "namespace",
+    "name",
+    "key",
+    "api_server",
+    "token_file",
+    "ca_file",
+];
+const SERVICE_ACCOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 const DAY: u64 = 86_400;
 /// Digdir keeps a posted key at most a year.
 pub const MAX_KEY_LIFETIME_DAYS: u64 = 365;
@@ -52,6 +64,29 @@ pub struct Renew {
     pub bits: usize,
     /// Kids are `<prefix>.<YYYY-MM-DD>.<random>`.
     pub kid_prefix: String,
+    /// The writer keeps the keyset in this Secret (the replicas mount it at `key.keyset`).
+    pub kubernetes_secret: Option<SecretRef>,
+    /// `portvakt run` makes the renewal passes itself, on one replica at a time.
+    pub background: bool,
+    pub background_interval: Duration,
+}
+
+/// A Kubernetes Secret holding a keyset under one of its keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRef {
+    pub namespace: String,
+    pub name: String,
+    pub key: String,
+    pub api: KubeAccess,
+}
+
+/// How to reach the Kubernetes API: by default, as the pod's service account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeAccess {
+    /// `None`: `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`.
+    pub server: Option<String>,
+    pub token_file: PathBuf,
+    pub ca_file: Option<PathBuf>,
 }
 
 /// A client whose keyset portvakt renews: read even when its keyset has no active key yet, so that
@@ -212,7 +247,23 @@ pub(super) fn renew(
         );
         return None;
     }
+    let kubernetes_secret = match m.get("kubernetes_secret") {
+        None => None,
+        Some(v) => Some(secret_ref(r, v, &join(path, "kubernetes_secret"))?),
+    };
+    let background = r
+        .boolean(m.get("background"), &join(path, "background"))
+        .unwrap_or(false);
+    let background_interval = r
+        .positive_u64(
+            m.get("background_interval_seconds"),
+            &join(path, "background_interval_seconds"),
+        )
+        .unwrap_or(6 * 3600);
     Some(Renew {
+        kubernetes_secret,
+        background,
+        background_interval: Duration::from_secs(background_interval),
         key_lifetime: Duration::from_secs(lifetime * DAY),
         rotate_after: Duration::from_secs(rotate_after * DAY),
         renew_before: Duration::from_secs(renew_before * DAY),
@@ -220,5 +271,43 @@ pub(super) fn renew(
         overlap: Duration::from_secs(overlap),
         bits,
         kid_prefix,
+    })
+}
+
+fn secret_ref(r: &mut Reader, v: &Value, path: &str) -> Option<SecretRef> {
+    let m = r.mapping(v, path, SECRET)?;
+    let namespace = r.required_string(m.get("namespace"), &join(path, "namespace"));
+    let name = r.required_string(m.get("name"), &join(path, "name"));
+    let key = r
+        .string(m.get("key"), &join(path, "key"))
+        .unwrap_or_else(|| "keyset.json".into());
+    let server = r.string(m.get("api_server"), &join(path, "api_server"));
+    if let Some(s) = &server {
+        let uri = super::validate::http_url(r, s, &join(path, "api_server"))?;
+        if uri.scheme_str() == Some("http") && !super::is_loopback(&uri) {
+            r.issue(
+                &join(path, "api_server"),
+                format!("`{s}` is plain http:// to another machine: the API server is reached over https://"),
+            );
+        }
+    }
+    let token_file = r
+        .string(m.get("token_file"), &join(path, "token_file"))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(SERVICE_ACCOUNT).join("token"));
+    let ca_file = match r.string(m.get("ca_file"), &join(path, "ca_file")) {
+        Some(f) => Some(PathBuf::from(f)),
+        None if server.is_none() => Some(Path::new(SERVICE_ACCOUNT).join("ca.crt")),
+        None => None,
+    };
+    Some(SecretRef {
+        namespace: namespace?,
+        name: name?,
+        key,
+        api: KubeAccess {
+            server,
+            token_file,
+            ca_file,
+        },
     })
 }

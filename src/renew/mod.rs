@@ -8,8 +8,10 @@
 
 pub mod api;
 pub mod command;
+pub mod kubernetes;
 pub mod pass;
 pub mod plan;
+pub mod store;
 
 use crate::config::{Config, Renewal};
 use crate::keys::keyset::{Entry, Keyset, State};

@@ -4,6 +4,7 @@
 
 use super::api::{Api, ApiError};
 use super::plan::{plan, Facts, Step};
+use super::store::{Store, StoreError};
 use crate::config::Renewal;
 use crate::keys::keyset::{Entry, Keyset, State};
 use crate::secret::Secret;
@@ -57,12 +58,34 @@ pub struct Context<'a> {
     pub report: Vec<String>,
 }
 
+/// Why a step stopped the pass: an outcome, or a write refused because another writer came first,
+/// after which the pass reads again and plans afresh.
+enum Halt {
+    Replan,
+    Stop(Outcome),
+}
+
+impl From<Outcome> for Halt {
+    fn from(o: Outcome) -> Halt {
+        Halt::Stop(o)
+    }
+}
+
 pub async fn run(renewal: &Renewal, cx: &mut Context<'_>, options: &Options<'_>) -> Outcome {
+    let mut store = match Store::for_renewal(renewal) {
+        Ok(s) => s,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    if !options.dry_run {
+        if let Err(e) = store.begin() {
+            return Outcome::Failed(e.to_string());
+        }
+    }
     let mut done = false;
     let mut force = options.force;
     for _ in 0..MAX_STEPS {
         let now = (options.now)();
-        let mut keyset = match Keyset::read(&renewal.keyset, &renewal.client_id) {
+        let mut keyset = match store.read().await {
             Ok(k) => k,
             Err(e) => return Outcome::Failed(e.to_string()),
         };
@@ -82,8 +105,10 @@ pub async fn run(renewal: &Renewal, cx: &mut Context<'_>, options: &Options<'_>)
             }
         }
         if seen && !options.dry_run {
-            if let Err(e) = store(&keyset, renewal, cx, "observed") {
-                return e;
+            match write(&mut store, &keyset, cx, "observed").await {
+                Ok(()) => {}
+                Err(Halt::Replan) => continue,
+                Err(Halt::Stop(o)) => return o,
             }
         }
         let facts = Facts {
@@ -105,8 +130,10 @@ pub async fn run(renewal: &Renewal, cx: &mut Context<'_>, options: &Options<'_>)
         }
         let result = match &step {
             Step::Nothing => {
-                if let Err(e) = note_success(&mut keyset, renewal, cx, now) {
-                    return e;
+                match note_success(&mut store, &mut keyset, cx, now).await {
+                    Ok(()) => {}
+                    Err(Halt::Replan) => continue,
+                    Err(Halt::Stop(o)) => return o,
                 }
                 return if done {
                     Outcome::Done
@@ -115,7 +142,7 @@ pub async fn run(renewal: &Renewal, cx: &mut Context<'_>, options: &Options<'_>)
                 };
             }
             Step::Wait { kid, until } => {
-                let _ = note_success(&mut keyset, renewal, cx, now);
+                let _ = note_success(&mut store, &mut keyset, cx, now).await;
                 return Outcome::Waiting(format!(
                     "the new key {kid} signs once it has been registered {} s more (at {})",
                     until - now,
@@ -129,13 +156,15 @@ pub async fn run(renewal: &Renewal, cx: &mut Context<'_>, options: &Options<'_>)
             }
             Step::NewKey { why } => {
                 force = false;
-                new_key(cx, renewal, &mut keyset, &registered, now, why).await
+                new_key(cx, renewal, &mut store, &mut keyset, &registered, now, why).await
             }
-            Step::Activate { kid } => activate(cx, renewal, &mut keyset, kid, now).await,
+            Step::Activate { kid } => {
+                activate(cx, renewal, &mut store, &mut keyset, kid, now).await
+            }
             Step::RenewInPlace { why, set } => {
                 cx.report.push(format!("renew in place: {why}"));
-                if let Err(e) = post(cx, renewal, &keyset, set, "renewed").await {
-                    return e;
+                if let Err(Halt::Stop(o)) = post(cx, renewal, &keyset, set, "renewed").await {
+                    return o;
                 }
                 return Outcome::Failed(format!("renewed in place, not rotated: {why}"));
             }
@@ -148,12 +177,13 @@ pub async fn run(renewal: &Renewal, cx: &mut Context<'_>, options: &Options<'_>)
                 cx.report
                     .push(format!("forget {}: no longer registered", kids.join(", ")));
                 keyset.keys.retain(|e| !kids.contains(&e.kid));
-                store(&keyset, renewal, cx, "forgotten")
+                write(&mut store, &keyset, cx, "forgotten").await
             }
         };
         match result {
             Ok(()) => done = true,
-            Err(outcome) => return outcome,
+            Err(Halt::Replan) => {}
+            Err(Halt::Stop(outcome)) => return outcome,
         }
     }
     Outcome::Failed(format!(
@@ -161,11 +191,20 @@ pub async fn run(renewal: &Renewal, cx: &mut Context<'_>, options: &Options<'_>)
     ))
 }
 
-fn store(keyset: &Keyset, renewal: &Renewal, cx: &Context, point: &str) -> Result<(), Outcome> {
-    keyset
-        .store(&renewal.keyset)
-        .map_err(|e| Outcome::Failed(format!("the keyset cannot be written: {e}")))?;
-    cx.faults.after(point).map_err(Outcome::Failed)
+async fn write(
+    store: &mut Store,
+    keyset: &Keyset,
+    cx: &Context<'_>,
+    point: &str,
+) -> Result<(), Halt> {
+    match store.write(keyset).await {
+        Ok(()) => {}
+        Err(StoreError::Conflict) => return Err(Halt::Replan),
+        Err(e) => return Err(Outcome::Failed(e.to_string()).into()),
+    }
+    cx.faults
+        .after(point)
+        .map_err(|e| Outcome::Failed(e).into())
 }
 
 /// Posts a set, never an empty one and never one without the active key.
@@ -175,29 +214,30 @@ async fn post(
     keyset: &Keyset,
     set: &[Value],
     point: &str,
-) -> Result<(), Outcome> {
+) -> Result<(), Halt> {
     let has = |kid: &str| set.iter().any(|k| k["kid"] == kid);
     if set.is_empty() || keyset.active().is_some_and(|a| !has(&a.kid)) {
-        return Err(Outcome::Failed(
-            "refusing to post a set without the active key".into(),
-        ));
+        return Err(Outcome::Failed("refusing to post a set without the active key".into()).into());
     }
     cx.api
         .replace(&renewal.client_id, set)
         .await
         .map_err(|e: ApiError| Outcome::Failed(e.to_string()))?;
-    cx.faults.after(point).map_err(Outcome::Failed)
+    cx.faults
+        .after(point)
+        .map_err(|e| Outcome::Failed(e).into())
 }
 
 /// A new key: stored as pending first, then registered.
 async fn new_key(
     cx: &mut Context<'_>,
     renewal: &Renewal,
+    store: &mut Store,
     keyset: &mut Keyset,
     registered: &[super::api::Registered],
     now: i64,
     why: &str,
-) -> Result<(), Outcome> {
+) -> Result<(), Halt> {
     let kid = format!(
         "{}.{}.{:08x}",
         renewal.renew.kid_prefix,
@@ -211,8 +251,8 @@ async fn new_key(
     };
     let key = match made {
         Ok(Ok(key)) => key,
-        Ok(Err(e)) => return Err(Outcome::Failed(e.to_string())),
-        Err(e) => return Err(Outcome::Failed(format!("key generation failed: {e}"))),
+        Ok(Err(e)) => return Err(Outcome::Failed(e.to_string()).into()),
+        Err(e) => return Err(Outcome::Failed(format!("key generation failed: {e}")).into()),
     };
     cx.report
         .push(format!("new key {kid} ({bits} bits): {why}"));
@@ -226,7 +266,7 @@ async fn new_key(
         exp: None,
         jwk: Secret::new(key.private_jwk.expose().clone()),
     });
-    store(keyset, renewal, cx, "stored")?;
+    write(store, keyset, cx, "stored").await?;
     let facts = Facts {
         keyset,
         registered,
@@ -242,15 +282,17 @@ async fn new_key(
 async fn activate(
     cx: &mut Context<'_>,
     renewal: &Renewal,
+    store: &mut Store,
     keyset: &mut Keyset,
     kid: &str,
     now: i64,
-) -> Result<(), Outcome> {
+) -> Result<(), Halt> {
     let Some(scopes) = cx.verify_scopes.clone() else {
         return Err(Outcome::Failed(format!(
             "no route uses client {}, so no grant can prove the new key {kid}",
             renewal.client
-        )));
+        ))
+        .into());
     };
     let key = keyset
         .keys
@@ -259,8 +301,8 @@ async fn activate(
         .map(Entry::signing_key);
     let key = match key {
         Some(Ok(key)) => key,
-        Some(Err(e)) => return Err(Outcome::Failed(e.to_string())),
-        None => return Err(Outcome::Failed(format!("{kid} left the keyset"))),
+        Some(Err(e)) => return Err(Outcome::Failed(e.to_string()).into()),
+        None => return Err(Outcome::Failed(format!("{kid} left the keyset")).into()),
     };
     let spec = GrantSpec::new(&scopes, None, None, &[]);
     match cx.endpoint.request(&renewal.client_id, &key, &spec).await {
@@ -268,15 +310,19 @@ async fn activate(
         Err(FetchError::Rejected { code, .. }) if code.as_deref() == Some("MP-124") => {
             return Err(Outcome::Waiting(format!(
                 "Maskinporten does not know the new key {kid} yet"
-            )))
+            ))
+            .into())
         }
         Err(e) => {
             return Err(Outcome::Failed(format!(
                 "a grant signed with the new key {kid} got no token: {e}"
-            )))
+            ))
+            .into())
         }
     }
-    cx.faults.after("verified").map_err(Outcome::Failed)?;
+    cx.faults
+        .after("verified")
+        .map_err(|e| Halt::Stop(Outcome::Failed(e)))?;
     let overlap = renewal.renew.overlap.as_secs() as i64;
     for entry in &mut keyset.keys {
         if entry.kid == kid {
@@ -291,21 +337,21 @@ async fn activate(
         "activate {kid}: registered, {} s passed, and a grant signed with it got a token",
         renewal.renew.activate_after.as_secs()
     ));
-    store(keyset, renewal, cx, "activated")
+    write(store, keyset, cx, "activated").await
 }
 
 /// A pass that reached its end records when, for the status and the alert on a stalled renewer.
-fn note_success(
+async fn note_success(
+    store: &mut Store,
     keyset: &mut Keyset,
-    renewal: &Renewal,
-    cx: &Context,
+    cx: &Context<'_>,
     now: i64,
-) -> Result<(), Outcome> {
+) -> Result<(), Halt> {
     if keyset.keys.is_empty() {
         return Ok(());
     }
     keyset.last_success = Some(now);
-    store(keyset, renewal, cx, "noted")
+    write(store, keyset, cx, "noted").await
 }
 
 /// The step as `--dry-run` prints it: what would be done and how Digdir's set would change.
