@@ -605,3 +605,76 @@ async fn the_command_line_plans_without_writing_and_shows_the_status() {
         assert!(!String::from_utf8_lossy(&o.stderr).contains(d));
     }
 }
+
+/// Faults that let another writer change the Secret right after `point`.
+struct Meddler<'k> {
+    kube: &'k portvakt::mock::MockKubernetes,
+    point: &'static str,
+    left: AtomicUsize,
+}
+
+impl Faults for Meddler<'_> {
+    fn after(&self, point: &str) -> Result<(), String> {
+        if point == self.point && self.left.load(Ordering::SeqCst) > 0 {
+            self.left.fetch_sub(1, Ordering::SeqCst);
+            self.kube.touch_secret("portvakt", "vendor-keys");
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_keyset_in_a_kubernetes_secret_is_written_with_resource_version() {
+    let kube = portvakt::mock::MockKubernetes::start("sa-token")
+        .await
+        .unwrap();
+    let token_dir = std::env::temp_dir().join(format!("portvakt-sa-{}", fastrand::u32(..)));
+    std::fs::create_dir_all(&token_dir).unwrap();
+    std::fs::write(token_dir.join("token"), "sa-token\n").unwrap();
+    let renew = format!(
+        "      kubernetes_secret:\n        namespace: portvakt\n        name: vendor-keys\n        api_server: {}\n        token_file: {}\n",
+        kube.url(),
+        token_dir.join("token").display()
+    );
+    let w = World::start("kube", vendor(), &renew).await;
+    // The Secret must exist: the writer may only get and update it.
+    assert_eq!(w.rotate(false).await, 1);
+    kube.create_secret("portvakt", "vendor-keys");
+    // Another writer changes the Secret between this pass's writes: the pass's next write is
+    // refused (409), and it reads again and plans afresh instead of overwriting.
+    let meddler = Meddler {
+        kube: &kube,
+        point: "observed",
+        left: AtomicUsize::new(1),
+    };
+    assert_eq!(w.rotate_cut(false, &meddler).await, 2);
+    assert!(kube.conflicts() >= 1, "no write was refused");
+    let stored = Keyset::parse(
+        &kube
+            .secret_key("portvakt", "vendor-keys", "keyset.json")
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(stored.keys.len(), 1);
+    assert_eq!(stored.keys[0].state, State::Pending);
+    assert_eq!(
+        w.mock.registered_kids(CLIENT_ID),
+        vec![stored.keys[0].kid.clone()]
+    );
+    assert!(
+        !w.keyset.exists(),
+        "the writer wrote the replicas' file, not the Secret"
+    );
+    w.clock.advance(601);
+    assert_eq!(w.rotate(false).await, 0);
+    // The kubelet puts the Secret's key at the mounted path; the proxies read it as a file.
+    let bytes = kube
+        .secret_key("portvakt", "vendor-keys", "keyset.json")
+        .unwrap();
+    std::fs::write(&w.keyset, bytes).unwrap();
+    assert_eq!(w.kids(State::Active), vec![stored.keys[0].kid.clone()]);
+    let config = portvakt::config::load(&w.config).unwrap();
+    let proxy = portvakt::app::start(&config).await.unwrap();
+    assert_eq!(get(&proxy, "/nav/x").await.status(), 200);
+    let _ = std::fs::remove_dir_all(&token_dir);
+}

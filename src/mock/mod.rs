@@ -1,12 +1,14 @@
 //! Test doubles that run for real on loopback: a mock Maskinporten, a mock Altinn token exchange
-//! and an echo upstream.
+//! an echo upstream, and a stand-in Kubernetes API server.
 //! Used by `portvakt demo` and the test suite; never by `portvakt run`.
 
 pub mod altinn;
+pub mod kubernetes;
 pub mod maskinporten;
 pub mod upstream;
 
 pub use altinn::MockAltinn;
+pub use kubernetes::MockKubernetes;
 pub use maskinporten::{MockClient, MockMaskinporten, Mode};
 pub use upstream::EchoUpstream;
 
