@@ -207,7 +207,12 @@ pub fn assemble(
                 key: Arc::new(ClientKey::new(Arc::clone(&c.key))),
             }),
         };
-        rotation::publish(&identity.name, &identity.key.current().1, metrics);
+        rotation::publish(
+            &identity.name,
+            &c.source,
+            &identity.key.current().1,
+            metrics,
+        );
         keys.push(Watched {
             name: Arc::clone(&identity.name),
             source: c.source.clone(),

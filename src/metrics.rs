@@ -65,6 +65,21 @@ pub struct ClientLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeysetKeyLabels {
+    pub client: Arc<String>,
+    pub kid: String,
+    /// pending, active or retiring.
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RotationLabels {
+    pub client: Arc<String>,
+    /// nothing, done, waiting or failed: how a background renewal pass ended.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
     pub client: Arc<String>,
     /// rotated, unchanged or error.
@@ -104,6 +119,12 @@ pub struct Metrics {
     pub certificate_not_after: Family<ClientLabels, Gauge>,
     pub key_age: Family<ClientLabels, Gauge>,
     pub key_reloads: Family<ReloadLabels, Counter>,
+    /// Each keyset key's registered `exp`, as a Unix timestamp.
+    pub registered_key_expiry: Family<KeysetKeyLabels, Gauge>,
+    pub renewer_last_success: Family<ClientLabels, Gauge>,
+    pub key_rotations: Family<RotationLabels, Counter>,
+    /// The keyset series last published per client, so that a key gone from the keyset loses its.
+    keyset_series: std::sync::Mutex<std::collections::HashMap<Arc<String>, Vec<KeysetKeyLabels>>>,
     pub altinn_exchanges: Family<FetchLabels, Counter>,
     pub unauthorized_retries: Family<RetryLabels, Counter>,
     pub slow_callers_cut: Family<CutLabels, Counter>,
@@ -209,14 +230,30 @@ impl Metrics {
             ),
             key_age: r.add(
                 "key_age",
-                "Age of the client's key, where known (certificate not-before, or the date in the kid)",
-                seconds,
+                "Age of the client's key, where known (certificate not-before, the keyset's record, or the date in the kid)",
+                seconds.clone(),
             ),
             key_reloads: r.add(
                 "key_reloads",
                 "Key files that changed on disk and were reloaded, by client and result",
                 None,
             ),
+            registered_key_expiry: r.add(
+                "registered_key_expiry",
+                "When Digdir's registration of each key of a keyset ends (its exp), as a Unix timestamp, by client, kid and state",
+                seconds.clone(),
+            ),
+            renewer_last_success: r.add(
+                "renewer_last_success_timestamp",
+                "When a renewal pass for the client's keyset last reached its end, as a Unix timestamp",
+                seconds,
+            ),
+            key_rotations: r.add(
+                "key_rotations",
+                "Renewal passes made by portvakt run (renew.background), by client and result",
+                None,
+            ),
+            keyset_series: std::sync::Mutex::new(std::collections::HashMap::new()),
             config_reloads: r.add(
                 "config_reloads",
                 "Configuration reloads (SIGHUP or a changed file), by result",
@@ -240,6 +277,42 @@ impl Metrics {
                 kind: fault.as_str(),
             })
             .inc();
+    }
+
+    /// The gauges of a client's keyset: each key's registered `exp`, the last successful pass.
+    pub fn publish_keyset(&self, client: &Arc<String>, keyset: &crate::keys::keyset::Keyset) {
+        let now: Vec<KeysetKeyLabels> = keyset
+            .keys
+            .iter()
+            .filter(|e| e.exp.is_some())
+            .map(|e| KeysetKeyLabels {
+                client: Arc::clone(client),
+                kid: e.kid.clone(),
+                state: e.state.as_str(),
+            })
+            .collect();
+        let mut series = crate::sync::lock(&self.keyset_series);
+        for gone in series.get(client).into_iter().flatten() {
+            if !now.contains(gone) {
+                self.registered_key_expiry.remove(gone);
+            }
+        }
+        for (labels, entry) in now
+            .iter()
+            .zip(keyset.keys.iter().filter(|e| e.exp.is_some()))
+        {
+            self.registered_key_expiry
+                .get_or_create(labels)
+                .set(entry.exp.unwrap_or_default());
+        }
+        series.insert(Arc::clone(client), now);
+        if let Some(t) = keyset.last_success {
+            self.renewer_last_success
+                .get_or_create(&ClientLabels {
+                    client: Arc::clone(client),
+                })
+                .set(t);
+        }
     }
 
     /// The Prometheus/OpenMetrics text exposition.

@@ -678,3 +678,74 @@ async fn a_keyset_in_a_kubernetes_secret_is_written_with_resource_version() {
     assert_eq!(get(&proxy, "/nav/x").await.status(), 200);
     let _ = std::fs::remove_dir_all(&token_dir);
 }
+
+#[tokio::test]
+async fn run_renews_in_the_background_on_the_replica_that_holds_the_lock() {
+    let renew = "      background: true\n      background_interval_seconds: 1\n      activate_after_seconds: 0\n      overlap_seconds: 3\n";
+    let w = World::start("background", vendor(), renew).await;
+    // The first key comes from `portvakt rotate` (the proxy needs a key to start).
+    assert_eq!(w.rotate(false).await, 0);
+    let first = w.kids(State::Active);
+    assert_eq!(first.len(), 1);
+    // Another replica holds the lock: this one makes no pass.
+    let lock = std::fs::File::create(w.dir.join("vendor.keyset.json.lock")).unwrap();
+    lock.try_lock().unwrap();
+    let config = portvakt::config::load(&w.config).unwrap();
+    let proxy = portvakt::app::start(&config).await.unwrap();
+    let calls = w.mock.selfservice_calls().len();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        w.mock.selfservice_calls().len(),
+        calls,
+        "a pass ran without the lock"
+    );
+    drop(lock);
+    // The active key is 61 days old now: the next pass rotates it, and one 3 s later retires the
+    // old one, after the proxy's key watcher (every second) has moved on.
+    let mut keyset = w.keyset();
+    keyset.keys[0].created -= 61 * DAY;
+    keyset.store(&w.keyset).unwrap();
+    let mut rotated = false;
+    for _ in 0..150 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let active = w.kids(State::Active);
+        if active != first && w.mock.registered_kids(CLIENT_ID) == active {
+            rotated = true;
+            break;
+        }
+    }
+    assert!(rotated, "no background rotation: {:?}", w.keyset());
+    let answer = get(&proxy, "/nav/x").await;
+    assert_eq!(answer.status(), 200, "{}", answer.text().await.unwrap());
+    let second = w.kids(State::Active);
+    let m = metrics_text(&proxy).await;
+    assert!(
+        metric_value(
+            &m,
+            r#"portvakt_key_rotations_total{client="vendor",result="done"}"#
+        ) >= Some(1.0),
+        "{m}"
+    );
+    let mut exp = None;
+    for _ in 0..30 {
+        let m = metrics_text(&proxy).await;
+        exp = metric_value(
+            &m,
+            &format!(
+                r#"portvakt_registered_key_expiry_seconds{{client="vendor",kid="{}",state="active"}}"#,
+                second[0]
+            ),
+        );
+        if exp.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!((exp.unwrap() - (w.clock.now() + 90 * DAY) as f64).abs() < 120.0);
+    assert!(metric_value(
+        &m,
+        r#"portvakt_renewer_last_success_timestamp_seconds{client="vendor"}"#
+    )
+    .is_some());
+    proxy.shutdown().await;
+}

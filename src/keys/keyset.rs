@@ -255,6 +255,12 @@ pub fn load_active(path: &Path) -> Result<SigningKey, KeyError> {
     })?;
     active
         .signing_key()
+        .map(|key| {
+            key.with_registration(super::Registration {
+                created: active.created,
+                exp: active.exp,
+            })
+        })
         .map_err(|e| KeyError::Invalid(format!("{}: {e}", path.display())))
 }
 

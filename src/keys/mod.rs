@@ -150,6 +150,16 @@ pub struct SigningKey {
     /// base64url modulus and exponent of the public key.
     public: (String, String),
     form: &'static str,
+    /// For a key from a keyset: when it was made, and the `exp` Digdir gave its registration.
+    registration: Option<Registration>,
+}
+
+/// What a keyset knows of its active key's registration with Digdir.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registration {
+    pub created: i64,
+    /// Unix seconds; `None` until the renewer has read it back from Digdir.
+    pub exp: Option<i64>,
 }
 
 impl SigningKey {
@@ -203,7 +213,18 @@ impl SigningKey {
             thumbprint: jwk_thumbprint(n, e),
             public: (b64url(n), b64url(e)),
             form,
+            registration: None,
         }
+    }
+
+    /// The key as a keyset's active key, with what is known of its registration.
+    pub fn with_registration(mut self, registration: Registration) -> Self {
+        self.registration = Some(registration);
+        self
+    }
+
+    pub fn registration(&self) -> Option<Registration> {
+        self.registration
     }
 
     /// The key for `jsonwebtoken`, when it is held in this process (not for an HSM key).

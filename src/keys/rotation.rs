@@ -63,6 +63,9 @@ impl ClientKey {
 /// When the key stops being usable: a certificate's not-after, or, for a registered key whose kid
 /// carries its creation date (as `portvakt keygen` and Altinn's tool name them), a year after that.
 pub fn not_after(key: &SigningKey) -> Option<i64> {
+    if let Some(exp) = key.registration().and_then(|r| r.exp) {
+        return Some(exp);
+    }
     match key.certificate() {
         Some(cert) => Some(cert.not_after),
         None => created(key).map(|c| c + REGISTERED_KEY_LIFETIME.as_secs() as i64),
@@ -74,6 +77,9 @@ pub fn not_after(key: &SigningKey) -> Option<i64> {
 pub fn created(key: &SigningKey) -> Option<i64> {
     if let Some(cert) = key.certificate() {
         return Some(cert.not_before);
+    }
+    if let Some(r) = key.registration() {
+        return Some(r.created);
     }
     let date = key.kid()?.rsplit('.').next()?;
     let mut parts = date.split('-');
@@ -96,6 +102,9 @@ pub fn expiry_warning(key: &SigningKey, now_unix: i64) -> Option<String> {
         return None;
     }
     let date = super::x509::date(end);
+    if key.registration().is_some() {
+        return Some(format!("Digdir's registration of this key ends on {date} ({days} days left): `portvakt rotate` renews it before then, so check that its runs succeed (`portvakt keys status`)"));
+    }
     Some(match key.certificate() {
         Some(_) if days < 0 => format!("the certificate expired on {date}"),
         Some(_) => format!("the certificate expires on {date} ({days} days left): order the renewed virksomhetssertifikat and install it"),
@@ -128,7 +137,7 @@ pub async fn watch(clients: Vec<Watched>, metrics: Arc<Metrics>, interval: Durat
                 reload(client, &metrics).await;
             }
             let (_, key) = client.key.current();
-            publish(&client.name, &key, &metrics);
+            publish(&client.name, &client.source, &key, &metrics);
             // Once at startup and then daily, not on every tick.
             let due = last_warning[i].is_none_or(|t| t.elapsed() >= Duration::from_secs(86_400));
             if due {
@@ -147,7 +156,13 @@ async fn reload(client: &Watched, metrics: &Metrics) {
     let loaded = tokio::task::spawn_blocking(move || load(&source)).await;
     let (_, old) = client.key.current();
     let result = match loaded {
-        Ok(Ok(key)) if key.same_identity(&old) => "unchanged",
+        Ok(Ok(key)) if key.same_identity(&old) => {
+            // The same key, with news of its registration (its `exp` read back from Digdir).
+            if key.registration() != old.registration() {
+                client.key.succeed(Arc::new(key));
+            }
+            "unchanged"
+        }
         Ok(Ok(key)) if retiring_in_keyset(&client.source, &old) => {
             tracing::info!(client = %client.name, from = %old.label(), to = %key.label(), thumbprint = key.thumbprint(), "key renewed: new tokens are signed with the new key; tokens already fetched keep serving, since the previous key stays registered while it retires");
             client.key.succeed(Arc::new(key));
@@ -188,11 +203,20 @@ fn retiring_in_keyset(source: &KeySource, old: &SigningKey) -> bool {
     })
 }
 
-/// Sets the client's key gauges: certificate not-after and key age, where known.
-pub fn publish(client: &Arc<String>, key: &SigningKey, metrics: &Metrics) {
+/// Sets the client's key gauges: certificate not-after and key age, where known; for a keyset,
+/// each key's registered `exp` and the renewer's last successful pass.
+pub fn publish(client: &Arc<String>, source: &KeySource, key: &SigningKey, metrics: &Metrics) {
     let labels = ClientLabels {
         client: Arc::clone(client),
     };
+    if let KeySource::Keyset { path } = source {
+        if let Ok(set) = std::fs::read(path)
+            .map_err(drop)
+            .and_then(|b| super::keyset::Keyset::parse(&b).map_err(drop))
+        {
+            metrics.publish_keyset(client, &set);
+        }
+    }
     if let Some(cert) = key.certificate() {
         metrics
             .certificate_not_after

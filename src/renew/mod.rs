@@ -7,6 +7,7 @@
 //! key it replaces stays registered for `overlap` (see `plan.rs` for the order of steps).
 
 pub mod api;
+pub mod background;
 pub mod command;
 pub mod kubernetes;
 pub mod pass;
