@@ -749,3 +749,64 @@ async fn run_renews_in_the_background_on_the_replica_that_holds_the_lock() {
     .is_some());
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn with_a_secret_keyset_the_replica_holding_the_lease_renews() {
+    let kube = portvakt::mock::MockKubernetes::start("sa-token")
+        .await
+        .unwrap();
+    kube.create_secret("portvakt", "vendor-keys");
+    let token_dir = std::env::temp_dir().join(format!("portvakt-sa-{}", fastrand::u32(..)));
+    std::fs::create_dir_all(&token_dir).unwrap();
+    std::fs::write(token_dir.join("token"), "sa-token").unwrap();
+    let renew = format!(
+        "      background: true\n      background_interval_seconds: 1\n      kubernetes_secret:\n        namespace: portvakt\n        name: vendor-keys\n        api_server: {}\n        token_file: {}\n",
+        kube.url(),
+        token_dir.join("token").display()
+    );
+    let w = World::start("lease", vendor(), &renew).await;
+    assert_eq!(w.rotate(false).await, 2);
+    w.clock.advance(601);
+    assert_eq!(w.rotate(false).await, 0);
+    std::fs::write(
+        &w.keyset,
+        kube.secret_key("portvakt", "vendor-keys", "keyset.json")
+            .unwrap(),
+    )
+    .unwrap();
+    // Another replica holds the Lease for a minute: this one makes no pass.
+    kube.set_lease("portvakt", "vendor-keys-renewer", Some("replica-b"), 60);
+    let config = portvakt::config::load(&w.config).unwrap();
+    let proxy = portvakt::app::start(&config).await.unwrap();
+    let calls = w.mock.selfservice_calls().len();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        w.mock.selfservice_calls().len(),
+        calls,
+        "a pass ran without the lease"
+    );
+    assert_eq!(
+        kube.lease_holder("portvakt", "vendor-keys-renewer")
+            .as_deref(),
+        Some("replica-b")
+    );
+    // The other replica gives it back: this one takes it, makes its pass and gives it back.
+    kube.set_lease("portvakt", "vendor-keys-renewer", None, 1);
+    let mut passed = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if w.mock.selfservice_calls().len() > calls
+            && kube
+                .lease_holder("portvakt", "vendor-keys-renewer")
+                .is_none()
+        {
+            passed = true;
+            break;
+        }
+    }
+    assert!(passed, "no pass after the lease was free");
+    assert!(!kube.lease_holders().is_empty());
+    assert!(!kube.lease_holders().contains(&"replica-b".to_string()));
+    proxy.shutdown().await;
+    let _ = std::fs::remove_dir_all(&token_dir);
+}

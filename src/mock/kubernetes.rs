@@ -26,6 +26,7 @@ struct Inner {
     version: AtomicU64,
     /// Every write that was refused for a stale resourceVersion.
     conflicts: AtomicU64,
+    holders: Mutex<Vec<String>>,
 }
 
 pub struct MockKubernetes {
@@ -44,6 +45,7 @@ impl MockKubernetes {
             objects: Mutex::new(HashMap::new()),
             version: AtomicU64::new(100),
             conflicts: AtomicU64::new(0),
+            holders: Mutex::new(Vec::new()),
         });
         let (shutdown, stop) = watch::channel(false);
         let state = Arc::clone(&inner);
@@ -110,6 +112,35 @@ impl MockKubernetes {
 
     pub fn conflicts(&self) -> u64 {
         self.inner.conflicts.load(Ordering::SeqCst)
+    }
+
+    /// Another replica holds the Lease (`None`: nobody), renewed now for `seconds`.
+    pub fn set_lease(&self, namespace: &str, name: &str, holder: Option<&str>, seconds: u64) {
+        let version = self
+            .inner
+            .version
+            .fetch_add(1, Ordering::SeqCst)
+            .to_string();
+        let now = crate::time::unix_now() as i64;
+        let date = crate::keys::x509::date(now);
+        let secs = now.rem_euclid(86_400);
+        let stamp = format!(
+            "{date}T{:02}:{:02}:{:02}.000000Z",
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60
+        );
+        lock(&self.inner.objects).insert(
+            ("leases".into(), namespace.into(), name.into()),
+            json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                   "metadata": {"name": name, "namespace": namespace, "resourceVersion": version},
+                   "spec": {"holderIdentity": holder, "leaseDurationSeconds": seconds, "renewTime": stamp}}),
+        );
+    }
+
+    /// Every holder the Lease has had, in order, as the stand-in saw its updates.
+    pub fn lease_holders(&self) -> Vec<String> {
+        lock(&self.inner.holders).clone()
     }
 
     /// A Lease's holder, if any.
@@ -195,6 +226,9 @@ async fn handle(inner: Arc<Inner>, request: Request<Incoming>) -> Answer {
             }
             let mut object = body;
             object["metadata"]["resourceVersion"] = json!(next());
+            if let Some(holder) = object["spec"]["holderIdentity"].as_str() {
+                lock(&inner.holders).push(holder.to_string());
+            }
             objects.insert(key(&name), object.clone());
             answer(StatusCode::CREATED, &object)
         }
@@ -217,6 +251,9 @@ async fn handle(inner: Arc<Inner>, request: Request<Incoming>) -> Answer {
             }
             let mut object = body;
             object["metadata"]["resourceVersion"] = json!(next());
+            if let Some(holder) = object["spec"]["holderIdentity"].as_str() {
+                lock(&inner.holders).push(holder.to_string());
+            }
             objects.insert(key(name), object.clone());
             answer(StatusCode::OK, &object)
         }
