@@ -163,9 +163,23 @@ pub fn render(proxy: &Proxy) -> String {
             None => "<span class=\"muted\">unknown (no certificate, no date in the kid)</span>"
                 .to_string(),
         };
+        let renewal = match key.registration() {
+            None => String::new(),
+            Some(r) => match r.last_pass {
+                Some(t) if now - t > 48 * 3600 => format!(
+                    "<div class=\"hint\">renewed by portvakt; no renewal pass has succeeded since {}: check <code>portvakt rotate</code></div>",
+                    datetime(t)
+                ),
+                Some(t) => format!(
+                    "<div class=\"muted\">renewed by portvakt · last pass {}</div>",
+                    datetime(t)
+                ),
+                None => "<div class=\"muted\">renewed by portvakt · no pass yet</div>".into(),
+            },
+        };
         let _ = write!(
             page,
-            "<tr><td><b>{}</b></td><td><code>{}</code></td><td>{} · <code>{}</code></td><td>{}</td><td>{}</td></tr>",
+            "<tr><td><b>{}</b></td><td><code>{}</code></td><td>{} · <code>{}</code>{renewal}</td><td>{}</td><td>{}</td></tr>",
             esc(&client.name),
             esc(&client.client_id),
             key.form(),

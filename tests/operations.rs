@@ -346,6 +346,8 @@ async fn alerts_and_dashboard_use_only_metrics_portvakt_exports() {
         "PortvaktTokenFetchesFailing",
         "PortvaktHigh5xxRatio",
         "PortvaktClockSkew",
+        "PortvaktRenewedKeyExpiresSoon",
+        "PortvaktKeyRenewalStalled",
     ] {
         assert!(text.contains(alert), "{alert}");
     }

@@ -259,6 +259,7 @@ pub fn load_active(path: &Path) -> Result<SigningKey, KeyError> {
             key.with_registration(super::Registration {
                 created: active.created,
                 exp: active.exp,
+                last_pass: set.last_success,
             })
         })
         .map_err(|e| KeyError::Invalid(format!("{}: {e}", path.display())))

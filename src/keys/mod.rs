@@ -160,6 +160,8 @@ pub struct Registration {
     pub created: i64,
     /// Unix seconds; `None` until the renewer has read it back from Digdir.
     pub exp: Option<i64>,
+    /// When a renewal pass last reached its end.
+    pub last_pass: Option<i64>,
 }
 
 impl SigningKey {
