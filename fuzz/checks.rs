@@ -142,6 +142,7 @@ fn certificate_is_sane(cert: &Certificate) {
 /// PEM, JWK, JWK set and base64 JWK: a key that loads is RSA of at least 2048 bits with a kid
 /// and an RFC 7638 thumbprint.
 pub fn key_text(data: &[u8]) {
+    keyset(data);
     let loaded = [
         SigningKey::from_pem(data, "kid-1"),
         jwk::load(data, "jwk"),
@@ -161,6 +162,55 @@ pub fn key_text(data: &[u8]) {
     }
 }
 
+/// A keyset file: one that reads has unique kids, at most one active key, every key RSA >= 2048
+/// bits, and writes back to the same; the renewal plan for it never posts a set without its active
+/// key or with more than five keys.
+fn keyset(data: &[u8]) {
+    use portvakt::keys::keyset::{Keyset, State};
+    let Ok(set) = Keyset::parse(data) else {
+        return;
+    };
+    assert!(set.keys.iter().filter(|e| e.state == State::Active).count() <= 1);
+    for e in &set.keys {
+        assert!(e.signing_key().unwrap().bits() >= 2048);
+        assert!(e.public_jwk().get("d").is_none(), "a public JWK with a private part");
+    }
+    let again = Keyset::parse(&serde_json::to_vec(&set).unwrap()).unwrap();
+    assert_eq!(again, set);
+    let renew = portvakt::config::Renew {
+        key_lifetime: std::time::Duration::from_secs(90 * 86_400),
+        rotate_after: std::time::Duration::from_secs(60 * 86_400),
+        renew_before: std::time::Duration::from_secs(30 * 86_400),
+        activate_after: std::time::Duration::from_secs(600),
+        overlap: std::time::Duration::from_secs(86_400),
+        bits: 2048,
+        kid_prefix: "fuzz".into(),
+        kubernetes_secret: None,
+        background: false,
+        background_interval: std::time::Duration::from_secs(3600),
+    };
+    let facts = portvakt::renew::plan::Facts {
+        keyset: &set,
+        registered: &[],
+        now: 1_800_000_000,
+        renew: &renew,
+        force: false,
+    };
+    use portvakt::renew::plan::Step;
+    match portvakt::renew::plan::plan(&facts) {
+        Step::Register { set: posted, .. }
+        | Step::RenewInPlace { set: posted, .. }
+        | Step::Retire { set: posted, .. } => {
+            assert!(!posted.is_empty() && posted.len() <= 5);
+            if let Some(a) = set.active() {
+                assert!(posted.iter().any(|k| k["kid"] == a.kid.as_str()));
+            }
+            assert!(posted.iter().all(|k| k.get("d").is_none()));
+        }
+        _ => {}
+    }
+}
+
 /// Maskinporten's token answer and error answer, Altinn's exchange answer, `Retry-After` and HTTP
 /// dates. A token taken is printable and lives; a rejection carries only short, printable,
 /// parsed fields, never the body; dates in any of RFC 9110's three forms round-trip.
@@ -169,6 +219,7 @@ pub fn answers(data: &[u8]) {
         Some((s, rest)) => ([200, 400, 401, 429, 503, 201][usize::from(*s) % 6], rest),
         None => (200, data),
     };
+    selfservice_answers(status, body);
     match portvakt::token::client::read_answer(status, None, body) {
         Ok(issued) => {
             assert!((200..300).contains(&status));
@@ -445,4 +496,24 @@ pub fn pipeline(data: &[u8]) -> usize {
         }
     }
     received.len()
+}
+
+/// Digdir's self-service answers: a key listing read gives kids in Digdir's alphabet; a refusal's
+/// explanation is printable and bounded, whatever the body.
+fn selfservice_answers(status: u16, body: &[u8]) {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return;
+    };
+    if let Ok(keys) = portvakt::renew::api::parse_listing(&value) {
+        for k in keys {
+            assert!(!k.kid.is_empty() && k.kid.len() <= 256);
+            assert!(k
+                .kid
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')));
+        }
+    }
+    let explained = portvakt::renew::api::explain(status, &value);
+    assert!(!explained.chars().any(char::is_control), "{explained:?}");
+    assert!(explained.chars().count() <= 600);
 }

@@ -167,6 +167,39 @@ impl Api {
     }
 }
 
+/// `GET /jwks`'s answer: `{"keys": [...]}`, each key with a kid (Digdir's rule: letters, digits,
+/// `.`, `_`, `-`), at most a few dozen. Anything else is refused rather than half read, since the
+/// set is posted back.
+pub fn parse_listing(body: &Value) -> Result<Vec<Registered>, String> {
+    let keys = body
+        .get("keys")
+        .and_then(Value::as_array)
+        .ok_or("the answer has no `keys` list")?;
+    if keys.len() > 64 {
+        return Err(format!("the answer lists {} keys", keys.len()));
+    }
+    keys.iter()
+        .map(|k| {
+            let kid = k
+                .get("kid")
+                .and_then(Value::as_str)
+                .filter(|kid| {
+                    !kid.is_empty()
+                        && kid.len() <= 256
+                        && kid
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                })
+                .ok_or("a listed key has no readable kid")?;
+            Ok(Registered {
+                kid: kid.to_string(),
+                exp: k.get("exp").and_then(Value::as_i64),
+                jwk: k.clone(),
+            })
+        })
+        .collect()
+}
+
 /// Digdir's own words: `errors[].errorMessage`, else `error_description`.
 fn digdir_message(body: &Value) -> String {
     let messages: Vec<&str> = body
@@ -191,7 +224,8 @@ fn digdir_message(body: &Value) -> String {
     text.chars().filter(|c| !c.is_control()).take(300).collect()
 }
 
-fn explain(status: u16, body: &Value) -> String {
+/// What a refusal means, for the operator: Digdir's words (bounded, printable) and the likely fix.
+pub fn explain(status: u16, body: &Value) -> String {
     let said = digdir_message(body);
     match status {
         401 => format!("{said}: the administration client's token was not accepted"),
