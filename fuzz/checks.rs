@@ -173,7 +173,10 @@ fn keyset(data: &[u8]) {
     assert!(set.keys.iter().filter(|e| e.state == State::Active).count() <= 1);
     for e in &set.keys {
         assert!(e.signing_key().unwrap().bits() >= 2048);
-        assert!(e.public_jwk().get("d").is_none(), "a public JWK with a private part");
+        assert!(
+            e.public_jwk().get("d").is_none(),
+            "a public JWK with a private part"
+        );
     }
     let again = Keyset::parse(&serde_json::to_vec(&set).unwrap()).unwrap();
     assert_eq!(again, set);

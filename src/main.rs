@@ -103,6 +103,11 @@ enum Command {
         /// Print the next step and how Digdir's set would change; write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// When a new key must wait before it may sign, wait (at most activate_after_seconds
+        /// plus 15 minutes) and finish the rotation in this run: exit 0 rather than 2, as a
+        /// Kubernetes CronJob wants.
+        #[arg(long, conflicts_with = "dry_run")]
+        wait: bool,
     },
     /// Keys that portvakt renews: their status, and adopting a key registered earlier.
     Keys {
@@ -297,9 +302,17 @@ fn main() -> ExitCode {
                 client,
                 force,
                 dry_run,
-            } => ExitCode::from(
-                portvakt::renew::command::rotate(&config, client.as_deref(), force, dry_run).await,
-            ),
+                wait,
+            } => {
+                let flags = portvakt::renew::command::Flags {
+                    force,
+                    dry_run,
+                    wait,
+                };
+                ExitCode::from(
+                    portvakt::renew::command::rotate(&config, client.as_deref(), flags).await,
+                )
+            }
             Command::Keys {
                 command: KeysCommand::Status { config, client },
             } => ExitCode::from(portvakt::renew::command::status(&config, client.as_deref()).await),

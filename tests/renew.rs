@@ -135,10 +135,11 @@ clients:
 
     async fn rotate_cut(&self, force: bool, faults: &dyn Faults) -> u8 {
         let clock = self.clock.clone();
-        rotate_with(&self.config, None, force, false, faults, &move || {
-            clock.now()
-        })
-        .await
+        let flags = portvakt::renew::command::Flags {
+            force,
+            ..Default::default()
+        };
+        rotate_with(&self.config, None, flags, faults, &move || clock.now()).await
     }
 
     fn keyset(&self) -> Keyset {
@@ -809,4 +810,26 @@ async fn with_a_secret_keyset_the_replica_holding_the_lease_renews() {
     assert!(!kube.lease_holders().contains(&"replica-b".to_string()));
     proxy.shutdown().await;
     let _ = std::fs::remove_dir_all(&token_dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_wait_finishes_a_rotation_in_one_run_as_a_cronjob_wants() {
+    let w = World::start("wait", vendor(), "      activate_after_seconds: 2\n").await;
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_portvakt"))
+        .args(["rotate", "--wait", "--config"])
+        .arg(&w.config)
+        .env("PORTVAKT_LOG_FORMAT", "text")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(out.contains("vendor: waiting: the new key"), "{out}");
+    assert!(out.contains("vendor: activate "), "{out}");
+    assert_eq!(w.kids(State::Active).len(), 1);
+    assert_eq!(w.mock.registered_kids(CLIENT_ID), w.kids(State::Active));
 }

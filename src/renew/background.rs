@@ -124,7 +124,7 @@ async fn once(
     let result = match &outcome {
         Outcome::Nothing => "nothing",
         Outcome::Done => "done",
-        Outcome::Waiting(why) => {
+        Outcome::Waiting(why, _) => {
             tracing::info!(client = %renewal.client, "key renewal waits: {why}");
             "waiting"
         }

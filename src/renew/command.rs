@@ -17,16 +17,28 @@ fn load(config: &Path) -> Result<crate::config::Config, u8> {
 }
 
 /// One pass of the renewal plan for each chosen client.
-pub async fn rotate(config: &Path, client: Option<&str>, force: bool, dry_run: bool) -> u8 {
-    rotate_with(config, client, force, dry_run, &pass::Uncut, &super::now).await
+/// Flags of `portvakt rotate`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Flags {
+    pub force: bool,
+    pub dry_run: bool,
+    /// Wait for a pending key to become usable and finish its rotation in this run (as a CronJob
+    /// wants, where exit 2 would count as a failed Job), for at most `activate_after` + 15 minutes.
+    pub wait: bool,
+}
+
+/// Longest wait past `activate_after` that `--wait` allows (Digdir's propagation, a slow grant).
+const WAIT_MARGIN: i64 = 900;
+
+pub async fn rotate(config: &Path, client: Option<&str>, flags: Flags) -> u8 {
+    rotate_with(config, client, flags, &pass::Uncut, &super::now).await
 }
 
 /// [`rotate`] with a clock and a place to cut the pass, for tests.
 pub async fn rotate_with(
     config: &Path,
     client: Option<&str>,
-    force: bool,
-    dry_run: bool,
+    flags: Flags,
     faults: &dyn pass::Faults,
     now: &(dyn Fn() -> i64 + Sync),
 ) -> u8 {
@@ -52,18 +64,33 @@ pub async fn rotate_with(
             report: Vec::new(),
         };
         let options = Options {
-            force,
-            dry_run,
+            force: flags.force,
+            dry_run: flags.dry_run,
             now,
         };
-        let outcome = pass::run(renewal, &mut cx, &options).await;
+        let started = now();
+        let mut outcome = pass::run(renewal, &mut cx, &options).await;
+        let deadline = started + renewal.renew.activate_after.as_secs() as i64 + WAIT_MARGIN;
+        while let (true, Outcome::Waiting(why, at)) = (flags.wait && !flags.dry_run, &outcome) {
+            if *at > deadline {
+                break;
+            }
+            println!("{}: waiting: {why}", renewal.client);
+            let pause = (*at - now()).clamp(1, WAIT_MARGIN) as u64;
+            tokio::time::sleep(std::time::Duration::from_secs(pause)).await;
+            let again = Options {
+                force: false,
+                ..options
+            };
+            outcome = pass::run(renewal, &mut cx, &again).await;
+        }
         for line in &cx.report {
             println!("{}: {line}", renewal.client);
         }
         match outcome {
             Outcome::Nothing => println!("{}: nothing to do", renewal.client),
             Outcome::Done => println!("{}: done", renewal.client),
-            Outcome::Waiting(why) => {
+            Outcome::Waiting(why, _) => {
                 println!("{}: waiting: {why}", renewal.client);
                 if code == 0 {
                     code = EXIT_WAITING;

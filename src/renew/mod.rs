@@ -86,7 +86,7 @@ pub fn status(keyset: &Keyset, registered: &[api::Registered], now: i64) -> Vec<
             format!(
                 "{} ({} days)",
                 crate::keys::x509::date(e),
-                (e - now).div_euclid(86_400)
+                (e - now + 43_200).div_euclid(86_400)
             )
         }),
         None => "NOT REGISTERED".into(),

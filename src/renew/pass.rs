@@ -34,8 +34,8 @@ pub enum Outcome {
     Nothing,
     /// Something changed; what, in order.
     Done,
-    /// A pending key is registered but may not sign yet.
-    Waiting(String),
+    /// A pending key is registered but may not sign yet: why, and when to try again (Unix seconds).
+    Waiting(String, i64),
     Failed(String),
 }
 
@@ -123,7 +123,7 @@ pub async fn run(renewal: &Renewal, cx: &mut Context<'_>, options: &Options<'_>)
             cx.report.push(describe(&step, &facts));
             return match step {
                 Step::Nothing => Outcome::Nothing,
-                Step::Wait { kid, .. } => Outcome::Waiting(kid),
+                Step::Wait { kid, until } => Outcome::Waiting(kid, until),
                 Step::Refuse(why) => Outcome::Failed(why),
                 _ => Outcome::Done,
             };
@@ -143,11 +143,14 @@ pub async fn run(renewal: &Renewal, cx: &mut Context<'_>, options: &Options<'_>)
             }
             Step::Wait { kid, until } => {
                 let _ = note_success(&mut store, &mut keyset, cx, now).await;
-                return Outcome::Waiting(format!(
-                    "the new key {kid} signs once it has been registered {} s more (at {})",
-                    until - now,
-                    crate::keys::x509::datetime(*until)
-                ));
+                return Outcome::Waiting(
+                    format!(
+                        "the new key {kid} signs once it has been registered {} s more (at {})",
+                        until - now,
+                        crate::keys::x509::datetime(*until)
+                    ),
+                    *until,
+                );
             }
             Step::Refuse(why) => return Outcome::Failed(why.clone()),
             Step::Register { why, set } => {
@@ -308,9 +311,10 @@ async fn activate(
     match cx.endpoint.request(&renewal.client_id, &key, &spec).await {
         Ok(_) => {}
         Err(FetchError::Rejected { code, .. }) if code.as_deref() == Some("MP-124") => {
-            return Err(Outcome::Waiting(format!(
-                "Maskinporten does not know the new key {kid} yet"
-            ))
+            return Err(Outcome::Waiting(
+                format!("Maskinporten does not know the new key {kid} yet"),
+                now + 30,
+            )
             .into())
         }
         Err(e) => {
