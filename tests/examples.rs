@@ -79,6 +79,8 @@ fn localise(text: &str, mock: &MockMaskinporten, altinn: &MockAltinn, upstream: 
             fixture("altinn-subscription-key.txt"),
         ),
     ];
+    // A renewed client's keyset, as the renewer leaves it in the mounted Secret.
+    let keyset = [("/run/secrets/portvakt-keyset/keyset.json", fixture("vendor.keyset.json"))];
     let mut out = String::new();
     for line in text.lines() {
         let trimmed = line.trim_start();
@@ -111,6 +113,9 @@ fn localise(text: &str, mock: &MockMaskinporten, altinn: &MockAltinn, upstream: 
         let mut line = line;
         for (name, path) in &secrets {
             line = line.replace(&format!("/run/secrets/portvakt/{name}"), path);
+        }
+        for (at, path) in &keyset {
+            line = line.replace(at, path);
         }
         out.push_str(&line);
         out.push('\n');
