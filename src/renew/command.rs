@@ -205,17 +205,37 @@ pub async fn adopt(config: &Path, client: &str, from: &Path, kid: Option<&str>) 
             return 1;
         }
     }
-    match super::adopt(&renewal, &key, jwk, super::now()) {
+    let keyset = match super::adopted(&renewal, &key, jwk, super::now()) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("portvakt keys adopt: {e:#}");
+            return 1;
+        }
+    };
+    let written = async {
+        let mut store = super::store::Store::for_renewal(&renewal)?;
+        store.begin()?;
+        if !store.read().await?.keys.is_empty() {
+            return Err(super::store::StoreError::Failed(
+                "the keyset already holds keys: adopt only into a new keyset".into(),
+            ));
+        }
+        store.write(&keyset).await
+    };
+    match written.await {
         Ok(()) => {
+            let at = match &renewal.renew.kubernetes_secret {
+                Some(s) => format!("Secret {}/{} key {}", s.namespace, s.name, s.key),
+                None => renewal.keyset.display().to_string(),
+            };
             println!(
-                "{}: adopted {kid} as the active key of {}; point key.keyset at it and run `portvakt rotate`",
-                renewal.client,
-                renewal.keyset.display()
+                "{}: adopted {kid} as the active key of {at}; point key.keyset at it, and `portvakt rotate` renews it from now on",
+                renewal.client
             );
             0
         }
         Err(e) => {
-            eprintln!("portvakt keys adopt: {e:#}");
+            eprintln!("portvakt keys adopt: {e}");
             1
         }
     }

@@ -120,24 +120,18 @@ pub fn status(keyset: &Keyset, registered: &[api::Registered], now: i64) -> Vec<
     lines
 }
 
-/// Takes a key registered earlier (a private JWK, or PEM with its kid) into an empty keyset as
-/// the active key, so that an installation moves to renewal without a new registration.
-pub fn adopt(
+/// The keyset a key registered earlier becomes: that key alone, active. `keys adopt` writes it into
+/// the client's (empty) store, so that an installation moves to renewal without a new registration.
+pub fn adopted(
     renewal: &Renewal,
     key: &crate::keys::SigningKey,
     private_jwk: serde_json::Value,
     now: i64,
-) -> anyhow::Result<()> {
-    let mut keyset = Keyset::read(&renewal.keyset, &renewal.client_id)?;
-    if !keyset.keys.is_empty() {
-        anyhow::bail!(
-            "{} already holds keys: adopt only into a new keyset",
-            renewal.keyset.display()
-        );
-    }
+) -> anyhow::Result<Keyset> {
     let Some(kid) = key.kid() else {
         anyhow::bail!("the key has no kid: only a registered key can be adopted");
     };
+    let mut keyset = Keyset::new(&renewal.client_id);
     keyset.keys.push(Entry {
         kid: kid.to_string(),
         state: State::Active,
@@ -149,6 +143,5 @@ pub fn adopt(
         jwk: Secret::new(private_jwk),
     });
     Keyset::parse(&serde_json::to_vec(&keyset)?)?;
-    keyset.store(&renewal.keyset)?;
-    Ok(())
+    Ok(keyset)
 }
