@@ -80,7 +80,10 @@ fn localise(text: &str, mock: &MockMaskinporten, altinn: &MockAltinn, upstream: 
         ),
     ];
     // A renewed client's keyset, as the renewer leaves it in the mounted Secret.
-    let keyset = [("/run/secrets/portvakt-keyset/keyset.json", fixture("vendor.keyset.json"))];
+    let keyset = [(
+        "/run/secrets/portvakt-keyset/keyset.json",
+        fixture("vendor.keyset.json"),
+    )];
     let mut out = String::new();
     for line in text.lines() {
         let trimmed = line.trim_start();

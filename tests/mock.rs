@@ -333,3 +333,163 @@ async fn a_client_with_registered_keys_must_send_kid() {
         "{body}"
     );
 }
+
+/// A token for an administration client of SUPPLIER_ORG with `scopes`, from the mock itself.
+async fn admin_token(mock: &MockMaskinporten, scopes: &[&str]) -> String {
+    let admin_id = "ad000000-0000-4000-8000-0000000000ad";
+    mock.add_client(
+        portvakt::mock::MockClient::new(admin_id, SUPPLIER_ORG)
+            .public_jwk(
+                &SigningKey::from_pem(
+                    &std::fs::read(fixtures().join("client-a.pem")).unwrap(),
+                    "admin",
+                )
+                .unwrap()
+                .public_jwk(),
+            )
+            .scopes(scopes.iter().copied()),
+    );
+    let key = SigningKey::from_pem(
+        &std::fs::read(fixtures().join("client-a.pem")).unwrap(),
+        "admin",
+    )
+    .unwrap();
+    let spec = GrantSpec::new(
+        &scopes.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        None,
+        None,
+        &[],
+    );
+    let assertion = grant::sign(&mock.issuer(), admin_id, &key, &spec, unix_now())
+        .await
+        .unwrap();
+    let (status, body) = post(&mock, &assertion).await;
+    assert_eq!(status, 200, "{body}");
+    body["access_token"].as_str().unwrap().to_string()
+}
+
+async fn jwks(mock: &MockMaskinporten, token: &str, body: Option<Value>) -> (u16, Value) {
+    let url = format!("http://{}/api/v1/clients/{CLIENT_ID}/jwks", mock.addr());
+    let request = match &body {
+        Some(b) => http_client().post(&url).json(b),
+        None => http_client().get(&url),
+    };
+    let answer = request.bearer_auth(token).send().await.unwrap();
+    let status = answer.status().as_u16();
+    (status, answer.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn the_self_service_api_keeps_digdir_s_rules_for_keys() {
+    let mock = MockMaskinporten::start(vec![registered_client()], 120)
+        .await
+        .unwrap();
+    let token = admin_token(&mock, &["idporten:dcr.read", "idporten:dcr.modify"]).await;
+    let public = |kid: &str| {
+        let k = portvakt::keys::generate(2048, kid).unwrap();
+        k.public_jwks["keys"][0].clone()
+    };
+    let error = |body: &Value| {
+        body["errors"][0]["errorMessage"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    // The listing: the registered key, with Digdir's exp (a year).
+    let (status, listed) = jwks(&mock, &token, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(listed["keys"][0]["kid"], KID);
+    let exp = listed["keys"][0]["exp"].as_i64().unwrap();
+    assert!((exp - unix_now() as i64 - 365 * 86_400).abs() < 60);
+    // Six keys, a key without `use`, a private part, an exp past a year: 400 with Digdir's errors[].
+    let six: Vec<Value> = (0..6).map(|i| public(&format!("k{i}"))).collect();
+    let (status, body) = jwks(&mock, &token, Some(json!({"keys": six}))).await;
+    assert_eq!(
+        (status, error(&body).contains("Maks 5")),
+        (400, true),
+        "{body}"
+    );
+    let mut no_use = public("no-use");
+    no_use.as_object_mut().unwrap().remove("use");
+    let (status, body) = jwks(&mock, &token, Some(json!({"keys": [no_use]}))).await;
+    assert_eq!(
+        (status, error(&body).contains("use")),
+        (400, true),
+        "{body}"
+    );
+    let private = portvakt::keys::generate(2048, "private")
+        .unwrap()
+        .private_jwk
+        .expose()
+        .clone();
+    let (status, _) = jwks(&mock, &token, Some(json!({"keys": [private]}))).await;
+    assert_eq!(status, 400);
+    let mut far = public("far");
+    far["exp"] = json!(unix_now() + 400 * 86_400);
+    assert_eq!(
+        jwks(&mock, &token, Some(json!({"keys": [far]}))).await.0,
+        400
+    );
+    // The same kid twice: 409.
+    let (status, _) = jwks(
+        &mock,
+        &token,
+        Some(json!({"keys": [public("twice"), public("twice")]})),
+    )
+    .await;
+    assert_eq!(status, 409);
+    assert_eq!(
+        mock.registered_kids(CLIENT_ID),
+        vec![KID.to_string()],
+        "a refused post changed the set"
+    );
+    // A good post replaces the whole set; a new kid has a year unless exp says less.
+    let (status, body) = jwks(&mock, &token, Some(json!({"keys": [public("new-1")]}))).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(mock.registered_kids(CLIENT_ID), vec!["new-1".to_string()]);
+    // Reading needs dcr.read; changing needs dcr.modify (or .write); another organisation's client is 403.
+    let reader = admin_token(&mock, &["idporten:dcr.read"]).await;
+    assert_eq!(
+        jwks(&mock, &reader, Some(json!({"keys": [public("x")]})))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(jwks(&mock, "not-a-token", None).await.0, 401);
+}
+
+#[tokio::test]
+async fn a_new_kid_waits_out_the_propagation_and_an_expired_one_is_mp_121() {
+    let mock = MockMaskinporten::start(vec![registered_client()], 120)
+        .await
+        .unwrap();
+    let token = admin_token(&mock, &["idporten:dcr.read", "idporten:dcr.modify"]).await;
+    mock.set_key_propagation(std::time::Duration::from_secs(2));
+    let key = portvakt::keys::generate(2048, "fresh").unwrap();
+    let signing = portvakt::keys::keyset::Entry::signing_key_of(key.private_jwk.expose()).unwrap();
+    let mut public = key.public_jwks["keys"][0].clone();
+    public["exp"] = json!(unix_now() + 3);
+    assert_eq!(
+        jwks(&mock, &token, Some(json!({"keys": [public]}))).await.0,
+        201
+    );
+    let grant = || async {
+        let spec = GrantSpec::new(&[SCOPE.to_string()], None, None, &[]);
+        let a = grant::sign(&mock.issuer(), CLIENT_ID, &signing, &spec, unix_now())
+            .await
+            .unwrap();
+        let (_, body) = post(&mock, &a).await;
+        body["error_description"]
+            .as_str()
+            .unwrap_or("ok")
+            .to_string()
+    };
+    assert!(
+        grant().await.contains("Unknown key identifier"),
+        "before the propagation delay"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(grant().await, "ok");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert!(grant().await.contains("MP-121"), "past its exp");
+}
