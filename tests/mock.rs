@@ -363,7 +363,7 @@ async fn admin_token(mock: &MockMaskinporten, scopes: &[&str]) -> String {
     let assertion = grant::sign(&mock.issuer(), admin_id, &key, &spec, unix_now())
         .await
         .unwrap();
-    let (status, body) = post(&mock, &assertion).await;
+    let (status, body) = post(mock, &assertion).await;
     assert_eq!(status, 200, "{body}");
     body["access_token"].as_str().unwrap().to_string()
 }
