@@ -40,6 +40,20 @@ pub fn summary(config: &Config, file: &Path) -> String {
     for c in &config.clients {
         let _ = writeln!(out, "  {}: client_id {}", c.name, c.client_id);
         key_lines(&mut out, &c.key, now);
+        if let Some(r) = config.renewals.iter().find(|r| r.client == c.name) {
+            renew_lines(&mut out, r);
+        }
+    }
+    if let Some(s) = &config.selfservice {
+        let _ = writeln!(
+            out,
+            "selfservice   {} ({}), administration client {}, {}, scopes {}",
+            s.environment,
+            s.base_url,
+            s.client_id,
+            s.key.label(),
+            s.scopes.join(" ")
+        );
     }
     let _ = writeln!(out, "routes:");
     for r in &config.routes {
@@ -158,6 +172,8 @@ fn key_lines(out: &mut String, k: &SigningKey, now: i64) {
         let days = (end - now).div_euclid(86_400);
         let what = if k.certificate().is_some() {
             "not after"
+        } else if k.registration().is_some_and(|r| r.exp.is_some()) {
+            "Digdir's registration ends"
         } else {
             "registered key removed about"
         };
@@ -170,11 +186,41 @@ fn key_lines(out: &mut String, k: &SigningKey, now: i64) {
         );
     }
     if let (Some(c), None) = (created(k), k.certificate()) {
-        let _ = writeln!(out, "      created {} (from the kid)", date(c));
+        let from = if k.registration().is_some() {
+            "the keyset"
+        } else {
+            "the kid"
+        };
+        let _ = writeln!(out, "      created {} (from {from})", date(c));
     }
     if let Some(warning) = expiry_warning(k, now) {
         let _ = writeln!(out, "      WARNING: {warning}");
     }
+}
+
+fn renew_lines(out: &mut String, r: &crate::config::Renewal) {
+    let days = |d: std::time::Duration| d.as_secs() / 86_400;
+    let n = &r.renew;
+    let _ = writeln!(
+        out,
+        "    renewed by portvakt: a new {}-bit key after {} days or {} days before Digdir's exp (exp sent: {} days), active {} s after registration, the old one kept {} s",
+        n.bits,
+        days(n.rotate_after),
+        days(n.renew_before),
+        days(n.key_lifetime),
+        n.activate_after.as_secs(),
+        n.overlap.as_secs()
+    );
+    let writer = match &n.kubernetes_secret {
+        Some(s) => format!("Secret {}/{} key {}", s.namespace, s.name, s.key),
+        None => format!("{}", r.keyset.display()),
+    };
+    let who = if n.background {
+        "portvakt run (background)"
+    } else {
+        "portvakt rotate"
+    };
+    let _ = writeln!(out, "    the keyset is written by {who} to {writer}");
 }
 
 fn external_ref(user: &crate::config::SystemUser) -> String {

@@ -788,3 +788,104 @@ fn new_route_and_inbound_fields_are_checked_at_their_paths() {
         portvakt::config::Egress::Proxy(_)
     ));
 }
+
+const SELFSERVICE: &str = "selfservice:\n  environment: test\n  client_id: ad000000-0000-4000-8000-0000000000ad\n  key:\n    pem: client-a.pem\n    kid: admin\n";
+
+fn renewing(key: &str, renew: &str, selfservice: &str) -> String {
+    GOOD.replace(
+        "    key:\n      pem: client-a.pem\n      kid: vendor-TEST.2026-11\n",
+        &format!("    key:\n{key}    renew:\n{renew}"),
+    )
+    .replace("routes:\n", &format!("{selfservice}routes:\n"))
+}
+
+#[test]
+fn renewal_settings_are_checked_with_their_paths() {
+    let keyset = "      keyset: vendor.keyset.json\n";
+    // A good one: defaults, the keyset's active key signs.
+    let c = parse_with(
+        &renewing(keyset, "      kid_prefix: vendor-TEST\n", SELFSERVICE),
+        &[],
+    )
+    .unwrap();
+    let r = &c.renewals[0];
+    assert_eq!((r.client.as_str(), r.renew.bits), ("vendor", 2048));
+    assert_eq!(r.renew.key_lifetime.as_secs(), 90 * 86_400);
+    assert_eq!(r.renew.overlap.as_secs(), 7 * 86_400);
+    assert!(c.clients[0].key.kid().unwrap().starts_with("vendor-TEST."));
+    let s = c.selfservice.as_ref().unwrap();
+    assert_eq!(s.base_url, "https://api.test.samarbeid.digdir.no/api/v1");
+    assert_eq!(s.scopes, ["idporten:dcr.read", "idporten:dcr.modify"]);
+    // renew needs a keyset and a selfservice section.
+    let pem = "      pem: client-a.pem\n      kid: vendor-TEST.2026-11\n";
+    let found = issues(&renewing(pem, "      bits: 2048\n", SELFSERVICE));
+    assert!(
+        found
+            .iter()
+            .any(|i| i.starts_with("clients.vendor.renew: needs key.keyset")),
+        "{found:?}"
+    );
+    let found = issues(&renewing(keyset, "      bits: 2048\n", ""));
+    assert!(
+        found
+            .iter()
+            .any(|i| i.starts_with("selfservice: is required by clients.vendor.renew")),
+        "{found:?}"
+    );
+    // Every bad value at once, each at its path.
+    let bad = "      key_lifetime_days: 400\n      rotate_after_days: 500\n      bits: 1024\n      kid_prefix: \"a b\"\n      kubernetes_secret: {name: x}\n";
+    let found = issues(&renewing(keyset, bad, SELFSERVICE));
+    for path in [
+        "clients.vendor.renew.key_lifetime_days: is 400",
+        "clients.vendor.renew.rotate_after_days: is 500",
+        "clients.vendor.renew.bits: is 1024",
+        "clients.vendor.renew.kid_prefix: may hold only",
+        "clients.vendor.renew.kubernetes_secret.namespace: is required",
+    ] {
+        assert!(
+            found.iter().any(|i| i.starts_with(path)),
+            "{path} in {found:?}"
+        );
+    }
+    // selfservice: prod and test fix the URL; custom needs one, over https off loopback.
+    let fixed = SELFSERVICE.replace(
+        "  environment: test\n",
+        "  environment: prod\n  base_url: https://x/api/v1\n",
+    );
+    let found = issues(&renewing(keyset, "      bits: 2048\n", &fixed));
+    assert!(
+        found
+            .iter()
+            .any(|i| i.starts_with("selfservice.base_url: is fixed by environment prod")),
+        "{found:?}"
+    );
+    let plain = SELFSERVICE.replace(
+        "  environment: test\n",
+        "  environment: custom\n  base_url: http://digdir.example/api/v1\n",
+    );
+    let found = issues(&renewing(keyset, "      bits: 2048\n", &plain));
+    assert!(
+        found.iter().any(|i| i
+            .starts_with("selfservice.base_url: `http://digdir.example/api/v1` is plain http://")),
+        "{found:?}"
+    );
+    let own = SELFSERVICE.replace(
+        "    pem: client-a.pem\n    kid: admin\n",
+        "    keyset: vendor.keyset.json\n",
+    );
+    let found = issues(&renewing(keyset, "      bits: 2048\n", &own));
+    assert!(
+        found.iter().any(|i| i
+            .starts_with("selfservice.key.keyset: the administration client's key is not renewed")),
+        "{found:?}"
+    );
+    // A keyset that does not exist yet says how to make its first key.
+    let missing = "      keyset: nowhere.keyset.json\n";
+    let found = issues(&renewing(missing, "      bits: 2048\n", SELFSERVICE));
+    assert!(
+        found
+            .iter()
+            .any(|i| i.starts_with("clients.vendor.key.keyset:") && i.contains("portvakt rotate")),
+        "{found:?}"
+    );
+}

@@ -215,17 +215,17 @@ pub(super) fn renew(
         .u64_or_zero(m.get("overlap_seconds"), &join(path, "overlap_seconds"))
         .unwrap_or(7 * DAY);
     let bits = match m.get("bits") {
-        None => 2048,
+        None => Some(2048),
         Some(v) => match r.positive_u64(Some(v), &join(path, "bits")) {
-            Some(b @ (2048 | 3072 | 4096)) => b as usize,
+            Some(b @ (2048 | 3072 | 4096)) => Some(b as usize),
             Some(other) => {
                 r.issue(
                     &join(path, "bits"),
                     format!("is {other}: choose 2048, 3072 or 4096"),
                 );
-                return None;
+                None
             }
-            None => return None,
+            None => None,
         },
     };
     let env = match environment {
@@ -236,20 +236,19 @@ pub(super) fn renew(
     let kid_prefix = r
         .string(m.get("kid_prefix"), &join(path, "kid_prefix"))
         .unwrap_or_else(|| format!("{name}-{env}"));
-    if kid_prefix.is_empty()
-        || !kid_prefix
+    let prefix_ok = !kid_prefix.is_empty()
+        && kid_prefix
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    {
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !prefix_ok {
         r.issue(
             &join(path, "kid_prefix"),
             "may hold only letters, digits, `.`, `_` and `-` (Digdir's rule for kids)",
         );
-        return None;
     }
     let kubernetes_secret = match m.get("kubernetes_secret") {
-        None => None,
-        Some(v) => Some(secret_ref(r, v, &join(path, "kubernetes_secret"))?),
+        None => Some(None),
+        Some(v) => secret_ref(r, v, &join(path, "kubernetes_secret")).map(Some),
     };
     let background = r
         .boolean(m.get("background"), &join(path, "background"))
@@ -260,16 +259,19 @@ pub(super) fn renew(
             &join(path, "background_interval_seconds"),
         )
         .unwrap_or(6 * 3600);
+    if !prefix_ok {
+        return None;
+    }
     Some(Renew {
-        kubernetes_secret,
+        kubernetes_secret: kubernetes_secret?,
         background,
         background_interval: Duration::from_secs(background_interval),
+        bits: bits?,
         key_lifetime: Duration::from_secs(lifetime * DAY),
         rotate_after: Duration::from_secs(rotate_after * DAY),
         renew_before: Duration::from_secs(renew_before * DAY),
         activate_after: Duration::from_secs(activate_after),
         overlap: Duration::from_secs(overlap),
-        bits,
         kid_prefix,
     })
 }
