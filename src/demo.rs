@@ -9,6 +9,10 @@ use tokio::net::TcpListener;
 
 pub const DEMO_CLIENT_ID: &str = "2f6c1e0a-5d3b-4c7e-9a1f-demo00000001";
 pub const DEMO_KID: &str = "portvakt-demo-TEST.2026-11";
+/// A second client whose keys portvakt renews, and the administration client that may register them.
+pub const DEMO_RENEWED_ID: &str = "2f6c1e0a-5d3b-4c7e-9a1f-demo00000002";
+pub const DEMO_ADMIN_ID: &str = "2f6c1e0a-5d3b-4c7e-9a1f-demo000000ad";
+const DEMO_ADMIN_KID: &str = "portvakt-demo-admin";
 /// The supplier (the demo client's own organisation) and the customer it acts for.
 pub const SUPPLIER_ORG: &str = "991825827";
 pub const CUSTOMER_ORG: &str = "910753614";
@@ -29,7 +33,13 @@ pub async fn run(dir: &Path, once: bool) -> anyhow::Result<()> {
         .key(&key)
         .scopes(["demo:echo", "nav:forsikring/samtykke"])
         .delegation(CUSTOMER_ORG, "nav:forsikring/samtykke");
-    let mock = MockMaskinporten::start(vec![client], 120).await?;
+    // The administration client (Digdir's self-service API) and a client with no key yet: the
+    // renewer makes, registers and activates its first key before the proxy starts.
+    let admin = MockClient::new(DEMO_ADMIN_ID, SUPPLIER_ORG)
+        .key(&SigningKey::from_pem(DEMO_CLIENT_KEY_PEM.as_bytes(), DEMO_ADMIN_KID)?)
+        .scopes(["idporten:dcr.read", "idporten:dcr.modify"]);
+    let renewed = MockClient::new(DEMO_RENEWED_ID, SUPPLIER_ORG).scopes(["demo:echo"]);
+    let mock = MockMaskinporten::start(vec![client, admin, renewed], 120).await?;
     let upstream = EchoUpstream::start(Some(mock.decoding_key())).await?;
     let listener = bind(8080).await?;
     let admin_listener = bind(9090).await?;
@@ -43,16 +53,37 @@ pub async fn run(dir: &Path, once: bool) -> anyhow::Result<()> {
         r#"# Written by `portvakt demo`: a mock Maskinporten and an echo upstream on loopback.
 listen: {listen}
 admin_listen: {admin}
+watch_interval_seconds: 1
 maskinporten:
   environment: custom
   issuer: {issuer}
+selfservice:
+  environment: custom
+  base_url: {issuer}api/v1
+  client_id: {DEMO_ADMIN_ID}
+  key:
+    pem: demo-client-key.pem
+    kid: {DEMO_ADMIN_KID}
 clients:
   demo:
     client_id: {DEMO_CLIENT_ID}
     key:
       pem: demo-client-key.pem
       kid: {DEMO_KID}
+  demo-renewed:
+    client_id: {DEMO_RENEWED_ID}
+    key:
+      keyset: demo-renewed.keyset.json
+    renew:
+      activate_after_seconds: 0
+      overlap_seconds: 60
+      kid_prefix: demo-TEST
 routes:
+  - name: renewed
+    prefix: /renewed/
+    upstream: {upstream}
+    client: demo-renewed
+    scopes: [demo:echo]
   - name: echo
     prefix: /echo/
     upstream: {upstream}
@@ -70,6 +101,13 @@ routes:
     );
     std::fs::write(&config_path, yaml)
         .with_context(|| format!("cannot write {}", config_path.display()))?;
+    let _ = std::fs::remove_file(dir.join("demo-renewed.keyset.json"));
+    println!("Key renewal makes the first key of client demo-renewed through the mock's self-service API:");
+    let flags = crate::renew::command::Flags::default();
+    if crate::renew::command::rotate(&config_path, None, flags).await != 0 {
+        anyhow::bail!("the demo's key renewal failed");
+    }
+    println!();
     let config = crate::config::load(&config_path)?;
     let app = crate::app::build(&config)?;
     let running = crate::app::start_on(app, listener, Some(admin_listener))?;
@@ -87,6 +125,12 @@ routes:
     println!("  curl -s http://{listen}/echo/hello?x=1");
     println!("The same with delegation (consumer_org {CUSTOMER_ORG}, supplier {SUPPLIER_ORG}):");
     println!("  curl -s http://{listen}/nav/samtykke");
+    println!("A client whose keys portvakt renews; rotate them while it serves, and look:");
+    println!("  curl -s http://{listen}/renewed/x");
+    println!(
+        "  portvakt rotate --force --config {0}; portvakt keys status --config {0}",
+        config_path.display()
+    );
     println!();
 
     if once {
