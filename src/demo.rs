@@ -36,7 +36,10 @@ pub async fn run(dir: &Path, once: bool) -> anyhow::Result<()> {
     // The administration client (Digdir's self-service API) and a client with no key yet: the
     // renewer makes, registers and activates its first key before the proxy starts.
     let admin = MockClient::new(DEMO_ADMIN_ID, SUPPLIER_ORG)
-        .key(&SigningKey::from_pem(DEMO_CLIENT_KEY_PEM.as_bytes(), DEMO_ADMIN_KID)?)
+        .key(&SigningKey::from_pem(
+            DEMO_CLIENT_KEY_PEM.as_bytes(),
+            DEMO_ADMIN_KID,
+        )?)
         .scopes(["idporten:dcr.read", "idporten:dcr.modify"]);
     let renewed = MockClient::new(DEMO_RENEWED_ID, SUPPLIER_ORG).scopes(["demo:echo"]);
     let mock = MockMaskinporten::start(vec![client, admin, renewed], 120).await?;

@@ -220,7 +220,10 @@ fn demo_once_shows_a_verified_token() {
     assert!(stdout.contains("\"scope\": \"demo:echo\""), "{stdout}");
     // The renewed client's first key was made, registered and activated through the mock's
     // self-service API before the proxy started.
-    assert!(stdout.contains("demo-renewed: new key demo-TEST."), "{stdout}");
+    assert!(
+        stdout.contains("demo-renewed: new key demo-TEST."),
+        "{stdout}"
+    );
     assert!(stdout.contains("demo-renewed: done"), "{stdout}");
     assert!(dir.join("demo.yaml").exists());
     // The written config is a real one: `check` accepts it.

@@ -624,20 +624,31 @@ impl Faults for Meddler<'_> {
     }
 }
 
-#[tokio::test]
-async fn a_keyset_in_a_kubernetes_secret_is_written_with_resource_version() {
+/// A stand-in API server, a service account token for it, and a world whose keyset the renewer
+/// keeps in the Secret `portvakt/vendor-keys` (`renew` lines besides `kubernetes_secret`).
+async fn kube_world(name: &str, renew: &str) -> (portvakt::mock::MockKubernetes, World) {
     let kube = portvakt::mock::MockKubernetes::start("sa-token")
         .await
         .unwrap();
-    let token_dir = std::env::temp_dir().join(format!("portvakt-sa-{}", fastrand::u32(..)));
-    std::fs::create_dir_all(&token_dir).unwrap();
-    std::fs::write(token_dir.join("token"), "sa-token\n").unwrap();
+    let w = World::start(name, vendor(), "").await;
+    std::fs::write(w.dir.join("token"), "sa-token\n").unwrap();
     let renew = format!(
-        "      kubernetes_secret:\n        namespace: portvakt\n        name: vendor-keys\n        api_server: {}\n        token_file: {}\n",
+        "{renew}      kubernetes_secret:\n        namespace: portvakt\n        name: vendor-keys\n        api_server: {}\n        token_file: {}\n",
         kube.url(),
-        token_dir.join("token").display()
+        w.dir.join("token").display()
     );
-    let w = World::start("kube", vendor(), &renew).await;
+    let yaml = std::fs::read_to_string(&w.config).unwrap();
+    let yaml = yaml.replace(
+        "      kid_prefix: vendor-TEST\n",
+        &format!("      kid_prefix: vendor-TEST\n{renew}"),
+    );
+    std::fs::write(&w.config, yaml).unwrap();
+    (kube, w)
+}
+
+#[tokio::test]
+async fn a_keyset_in_a_kubernetes_secret_is_written_with_resource_version() {
+    let (kube, w) = kube_world("kube", "").await;
     // The Secret must exist: the writer may only get and update it.
     assert_eq!(w.rotate(false).await, 1);
     kube.create_secret("portvakt", "vendor-keys");
@@ -677,7 +688,7 @@ async fn a_keyset_in_a_kubernetes_secret_is_written_with_resource_version() {
     let config = portvakt::config::load(&w.config).unwrap();
     let proxy = portvakt::app::start(&config).await.unwrap();
     assert_eq!(get(&proxy, "/nav/x").await.status(), 200);
-    let _ = std::fs::remove_dir_all(&token_dir);
+    let _ = std::fs::remove_dir_all(&w.dir);
 }
 
 #[tokio::test]
@@ -753,19 +764,12 @@ async fn run_renews_in_the_background_on_the_replica_that_holds_the_lock() {
 
 #[tokio::test]
 async fn with_a_secret_keyset_the_replica_holding_the_lease_renews() {
-    let kube = portvakt::mock::MockKubernetes::start("sa-token")
-        .await
-        .unwrap();
+    let (kube, w) = kube_world(
+        "lease",
+        "      background: true\n      background_interval_seconds: 1\n",
+    )
+    .await;
     kube.create_secret("portvakt", "vendor-keys");
-    let token_dir = std::env::temp_dir().join(format!("portvakt-sa-{}", fastrand::u32(..)));
-    std::fs::create_dir_all(&token_dir).unwrap();
-    std::fs::write(token_dir.join("token"), "sa-token").unwrap();
-    let renew = format!(
-        "      background: true\n      background_interval_seconds: 1\n      kubernetes_secret:\n        namespace: portvakt\n        name: vendor-keys\n        api_server: {}\n        token_file: {}\n",
-        kube.url(),
-        token_dir.join("token").display()
-    );
-    let w = World::start("lease", vendor(), &renew).await;
     assert_eq!(w.rotate(false).await, 2);
     w.clock.advance(601);
     assert_eq!(w.rotate(false).await, 0);
@@ -809,7 +813,7 @@ async fn with_a_secret_keyset_the_replica_holding_the_lease_renews() {
     assert!(!kube.lease_holders().is_empty());
     assert!(!kube.lease_holders().contains(&"replica-b".to_string()));
     proxy.shutdown().await;
-    let _ = std::fs::remove_dir_all(&token_dir);
+    let _ = std::fs::remove_dir_all(&w.dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

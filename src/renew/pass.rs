@@ -205,9 +205,14 @@ async fn write(
         Err(StoreError::Conflict) => return Err(Halt::Replan),
         Err(e) => return Err(Outcome::Failed(e.to_string()).into()),
     }
+    cut(cx, point)
+}
+
+/// Where a test may cut the pass, after a write.
+fn cut(cx: &Context<'_>, point: &str) -> Result<(), Halt> {
     cx.faults
         .after(point)
-        .map_err(|e| Outcome::Failed(e).into())
+        .map_err(|e| Halt::Stop(Outcome::Failed(e)))
 }
 
 /// Posts a set, never an empty one and never one without the active key.
@@ -226,9 +231,7 @@ async fn post(
         .replace(&renewal.client_id, set)
         .await
         .map_err(|e: ApiError| Outcome::Failed(e.to_string()))?;
-    cx.faults
-        .after(point)
-        .map_err(|e| Outcome::Failed(e).into())
+    cut(cx, point)
 }
 
 /// A new key: stored as pending first, then registered.
@@ -324,9 +327,7 @@ async fn activate(
             .into())
         }
     }
-    cx.faults
-        .after("verified")
-        .map_err(|e| Halt::Stop(Outcome::Failed(e)))?;
+    cut(cx, "verified")?;
     let overlap = renewal.renew.overlap.as_secs() as i64;
     for entry in &mut keyset.keys {
         if entry.kid == kid {
