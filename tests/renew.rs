@@ -142,6 +142,18 @@ clients:
         rotate_with(&self.config, None, flags, faults, &move || clock.now()).await
     }
 
+    /// Starts the proxy, which must make no renewal pass for 2.5 s (another replica holds
+    /// `what`); gives the self-service calls made so far.
+    async fn start_proxy_making_no_pass(&self, what: &str) -> (portvakt::app::Running, usize) {
+        let config = portvakt::config::load(&self.config).unwrap();
+        let proxy = portvakt::app::start(&config).await.unwrap();
+        let calls = self.mock.selfservice_calls().len();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let now = self.mock.selfservice_calls().len();
+        assert_eq!(now, calls, "a pass ran without {what}");
+        (proxy, calls)
+    }
+
     fn keyset(&self) -> Keyset {
         Keyset::read(&self.keyset, CLIENT_ID).unwrap()
     }
@@ -702,15 +714,7 @@ async fn run_renews_in_the_background_on_the_replica_that_holds_the_lock() {
     // Another replica holds the lock: this one makes no pass.
     let lock = std::fs::File::create(w.dir.join("vendor.keyset.json.lock")).unwrap();
     lock.try_lock().unwrap();
-    let config = portvakt::config::load(&w.config).unwrap();
-    let proxy = portvakt::app::start(&config).await.unwrap();
-    let calls = w.mock.selfservice_calls().len();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(
-        w.mock.selfservice_calls().len(),
-        calls,
-        "a pass ran without the lock"
-    );
+    let (proxy, _) = w.start_proxy_making_no_pass("the lock").await;
     drop(lock);
     // The active key is 61 days old now: the next pass rotates it, and one 3 s later retires the
     // old one, after the proxy's key watcher (every second) has moved on.
@@ -781,15 +785,7 @@ async fn with_a_secret_keyset_the_replica_holding_the_lease_renews() {
     .unwrap();
     // Another replica holds the Lease for a minute: this one makes no pass.
     kube.set_lease("portvakt", "vendor-keys-renewer", Some("replica-b"), 60);
-    let config = portvakt::config::load(&w.config).unwrap();
-    let proxy = portvakt::app::start(&config).await.unwrap();
-    let calls = w.mock.selfservice_calls().len();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(
-        w.mock.selfservice_calls().len(),
-        calls,
-        "a pass ran without the lease"
-    );
+    let (proxy, calls) = w.start_proxy_making_no_pass("the lease").await;
     assert_eq!(
         kube.lease_holder("portvakt", "vendor-keys-renewer")
             .as_deref(),
