@@ -225,6 +225,10 @@ async fn bootstrap_activation_forced_rotation_under_traffic_and_retirement() {
     let posts = w.posts();
     assert_eq!(w.rotate(false).await, 0);
     assert_eq!(w.posts(), posts);
+    // Someone removes the active key in Samarbeidsportalen: the next pass registers it again.
+    w.mock.remove_key(CLIENT_ID, &first[0]);
+    assert_eq!(w.rotate(false).await, 0);
+    assert_eq!(w.mock.registered_kids(CLIENT_ID), first);
 
     // The proxy signs with the active key; a forced rotation while calls flow fails none of them.
     let config = portvakt::config::load(&w.config).unwrap();

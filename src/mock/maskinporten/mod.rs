@@ -324,6 +324,14 @@ impl MockMaskinporten {
         selfservice::listing(&self.inner, client_id)
     }
 
+    /// Someone removes a key in Samarbeidsportalen.
+    pub fn remove_key(&self, client_id: &str, kid: &str) {
+        if let Some(c) = lock(&self.inner.clients).get_mut(client_id) {
+            c.keys.remove(kid);
+            c.registered.remove(kid);
+        }
+    }
+
     /// The registered kids of a client, sorted.
     pub fn registered_kids(&self, client_id: &str) -> Vec<String> {
         let mut kids: Vec<String> = lock(&self.inner.clients)
