@@ -142,12 +142,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let running = start_on(app, listener, admin_listener)?;
     running.reloader.remember(config);
     // Key renewal inside the proxy, where a client asks for it (renew.background).
-    let renewers = crate::renew::background::spawn(
-        config,
-        &running.proxy.metrics,
-        &running.shutdown.subscribe(),
-    );
-    crate::sync::lock(&running.tasks).extend(renewers);
+    running.reloader.renew(config);
     Ok(running)
 }
 

@@ -54,6 +54,8 @@ pub struct Reloader {
     fixed: Mutex<Option<Fixed>>,
     watch_interval: Duration,
     key_watcher: Mutex<Option<JoinHandle<()>>>,
+    /// The background key renewers (`renew.background`), started anew by each configuration.
+    renewers: Mutex<Vec<JoinHandle<()>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     one_at_a_time: tokio::sync::Mutex<()>,
 }
@@ -71,6 +73,7 @@ impl Reloader {
             fixed: Mutex::new(None),
             watch_interval,
             key_watcher: Mutex::new(None),
+            renewers: Mutex::new(Vec::new()),
             tasks: Mutex::new(Vec::new()),
             one_at_a_time: tokio::sync::Mutex::new(()),
         };
@@ -93,6 +96,17 @@ impl Reloader {
         }
         for t in crate::sync::lock(&self.tasks).drain(..) {
             t.abort();
+        }
+        for t in crate::sync::lock(&self.renewers).drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Starts the background key renewers of `config`, in place of those running.
+    pub fn renew(&self, config: &Config) {
+        let started = crate::renew::background::spawn(config, &self.proxy.metrics);
+        for old in std::mem::replace(&mut *crate::sync::lock(&self.renewers), started) {
+            old.abort();
         }
     }
 
@@ -153,6 +167,7 @@ impl Reloader {
         *kept = built.kept;
         drop(kept);
         self.watch_keys(built.keys);
+        self.renew(config);
         Ok(())
     }
 }

@@ -837,3 +837,30 @@ async fn rotate_wait_finishes_a_rotation_in_one_run_as_a_cronjob_wants() {
     assert_eq!(w.kids(State::Active).len(), 1);
     assert_eq!(w.mock.registered_kids(CLIENT_ID), w.kids(State::Active));
 }
+
+#[tokio::test]
+async fn a_reload_starts_the_background_renewer_with_the_new_settings() {
+    let w = World::start("reload", vendor(), "      activate_after_seconds: 0\n").await;
+    assert_eq!(w.rotate(false).await, 0);
+    let (proxy, calls) = w.start_proxy_making_no_pass("renew.background").await;
+    let yaml = std::fs::read_to_string(&w.config).unwrap().replace(
+        "      activate_after_seconds: 0\n",
+        "      activate_after_seconds: 0\n      background: true\n      background_interval_seconds: 1\n",
+    );
+    std::fs::write(&w.config, yaml).unwrap();
+    proxy.reload(&w.config).await.unwrap();
+    let mut passed = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if w.mock.selfservice_calls().len() > calls {
+            passed = true;
+            break;
+        }
+    }
+    assert!(passed, "no background pass after the reload");
+    proxy.shutdown().await;
+    // Shut down, it makes no more passes.
+    let after = w.mock.selfservice_calls().len();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(w.mock.selfservice_calls().len(), after);
+}

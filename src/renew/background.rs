@@ -10,18 +10,15 @@ use crate::config::{Config, Renewal};
 use crate::metrics::{ClientLabels, Metrics, RotationLabels};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// How long a replica holds the Lease for one pass at most.
 const LEASE_SECONDS: u64 = 600;
 
-/// Starts one task per client with `renew.background`; each ends when `stop` turns true.
-pub fn spawn(
-    config: &Config,
-    metrics: &Arc<Metrics>,
-    stop: &watch::Receiver<bool>,
-) -> Vec<JoinHandle<()>> {
+/// Starts one task per client with `renew.background`. They run until aborted (by a reload, which
+/// starts them anew with its configuration, or by shutdown); a pass cut anywhere is finished by the
+/// next one, as after a crash.
+pub fn spawn(config: &Config, metrics: &Arc<Metrics>) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
     for renewal in config.renewals.iter().filter(|r| r.renew.background) {
         let (api, endpoint) = match super::connect(config) {
@@ -34,7 +31,6 @@ pub fn spawn(
         let renewal = renewal.clone();
         let scopes = super::verify_scopes(config, &renewal.client);
         let metrics = Arc::clone(metrics);
-        let mut stop = stop.clone();
         tasks.push(tokio::spawn(async move {
             let mut api = api;
             let holder = std::env::var("HOSTNAME")
@@ -47,13 +43,7 @@ pub fn spawn(
                     .min(Duration::from_secs(60)),
             );
             loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.changed() => return,
-                }
-                if *stop.borrow() {
-                    return;
-                }
+                tokio::time::sleep(wait).await;
                 once(&renewal, &mut api, &endpoint, &scopes, &holder, &metrics).await;
                 wait = jittered(renewal.renew.background_interval);
             }
