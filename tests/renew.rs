@@ -864,3 +864,19 @@ async fn a_reload_starts_the_background_renewer_with_the_new_settings() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(w.mock.selfservice_calls().len(), after);
 }
+
+#[tokio::test]
+async fn force_makes_one_new_key_even_when_one_is_already_pending() {
+    let w = World::start("force", vendor(), "").await;
+    assert_eq!(w.rotate(false).await, 2);
+    w.clock.advance(601);
+    assert_eq!(w.rotate(false).await, 0);
+    assert_eq!(w.rotate(true).await, 2);
+    let pending = w.kids(State::Pending);
+    // Forced again while that key is pending and due: it is activated, and no third key is made.
+    w.clock.advance(601);
+    assert_eq!(w.rotate(true).await, 0);
+    assert_eq!(w.kids(State::Active), pending);
+    assert_eq!(w.kids(State::Pending), Vec::<String>::new());
+    assert_eq!(w.keyset().keys.len(), 2);
+}

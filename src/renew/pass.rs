@@ -89,6 +89,10 @@ pub async fn run(renewal: &Renewal, cx: &mut Context<'_>, options: &Options<'_>)
             Ok(k) => k,
             Err(e) => return Outcome::Failed(e.to_string()),
         };
+        // --force asks for one new key: a pending one, found or made, is it.
+        if keyset.pending().is_some() {
+            force = false;
+        }
         let registered = match cx.api.registered(&renewal.client_id).await {
             Ok(r) => r,
             Err(e) => return Outcome::Failed(e.to_string()),
@@ -158,7 +162,6 @@ pub async fn run(renewal: &Renewal, cx: &mut Context<'_>, options: &Options<'_>)
                 post(cx, renewal, &keyset, set, "registered").await
             }
             Step::NewKey { why } => {
-                force = false;
                 new_key(cx, renewal, &mut store, &mut keyset, &registered, now, why).await
             }
             Step::Activate { kid } => {
