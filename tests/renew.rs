@@ -709,7 +709,7 @@ async fn a_keyset_in_a_kubernetes_secret_is_written_with_resource_version() {
 
 #[tokio::test]
 async fn run_renews_in_the_background_on_the_replica_that_holds_the_lock() {
-    let renew = "      background: true\n      background_interval_seconds: 1\n      activate_after_seconds: 0\n      overlap_seconds: 3\n";
+    let renew = "      background: true\n      background_interval_seconds: 1\n      activate_after_seconds: 0\n      overlap_seconds: 5\n";
     let w = World::start("background", vendor(), renew).await;
     // The first key comes from `portvakt rotate` (the proxy needs a key to start).
     assert_eq!(w.rotate(false).await, 0);
@@ -720,7 +720,7 @@ async fn run_renews_in_the_background_on_the_replica_that_holds_the_lock() {
     lock.try_lock().unwrap();
     let (proxy, _) = w.start_proxy_making_no_pass("the lock").await;
     drop(lock);
-    // The active key is 61 days old now: the next pass rotates it, and one 3 s later retires the
+    // The active key is 61 days old now: the next pass rotates it, and one 5 s later retires the
     // old one, after the proxy's key watcher (every second) has moved on.
     let mut keyset = w.keyset();
     keyset.keys[0].created -= 61 * DAY;
