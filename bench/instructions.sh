@@ -5,6 +5,8 @@
 # Usage (from the project's root; builds the release binary):
 #   bench/instructions.sh [--requests N]
 #   PORTVAKT_BIN=path/to/portvakt bench/instructions.sh   (another build, e.g. from a git worktree)
+#   KEEP_PROFILE=DIR bench/instructions.sh   (keeps each workload's callgrind profile as DIR/NAME.out,
+#                                              for callgrind_annotate)
 # Workloads, each a fixed count of sequential keep-alive GETs from one caller after a warm-up
 # (the token is fetched during the warm-up and is not counted):
 #   plain   an http:// upstream (nginx), HTTP/1.1
@@ -103,6 +105,7 @@ EOF
   # Dump before anything else: switching instrumentation off would drop what was counted.
   callgrind_control -d $pid >/dev/null 2>&1
   kill $pid; wait $pid 2>/dev/null || true
+  [[ -z ${KEEP_PROFILE:-} ]] || cp "$dir/$1.$pid.out.1" "$KEEP_PROFILE/$1.out"
   local ir
   ir=$(cat "$dir"/$1.$pid.out.1 | awk '/^summary:/ {s+=$2} END {print s}')
   echo "$1 $((ir / requests))"
