@@ -464,11 +464,13 @@ async fn a_new_kid_waits_out_the_propagation_and_an_expired_one_is_mp_121() {
         .await
         .unwrap();
     let token = admin_token(&mock, &["idporten:dcr.read", "idporten:dcr.modify"]).await;
-    mock.set_key_propagation(std::time::Duration::from_secs(2));
+    mock.set_key_propagation(std::time::Duration::from_secs(4));
     let key = portvakt::keys::generate(2048, "fresh").unwrap();
     let signing = portvakt::keys::keyset::Entry::signing_key_of(key.private_jwk.expose()).unwrap();
     let mut public = key.public_jwks["keys"][0].clone();
-    public["exp"] = json!(unix_now() + 3);
+    // Whole seconds on both sides, with room for a loaded machine: exp 7 s ahead leaves the key
+    // usable after the 4 s delay, and past its exp 7.5 s on, wherever in a second the test starts.
+    public["exp"] = json!(unix_now() + 7);
     assert_eq!(
         jwks(&mock, &token, Some(json!({"keys": [public]}))).await.0,
         201
@@ -488,8 +490,8 @@ async fn a_new_kid_waits_out_the_propagation_and_an_expired_one_is_mp_121() {
         grant().await.contains("Unknown key identifier"),
         "before the propagation delay"
     );
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(4100)).await;
     assert_eq!(grant().await, "ok");
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(3400)).await;
     assert!(grant().await.contains("MP-121"), "past its exp");
 }

@@ -258,7 +258,7 @@ async fn bootstrap_activation_forced_rotation_under_traffic_and_retirement() {
         })
     };
     w.mock.set_expires_in(3);
-    w.mock.set_key_propagation(Duration::from_secs(2));
+    w.mock.set_key_propagation(Duration::from_secs(5));
     assert_eq!(w.rotate(true).await, 2);
     let second = w.kids(State::Pending);
     assert_eq!(second.len(), 1);
@@ -267,7 +267,7 @@ async fn bootstrap_activation_forced_rotation_under_traffic_and_retirement() {
     w.clock.advance(601);
     assert_eq!(w.rotate(false).await, 2);
     assert_eq!(w.kids(State::Active), first);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(5100)).await;
     assert_eq!(w.rotate(false).await, 0);
     assert_eq!(w.kids(State::Active), second);
     assert_eq!(w.kids(State::Retiring), first);
