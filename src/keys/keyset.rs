@@ -38,22 +38,40 @@ impl State {
     }
 }
 
-/// One key of the set. Times are Unix seconds.
+/// One key of the set. Times are written as Unix seconds; RFC 3339 date-times are read too, for
+/// a keyset written by hand or by another tool.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
     pub kid: String,
     pub state: State,
+    #[serde(deserialize_with = "crate::time::unix_or_rfc3339::required")]
     pub created: i64,
     /// When Digdir was first seen to list it (set by the renewer).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::time::unix_or_rfc3339::optional",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub registered: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::time::unix_or_rfc3339::optional",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub activated: Option<i64>,
     /// A retiring key is removed from Digdir's set after this.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::time::unix_or_rfc3339::optional",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub retire_after: Option<i64>,
     /// The `exp` Digdir last reported for it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::time::unix_or_rfc3339::optional",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub exp: Option<i64>,
     /// The private RSA JWK (with `d`, `p`, `q`...).
     #[serde(with = "secret_json")]
@@ -107,7 +125,11 @@ pub struct Keyset {
     pub client_id: String,
     pub keys: Vec<Entry>,
     /// When a renewal pass last reached its end (Unix seconds).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::time::unix_or_rfc3339::optional",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub last_success: Option<i64>,
 }
 
@@ -339,6 +361,24 @@ mod tests {
         );
         assert!(set.keys[0].public_jwk().get("d").is_none());
         assert_eq!(set.keys[0].public_jwk()["use"], "sig");
+    }
+
+    #[test]
+    fn times_read_as_unix_seconds_or_rfc3339_and_unknown_fields_are_ignored() {
+        let mut set = Keyset::new("c");
+        set.keys.push(entry("a", State::Active));
+        let mut text: serde_json::Value = serde_json::to_value(&set).unwrap();
+        text["environment"] = "prod".into();
+        text["keys"][0]["created"] = "2027-01-15T10:00:00Z".into();
+        text["keys"][0]["exp"] = "2027-04-15T10:00:00+00:00".into();
+        let read = Keyset::parse(text.to_string().as_bytes()).unwrap();
+        assert_eq!(read.keys[0].created, 1_800_007_200);
+        assert_eq!(read.keys[0].exp, Some(1_807_783_200));
+        text["keys"][0]["created"] = "last tuesday".into();
+        let e = Keyset::parse(text.to_string().as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("RFC 3339"), "{e}");
     }
 
     #[test]

@@ -209,7 +209,7 @@ impl Kubernetes {
                 let held_by = lease["spec"]["holderIdentity"].as_str().unwrap_or_default();
                 let renewed = lease["spec"]["renewTime"]
                     .as_str()
-                    .and_then(parse_micro_time)
+                    .and_then(crate::time::parse_rfc3339)
                     .unwrap_or(0);
                 let duration = lease["spec"]["leaseDurationSeconds"].as_i64().unwrap_or(0);
                 if !held_by.is_empty() && held_by != holder && renewed + duration > now {
@@ -278,24 +278,11 @@ fn micro_time(unix: i64) -> String {
     )
 }
 
-fn parse_micro_time(s: &str) -> Option<i64> {
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let mut t = time.get(..8)?.split(':').map(|p| p.parse::<i64>().ok());
-    let (h, min, sec) = (t.next()??, t.next()??, t.next()??);
-    Some(crate::keys::x509::days_from_civil(y, m, day) * 86_400 + h * 3600 + min * 60 + sec)
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
     fn micro_time_reads_back() {
         let t = 1_796_015_630;
-        assert_eq!(super::parse_micro_time(&super::micro_time(t)), Some(t));
-        assert_eq!(
-            super::parse_micro_time("2026-11-30T05:20:00Z"),
-            Some(1_796_016_000)
-        );
+        assert_eq!(crate::time::parse_rfc3339(&super::micro_time(t)), Some(t));
     }
 }
