@@ -3,7 +3,6 @@
 //! of its own lifetime, bare or as a JSON string in quotes (Altinn has done both), and counts calls.
 
 use crate::keys::SigningKey;
-use crate::server;
 use crate::sync::lock;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -14,7 +13,6 @@ use serde_json::{json, Map, Value};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -59,15 +57,10 @@ impl MockAltinn {
             exchanges: AtomicUsize::new(0),
             seen: Mutex::new(Vec::new()),
         });
-        let (shutdown, stop) = watch::channel(false);
         let state = Arc::clone(&inner);
-        tokio::spawn(server::serve(
-            listener,
-            server::Limits::default(),
-            move |req, _peer| handle(Arc::clone(&state), req),
-            stop,
-            Duration::from_secs(1),
-        ));
+        let shutdown = super::serve(listener, None, move |req, _peer| {
+            handle(Arc::clone(&state), req)
+        });
         Ok(MockAltinn {
             addr,
             inner,

@@ -2,7 +2,6 @@
 //! and Leases in namespaces, a bearer token required, and `metadata.resourceVersion` enforced on
 //! every update as the real server does (a PUT naming another version is 409 Conflict).
 
-use crate::server;
 use crate::sync::lock;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
@@ -13,7 +12,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -47,15 +45,10 @@ impl MockKubernetes {
             conflicts: AtomicU64::new(0),
             holders: Mutex::new(Vec::new()),
         });
-        let (shutdown, stop) = watch::channel(false);
         let state = Arc::clone(&inner);
-        tokio::spawn(server::serve(
-            listener,
-            server::Limits::default(),
-            move |req, _peer| handle(Arc::clone(&state), req),
-            stop,
-            Duration::from_secs(1),
-        ));
+        let shutdown = super::serve(listener, None, move |req, _peer| {
+            handle(Arc::clone(&state), req)
+        });
         Ok(MockKubernetes {
             addr,
             inner,

@@ -19,6 +19,39 @@ pub const MOCK_ALTINN_KEY_PEM: &str = include_str!("keys/mock-altinn.pem");
 /// The demo client's key, registered with the mock. A fixed, public test key: never use it elsewhere.
 pub const DEMO_CLIENT_KEY_PEM: &str = include_str!("keys/demo-client.pem");
 
+/// Serves `handler` on `listener` (over TLS with `tls`) in a task of its own, until the returned
+/// sender says so or is dropped: the one way every mock here is started.
+fn serve<H, F, B>(
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    handler: H,
+) -> tokio::sync::watch::Sender<bool>
+where
+    H: Fn(http::Request<hyper::body::Incoming>, std::net::SocketAddr) -> F
+        + Clone
+        + Send
+        + Sync
+        + Unpin
+        + 'static,
+    F: std::future::Future<Output = http::Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (shutdown, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(crate::server::serve(
+        listener,
+        crate::server::Limits {
+            tls,
+            ..Default::default()
+        },
+        handler,
+        stop,
+        std::time::Duration::from_secs(1),
+    ));
+    shutdown
+}
+
 /// A TLS acceptor for a loopback test server (ALPN h2 and http/1.1) from PEM files.
 pub fn tls_acceptor(
     cert_pem: &std::path::Path,

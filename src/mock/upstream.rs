@@ -2,7 +2,6 @@
 //! the mock Maskinporten's key. `GET .../bytes/N` streams N bytes back; any other request is echoed
 //! as JSON (method, path, query, headers, body size and SHA-256, token check and claims).
 
-use crate::server;
 use bytes::Bytes;
 use http::{header, HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -14,7 +13,6 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -110,18 +108,10 @@ impl EchoUpstream {
             revoked: Mutex::new(std::collections::HashSet::new()),
             reject_all: std::sync::atomic::AtomicBool::new(false),
         });
-        let (shutdown, stop) = watch::channel(false);
         let state = Arc::clone(&inner);
-        tokio::spawn(server::serve(
-            listener,
-            server::Limits {
-                tls,
-                ..Default::default()
-            },
-            move |req, peer| handle(Arc::clone(&state), req, peer),
-            stop,
-            Duration::from_secs(1),
-        ));
+        let shutdown = super::serve(listener, tls, move |req, peer| {
+            handle(Arc::clone(&state), req, peer)
+        });
         Ok(EchoUpstream {
             addr,
             scheme,

@@ -8,7 +8,6 @@ mod selfservice;
 pub use selfservice::SelfServiceCall;
 
 use crate::keys::SigningKey;
-use crate::server;
 use crate::sync::lock;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
@@ -228,18 +227,10 @@ impl MockMaskinporten {
             selfservice_calls: Mutex::new(Vec::new()),
             selfservice_failures: Mutex::new(None),
         });
-        let (shutdown, stop) = watch::channel(false);
         let state = Arc::clone(&inner);
-        tokio::spawn(server::serve(
-            listener,
-            server::Limits {
-                tls,
-                ..Default::default()
-            },
-            move |req, _peer| handle(Arc::clone(&state), req),
-            stop,
-            Duration::from_secs(1),
-        ));
+        let shutdown = super::serve(listener, tls, move |req, _peer| {
+            handle(Arc::clone(&state), req)
+        });
         Ok(MockMaskinporten {
             addr,
             inner,
