@@ -510,10 +510,7 @@ fn selfservice_answers(status: u16, body: &[u8]) {
     if let Ok(keys) = portvakt::renew::api::parse_listing(&value) {
         for k in keys {
             assert!(!k.kid.is_empty() && k.kid.len() <= 256);
-            assert!(k
-                .kid
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')));
+            assert!(portvakt::keys::in_kid_alphabet(&k.kid));
         }
     }
     let explained = portvakt::renew::api::explain(status, &value);

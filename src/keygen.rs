@@ -107,11 +107,7 @@ pub fn run_in_token(
 
 /// The kid `NAME-ENV.YYYY-MM-DD`, as Altinn's tool names keys.
 fn kid(name: &str, env: Env, today_unix: i64) -> anyhow::Result<String> {
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    {
+    if name.is_empty() || !crate::keys::in_kid_alphabet(name) {
         bail!("the name `{name}` may hold only letters, digits, `.`, `_` and `-` (it becomes part of the kid)");
     }
     Ok(format!("{name}-{}.{}", env.label(), x509::date(today_unix)))

@@ -82,10 +82,7 @@ pub(super) fn key(
         }
     }
     if let Some(kid) = &kid {
-        if !kid
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        {
+        if !crate::keys::in_kid_alphabet(kid) {
             r.issue(&kid_path, "may hold only letters, digits, `.`, `_` and `-`");
             return None;
         }

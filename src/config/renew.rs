@@ -236,10 +236,7 @@ pub(super) fn renew(
     let kid_prefix = r
         .string(m.get("kid_prefix"), &join(path, "kid_prefix"))
         .unwrap_or_else(|| format!("{name}-{env}"));
-    let prefix_ok = !kid_prefix.is_empty()
-        && kid_prefix
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    let prefix_ok = !kid_prefix.is_empty() && crate::keys::in_kid_alphabet(&kid_prefix);
     if !prefix_ok {
         r.issue(
             &join(path, "kid_prefix"),

@@ -23,6 +23,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 pub use x509::Certificate;
 
+/// Whether every character of `s` is one Digdir allows in a kid: letters, digits, `.`, `_`, `-`.
+pub fn in_kid_alphabet(s: &str) -> bool {
+    s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
 /// Keys below this size are refused: Maskinporten's norm is 2048 bits.
 pub const MIN_RSA_BITS: usize = 2048;
 

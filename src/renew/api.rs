@@ -184,11 +184,7 @@ pub fn parse_listing(body: &Value) -> Result<Vec<Registered>, String> {
                 .get("kid")
                 .and_then(Value::as_str)
                 .filter(|kid| {
-                    !kid.is_empty()
-                        && kid.len() <= 256
-                        && kid
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                    !kid.is_empty() && kid.len() <= 256 && crate::keys::in_kid_alphabet(kid)
                 })
                 .ok_or("a listed key has no readable kid")?;
             Ok(Registered {

@@ -147,11 +147,7 @@ fn admin(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(unauthorized)?;
-    let key = jsonwebtoken::DecodingKey::from_rsa_components(
-        inner.signing.public_jwk()["n"].as_str().unwrap_or_default(),
-        inner.signing.public_jwk()["e"].as_str().unwrap_or_default(),
-    )
-    .map_err(|_| unauthorized())?;
+    let key = crate::mock::decoding_key(&inner.signing);
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
     validation.validate_aud = false;
     let claims = jsonwebtoken::decode::<Value>(token, &key, &validation)
@@ -209,11 +205,8 @@ fn replace(inner: &Inner, client_id: &str, set: &Value) -> Answer {
     let mut checked = Vec::new();
     for key in keys {
         let field = |name: &str| key.get(name).and_then(Value::as_str);
-        let Some(kid) = field("kid").filter(|k| {
-            !k.is_empty()
-                && k.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        }) else {
+        let Some(kid) = field("kid").filter(|k| !k.is_empty() && crate::keys::in_kid_alphabet(k))
+        else {
             return bad("kid is required and may hold only letters, digits, . _ and -");
         };
         if field("kty") != Some("RSA") {
