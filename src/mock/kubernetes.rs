@@ -114,15 +114,7 @@ impl MockKubernetes {
             .version
             .fetch_add(1, Ordering::SeqCst)
             .to_string();
-        let now = crate::time::unix_now() as i64;
-        let date = crate::keys::x509::date(now);
-        let secs = now.rem_euclid(86_400);
-        let stamp = format!(
-            "{date}T{:02}:{:02}:{:02}.000000Z",
-            secs / 3600,
-            secs / 60 % 60,
-            secs % 60
-        );
+        let stamp = crate::renew::kubernetes::micro_time(crate::time::unix_now() as i64);
         lock(&self.inner.objects).insert(
             ("leases".into(), namespace.into(), name.into()),
             json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
@@ -153,6 +145,15 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Answer {
         code,
         &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": reason, "code": code.as_u16()}),
     )
+}
+
+/// An object as written: at its new version, its Lease holder (if any) noted.
+fn store(inner: &Inner, mut object: Value, version: String) -> Value {
+    object["metadata"]["resourceVersion"] = json!(version);
+    if let Some(holder) = object["spec"]["holderIdentity"].as_str() {
+        lock(&inner.holders).push(holder.to_string());
+    }
+    object
 }
 
 async fn handle(inner: Arc<Inner>, request: Request<Incoming>) -> Answer {
@@ -217,11 +218,7 @@ async fn handle(inner: Arc<Inner>, request: Request<Incoming>) -> Answer {
                     &format!("{kind} \"{name}\" already exists"),
                 );
             }
-            let mut object = body;
-            object["metadata"]["resourceVersion"] = json!(next());
-            if let Some(holder) = object["spec"]["holderIdentity"].as_str() {
-                lock(&inner.holders).push(holder.to_string());
-            }
+            let object = store(&inner, body, next());
             objects.insert(key(&name), object.clone());
             answer(StatusCode::CREATED, &object)
         }
@@ -242,11 +239,7 @@ async fn handle(inner: Arc<Inner>, request: Request<Incoming>) -> Answer {
                     &format!("Operation cannot be fulfilled on {kind} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"),
                 );
             }
-            let mut object = body;
-            object["metadata"]["resourceVersion"] = json!(next());
-            if let Some(holder) = object["spec"]["holderIdentity"].as_str() {
-                lock(&inner.holders).push(holder.to_string());
-            }
+            let object = store(&inner, body, next());
             objects.insert(key(name), object.clone());
             answer(StatusCode::OK, &object)
         }

@@ -267,7 +267,7 @@ fn read_secret(secret: &Value) -> Result<SecretData, KubeError> {
 }
 
 /// Kubernetes' MicroTime: `2026-11-30T05:20:00.000000Z`.
-fn micro_time(unix: i64) -> String {
+pub fn micro_time(unix: i64) -> String {
     let date = crate::keys::x509::date(unix);
     let secs = unix.rem_euclid(86_400);
     format!(
