@@ -207,12 +207,12 @@ pub fn assemble(
                 key: Arc::new(ClientKey::new(Arc::clone(&c.key))),
             }),
         };
-        rotation::publish(
-            &identity.name,
-            &c.source,
-            &identity.key.current().1,
-            metrics,
-        );
+        rotation::publish(&identity.name, &identity.key.current().1, metrics);
+        if let KeySource::Keyset { path } = &c.source {
+            if let Ok((set, _)) = crate::keys::keyset::read_active(path) {
+                metrics.publish_keyset(&identity.name, &set);
+            }
+        }
         keys.push(Watched {
             name: Arc::clone(&identity.name),
             source: c.source.clone(),

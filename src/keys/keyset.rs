@@ -211,6 +211,13 @@ impl Keyset {
         self.keys.iter().find(|e| e.state == State::Pending)
     }
 
+    /// Whether `kid` is one of the set's retiring keys.
+    pub fn retiring(&self, kid: Option<&str>) -> bool {
+        self.keys
+            .iter()
+            .any(|e| e.state == State::Retiring && Some(e.kid.as_str()) == kid)
+    }
+
     pub fn get_mut(&mut self, kid: &str) -> Option<&mut Entry> {
         self.keys.iter_mut().find(|e| e.kid == kid)
     }
@@ -257,6 +264,11 @@ impl Keyset {
 
 /// The active key of the keyset at `path`, for signing.
 pub fn load_active(path: &Path) -> Result<SigningKey, KeyError> {
+    read_active(path).map(|(_, key)| key)
+}
+
+/// The keyset at `path` and its active key, read once.
+pub fn read_active(path: &Path) -> Result<(Keyset, SigningKey), KeyError> {
     let bytes = std::fs::read(path).map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound => KeyError::Invalid(format!(
             "{}: the keyset does not exist yet: run `portvakt rotate` to make and register the first key, or `portvakt keys adopt` to take in a key registered earlier",
@@ -275,7 +287,7 @@ pub fn load_active(path: &Path) -> Result<SigningKey, KeyError> {
             path.display()
         ))
     })?;
-    active
+    let key = active
         .signing_key()
         .map(|key| {
             key.with_registration(super::Registration {
@@ -284,7 +296,8 @@ pub fn load_active(path: &Path) -> Result<SigningKey, KeyError> {
                 last_pass: set.last_success,
             })
         })
-        .map_err(|e| KeyError::Invalid(format!("{}: {e}", path.display())))
+        .map_err(|e| KeyError::Invalid(format!("{}: {e}", path.display())))?;
+    Ok((set, key))
 }
 
 /// A JWK kept as a secret: written as its JSON, never printed.

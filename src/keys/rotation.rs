@@ -137,7 +137,7 @@ pub async fn watch(clients: Vec<Watched>, metrics: Arc<Metrics>, interval: Durat
                 reload(client, &metrics).await;
             }
             let (_, key) = client.key.current();
-            publish(&client.name, &client.source, &key, &metrics);
+            publish(&client.name, &key, &metrics);
             // Once at startup and then daily, not on every tick.
             let due = last_warning[i].is_none_or(|t| t.elapsed() >= Duration::from_secs(86_400));
             if due {
@@ -152,10 +152,25 @@ pub async fn watch(clients: Vec<Watched>, metrics: Arc<Metrics>, interval: Durat
 
 async fn reload(client: &Watched, metrics: &Metrics) {
     let source = client.source.clone();
-    // PKCS#12 key derivation is CPU work: keep it off the proxy's worker threads.
-    let loaded = tokio::task::spawn_blocking(move || load(&source)).await;
+    // PKCS#12 key derivation is CPU work: keep it off the proxy's worker threads. A keyset is
+    // read once for its active key, its retiring keys and its gauges.
+    let loaded = tokio::task::spawn_blocking(move || match &source {
+        KeySource::Keyset { path } => {
+            super::keyset::read_active(path).map(|(set, k)| (k, Some(set)))
+        }
+        other => load(other).map(|k| (k, None)),
+    })
+    .await;
     let (_, old) = client.key.current();
-    let result = match loaded {
+    let keyset = match &loaded {
+        Ok(Ok((_, Some(set)))) => {
+            metrics.publish_keyset(&client.name, set);
+            Some(set)
+        }
+        _ => None,
+    };
+    let retiring = keyset.is_some_and(|set| set.retiring(old.kid()));
+    let result = match loaded.map(|r| r.map(|(key, _)| key)) {
         Ok(Ok(key)) if key.same_identity(&old) => {
             // The same key, with news of its registration (its `exp` read back from Digdir).
             if key.registration() != old.registration() {
@@ -163,7 +178,7 @@ async fn reload(client: &Watched, metrics: &Metrics) {
             }
             "unchanged"
         }
-        Ok(Ok(key)) if retiring_in_keyset(&client.source, &old) => {
+        Ok(Ok(key)) if retiring => {
             tracing::info!(client = %client.name, from = %old.label(), to = %key.label(), thumbprint = key.thumbprint(), "key renewed: new tokens are signed with the new key; tokens already fetched keep serving, since the previous key stays registered while it retires");
             client.key.succeed(Arc::new(key));
             "rotated"
@@ -188,35 +203,12 @@ async fn reload(client: &Watched, metrics: &Metrics) {
         .inc();
 }
 
-/// Whether `old` is now a retiring key of the keyset the client's key comes from.
-fn retiring_in_keyset(source: &KeySource, old: &SigningKey) -> bool {
-    let KeySource::Keyset { path } = source else {
-        return false;
-    };
-    let Ok(bytes) = std::fs::read(path) else {
-        return false;
-    };
-    super::keyset::Keyset::parse(&bytes).is_ok_and(|set| {
-        set.keys
-            .iter()
-            .any(|e| e.state == super::keyset::State::Retiring && Some(e.kid.as_str()) == old.kid())
-    })
-}
-
-/// Sets the client's key gauges: certificate not-after and key age, where known; for a keyset,
-/// each key's registered `exp` and the renewer's last successful pass.
-pub fn publish(client: &Arc<String>, source: &KeySource, key: &SigningKey, metrics: &Metrics) {
+/// Sets the client's key gauges: certificate not-after and key age, where known. (A keyset's own
+/// gauges change only with its file: they are set where it is read, at start and on reload.)
+pub fn publish(client: &Arc<String>, key: &SigningKey, metrics: &Metrics) {
     let labels = ClientLabels {
         client: Arc::clone(client),
     };
-    if let KeySource::Keyset { path } = source {
-        if let Ok(set) = std::fs::read(path)
-            .map_err(drop)
-            .and_then(|b| super::keyset::Keyset::parse(&b).map_err(drop))
-        {
-            metrics.publish_keyset(client, &set);
-        }
-    }
     if let Some(cert) = key.certificate() {
         metrics
             .certificate_not_after

@@ -7,7 +7,7 @@
 use super::kubernetes::Kubernetes;
 use super::pass::{self, Context, Options, Outcome};
 use crate::config::{Config, Renewal};
-use crate::metrics::{ClientLabels, Metrics, RotationLabels};
+use crate::metrics::{Metrics, RotationLabels};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -135,19 +135,14 @@ async fn once(
     }
 }
 
+/// Counts a pass. (When it last succeeded is the keyset's `last_success`, which the key watcher
+/// publishes on every replica, this one included.)
 fn count(metrics: &Metrics, renewal: &Renewal, result: &'static str) {
-    let client = Arc::new(renewal.client.clone());
     metrics
         .key_rotations
         .get_or_create(&RotationLabels {
-            client: Arc::clone(&client),
+            client: Arc::new(renewal.client.clone()),
             result,
         })
         .inc();
-    if matches!(result, "nothing" | "done" | "waiting") {
-        metrics
-            .renewer_last_success
-            .get_or_create(&ClientLabels { client })
-            .set(super::now());
-    }
 }
