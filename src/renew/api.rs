@@ -38,7 +38,7 @@ pub enum ApiError {
 pub struct Api {
     http: reqwest::Client,
     base_url: String,
-    endpoint: TokenEndpoint,
+    endpoint: std::sync::Arc<TokenEndpoint>,
     admin_client_id: String,
     admin_key: std::sync::Arc<crate::keys::SigningKey>,
     scopes: Vec<String>,
@@ -48,7 +48,11 @@ pub struct Api {
 }
 
 impl Api {
-    pub fn new(selfservice: &SelfService, http: reqwest::Client, endpoint: TokenEndpoint) -> Self {
+    pub fn new(
+        selfservice: &SelfService,
+        http: reqwest::Client,
+        endpoint: std::sync::Arc<TokenEndpoint>,
+    ) -> Self {
         Api {
             http,
             base_url: selfservice.base_url.clone(),

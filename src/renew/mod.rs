@@ -20,8 +20,12 @@ use crate::secret::Secret;
 use api::Api;
 pub use pass::{Faults, Outcome, Uncut};
 
-/// The self-service API client and the token endpoint, built from the configuration.
-pub fn connect(config: &Config) -> anyhow::Result<(Api, crate::token::TokenEndpoint)> {
+/// The self-service API client and Maskinporten's token endpoint, built from the configuration.
+/// One endpoint (one circuit breaker, as for the proxy's clients) serves the administration
+/// client's token and the grant that proves a new key.
+pub fn connect(
+    config: &Config,
+) -> anyhow::Result<(Api, std::sync::Arc<crate::token::TokenEndpoint>)> {
     let Some(selfservice) = &config.selfservice else {
         anyhow::bail!("the configuration has no selfservice section: renewal needs Digdir's self-service API and an administration client");
     };
@@ -38,9 +42,11 @@ pub fn connect(config: &Config) -> anyhow::Result<(Api, crate::token::TokenEndpo
         config.maskinporten.connect_timeout,
         &config.maskinporten.proxy,
     )?;
-    let admin_endpoint = crate::build::token_endpoint(config, &tls)?;
-    let endpoint = crate::build::token_endpoint(config, &tls)?;
-    Ok((Api::new(selfservice, http, admin_endpoint), endpoint))
+    let endpoint = std::sync::Arc::new(crate::build::token_endpoint(config, &tls)?);
+    Ok((
+        Api::new(selfservice, http, std::sync::Arc::clone(&endpoint)),
+        endpoint,
+    ))
 }
 
 /// The clients a command is about: all with `renew`, or the one named.
