@@ -662,7 +662,7 @@ async fn kube_world(name: &str, renew: &str) -> (portvakt::mock::MockKubernetes,
     (kube, w)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keyset_in_a_kubernetes_secret_is_written_with_resource_version() {
     let (kube, w) = kube_world("kube", "").await;
     // The Secret must exist: the writer may only get and update it.
@@ -692,6 +692,22 @@ async fn a_keyset_in_a_kubernetes_secret_is_written_with_resource_version() {
     assert!(
         !w.keyset.exists(),
         "the writer wrote the replicas' file, not the Secret"
+    );
+    // `keys status` reads the keyset where the renewer writes it: the Secret.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_portvakt"))
+        .args(["keys", "status", "--config"])
+        .arg(&w.config)
+        .env("PORTVAKT_LOG_FORMAT", "text")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&status.stdout);
+    let line = out
+        .lines()
+        .find(|l| l.contains(stored.keys[0].kid.as_str()))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains("pending") && !line.contains("foreign"),
+        "{line}"
     );
     w.clock.advance(601);
     assert_eq!(w.rotate(false).await, 0);

@@ -83,23 +83,31 @@ pub fn private_jwk(
     Ok(private)
 }
 
-/// The private JWK of a key file as `portvakt keys adopt` takes it: a private JWK or JWK set (its
+/// The private JWK of a key file as `portvakt keys adopt` takes it, and the key loaded from it: a private JWK or JWK set (its
 /// last key), or a PEM key with the kid it was registered under.
-pub fn adoptable(text: &[u8], kid: Option<&str>) -> Result<serde_json::Value, KeyError> {
-    if let Some(kid) = kid {
-        let pkcs1 = super::pem::rsa_pkcs1(text).map_err(KeyError::Invalid)?;
-        return private_jwk(&pkcs1, kid).map(serde_json::Value::Object);
-    }
-    let value: serde_json::Value = serde_json::from_slice(text)
-        .map_err(|_| KeyError::Invalid("neither a JWK nor, with --kid, a PEM key".into()))?;
-    let jwk = match value.get("keys").and_then(serde_json::Value::as_array) {
-        Some(keys) => keys
-            .last()
-            .cloned()
-            .ok_or_else(|| KeyError::Invalid("the JWK set has no keys".into()))?,
-        None => value,
+pub fn adoptable(
+    text: &[u8],
+    kid: Option<&str>,
+) -> Result<(serde_json::Value, super::SigningKey), KeyError> {
+    let jwk = match kid {
+        Some(kid) => {
+            let pkcs1 = super::pem::rsa_pkcs1(text).map_err(KeyError::Invalid)?;
+            serde_json::Value::Object(private_jwk(&pkcs1, kid)?)
+        }
+        None => {
+            let value: serde_json::Value = serde_json::from_slice(text).map_err(|_| {
+                KeyError::Invalid("neither a JWK nor, with --kid, a PEM key".into())
+            })?;
+            match value.get("keys").and_then(serde_json::Value::as_array) {
+                Some(keys) => keys
+                    .last()
+                    .cloned()
+                    .ok_or_else(|| KeyError::Invalid("the JWK set has no keys".into()))?,
+                None => value,
+            }
+        }
     };
-    // Loading it checks that it is a private RSA key with a kid.
-    super::jwk::load(jwk.to_string().as_bytes(), "jwk")?;
-    Ok(jwk)
+    // Loading it checks that it is a private RSA key of at least 2048 bits, with a kid.
+    let key = super::jwk::load(jwk.to_string().as_bytes(), "jwk")?;
+    Ok((jwk, key))
 }

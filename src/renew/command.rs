@@ -3,20 +3,45 @@
 //! 64: the configuration cannot be used.
 
 use super::pass::{self, Context, Options, Outcome};
-use crate::keys::keyset::Keyset;
+use super::store::Store;
+use crate::config::{Config, Renewal};
 use std::path::Path;
 
 pub const EXIT_CONFIG: u8 = 64;
 pub const EXIT_WAITING: u8 = 2;
 
-fn load(config: &Path) -> Result<crate::config::Config, u8> {
-    crate::config::load_for_renewal(config).map_err(|e| {
-        eprintln!("{e}");
-        EXIT_CONFIG
-    })
+/// What every renewal command starts from: the configuration, the clients it is about (all with
+/// `renew`, or the one named), and Digdir's self-service API with Maskinporten's token endpoint.
+struct Opened {
+    config: Config,
+    renewals: Vec<Renewal>,
+    api: super::api::Api,
+    endpoint: std::sync::Arc<crate::token::TokenEndpoint>,
 }
 
-/// One pass of the renewal plan for each chosen client.
+/// Opens what `command` needs; a configuration that cannot be used is said on stderr, exit 64.
+fn open(config: &Path, client: Option<&str>, command: &str) -> Result<Opened, u8> {
+    let config = crate::config::load_for_renewal(config).map_err(|e| {
+        eprintln!("{e}");
+        EXIT_CONFIG
+    })?;
+    let opened = super::chosen(&config, client)
+        .map(|r| r.into_iter().cloned().collect())
+        .and_then(|renewals| Ok((renewals, super::connect(&config)?)));
+    match opened {
+        Ok((renewals, (api, endpoint))) => Ok(Opened {
+            config,
+            renewals,
+            api,
+            endpoint,
+        }),
+        Err(e) => {
+            eprintln!("portvakt {command}: {e:#}");
+            Err(EXIT_CONFIG)
+        }
+    }
+}
+
 /// Flags of `portvakt rotate`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Flags {
@@ -30,6 +55,7 @@ pub struct Flags {
 /// Longest wait past `activate_after` that `--wait` allows (Digdir's propagation, a slow grant).
 const WAIT_MARGIN: i64 = 900;
 
+/// One pass of the renewal plan for each chosen client.
 pub async fn rotate(config: &Path, client: Option<&str>, flags: Flags) -> u8 {
     rotate_with(config, client, flags, &pass::Uncut, &super::now).await
 }
@@ -42,20 +68,17 @@ pub async fn rotate_with(
     faults: &dyn pass::Faults,
     now: &(dyn Fn() -> i64 + Sync),
 ) -> u8 {
-    let config = match load(config) {
-        Ok(c) => c,
+    let Opened {
+        config,
+        renewals,
+        mut api,
+        endpoint,
+    } = match open(config, client, "rotate") {
+        Ok(o) => o,
         Err(code) => return code,
     };
-    let (chosen, (mut api, endpoint)) =
-        match super::chosen(&config, client).and_then(|c| Ok((c, super::connect(&config)?))) {
-            Ok(x) => x,
-            Err(e) => {
-                eprintln!("portvakt rotate: {e:#}");
-                return EXIT_CONFIG;
-            }
-        };
     let mut code = 0;
-    for renewal in chosen {
+    for renewal in &renewals {
         let mut cx = Context {
             api: &mut api,
             endpoint: &endpoint,
@@ -106,37 +129,34 @@ pub async fn rotate_with(
     code
 }
 
-/// The keyset of each chosen client against Digdir's set.
+/// The keyset of each chosen client, read where its renewer writes it (the file, or the Secret),
+/// against Digdir's set.
 pub async fn status(config: &Path, client: Option<&str>) -> u8 {
-    let config = match load(config) {
-        Ok(c) => c,
+    let mut opened = match open(config, client, "keys status") {
+        Ok(o) => o,
         Err(code) => return code,
     };
-    let (chosen, (mut api, _)) =
-        match super::chosen(&config, client).and_then(|c| Ok((c, super::connect(&config)?))) {
-            Ok(x) => x,
-            Err(e) => {
-                eprintln!("portvakt keys status: {e:#}");
-                return EXIT_CONFIG;
-            }
-        };
     let mut code = 0;
-    for renewal in chosen {
+    for renewal in &opened.renewals {
         println!(
             "{} (client_id {}, keyset {})",
             renewal.client,
             renewal.client_id,
             renewal.keyset.display()
         );
-        let keyset = match Keyset::read(&renewal.keyset, &renewal.client_id) {
+        let read = match Store::for_renewal(renewal) {
+            Ok(mut store) => store.read().await,
+            Err(e) => Err(e),
+        };
+        let keyset = match read {
             Ok(k) => k,
             Err(e) => {
-                eprintln!("portvakt keys status: {e}");
+                eprintln!("portvakt keys status: {}: {e}", renewal.client);
                 code = 1;
                 continue;
             }
         };
-        match api.registered(&renewal.client_id).await {
+        match opened.api.registered(&renewal.client_id).await {
             Ok(registered) => {
                 for line in super::status(&keyset, &registered, super::now()) {
                     println!("  {line}");
@@ -154,26 +174,17 @@ pub async fn status(config: &Path, client: Option<&str>) -> u8 {
 /// Takes a registered key into the client's (new) keyset as its active key, after checking that
 /// Digdir lists it.
 pub async fn adopt(config: &Path, client: &str, from: &Path, kid: Option<&str>) -> u8 {
-    let config = match load(config) {
-        Ok(c) => c,
+    let Opened {
+        renewals, mut api, ..
+    } = match open(config, Some(client), "keys adopt") {
+        Ok(o) => o,
         Err(code) => return code,
     };
-    let renewal = match super::chosen(&config, Some(client)) {
-        Ok(r) => r[0].clone(),
-        Err(e) => {
-            eprintln!("portvakt keys adopt: {e:#}");
-            return EXIT_CONFIG;
-        }
-    };
+    let renewal = &renewals[0];
     let read = std::fs::read(from)
         .map_err(|e| format!("cannot read {}: {e}", from.display()))
         .and_then(|text| {
             crate::keys::adoptable(&text, kid).map_err(|e| format!("{}: {e}", from.display()))
-        })
-        .and_then(|jwk| {
-            crate::keys::keyset::Entry::signing_key_of(&jwk)
-                .map(|key| (jwk, key))
-                .map_err(|e| format!("{}: {e}", from.display()))
         });
     let (jwk, key) = match read {
         Ok(x) => x,
@@ -182,13 +193,7 @@ pub async fn adopt(config: &Path, client: &str, from: &Path, kid: Option<&str>) 
             return 1;
         }
     };
-    let listed = match super::connect(&config) {
-        Ok((mut api, _)) => api.registered(&renewal.client_id).await,
-        Err(e) => {
-            eprintln!("portvakt keys adopt: {e:#}");
-            return EXIT_CONFIG;
-        }
-    };
+    let listed = api.registered(&renewal.client_id).await;
     let kid = key.kid().unwrap_or_default().to_string();
     match listed {
         Ok(keys) if keys.iter().any(|k| k.kid == kid) => {}
@@ -205,7 +210,7 @@ pub async fn adopt(config: &Path, client: &str, from: &Path, kid: Option<&str>) 
             return 1;
         }
     }
-    let keyset = match super::adopted(&renewal, &key, jwk, super::now()) {
+    let keyset = match super::adopted(renewal, &key, jwk, super::now()) {
         Ok(k) => k,
         Err(e) => {
             eprintln!("portvakt keys adopt: {e:#}");
@@ -213,7 +218,7 @@ pub async fn adopt(config: &Path, client: &str, from: &Path, kid: Option<&str>) 
         }
     };
     let written = async {
-        let mut store = super::store::Store::for_renewal(&renewal)?;
+        let mut store = Store::for_renewal(renewal)?;
         store.begin()?;
         if !store.read().await?.keys.is_empty() {
             return Err(super::store::StoreError::Failed(

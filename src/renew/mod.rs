@@ -148,6 +148,5 @@ pub fn adopted(
         exp: None,
         jwk: Secret::new(private_jwk),
     });
-    Keyset::parse(&serde_json::to_vec(&keyset)?)?;
     Ok(keyset)
 }
