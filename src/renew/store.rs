@@ -63,26 +63,26 @@ impl Store {
         };
         let mut name = path.as_os_str().to_owned();
         name.push(".lock");
+        let at = PathBuf::from(name);
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(PathBuf::from(&name))
+            .open(&at)
             .map_err(|e| {
-                StoreError::Failed(format!("cannot open the lock file {}: {e}", name.display()))
+                StoreError::Failed(format!("cannot open the lock file {}: {e}", at.display()))
             })?;
         match file.try_lock() {
             Ok(()) => {
                 *lock = Some(file);
                 Ok(())
             }
-            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Busy(format!(
-                "{} is locked",
-                PathBuf::from(&name).display()
-            ))),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                Err(StoreError::Busy(format!("{} is locked", at.display())))
+            }
             Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Failed(format!(
                 "cannot lock {}: {e}",
-                PathBuf::from(&name).display()
+                at.display()
             ))),
         }
     }
