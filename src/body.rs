@@ -7,6 +7,7 @@
 use crate::fault::{BodyError, Fault};
 use crate::metrics::Metrics;
 use crate::permits::Permit;
+use crate::upstream::Answer;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
@@ -43,9 +44,10 @@ impl Pace {
     }
 }
 
-/// A streamed body under its [`Pace`], with an optional size limit and the request's place.
-pub struct Guarded {
-    inner: Incoming,
+/// A streamed body under its [`Pace`], with an optional size limit and the request's place: the
+/// caller's body ([`Incoming`]) or the upstream's answer ([`Answer`]).
+pub struct Guarded<B = Incoming> {
+    inner: B,
     pace: Pace,
     /// Armed while waiting, for the earliest moment the pace is broken.
     timer: Option<Pin<Box<Sleep>>>,
@@ -68,8 +70,8 @@ pub struct FaultCount {
     pub route: Arc<String>,
 }
 
-impl Guarded {
-    pub fn new(inner: Incoming, pace: Pace) -> Self {
+impl<B> Guarded<B> {
+    pub fn new(inner: B, pace: Pace) -> Self {
         Guarded {
             inner,
             pace,
@@ -131,7 +133,10 @@ impl Guarded {
     }
 }
 
-impl HttpBody for Guarded {
+impl<B> HttpBody for Guarded<B>
+where
+    B: HttpBody<Data = Bytes, Error = hyper::Error> + Unpin,
+{
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -213,8 +218,12 @@ impl HttpBody for Guarded {
     }
 }
 
+/// What goes upstream: the caller's body streamed through, or kept in memory so the request can be
+/// sent again after a 401.
+pub type UpstreamBody = Either<Guarded, Full<Bytes>>;
+
 /// An answer's body: streamed from the upstream, or one of portvakt's own small answers.
-pub type Body = Either<Guarded, Full<Bytes>>;
+pub type Body = Either<Guarded<Answer<UpstreamBody>>, Full<Bytes>>;
 
 /// A small, complete answer: portvakt's own, the admin listener's and the mocks'.
 pub fn full(

@@ -3,6 +3,7 @@
 //! `app.rs` at start and by `reload.rs`.
 
 use crate::body::Pace;
+use crate::body::UpstreamBody;
 use crate::config::{BodyPace, Config, Egress, Maskinporten, RouteConfig, SystemUser};
 use crate::keys::rotation::{self, Watched};
 use crate::keys::ClientKey;
@@ -16,7 +17,7 @@ use crate::token::{
     client, AltinnExchange, ClientIdentity, GrantSpec, TokenCache, TokenEndpoint, TokenKey,
     TokenSlot,
 };
-use crate::upstream::{Target, UpstreamClient};
+use crate::upstream::Target;
 use anyhow::Context as _;
 use rustls_pki_types::CertificateDer;
 use std::collections::HashMap;
@@ -259,9 +260,12 @@ pub fn assemble(
         };
         let upstream = Target::from_uri(&r.upstream)
             .with_context(|| format!("route {}: upstream has no scheme or host", r.name))?;
-        let (http, _tls) = upstreams
+        let (upstream_client, _tls) = upstreams
             .get(r)
             .with_context(|| format!("route {}", r.name))?;
+        let http = upstream_client
+            .pool(&upstream)
+            .with_context(|| format!("route {}: upstream {upstream}", r.name))?;
         routes.push(Arc::new(Route {
             name: Arc::new(r.name.clone()),
             prefix: r.prefix.clone(),
@@ -306,12 +310,14 @@ pub fn assemble(
     })
 }
 
-/// One pooled upstream client per distinct TLS trust, connect timeout and proxy; routes that
-/// agree on all three share one, and its connections.
+/// One upstream client per distinct TLS trust, connect timeout, proxy and HTTP/2 setting;
+/// routes that agree on all four share one, and its connections to each upstream.
 struct UpstreamClients {
     tls: rustls::ClientConfig,
-    made: Vec<(UpstreamKind, UpstreamClient, rustls::ClientConfig)>,
+    made: Vec<(UpstreamKind, Arc<UpstreamClient>, rustls::ClientConfig)>,
 }
+
+type UpstreamClient = crate::upstream::Client<UpstreamBody>;
 
 /// What sets two routes' upstream clients apart: extra CA file, connect timeout, proxy, HTTP/2.
 type UpstreamKind = (Option<PathBuf>, Duration, Egress, bool);
@@ -325,7 +331,10 @@ impl UpstreamClients {
     }
 
     /// The route's pooled client, and the TLS configuration it verifies upstreams with.
-    fn get(&mut self, r: &RouteConfig) -> anyhow::Result<(UpstreamClient, rustls::ClientConfig)> {
+    fn get(
+        &mut self,
+        r: &RouteConfig,
+    ) -> anyhow::Result<(Arc<UpstreamClient>, rustls::ClientConfig)> {
         let key = (
             r.ca_file.as_ref().map(|c| c.path.clone()),
             r.connect_timeout,
@@ -339,9 +348,13 @@ impl UpstreamClients {
             None => self.tls.clone(),
             Some(ca) => tls_config(&ca.certs).with_context(|| ca.path.display().to_string())?,
         };
-        let client =
-            crate::upstream::client(tls.clone(), r.connect_timeout, &r.proxy, r.upstream_http2);
-        self.made.push((key, client.clone(), tls.clone()));
+        let client = Arc::new(UpstreamClient::new(
+            tls.clone(),
+            r.connect_timeout,
+            &r.proxy,
+            r.upstream_http2,
+        ));
+        self.made.push((key, Arc::clone(&client), tls.clone()));
         Ok((client, tls))
     }
 }

@@ -5,6 +5,7 @@ use crate::fault::{cut_by_portvakt, BodyError, Fault};
 use crate::party::PartyError;
 use crate::token::cache::TokenError;
 use crate::token::FetchError;
+use crate::upstream::{SendError, Target};
 use http::header::{HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
 use http_body_util::Either;
@@ -205,6 +206,35 @@ impl ProxyError {
                 .is_some_and(hyper::Error::is_user)
         });
         (callers || cut_by_portvakt(e).is_some()).then(|| ProxyError::request_body(e))
+    }
+
+    /// An upstream call that got no answer: timed out, never connected, or failed on the way.
+    /// The caller's body failing on the way (too large, stalled, caller gone) is not the
+    /// upstream's fault, and is answered as what it is.
+    pub fn from_upstream(e: SendError, upstream: &Target) -> ProxyError {
+        let upstream = upstream.to_string();
+        if let SendError::Timeout(after) = e {
+            return ProxyError::UpstreamTimeout { upstream, after };
+        }
+        let connecting = e.is_connect();
+        let e: &(dyn std::error::Error + 'static) = &e;
+        if let Some(error) = ProxyError::in_request_body(e) {
+            return error;
+        }
+        let (reason, fault) = (crate::cause::chain(e), Fault::of(e, connecting));
+        if connecting {
+            ProxyError::UpstreamUnreachable {
+                upstream,
+                reason,
+                fault,
+            }
+        } else {
+            ProxyError::UpstreamFailed {
+                upstream,
+                reason,
+                fault,
+            }
+        }
     }
 
     /// Whether the caller's connection is closed after this answer: its framing was refused, or

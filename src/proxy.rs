@@ -3,7 +3,7 @@
 //! one upstream client, the 401 rule), streams the answer back, and leaves each request's metrics
 //! and access line. Every answer portvakt makes itself comes from [`ProxyError`], here.
 
-use crate::body::{Body, FaultCount, Guarded, Pace};
+use crate::body::{Body, FaultCount, Guarded, Pace, UpstreamBody};
 use crate::error::ProxyError;
 use crate::metrics::{self, Metrics, RequestLabels};
 use crate::permits::{Permit, Permits};
@@ -13,7 +13,7 @@ use crate::recent::{RecentError, RecentErrors};
 use crate::request_id;
 use crate::route::Route;
 use crate::token::cache::Token;
-use crate::upstream::{self, UpstreamBody};
+use crate::upstream::{self, Answer};
 use arc_swap::ArcSwap;
 use http::header::CONTENT_LENGTH;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
@@ -194,7 +194,7 @@ impl Proxy {
     fn relay(
         &self,
         route: &Route,
-        mut response: Response<Incoming>,
+        mut response: Response<Answer<UpstreamBody>>,
         permit: Permit,
     ) -> Result<Response<Body>, ProxyError> {
         if let Err(reason) = headers::from_upstream(response.headers_mut()) {
@@ -281,13 +281,14 @@ async fn send(
     route: &Route,
     mut request: Request<UpstreamBody>,
     token: &Token,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Response<Answer<UpstreamBody>>, ProxyError> {
     let span = upstream_span(route);
     crate::telemetry::propagate(&span, request.headers_mut());
     headers::with_token(request.headers_mut(), token.bearer());
-    upstream::send(&route.http, &route.upstream, route.timeout, request)
+    upstream::send(&route.http, route.timeout, request)
         .instrument(span)
         .await
+        .map_err(|e| ProxyError::from_upstream(e, &route.upstream))
 }
 
 /// The upstream call, as a child of the request's span, when traces are exported. Without export

@@ -2,9 +2,10 @@
 //! path's remainder stays under the route's base however the upstream decodes it. Pure functions,
 //! tested by table.
 
+use crate::body::UpstreamBody;
 use crate::config::{AllowList, ApiKey};
 use crate::party::Parties;
-use crate::upstream::{Target, UpstreamClient};
+use crate::upstream::{Pool, Target};
 use http::{HeaderName, HeaderValue};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +24,9 @@ pub struct Route {
     /// After an upstream 401, the largest body kept to send the request again with a fresh token;
     /// `None` when the route never retries.
     pub retry_body_max: Option<u64>,
-    /// The pooled client for this route's upstream (shared by routes with the same TLS trust).
-    pub http: UpstreamClient,
+    /// The connections to this route's upstream (shared by routes that go there with the same TLS
+    /// trust, connect timeout, proxy and HTTP/2 setting).
+    pub http: Arc<Pool<UpstreamBody>>,
     /// Caller networks let in on this route, besides `inbound.allow`.
     pub allow: Option<AllowList>,
     /// Keys a caller must present in `api_key_header`; empty when none is asked for.

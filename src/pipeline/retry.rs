@@ -1,12 +1,11 @@
 //! The 401 rule: when the upstream answers 401 the token is dropped for everyone, and a request
 //! whose body portvakt kept goes once more with a fresh token; never twice.
 
-use crate::body::Guarded;
+use crate::body::{Guarded, UpstreamBody};
 use crate::error::ProxyError;
 use crate::metrics::{Metrics, RetryLabels};
 use crate::route::Route;
 use crate::token::cache::{Token, TokenSlot};
-use crate::upstream::UpstreamBody;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, Request, Uri};
 use http_body_util::{BodyExt as _, Either, Full};

@@ -1,0 +1,444 @@
+//! The connections to one upstream, made and kept with hyper's own client connections: HTTP/1.1
+//! connections idle in a stack, each carrying one request at a time; HTTP/2 connections (when the
+//! upstream chooses it by ALPN) shared by every request, a few of them so that each core's work is
+//! written on a connection of its own.
+//!
+//! hyper frames every byte; this module only chooses the connection. A connection comes back to
+//! the stack when its answer's last byte has been read ([`Answer`]), so no task is started per
+//! request to wait for that, and a route knows its pool when it is built, so no map is looked up
+//! per request.
+
+use super::Connector;
+use bytes::Bytes;
+use http::header::HOST;
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, Uri};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::{http1, http2};
+use hyper_util::client::legacy::connect::Connection as _;
+use hyper_util::rt::TokioExecutor;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Instant;
+use tower::ServiceExt as _;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long an HTTP/1.1 connection may sit unused. Callers that open a connection per request
+/// still share these, so no upstream connection is opened per request.
+const IDLE_FOR: Duration = Duration::from_secs(90);
+
+/// At most this many unused HTTP/1.1 connections are kept: enough for a busy hour's callers,
+/// while a burst of hundreds does not leave hundreds of idle connections (about 30 KB each) behind.
+const MAX_IDLE: usize = 128;
+
+/// How often idle connections past [`IDLE_FOR`] are closed when no request comes to do it.
+const REAP_EVERY: Duration = Duration::from_secs(30);
+
+/// A request taken by a connection that closed before writing it goes on another, up to this many
+/// tries in all (a request that failed on a fresh connection is not tried again).
+const ATTEMPTS: usize = 4;
+
+/// A request on its way: the answer's head, or why there is none.
+pub type Exchange<B> = Pin<Box<dyn Future<Output = Result<Response<Answer<B>>, SendError>> + Send>>;
+
+/// Why a request got no answer from the upstream.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection: TCP, the outbound proxy or TLS failed.
+    Connect(BoxError),
+    /// hyper could not begin HTTP on the new connection.
+    Handshake(hyper::Error),
+    /// The connection failed while the request was sent or the answer's head read.
+    Send(hyper::Error),
+    /// No answer's head within the route's time limit.
+    Timeout(Duration),
+}
+
+impl SendError {
+    /// Whether no connection was made (nothing of the request was sent).
+    pub fn is_connect(&self) -> bool {
+        matches!(self, SendError::Connect(_) | SendError::Handshake(_))
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SendError::Connect(_) => "connecting failed",
+            SendError::Handshake(_) => "starting HTTP on the connection failed",
+            SendError::Send(_) => "the exchange with the upstream failed",
+            SendError::Timeout(_) => "no answer in time",
+        })
+    }
+}
+
+impl std::error::Error for SendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SendError::Connect(e) => Some(&**e),
+            SendError::Handshake(e) | SendError::Send(e) => Some(e),
+            SendError::Timeout(_) => None,
+        }
+    }
+}
+
+/// The connections to one upstream (scheme and authority).
+pub struct Pool<B> {
+    connector: Connector,
+    /// Whether TLS offers HTTP/2 by ALPN.
+    offers_h2: bool,
+    /// `scheme://authority/`, what the connector is asked for.
+    origin: Uri,
+    /// What HTTP/1.1 requests carry as `Host`.
+    host: HeaderValue,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    /// How many HTTP/2 connections requests are spread over.
+    h2_connections: usize,
+    state: Mutex<State<B>>,
+    /// Held while an HTTP/2 connection is made, so that a burst of requests makes one.
+    connecting: tokio::sync::Mutex<()>,
+    next: AtomicUsize,
+}
+
+struct State<B> {
+    /// Unused HTTP/1.1 connections, the most recently used last.
+    idle: VecDeque<(http1::SendRequest<B>, Instant)>,
+    h2: Vec<http2::SendRequest<B>>,
+    /// Whether the upstream chose HTTP/2 on the last connection made; `None` before the first.
+    speaks_h2: Option<bool>,
+    reaping: bool,
+}
+
+enum Sender<B> {
+    H1(http1::SendRequest<B>),
+    H2(http2::SendRequest<B>),
+}
+
+impl<B> Pool<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    pub fn new(
+        connector: Connector,
+        offers_h2: bool,
+        scheme: &Scheme,
+        authority: &http::uri::Authority,
+    ) -> Result<Self, http::Error> {
+        let origin = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()?;
+        let default_port = if *scheme == Scheme::HTTPS { 443 } else { 80 };
+        let host = match authority.port_u16() {
+            Some(port) if port != default_port => format!("{}:{port}", authority.host()),
+            _ => authority.host().to_string(),
+        };
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Ok(Pool {
+            connector,
+            offers_h2,
+            origin,
+            host: HeaderValue::try_from(host)?,
+            http1: http1::Builder::new(),
+            http2: http2::Builder::new(TokioExecutor::new()),
+            h2_connections: cores.clamp(1, 4),
+            state: Mutex::new(State {
+                idle: VecDeque::new(),
+                h2: Vec::new(),
+                speaks_h2: None,
+                reaping: false,
+            }),
+            connecting: tokio::sync::Mutex::new(()),
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// Sends `request` (its URI absolute) and returns the answer's head; the body streams after.
+    /// The exchange's future is boxed here, once: it holds the request, and every layer that
+    /// awaited it would otherwise copy it as it moves it into its own state.
+    pub fn send(self: &Arc<Self>, request: Request<B>) -> Exchange<B> {
+        Box::pin(Arc::clone(self).exchange(request))
+    }
+
+    async fn exchange(
+        self: Arc<Self>,
+        mut request: Request<B>,
+    ) -> Result<Response<Answer<B>>, SendError> {
+        let absolute = request.uri().clone();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (sender, reused) = self.checkout().await?;
+            let (sent, back) = match sender {
+                Sender::H2(mut tx) => {
+                    *request.uri_mut() = absolute.clone();
+                    (tx.try_send_request(request).await, None)
+                }
+                Sender::H1(mut tx) => {
+                    *request.uri_mut() = origin_form(&absolute);
+                    request.headers_mut().insert(HOST, self.host.clone());
+                    (tx.try_send_request(request).await, Some(tx))
+                }
+            };
+            match sent {
+                Ok(response) => {
+                    let back = back.map(|tx| (Arc::downgrade(&self), tx));
+                    return Ok(response.map(|body| Answer::new(body, back)));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Not written: the connection closed as it was taken. Another may serve.
+                    Some(unsent) if reused && attempt < ATTEMPTS => {
+                        tracing::debug!(error = %e.error(), "upstream connection closed before the request went; trying another");
+                        request = unsent;
+                    }
+                    _ => return Err(SendError::Send(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// A connection to send on, and whether it carried requests before.
+    async fn checkout(self: &Arc<Self>) -> Result<(Sender<B>, bool), SendError> {
+        loop {
+            if let Some(found) = self.kept() {
+                match found {
+                    Sender::H1(mut tx) => {
+                        // Its last answer was read; hyper may not yet have made it ready again.
+                        if tx.ready().await.is_ok() {
+                            return Ok((Sender::H1(tx), true));
+                        }
+                    }
+                    h2 => return Ok((h2, true)),
+                }
+                continue;
+            }
+            let h2 = self.may_speak_h2() && crate::sync::lock(&self.state).speaks_h2 != Some(false);
+            // HTTP/2 connections are made one at a time, so that a burst makes one and shares it.
+            let _making = match h2 {
+                true => {
+                    let making = self.connecting.lock().await;
+                    if let Some(found @ Sender::H2(_)) = self.kept_h2(true) {
+                        return Ok((found, true));
+                    }
+                    Some(making)
+                }
+                false => None,
+            };
+            // Boxed: making a connection (TCP, TLS, handshake) takes kilobytes of state, which
+            // every request's future would otherwise carry and copy as it moves.
+            return Box::pin(self.connect()).await.map(|s| (s, false));
+        }
+    }
+
+    /// Whether a new connection may turn out to be HTTP/2 (HTTPS with h2 offered by ALPN).
+    fn may_speak_h2(&self) -> bool {
+        self.offers_h2 && self.origin.scheme() == Some(&Scheme::HTTPS)
+    }
+
+    /// A kept connection: an HTTP/2 one if there are enough of them, else the newest idle
+    /// HTTP/1.1 one that is still open.
+    fn kept(&self) -> Option<Sender<B>> {
+        if let Some(h2) = self.kept_h2(false) {
+            return Some(h2);
+        }
+        let mut state = crate::sync::lock(&self.state);
+        let now = Instant::now();
+        while let Some((tx, since)) = state.idle.pop_back() {
+            if !tx.is_closed() && now.duration_since(since) < IDLE_FOR {
+                return Some(Sender::H1(tx));
+            }
+        }
+        None
+    }
+
+    /// One of the HTTP/2 connections, in turn; while fewer than `h2_connections` are open, only
+    /// when `any` (so that the caller makes another).
+    fn kept_h2(&self, any: bool) -> Option<Sender<B>> {
+        let mut state = crate::sync::lock(&self.state);
+        state.h2.retain(|tx| !tx.is_closed());
+        let open = state.h2.len();
+        if open == 0 || (!any && open < self.h2_connections) {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % open;
+        Some(Sender::H2(state.h2[i].clone()))
+    }
+
+    async fn connect(self: &Arc<Self>) -> Result<Sender<B>, SendError> {
+        let io = self
+            .connector
+            .clone()
+            .oneshot(self.origin.clone())
+            .await
+            .map_err(SendError::Connect)?;
+        if io.connected().is_negotiated_h2() {
+            // Boxed: hyper starts a task per HTTP/2 request whose future has room for the whole
+            // connection, the TLS state included; boxing it keeps that room a pointer.
+            let (tx, connection) = self
+                .http2
+                .handshake(Box::new(io))
+                .await
+                .map_err(SendError::Handshake)?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                }
+            });
+            let mut state = crate::sync::lock(&self.state);
+            state.speaks_h2 = Some(true);
+            state.h2.push(tx.clone());
+            return Ok(Sender::H2(tx));
+        }
+        let (tx, connection) = self
+            .http1
+            .handshake(io)
+            .await
+            .map_err(SendError::Handshake)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        crate::sync::lock(&self.state).speaks_h2 = Some(false);
+        Ok(Sender::H1(tx))
+    }
+
+    /// Keeps an HTTP/1.1 connection whose answer was read to the end.
+    fn checkin(self: Arc<Self>, tx: http1::SendRequest<B>) {
+        let mut state = crate::sync::lock(&self.state);
+        if state.idle.len() >= MAX_IDLE {
+            state.idle.pop_front();
+        }
+        state.idle.push_back((tx, Instant::now()));
+        if !state.reaping {
+            state.reaping = true;
+            drop(state);
+            tokio::spawn(reap(Arc::downgrade(&self)));
+        }
+    }
+}
+
+/// Closes idle connections past [`IDLE_FOR`] while the pool lives, so that a quiet route does not
+/// hold sockets open at the upstream.
+async fn reap<B>(pool: Weak<Pool<B>>) {
+    let mut every = tokio::time::interval(REAP_EVERY);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        let mut state = crate::sync::lock(&pool.state);
+        let now = Instant::now();
+        state
+            .idle
+            .retain(|(tx, since)| !tx.is_closed() && now.duration_since(*since) < IDLE_FOR);
+    }
+}
+
+/// `/path?query` of an absolute URI, as an HTTP/1.1 request line carries it.
+fn origin_form(uri: &Uri) -> Uri {
+    match uri.path_and_query() {
+        Some(pq) if pq.as_str() != "/" => Uri::from(pq.clone()),
+        _ => Uri::from(PathAndQuery::from_static("/")),
+    }
+}
+
+/// An answer's body from the upstream. Read to its end, it gives its HTTP/1.1 connection back
+/// to the pool; dropped before, the connection goes with it (hyper cannot reuse it).
+pub struct Answer<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    body: Incoming,
+    back: Option<(Weak<Pool<B>>, http1::SendRequest<B>)>,
+    ended: bool,
+}
+
+impl<B> Answer<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    fn new(body: Incoming, back: Option<(Weak<Pool<B>>, http1::SendRequest<B>)>) -> Self {
+        let ended = body.is_end_stream();
+        Answer { body, back, ended }
+    }
+}
+
+impl<B> Drop for Answer<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    fn drop(&mut self) {
+        if !self.ended {
+            return;
+        }
+        if let Some((pool, tx)) = self.back.take() {
+            if let Some(pool) = pool.upgrade() {
+                pool.checkin(tx);
+            }
+        }
+    }
+}
+
+impl<B> Body for Answer<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.ended = true,
+            Poll::Ready(Some(Ok(_))) => self.ended = self.body.is_end_stream(),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_line_carries_path_and_query_only() {
+        for (uri, want) in [
+            ("https://api.nav.no/a/b?x=1", "/a/b?x=1"),
+            ("http://127.0.0.1:8/", "/"),
+            ("http://127.0.0.1:8", "/"),
+            ("https://h/%2e?q=%2F", "/%2e?q=%2F"),
+        ] {
+            assert_eq!(origin_form(&uri.parse().unwrap()).to_string(), want);
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The upstream pool (`src/upstream/pool.rs`): which connection each request goes on. Callers are
+//! raw sockets; the echo upstream records the connecting side's address of every request, so a
+//! reused connection shows as one address for many requests.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::wire::{read_answer, Answer};
+use common::*;
+use portvakt::app::Running;
+use portvakt::mock::{EchoUpstream, MockMaskinporten};
+use std::collections::HashSet;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// portvakt with one route, `/nav/` to `upstream`, plus the route lines in `extra`.
+async fn proxy_to(mock: &MockMaskinporten, upstream: &str, extra: &str) -> Running {
+    let routes = format!(
+        "  - name: nav\n    prefix: /nav/\n    upstream: {upstream}\n    client: vendor\n    scopes: [{SCOPE}]\n{extra}"
+    );
+    spawn_proxy(
+        &config_yaml(&mock.issuer(), &mock.token_endpoint(), &routes),
+        &[],
+    )
+    .await
+}
+
+/// `calls` GETs in a row on one kept connection, each answered 200.
+async fn caller(proxy: std::net::SocketAddr, who: usize, calls: usize) {
+    let mut caller = TcpStream::connect(proxy).await.unwrap();
+    let mut buf = Vec::new();
+    for i in 0..calls {
+        let call = format!("GET /nav/{who}/{i} HTTP/1.1\r\nHost: p\r\n\r\n");
+        caller.write_all(call.as_bytes()).await.unwrap();
+        let a: Answer = read_answer(&mut caller, &mut buf, false)
+            .await
+            .expect("an answer");
+        assert_eq!(a.status, 200, "caller {who}, call {i}");
+    }
+}
+
+/// The distinct upstream connections the echo upstream saw, after checking every token.
+fn connections(echo: &EchoUpstream, want_requests: usize) -> HashSet<std::net::SocketAddr> {
+    let records = echo.records();
+    assert_eq!(records.len(), want_requests);
+    for r in &records {
+        assert!(r.token_valid, "{}: {:?}", r.target, r.token_error);
+    }
+    records.iter().map(|r| r.peer).collect()
+}
+
+#[tokio::test]
+async fn concurrent_callers_use_a_connection_each_and_later_callers_reuse_them() {
+    let (mock, echo) = mock_and_upstream().await;
+    let proxy = proxy_to(&mock, &echo.url(), "").await;
+    caller(proxy.listen, 0, 1).await; // the token, fetched once
+    let callers: Vec<_> = (1..=4)
+        .map(|who| tokio::spawn(caller(proxy.listen, who, 5)))
+        .collect();
+    for c in callers {
+        c.await.unwrap();
+    }
+    let used = connections(&echo, 21);
+    assert!(
+        (1..=4).contains(&used.len()),
+        "4 callers at once need at most 4 upstream connections: {used:?}"
+    );
+    // A caller arriving later takes a kept connection: no new one is made for it.
+    caller(proxy.listen, 9, 3).await;
+    let after = connections(&echo, 24);
+    assert_eq!(after, used, "the late caller reused a kept connection");
+    assert_eq!(mock.token_requests(), 1);
+}
+
+#[tokio::test]
+async fn an_answer_the_caller_abandons_takes_its_connection_with_it() {
+    let (mock, echo) = mock_and_upstream().await;
+    let proxy = proxy_to(&mock, &echo.url(), "").await;
+    // 64 MiB: far more than any socket buffer holds, so the upstream is still sending when the
+    // caller goes.
+    let mut abandoned = TcpStream::connect(proxy.listen).await.unwrap();
+    abandoned
+        .write_all(b"GET /nav/bytes/67108864 HTTP/1.1\r\nHost: p\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 1024];
+    let n = abandoned.read(&mut head).await.unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &head[..n]);
+    drop(abandoned);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The next calls go on a connection whose last answer was read to its end, never on the
+    // one with an answer half sent.
+    for who in 1..=3 {
+        caller(proxy.listen, who, 2).await;
+    }
+    let records = echo.records();
+    assert_eq!(records.len(), 7);
+    let first = records[0].peer;
+    for r in &records[1..] {
+        assert_ne!(
+            r.peer, first,
+            "{}: went on the abandoned answer's connection",
+            r.target
+        );
+        assert_eq!(
+            r.peer, records[1].peer,
+            "{}: the calls after share one",
+            r.target
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_burst_over_http2_makes_a_few_connections_and_shares_them() {
+    let mock = MockMaskinporten::start(vec![registered_client()], 120)
+        .await
+        .unwrap();
+    let (cert, key) = tls_files();
+    let echo = EchoUpstream::start_tls_offering(
+        Some(mock.decoding_key()),
+        &cert,
+        &key,
+        &[b"h2", b"http/1.1"],
+    )
+    .await
+    .unwrap();
+    let proxy = proxy_to(&mock, &echo.url(), "    ca_file: test-ca.pem\n").await;
+    let callers: Vec<_> = (0..24)
+        .map(|who| tokio::spawn(caller(proxy.listen, who, 4)))
+        .collect();
+    for c in callers {
+        c.await.unwrap();
+    }
+    let used = connections(&echo, 96);
+    assert!(
+        echo.records()
+            .iter()
+            .all(|r| r.version == http::Version::HTTP_2),
+        "every request over HTTP/2"
+    );
+    // One per core (at most 4) are opened, one at a time however many requests wait.
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    assert!(
+        (1..=cores.clamp(1, 4)).contains(&used.len()),
+        "24 callers at once over HTTP/2: {} connections",
+        used.len()
+    );
+    assert_eq!(mock.token_requests(), 1);
+}
