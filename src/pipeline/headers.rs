@@ -51,13 +51,11 @@ impl Framing {
 
 /// The request's headers as they go upstream, before the token is added with [`with_token`].
 pub fn to_upstream(headers: &mut HeaderMap, route: &Route, framing: Framing) {
-    let named = connection_named(headers);
     // One pass over the names the caller sent, rather than a removal (a hash) per rule: a
     // request carries a handful of headers, the rules name a dozen and more.
     remove_where(headers, |name| {
-        is_hop_by_hop(name, &named)
-            // The client sets Host from the upstream URI; the caller's expectation was met by hyper.
-            || [HOST, CONTENT_LENGTH, EXPECT, AUTHORIZATION, COOKIE].contains(name)
+        // The client sets Host from the upstream URI; the caller's expectation was met by hyper.
+        [HOST, CONTENT_LENGTH, EXPECT, AUTHORIZATION, COOKIE].contains(name)
             // Headers for portvakt itself (an API key, a party) never travel on: its configured
             // names, and anything in its own `Portvakt-` namespace, whether this route asks for
             // them or not.
@@ -94,9 +92,30 @@ pub fn with_token(headers: &mut HeaderMap, bearer: &HeaderValue) {
 /// the coding, and frames it anew for the caller. Lengths that disagree or are not numbers are an
 /// invalid answer (hyper checks them where it reads a body by them, not on HEAD, 204 or 304).
 pub fn from_upstream(headers: &mut HeaderMap) -> Result<(), &'static str> {
-    if headers.contains_key(TRANSFER_ENCODING) {
-        headers.remove(CONTENT_LENGTH);
+    // One look at every line first: most answers carry one plain length, and need no more.
+    let (mut lengths, mut plain, mut coded) = (0, true, false);
+    for (name, value) in headers.iter() {
+        if *name == CONTENT_LENGTH {
+            lengths += 1;
+            let digits = value.as_bytes();
+            // Digits only, without a leading zero: the form it is sent on in.
+            plain &= digits.iter().all(u8::is_ascii_digit)
+                && (digits.len() == 1 || digits.first().is_some_and(|d| *d != b'0'));
+        } else if *name == TRANSFER_ENCODING {
+            coded = true;
+        }
     }
+    if coded && lengths > 0 {
+        headers.remove(CONTENT_LENGTH);
+    } else if lengths > 1 || !plain {
+        one_length(headers)?;
+    }
+    remove_where(headers, |_| false);
+    Ok(())
+}
+
+/// Several `Content-Length` values, or one list: one length if they all agree.
+fn one_length(headers: &mut HeaderMap) -> Result<(), &'static str> {
     let mut lengths = headers
         .get_all(CONTENT_LENGTH)
         .iter()
@@ -115,34 +134,37 @@ pub fn from_upstream(headers: &mut HeaderMap) -> Result<(), &'static str> {
         }
         headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
     }
-    strip_hop_by_hop(headers);
     Ok(())
 }
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
+#[cfg(test)]
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named = connection_named(headers);
-    remove_where(headers, |name| is_hop_by_hop(name, &named));
+    remove_where(headers, |_| false);
 }
 
-/// The headers the `Connection` header names (RFC 9110 7.6.1).
-fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
-    headers
+/// Removes every header that belongs to one connection (the hop-by-hop ones, and those the
+/// `Connection` header names, RFC 9110 7.6.1) and every header `drop` says, all their values.
+/// The names are found in one pass, then removed: a hash for each name removed, none for the
+/// rules.
+fn remove_where(headers: &mut HeaderMap, drop: impl Fn(&HeaderName) -> bool) {
+    let named: Vec<&str> = headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect()
-}
-
-fn is_hop_by_hop(name: &HeaderName, named: &[HeaderName]) -> bool {
-    HOP_BY_HOP.contains(name) || named.contains(name)
-}
-
-/// Removes every header whose name `drop` says, all its values.
-fn remove_where(headers: &mut HeaderMap, drop: impl Fn(&HeaderName) -> bool) {
-    let dropped: Vec<HeaderName> = headers.keys().filter(|n| drop(n)).cloned().collect();
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+        .collect();
+    let dropped: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            HOP_BY_HOP.contains(name)
+                || named.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()))
+                || drop(name)
+        })
+        .cloned()
+        .collect();
     for name in dropped {
         headers.remove(name);
     }
@@ -211,6 +233,17 @@ mod tests {
         h.append(CONTENT_LENGTH, HeaderValue::from_static("05, 5"));
         from_upstream(&mut h).unwrap();
         assert_eq!(h.get_all(CONTENT_LENGTH).iter().collect::<Vec<_>>(), ["5"]);
+        for (sent, kept) in [("5", "5"), ("0", "0"), ("007", "7"), (" 12 ", "12")] {
+            let mut h = HeaderMap::new();
+            h.insert(CONTENT_LENGTH, HeaderValue::from_static(sent));
+            h.insert(CONNECTION, HeaderValue::from_static("keep-alive"));
+            from_upstream(&mut h).unwrap();
+            assert_eq!(h.get_all(CONTENT_LENGTH).iter().collect::<Vec<_>>(), [kept]);
+            assert_eq!(h.len(), 1, "{sent}: Connection removed");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static(""));
+        assert!(from_upstream(&mut h).is_err());
         for bad in [["5", "6"], ["5", "x"], ["-1", "-1"]] {
             let mut h = HeaderMap::new();
             for v in bad {
