@@ -102,7 +102,7 @@ pub struct Pool<B> {
     /// How many HTTP/2 connections requests are spread over.
     h2_connections: usize,
     state: Mutex<State<B>>,
-    /// Held while an HTTP/2 connection is made, so that a burst of requests makes one.
+    /// Held while the first HTTP/2 connection is made, so that a burst of requests makes one.
     connecting: tokio::sync::Mutex<()>,
     next: AtomicUsize,
 }
@@ -113,6 +113,8 @@ struct State<B> {
     h2: Vec<http2::SendRequest<B>>,
     /// Whether the upstream chose HTTP/2 on the last connection made; `None` before the first.
     speaks_h2: Option<bool>,
+    /// Another HTTP/2 connection is being made beside the requests.
+    making_h2: bool,
     reaping: bool,
 }
 
@@ -156,6 +158,7 @@ where
                 idle: VecDeque::new(),
                 h2: Vec::new(),
                 speaks_h2: None,
+                making_h2: false,
                 reaping: false,
             }),
             connecting: tokio::sync::Mutex::new(()),
@@ -209,35 +212,28 @@ where
 
     /// A connection to send on, and whether it carried requests before.
     async fn checkout(self: &Arc<Self>) -> Result<(Sender<B>, bool), SendError> {
-        loop {
-            if let Some(found) = self.kept() {
-                match found {
-                    Sender::H1(mut tx) => {
-                        // Its last answer was read; hyper may not yet have made it ready again.
-                        if tx.ready().await.is_ok() {
-                            return Ok((Sender::H1(tx), true));
-                        }
-                    }
-                    h2 => return Ok((h2, true)),
-                }
-                continue;
-            }
-            let h2 = self.may_speak_h2() && crate::sync::lock(&self.state).speaks_h2 != Some(false);
-            // HTTP/2 connections are made one at a time, so that a burst makes one and shares it.
-            let _making = match h2 {
-                true => {
-                    let making = self.connecting.lock().await;
-                    if let Some(found @ Sender::H2(_)) = self.kept_h2(true) {
-                        return Ok((found, true));
-                    }
-                    Some(making)
-                }
-                false => None,
-            };
-            // Boxed: making a connection (TCP, TLS, handshake) takes kilobytes of state, which
-            // every request's future would otherwise carry and copy as it moves.
-            return Box::pin(self.connect()).await.map(|s| (s, false));
+        if let Some(h2) = self.shared_h2() {
+            return Ok((h2, true));
         }
+        if let Some(h1) = self.idle_h1() {
+            return Ok((Sender::H1(h1), true));
+        }
+        // Nothing to take: make a connection. One that may be HTTP/2 is made under the lock, so
+        // that a burst of requests makes one and shares it.
+        let h2 = self.may_speak_h2() && crate::sync::lock(&self.state).speaks_h2 != Some(false);
+        let _making = match h2 {
+            true => {
+                let making = self.connecting.lock().await;
+                if let Some(h2) = self.shared_h2() {
+                    return Ok((h2, true));
+                }
+                Some(making)
+            }
+            false => None,
+        };
+        // Boxed: making a connection (TCP, TLS, handshake) takes kilobytes of state, which
+        // every request's future would otherwise carry and copy as it moves.
+        Box::pin(self.connect()).await.map(|s| (s, false))
     }
 
     /// Whether a new connection may turn out to be HTTP/2 (HTTPS with h2 offered by ALPN).
@@ -245,33 +241,39 @@ where
         self.offers_h2 && self.origin.scheme() == Some(&Scheme::HTTPS)
     }
 
-    /// A kept connection: an HTTP/2 one if there are enough of them, else the newest idle
-    /// HTTP/1.1 one that is still open.
-    fn kept(&self) -> Option<Sender<B>> {
-        if let Some(h2) = self.kept_h2(false) {
-            return Some(h2);
-        }
-        let mut state = crate::sync::lock(&self.state);
-        let now = Instant::now();
-        while let Some((tx, since)) = state.idle.pop_back() {
-            if !tx.is_closed() && now.duration_since(since) < IDLE_FOR {
-                return Some(Sender::H1(tx));
-            }
-        }
-        None
-    }
-
-    /// One of the HTTP/2 connections, in turn; while fewer than `h2_connections` are open, only
-    /// when `any` (so that the caller makes another).
-    fn kept_h2(&self, any: bool) -> Option<Sender<B>> {
+    /// One of the open HTTP/2 connections, in turn. While fewer than `h2_connections` are open,
+    /// another is made beside the requests, which go on the open ones meanwhile.
+    fn shared_h2(self: &Arc<Self>) -> Option<Sender<B>> {
         let mut state = crate::sync::lock(&self.state);
         state.h2.retain(|tx| !tx.is_closed());
         let open = state.h2.len();
-        if open == 0 || (!any && open < self.h2_connections) {
+        if open == 0 {
             return None;
+        }
+        if open < self.h2_connections && !state.making_h2 {
+            state.making_h2 = true;
+            let pool = Arc::clone(self);
+            tokio::spawn(async move {
+                if let Err(e) = Box::pin(pool.connect()).await {
+                    tracing::debug!(error = %e, "another HTTP/2 connection to the upstream failed");
+                }
+                crate::sync::lock(&pool.state).making_h2 = false;
+            });
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % open;
         Some(Sender::H2(state.h2[i].clone()))
+    }
+
+    /// The most recently used idle HTTP/1.1 connection that is still open and not too old.
+    fn idle_h1(&self) -> Option<http1::SendRequest<B>> {
+        let mut state = crate::sync::lock(&self.state);
+        let now = Instant::now();
+        while let Some((tx, since)) = state.idle.pop_back() {
+            if tx.is_ready() && now.duration_since(since) < IDLE_FOR {
+                return Some(tx);
+            }
+        }
+        None
     }
 
     async fn connect(self: &Arc<Self>) -> Result<Sender<B>, SendError> {
@@ -313,8 +315,27 @@ where
         Ok(Sender::H1(tx))
     }
 
-    /// Keeps an HTTP/1.1 connection whose answer was read to the end.
-    fn checkin(self: Arc<Self>, tx: http1::SendRequest<B>) {
+    /// Keeps an HTTP/1.1 connection whose answer was read to the end, once hyper says it can
+    /// take the next request (at once, unless the request's body is still being sent).
+    fn checkin(self: Arc<Self>, mut tx: http1::SendRequest<B>) {
+        if !tx.is_ready() {
+            if tx.is_closed() {
+                return;
+            }
+            let pool = Arc::downgrade(&self);
+            tokio::spawn(async move {
+                if tx.ready().await.is_ok() {
+                    if let Some(pool) = pool.upgrade() {
+                        pool.keep(tx);
+                    }
+                }
+            });
+            return;
+        }
+        self.keep(tx);
+    }
+
+    fn keep(self: Arc<Self>, tx: http1::SendRequest<B>) {
         let mut state = crate::sync::lock(&self.state);
         if state.idle.len() >= MAX_IDLE {
             state.idle.pop_front();
