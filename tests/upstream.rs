@@ -1,7 +1,7 @@
-//! The one way upstream (the pool over hyper's client connections): what it relays, how it reuses connections,
-//! HTTP/1.1 and HTTP/2 upstreams, and the 401 retry. Callers are raw sockets, so every byte on the
-//! wire is seen; upstreams are the recording raw server or the echo upstream, which verifies each
-//! token.
+//! The one way upstream (the pool over hyper's client connections): what it relays, how it reuses
+//! connections, HTTP/1.1 and HTTP/2 upstreams, and the 401 retry. Callers are raw sockets, so every
+//! byte on the wire is seen; upstreams are the recording raw server or the echo upstream, which
+//! verifies each token.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
