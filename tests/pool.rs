@@ -7,24 +7,11 @@ mod common;
 
 use common::wire::{read_answer, Answer};
 use common::*;
-use portvakt::app::Running;
 use portvakt::mock::{EchoUpstream, MockMaskinporten};
 use std::collections::HashSet;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// portvakt with one route, `/nav/` to `upstream`, plus the route lines in `extra`.
-async fn proxy_to(mock: &MockMaskinporten, upstream: &str, extra: &str) -> Running {
-    let routes = format!(
-        "  - name: nav\n    prefix: /nav/\n    upstream: {upstream}\n    client: vendor\n    scopes: [{SCOPE}]\n{extra}"
-    );
-    spawn_proxy(
-        &config_yaml(&mock.issuer(), &mock.token_endpoint(), &routes),
-        &[],
-    )
-    .await
-}
 
 /// `calls` GETs in a row on one kept connection, each answered 200.
 async fn caller(proxy: std::net::SocketAddr, who: usize, calls: usize) {

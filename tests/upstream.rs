@@ -14,18 +14,6 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// portvakt with one route, `/nav/` to `upstream`, plus the route lines in `extra`.
-async fn proxy_to(mock: &MockMaskinporten, upstream: &str, extra: &str) -> Running {
-    let routes = format!(
-        "  - name: nav\n    prefix: /nav/\n    upstream: {upstream}\n    client: vendor\n    scopes: [{SCOPE}]\n{extra}"
-    );
-    spawn_proxy(
-        &config_yaml(&mock.issuer(), &mock.token_endpoint(), &routes),
-        &[],
-    )
-    .await
-}
-
 async fn answer(caller: &mut TcpStream, buf: &mut Vec<u8>) -> Answer {
     read_answer(caller, buf, false).await.expect("no answer")
 }

@@ -218,6 +218,19 @@ pub async fn spawn_proxy(yaml: &str, env: &[(&str, &str)]) -> Running {
     portvakt::app::start(&config).await.unwrap()
 }
 
+/// portvakt with one route, `/nav/` to `upstream` for the `vendor` client, plus the route lines in
+/// `extra`.
+pub async fn proxy_to(mock: &MockMaskinporten, upstream: &str, extra: &str) -> Running {
+    let routes = format!(
+        "  - name: nav\n    prefix: /nav/\n    upstream: {upstream}\n    client: vendor\n    scopes: [{SCOPE}]\n{extra}"
+    );
+    spawn_proxy(
+        &config_yaml(&mock.issuer(), &mock.token_endpoint(), &routes),
+        &[],
+    )
+    .await
+}
+
 /// Parses a problem+json answer, checking its content type.
 pub async fn problem(response: reqwest::Response) -> serde_json::Value {
     let content_type = response.headers()["content-type"]
