@@ -2,12 +2,14 @@
 //! rustls), straight or through an outbound proxy, kept in a [`Pool`] per upstream, within the
 //! route's time limit.
 
+mod answer;
 mod egress;
 mod pool;
 mod target;
 
+pub use answer::Answer;
 pub use egress::{basic_auth, EgressConnector};
-pub use pool::{Answer, Exchange, Pool, SendError};
+pub use pool::{Exchange, Pool, SendError};
 pub use target::Target;
 
 use crate::config::Egress;

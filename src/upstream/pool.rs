@@ -8,12 +8,12 @@
 //! request to wait for that, and a route knows its pool when it is built, so no map is looked up
 //! per request.
 
+use super::answer::Answer;
 use super::Connector;
-use bytes::Bytes;
 use http::header::HOST;
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::Body;
 use hyper::client::conn::{http1, http2};
 use hyper_util::client::legacy::connect::Connection as _;
 use hyper_util::rt::TokioExecutor;
@@ -22,7 +22,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
 use tower::ServiceExt as _;
@@ -317,7 +316,7 @@ where
 
     /// Keeps an HTTP/1.1 connection whose answer was read to the end, once hyper says it can
     /// take the next request (at once, unless the request's body is still being sent).
-    fn checkin(self: Arc<Self>, mut tx: http1::SendRequest<B>) {
+    pub(super) fn checkin(self: Arc<Self>, mut tx: http1::SendRequest<B>) {
         if !tx.is_ready() {
             if tx.is_closed() {
                 return;
@@ -370,80 +369,6 @@ fn origin_form(uri: &Uri) -> Uri {
     match uri.path_and_query() {
         Some(pq) if pq.as_str() != "/" => Uri::from(pq.clone()),
         _ => Uri::from(PathAndQuery::from_static("/")),
-    }
-}
-
-/// An answer's body from the upstream. Read to its end, it gives its HTTP/1.1 connection back
-/// to the pool; dropped before, the connection goes with it (hyper cannot reuse it).
-pub struct Answer<B>
-where
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    body: Incoming,
-    back: Option<(Weak<Pool<B>>, http1::SendRequest<B>)>,
-    ended: bool,
-}
-
-impl<B> Answer<B>
-where
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    fn new(body: Incoming, back: Option<(Weak<Pool<B>>, http1::SendRequest<B>)>) -> Self {
-        let ended = body.is_end_stream();
-        Answer { body, back, ended }
-    }
-}
-
-impl<B> Drop for Answer<B>
-where
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    fn drop(&mut self) {
-        if !self.ended {
-            return;
-        }
-        if let Some((pool, tx)) = self.back.take() {
-            if let Some(pool) = pool.upgrade() {
-                pool.checkin(tx);
-            }
-        }
-    }
-}
-
-impl<B> Body for Answer<B>
-where
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.ended = true,
-            Poll::Ready(Some(Ok(_))) => self.ended = self.body.is_end_stream(),
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 

@@ -1,0 +1,89 @@
+//! The body of an upstream's answer, which gives its HTTP/1.1 connection back to the pool when it
+//! has been read to the end.
+
+use super::pool::Pool;
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1;
+use std::pin::Pin;
+use std::sync::Weak;
+use std::task::{Context, Poll};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An answer's body from the upstream. Read to its end, it gives its HTTP/1.1 connection back
+/// to the pool; dropped before, the connection goes with it (hyper cannot reuse it).
+pub struct Answer<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    body: Incoming,
+    back: Option<(Weak<Pool<B>>, http1::SendRequest<B>)>,
+    ended: bool,
+}
+
+impl<B> Answer<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    pub(super) fn new(
+        body: Incoming,
+        back: Option<(Weak<Pool<B>>, http1::SendRequest<B>)>,
+    ) -> Self {
+        let ended = body.is_end_stream();
+        Answer { body, back, ended }
+    }
+}
+
+impl<B> Drop for Answer<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    fn drop(&mut self) {
+        if !self.ended {
+            return;
+        }
+        if let Some((pool, tx)) = self.back.take() {
+            if let Some(pool) = pool.upgrade() {
+                pool.checkin(tx);
+            }
+        }
+    }
+}
+
+impl<B> Body for Answer<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.ended = true,
+            Poll::Ready(Some(Ok(_))) => self.ended = self.body.is_end_stream(),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
