@@ -260,10 +260,9 @@ pub fn assemble(
         };
         let upstream = Target::from_uri(&r.upstream)
             .with_context(|| format!("route {}: upstream has no scheme or host", r.name))?;
-        let (upstream_client, _tls) = upstreams
+        let http = upstreams
             .get(r)
-            .with_context(|| format!("route {}", r.name))?;
-        let http = upstream_client
+            .with_context(|| format!("route {}", r.name))?
             .pool(&upstream)
             .with_context(|| format!("route {}: upstream {upstream}", r.name))?;
         routes.push(Arc::new(Route {
@@ -314,7 +313,7 @@ pub fn assemble(
 /// routes that agree on all four share one, and its connections to each upstream.
 struct UpstreamClients {
     tls: rustls::ClientConfig,
-    made: Vec<(UpstreamKind, Arc<UpstreamClient>, rustls::ClientConfig)>,
+    made: Vec<(UpstreamKind, UpstreamClient)>,
 }
 
 type UpstreamClient = crate::upstream::Client<UpstreamBody>;
@@ -330,32 +329,30 @@ impl UpstreamClients {
         }
     }
 
-    /// The route's pooled client, and the TLS configuration it verifies upstreams with.
-    fn get(
-        &mut self,
-        r: &RouteConfig,
-    ) -> anyhow::Result<(Arc<UpstreamClient>, rustls::ClientConfig)> {
+    /// The route's upstream client: one already made for the same kind, or a new one.
+    fn get(&mut self, r: &RouteConfig) -> anyhow::Result<&mut UpstreamClient> {
         let key = (
             r.ca_file.as_ref().map(|c| c.path.clone()),
             r.connect_timeout,
             r.proxy.clone(),
             r.upstream_http2,
         );
-        if let Some((_, client, tls)) = self.made.iter().find(|(k, _, _)| *k == key) {
-            return Ok((client.clone(), tls.clone()));
-        }
-        let tls = match &r.ca_file {
-            None => self.tls.clone(),
-            Some(ca) => tls_config(&ca.certs).with_context(|| ca.path.display().to_string())?,
+        let made = match self.made.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                let tls = match &r.ca_file {
+                    None => self.tls.clone(),
+                    Some(ca) => {
+                        tls_config(&ca.certs).with_context(|| ca.path.display().to_string())?
+                    }
+                };
+                let client =
+                    UpstreamClient::new(tls, r.connect_timeout, &r.proxy, r.upstream_http2);
+                self.made.push((key, client));
+                self.made.len() - 1
+            }
         };
-        let client = Arc::new(UpstreamClient::new(
-            tls.clone(),
-            r.connect_timeout,
-            &r.proxy,
-            r.upstream_http2,
-        ));
-        self.made.push((key, Arc::clone(&client), tls.clone()));
-        Ok((client, tls))
+        Ok(&mut self.made[made].1)
     }
 }
 

@@ -2,6 +2,7 @@
 //! has been read to the end.
 
 use super::pool::Pool;
+use super::Outgoing;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
@@ -9,15 +10,11 @@ use std::pin::Pin;
 use std::sync::Weak;
 use std::task::{Context, Poll};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
 /// An answer's body from the upstream. Read to its end, it gives its HTTP/1.1 connection back
 /// to the pool; dropped before, the connection goes with it (hyper cannot reuse it).
 pub struct Answer<B>
 where
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    B: Outgoing,
 {
     body: Incoming,
     back: Option<(Weak<Pool<B>>, http1::SendRequest<B>)>,
@@ -26,9 +23,7 @@ where
 
 impl<B> Answer<B>
 where
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    B: Outgoing,
 {
     pub(super) fn new(
         body: Incoming,
@@ -41,9 +36,7 @@ where
 
 impl<B> Drop for Answer<B>
 where
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    B: Outgoing,
 {
     fn drop(&mut self) {
         if !self.ended {
@@ -59,9 +52,7 @@ where
 
 impl<B> Body for Answer<B>
 where
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    B: Outgoing,
 {
     type Data = Bytes;
     type Error = hyper::Error;

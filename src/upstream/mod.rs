@@ -19,21 +19,35 @@ use hyper::body::Body;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
+
+/// What a request's body must be to go upstream: hyper's bounds for a client connection's body.
+pub trait Outgoing:
+    Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + Unpin + 'static
+{
+}
+
+impl<T> Outgoing for T where
+    T: Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + Unpin
+        + 'static
+{
+}
 
 /// TCP (straight or tunnelled), then TLS for `https` upstreams.
 pub type Connector = HttpsConnector<EgressConnector>;
 
 /// What routes with the same TLS trust, connect timeout, proxy and HTTP/2 setting share: how to
 /// connect, and one [`Pool`] per upstream, handed to each route when it is built.
-pub struct Client<B> {
+pub struct Client<B: Outgoing> {
     connector: Connector,
     http2: bool,
-    pools: Mutex<Vec<Kept<B>>>,
+    pools: Vec<Kept<B>>,
 }
 
-struct Kept<B> {
+struct Kept<B: Outgoing> {
     scheme: Scheme,
     authority: Authority,
     pool: Arc<Pool<B>>,
@@ -41,9 +55,7 @@ struct Kept<B> {
 
 impl<B> Client<B>
 where
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Outgoing,
 {
     pub fn new(
         tls: rustls::ClientConfig,
@@ -69,14 +81,14 @@ where
         Client {
             connector,
             http2,
-            pools: Mutex::new(Vec::new()),
+            pools: Vec::new(),
         }
     }
 
     /// The pool for `upstream`'s scheme and authority, shared by every route that goes there.
-    pub fn pool(&self, upstream: &Target) -> Result<Arc<Pool<B>>, http::Error> {
-        let mut pools = crate::sync::lock(&self.pools);
-        let found = pools
+    pub fn pool(&mut self, upstream: &Target) -> Result<Arc<Pool<B>>, http::Error> {
+        let found = self
+            .pools
             .iter()
             .find(|p| p.scheme == upstream.scheme && p.authority == upstream.authority);
         if let Some(p) = found {
@@ -88,7 +100,7 @@ where
             &upstream.scheme,
             &upstream.authority,
         )?);
-        pools.push(Kept {
+        self.pools.push(Kept {
             scheme: upstream.scheme.clone(),
             authority: upstream.authority.clone(),
             pool: Arc::clone(&pool),
@@ -104,9 +116,7 @@ pub fn send<B>(
     request: Request<B>,
 ) -> impl Future<Output = Result<Response<Answer<B>>, SendError>> + Send
 where
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Outgoing,
 {
     let exchange = pool.send(request);
     async move {

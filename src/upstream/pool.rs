@@ -9,11 +9,10 @@
 //! per request.
 
 use super::answer::Answer;
-use super::Connector;
+use super::{Connector, Outgoing};
 use http::header::HOST;
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::Scheme;
 use http::{HeaderValue, Request, Response, Uri};
-use hyper::body::Body;
 use hyper::client::conn::{http1, http2};
 use hyper_util::client::legacy::connect::Connection as _;
 use hyper_util::rt::TokioExecutor;
@@ -88,10 +87,10 @@ impl std::error::Error for SendError {
 }
 
 /// The connections to one upstream (scheme and authority).
-pub struct Pool<B> {
+pub struct Pool<B: Outgoing> {
     connector: Connector,
-    /// Whether TLS offers HTTP/2 by ALPN.
-    offers_h2: bool,
+    /// Whether a new connection may turn out to be HTTP/2: HTTPS, with h2 offered by ALPN.
+    may_speak_h2: bool,
     /// `scheme://authority/`, what the connector is asked for.
     origin: Uri,
     /// What HTTP/1.1 requests carry as `Host`.
@@ -106,7 +105,7 @@ pub struct Pool<B> {
     next: AtomicUsize,
 }
 
-struct State<B> {
+struct State<B: Outgoing> {
     /// Unused HTTP/1.1 connections, the most recently used last.
     idle: VecDeque<(http1::SendRequest<B>, Instant)>,
     h2: Vec<http2::SendRequest<B>>,
@@ -117,16 +116,14 @@ struct State<B> {
     reaping: bool,
 }
 
-enum Sender<B> {
+enum Sender<B: Outgoing> {
     H1(http1::SendRequest<B>),
     H2(http2::SendRequest<B>),
 }
 
 impl<B> Pool<B>
 where
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    B: Outgoing,
 {
     pub fn new(
         connector: Connector,
@@ -144,15 +141,14 @@ where
             Some(port) if port != default_port => format!("{}:{port}", authority.host()),
             _ => authority.host().to_string(),
         };
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
         Ok(Pool {
             connector,
-            offers_h2,
+            may_speak_h2: offers_h2 && *scheme == Scheme::HTTPS,
             origin,
             host: HeaderValue::try_from(host)?,
             http1: http1::Builder::new(),
             http2: http2::Builder::new(TokioExecutor::new()),
-            h2_connections: cores.clamp(1, 4),
+            h2_connections: h2_connections(),
             state: Mutex::new(State {
                 idle: VecDeque::new(),
                 h2: Vec::new(),
@@ -219,7 +215,7 @@ where
         }
         // Nothing to take: make a connection. One that may be HTTP/2 is made under the lock, so
         // that a burst of requests makes one and shares it.
-        let h2 = self.may_speak_h2() && crate::sync::lock(&self.state).speaks_h2 != Some(false);
+        let h2 = self.may_speak_h2 && crate::sync::lock(&self.state).speaks_h2 != Some(false);
         let _making = match h2 {
             true => {
                 let making = self.connecting.lock().await;
@@ -233,11 +229,6 @@ where
         // Boxed: making a connection (TCP, TLS, handshake) takes kilobytes of state, which
         // every request's future would otherwise carry and copy as it moves.
         Box::pin(self.connect()).await.map(|s| (s, false))
-    }
-
-    /// Whether a new connection may turn out to be HTTP/2 (HTTPS with h2 offered by ALPN).
-    fn may_speak_h2(&self) -> bool {
-        self.offers_h2 && self.origin.scheme() == Some(&Scheme::HTTPS)
     }
 
     /// One of the open HTTP/2 connections, in turn. While fewer than `h2_connections` are open,
@@ -290,11 +281,7 @@ where
                 .handshake(Box::new(io))
                 .await
                 .map_err(SendError::Handshake)?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
-                }
-            });
+            run(connection);
             let mut state = crate::sync::lock(&self.state);
             state.speaks_h2 = Some(true);
             state.h2.push(tx.clone());
@@ -305,11 +292,7 @@ where
             .handshake(io)
             .await
             .map_err(SendError::Handshake)?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "upstream connection ended");
-            }
-        });
+        run(connection);
         crate::sync::lock(&self.state).speaks_h2 = Some(false);
         Ok(Sender::H1(tx))
     }
@@ -350,7 +333,7 @@ where
 
 /// Closes idle connections past [`IDLE_FOR`] while the pool lives, so that a quiet route does not
 /// hold sockets open at the upstream.
-async fn reap<B>(pool: Weak<Pool<B>>) {
+async fn reap<B: Outgoing>(pool: Weak<Pool<B>>) {
     let mut every = tokio::time::interval(REAP_EVERY);
     every.tick().await;
     loop {
@@ -366,10 +349,28 @@ async fn reap<B>(pool: Weak<Pool<B>>) {
 
 /// `/path?query` of an absolute URI, as an HTTP/1.1 request line carries it.
 fn origin_form(uri: &Uri) -> Uri {
-    match uri.path_and_query() {
-        Some(pq) if pq.as_str() != "/" => Uri::from(pq.clone()),
-        _ => Uri::from(PathAndQuery::from_static("/")),
-    }
+    uri.path_and_query()
+        .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()))
+}
+
+/// HTTP/2 connections per upstream: one per core, at most 4. Read once: on Linux it reads the
+/// cgroup's CPU limit.
+fn h2_connections() -> usize {
+    static CONNECTIONS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CONNECTIONS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .clamp(1, 4)
+    })
+}
+
+/// Runs a connection's future until it ends; hyper moves its requests and answers there.
+fn run(connection: impl Future<Output = Result<(), hyper::Error>> + Send + 'static) {
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "upstream connection ended");
+        }
+    });
 }
 
 #[cfg(test)]
