@@ -83,8 +83,8 @@ pub fn private_jwk(
     Ok(private)
 }
 
-/// The private JWK of a key file as `portvakt keys adopt` takes it, and the key loaded from it: a private JWK or JWK set (its
-/// last key), or a PEM key with the kid it was registered under.
+/// The private JWK of a key file as `portvakt keys adopt` takes it, and the key loaded from it: a
+/// private JWK or JWK set (its last key), or a PEM key with the kid it was registered under.
 pub fn adoptable(
     text: &[u8],
     kid: Option<&str>,

@@ -110,7 +110,7 @@ pub fn from_upstream(headers: &mut HeaderMap) -> Result<(), &'static str> {
     } else if lengths > 1 || !plain {
         one_length(headers)?;
     }
-    remove_where(headers, |_| false);
+    strip_hop_by_hop(headers);
     Ok(())
 }
 
@@ -138,7 +138,6 @@ fn one_length(headers: &mut HeaderMap) -> Result<(), &'static str> {
 }
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
-#[cfg(test)]
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     remove_where(headers, |_| false);
 }
