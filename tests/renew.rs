@@ -55,6 +55,17 @@ fn admin_client(scopes: &[&str]) -> MockClient {
 }
 
 impl World {
+    /// Runs the portvakt binary with `args` and this world's `--config`, logs as text.
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_portvakt"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env("PORTVAKT_LOG_FORMAT", "text")
+            .output()
+            .unwrap()
+    }
+
     /// A mock with the admin client and `vendor` (registered keys from `vendor`), an upstream, and a
     /// config with `renew` (`renew` lines indented six spaces).
     async fn start(name: &str, vendor: MockClient, renew: &str) -> World {
@@ -571,28 +582,19 @@ async fn digdir_s_5xx_is_tried_again_and_a_4xx_explained_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_line_plans_without_writing_and_shows_the_status() {
     let w = World::start("cli", vendor(), "").await;
-    let portvakt = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_portvakt"))
-            .args(args)
-            .arg("--config")
-            .arg(&w.config)
-            .env("PORTVAKT_LOG_FORMAT", "text")
-            .output()
-            .unwrap()
-    };
-    let dry = portvakt(&["rotate", "--dry-run"]);
+    let dry = w.cli(&["rotate", "--dry-run"]);
     let out = String::from_utf8_lossy(&dry.stdout);
     let err = String::from_utf8_lossy(&dry.stderr);
     assert_eq!(dry.status.code(), Some(0), "{out}{err}");
     assert!(out.contains("would make a 2048-bit key, store it as pending and register it (the keyset has no key yet (bootstrap))"), "{out}");
     assert!(!w.keyset.exists(), "a dry run wrote the keyset");
     assert_eq!(w.posts(), 0);
-    let run = portvakt(&["rotate", "--client", "vendor"]);
+    let run = w.cli(&["rotate", "--client", "vendor"]);
     let out = String::from_utf8_lossy(&run.stdout);
     assert_eq!(run.status.code(), Some(2), "{out}");
     assert!(out.contains("vendor: new key vendor-TEST."), "{out}");
     assert!(out.contains("vendor: waiting: the new key"), "{out}");
-    let status = portvakt(&["keys", "status"]);
+    let status = w.cli(&["keys", "status"]);
     let out = String::from_utf8_lossy(&status.stdout);
     let pending = &w.kids(State::Pending)[0];
     let line = out
@@ -603,7 +605,7 @@ async fn the_command_line_plans_without_writing_and_shows_the_status() {
         line.contains("pending") && line.contains("(90 days)"),
         "{line}"
     );
-    let unknown = portvakt(&["rotate", "--client", "nobody"]);
+    let unknown = w.cli(&["rotate", "--client", "nobody"]);
     assert_eq!(unknown.status.code(), Some(64));
     assert!(
         String::from_utf8_lossy(&unknown.stderr).contains("client `nobody` has no renew section")
@@ -694,12 +696,7 @@ async fn a_keyset_in_a_kubernetes_secret_is_written_with_resource_version() {
         "the writer wrote the replicas' file, not the Secret"
     );
     // `keys status` reads the keyset where the renewer writes it: the Secret.
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_portvakt"))
-        .args(["keys", "status", "--config"])
-        .arg(&w.config)
-        .env("PORTVAKT_LOG_FORMAT", "text")
-        .output()
-        .unwrap();
+    let status = w.cli(&["keys", "status"]);
     let out = String::from_utf8_lossy(&status.stdout);
     let line = out
         .lines()
@@ -835,12 +832,7 @@ async fn with_a_secret_keyset_the_replica_holding_the_lease_renews() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotate_wait_finishes_a_rotation_in_one_run_as_a_cronjob_wants() {
     let w = World::start("wait", vendor(), "      activate_after_seconds: 2\n").await;
-    let run = std::process::Command::new(env!("CARGO_BIN_EXE_portvakt"))
-        .args(["rotate", "--wait", "--config"])
-        .arg(&w.config)
-        .env("PORTVAKT_LOG_FORMAT", "text")
-        .output()
-        .unwrap();
+    let run = w.cli(&["rotate", "--wait"]);
     let out = String::from_utf8_lossy(&run.stdout);
     assert_eq!(
         run.status.code(),
