@@ -59,30 +59,39 @@ pub fn is_origin_form(target: &[u8]) -> bool {
 
 /// unreserved / sub-delims / ":" / "@" (RFC 3986 3.3), escapes aside.
 fn is_pchar(b: u8) -> bool {
-    matches!(b, b':' | b'@') || is_unreserved_or_sub_delim(b)
+    URI_BYTES[usize::from(b)] >= PCHAR
 }
 
 /// unreserved / sub-delims (RFC 3986 2.2, 2.3).
 fn is_unreserved_or_sub_delim(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.'
-                | b'_'
-                | b'~'
-                | b'!'
-                | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-        )
+    URI_BYTES[usize::from(b)] == UNRESERVED_OR_SUB_DELIM
 }
+
+/// `:` and `@`: pchars beyond the reg-name's bytes.
+const PCHAR: u8 = 1;
+const UNRESERVED_OR_SUB_DELIM: u8 = 2;
+
+/// What each byte is in a URI, looked up once per byte: the targets' and hosts' checks run on
+/// every request, over every byte of the target.
+const URI_BYTES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~')
+            // sub-delims
+            || matches!(c, b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=')
+        {
+            UNRESERVED_OR_SUB_DELIM
+        } else if matches!(c, b':' | b'@') {
+            PCHAR
+        } else {
+            0
+        };
+        b += 1;
+    }
+    table
+};
 
 /// RFC 9112 3.2: an HTTP/1.1 request has exactly one Host line, any request at most one, and its
 /// value is empty or a valid `host[:port]`. Where the call goes never depends on it.
@@ -237,6 +246,18 @@ mod tests {
             "/nav/x?q=<>",
         ] {
             assert!(!is_origin_form(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_byte_table_is_rfc_3986s_classes() {
+        let unreserved = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~";
+        let sub_delims = "!$&'()*+,;=";
+        for b in 0..=255u8 {
+            let c = char::from(b);
+            let class = unreserved.contains(c) || sub_delims.contains(c);
+            assert_eq!(is_unreserved_or_sub_delim(b), class, "{b:#04x}");
+            assert_eq!(is_pchar(b), class || c == ':' || c == '@', "{b:#04x}");
         }
     }
 
