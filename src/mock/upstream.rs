@@ -1,6 +1,8 @@
 //! An echo upstream on loopback that records what reached it and checks the Bearer token against
 //! the mock Maskinporten's key. `GET .../bytes/N` streams N bytes back; any other request is echoed
-//! as JSON (method, path, query, headers, body size and SHA-256, token check and claims).
+//! as JSON (method, path, query, headers, body size and SHA-256, token check and claims). A path
+//! with `/delay/MS/` in it has its answer's head held back MS milliseconds; one with `/pause/MS/`
+//! before `/bytes/N` has its body stop after the first 64 KiB until MS milliseconds after the head.
 
 use bytes::Bytes;
 use http::{header, HeaderMap, Request, Response, StatusCode};
@@ -161,7 +163,12 @@ impl Drop for EchoUpstream {
 /// Responses: JSON, or N streamed bytes.
 pub enum EchoBody {
     Json(Option<Bytes>),
-    Pattern { sent: u64, total: u64 },
+    Pattern {
+        sent: u64,
+        total: u64,
+        /// Waited out after the first chunk.
+        pause: Option<Pin<Box<tokio::time::Sleep>>>,
+    },
 }
 
 /// The byte at offset `i` of a `/bytes/N` answer, so tests can recompute the hash.
@@ -175,13 +182,17 @@ impl Body for EchoBody {
 
     fn poll_frame(
         self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         match this {
             EchoBody::Json(body) => Poll::Ready(body.take().map(|b| Ok(Frame::data(b)))),
-            EchoBody::Pattern { sent, total } if *sent >= *total => Poll::Ready(None),
-            EchoBody::Pattern { sent, total } => {
+            EchoBody::Pattern { sent, total, .. } if *sent >= *total => Poll::Ready(None),
+            EchoBody::Pattern { sent, total, pause } => {
+                if let Some(sleep) = pause.as_mut().filter(|_| *sent > 0) {
+                    std::task::ready!(std::future::Future::poll(sleep.as_mut(), cx));
+                    *pause = None;
+                }
                 const CHUNK: u64 = 64 * 1024;
                 let n = (*total - *sent).min(CHUNK);
                 let chunk: Vec<u8> = (*sent..*sent + n).map(pattern_byte).collect();
@@ -194,7 +205,7 @@ impl Body for EchoBody {
     fn is_end_stream(&self) -> bool {
         match self {
             EchoBody::Json(body) => body.is_none(),
-            EchoBody::Pattern { sent, total } => sent >= total,
+            EchoBody::Pattern { sent, total, .. } => sent >= total,
         }
     }
 
@@ -202,7 +213,7 @@ impl Body for EchoBody {
         match self {
             EchoBody::Json(Some(b)) => SizeHint::with_exact(b.len() as u64),
             EchoBody::Json(None) => SizeHint::with_exact(0),
-            EchoBody::Pattern { sent, total } => SizeHint::with_exact(total - sent),
+            EchoBody::Pattern { sent, total, .. } => SizeHint::with_exact(total - sent),
         }
     }
 }
@@ -286,13 +297,25 @@ async fn handle(
         return response;
     }
 
+    let millis_after = |marker: &str| -> Option<std::time::Duration> {
+        let (_, rest) = parts.uri.path().split_once(marker)?;
+        let ms = rest.split('/').next()?.parse::<u64>().ok()?;
+        Some(std::time::Duration::from_millis(ms.min(10_000)))
+    };
+    if let Some(delay) = millis_after("/delay/") {
+        tokio::time::sleep(delay).await;
+    }
     if let Some(n) = parts
         .uri
         .path()
         .rsplit_once("/bytes/")
         .and_then(|(_, n)| n.parse::<u64>().ok())
     {
-        let mut response = Response::new(EchoBody::Pattern { sent: 0, total: n });
+        let mut response = Response::new(EchoBody::Pattern {
+            sent: 0,
+            total: n,
+            pause: millis_after("/pause/").map(|p| Box::pin(tokio::time::sleep(p))),
+        });
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("application/octet-stream"),

@@ -1,6 +1,7 @@
 //! The body of an upstream's answer, which gives its HTTP/1.1 connection back to the pool when it
-//! has been read to the end.
+//! has been read to the end, or hands the rest to be read when the caller leaves before.
 
+use super::abandoned::{self, Rest};
 use super::pool::Pool;
 use super::Outgoing;
 use bytes::Bytes;
@@ -11,12 +12,13 @@ use std::sync::Weak;
 use std::task::{Context, Poll};
 
 /// An answer's body from the upstream. Read to its end, it gives its HTTP/1.1 connection back
-/// to the pool; dropped before, the connection goes with it (hyper cannot reuse it).
+/// to the pool; dropped before, the rest is read in the background (`abandoned.rs`).
 pub struct Answer<B>
 where
     B: Outgoing,
 {
-    body: Incoming,
+    /// `None` only once dropped.
+    body: Option<Incoming>,
     back: Option<(Weak<Pool<B>>, http1::SendRequest<B>)>,
     ended: bool,
 }
@@ -30,7 +32,11 @@ where
         back: Option<(Weak<Pool<B>>, http1::SendRequest<B>)>,
     ) -> Self {
         let ended = body.is_end_stream();
-        Answer { body, back, ended }
+        Answer {
+            body: Some(body),
+            back,
+            ended,
+        }
     }
 }
 
@@ -39,12 +45,15 @@ where
     B: Outgoing,
 {
     fn drop(&mut self) {
-        if !self.ended {
+        let Some((pool, tx)) = self.back.take() else {
             return;
-        }
-        if let Some((pool, tx)) = self.back.take() {
-            if let Some(pool) = pool.upgrade() {
-                pool.checkin(tx);
+        };
+        match (self.ended, self.body.take()) {
+            (false, Some(rest)) => abandoned::drain(&pool, tx, Rest::Body(rest)),
+            _ => {
+                if let Some(pool) = pool.upgrade() {
+                    pool.checkin(tx);
+                }
             }
         }
     }
@@ -61,20 +70,27 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        let Some(body) = self.body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(body).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => self.ended = true,
-            Poll::Ready(Some(Ok(_))) => self.ended = self.body.is_end_stream(),
+            Poll::Ready(Some(Ok(_))) => {
+                self.ended = self.body.as_ref().is_none_or(Body::is_end_stream)
+            }
             _ => {}
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.body.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        self.body
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }

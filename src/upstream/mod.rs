@@ -2,6 +2,7 @@
 //! rustls), straight or through an outbound proxy, kept in a [`Pool`] per upstream, within the
 //! route's time limit.
 
+mod abandoned;
 mod answer;
 mod egress;
 mod pool;

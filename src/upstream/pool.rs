@@ -8,6 +8,7 @@
 //! request to wait for that, and a route knows its pool when it is built, so no map is looked up
 //! per request.
 
+use super::abandoned::{Draining, Unanswered};
 use super::answer::Answer;
 use super::{Connector, Outgoing};
 use http::header::HOST;
@@ -103,6 +104,7 @@ pub struct Pool<B: Outgoing> {
     /// Held while the first HTTP/2 connection is made, so that a burst of requests makes one.
     connecting: tokio::sync::Mutex<()>,
     next: AtomicUsize,
+    draining: Draining,
 }
 
 struct State<B: Outgoing> {
@@ -158,6 +160,7 @@ where
             }),
             connecting: tokio::sync::Mutex::new(()),
             next: AtomicUsize::new(0),
+            draining: Draining::default(),
         })
     }
 
@@ -182,10 +185,11 @@ where
                     *request.uri_mut() = absolute.clone();
                     (tx.try_send_request(request).await, None)
                 }
-                Sender::H1(mut tx) => {
+                Sender::H1(tx) => {
                     *request.uri_mut() = origin_form(&absolute);
                     request.headers_mut().insert(HOST, self.host.clone());
-                    (tx.try_send_request(request).await, Some(tx))
+                    let (sent, tx) = Unanswered::new(tx, request, Arc::downgrade(&self)).await;
+                    (sent, Some(tx))
                 }
             };
             match sent {
@@ -203,6 +207,11 @@ where
                 },
             }
         }
+    }
+
+    /// How many abandoned answers are being read (`abandoned.rs`).
+    pub(super) fn draining(&self) -> &Draining {
+        &self.draining
     }
 
     /// A connection to send on, and whether it carried requests before.
