@@ -5,14 +5,18 @@
 #
 # Usage (from the project's root, after `cargo build --release`; bench/run.sh tls does both):
 #   bench/tls.sh [--rounds N] [--seconds S] [--connections C] [--http2 [--portvakt-http1] [--haproxy-h2]]
+#                [--delay MS]
 # --http2 makes the upstream offer HTTP/2 by ALPN: portvakt then speaks HTTP/2 to it (its pooled
 # client), nginx and HAProxy HTTP/1.1. Without it the upstream offers HTTP/1.1 only.
 # --portvakt-http1 sets the route's `upstream_http2: false`, so portvakt speaks HTTP/1.1 as well.
 # --haproxy-h2 puts `alpn h2` on HAProxy's server line, so HAProxy speaks HTTP/2 to the upstream too.
+# --delay MS puts a relay that delays every chunk by MS milliseconds each way (bench/delay_relay.py)
+# between each proxy and the upstream, a stand-in for netem, which this kernel lacks; the
+# connections each proxy opened to the upstream are then printed too.
 # Prints a table per round and, last, one line:
 #   RESULT rps_ratio_vs_nginx=X p99_ratio_vs_nginx=Y rps_ratio_vs_haproxy=Z rss_mb=M
 set -euo pipefail
-rounds=3 seconds=5 conns=64 h2="" pv_h2="" hap_alpn=""
+rounds=3 seconds=5 conns=64 h2="" pv_h2="" hap_alpn="" delay=""
 while [[ $# -gt 0 ]]; do
   case $1 in
     --rounds) rounds=$2; shift 2 ;;
@@ -21,6 +25,7 @@ while [[ $# -gt 0 ]]; do
     --http2) h2=" http2"; shift ;;
     --portvakt-http1) pv_h2="    upstream_http2: false"; shift ;;
     --haproxy-h2) hap_alpn=" alpn h2"; shift ;;
+    --delay) delay=$2; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -36,6 +41,9 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 
 UP=19281 NGX=19282 HAP=19283 PV=19284 PVA=19285 TOK=19286
+# Where each proxy sends its upstream calls: the upstream itself, or its own delaying relay.
+UP_NGX=$UP UP_HAP=$UP UP_PV=$UP
+[[ -n $delay ]] && UP_NGX=19291 UP_HAP=19292 UP_PV=19293
 TOKEN=eyJhbGciOiJSUzI1NiJ9.eyJzY29wZSI6ImJlbmNoIn0.c2lnbmF0dXJl
 
 # A CA and the upstream's certificate for 127.0.0.1, made for this run.
@@ -57,7 +65,7 @@ cat >"$dir/nginx.conf" <<EOF
 worker_processes auto; daemon off; pid $dir/ngx.pid; error_log $dir/ngx.err warn;
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 1000000;
-  upstream backend { server 127.0.0.1:$UP; keepalive 128; }
+  upstream backend { server 127.0.0.1:$UP_NGX; keepalive 128; }
   server { listen 127.0.0.1:$NGX;
     location /bench/ { proxy_pass https://backend/; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_ssl_verify on; proxy_ssl_trusted_certificate $dir/ca.pem; proxy_ssl_name 127.0.0.1;
@@ -80,7 +88,7 @@ frontend fe
   default_backend be
 backend be
   http-reuse always
-  server up 127.0.0.1:$UP ssl verify required ca-file $dir/ca.pem$hap_alpn
+  server up 127.0.0.1:$UP_HAP ssl verify required ca-file $dir/ca.pem$hap_alpn
 EOF
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$dir/key.pem" 2>/dev/null
 cat >"$dir/portvakt.yaml" <<EOF
@@ -99,7 +107,7 @@ clients:
 routes:
   - name: bench
     prefix: /bench/
-    upstream: https://127.0.0.1:$UP/
+    upstream: https://127.0.0.1:$UP_PV/
     ca_file: $dir/ca.pem
 $pv_h2
     client: bench
@@ -108,11 +116,16 @@ EOF
 
 python3 "$here/../../shared/bench/token_stub.py" $TOK >/dev/null 2>&1 & pids+=($!)
 nginx -c "$dir/upstream.conf" & pids+=($!)
+if [[ -n $delay ]]; then
+  for relay in $UP_NGX $UP_HAP $UP_PV; do
+    python3 "$here/delay_relay.py" $relay $UP "$delay" "$dir/opened.$relay" & pids+=($!)
+  done
+fi
 nginx -c "$dir/nginx.conf" & pids+=($!)
 haproxy -q -f "$dir/haproxy.cfg" & pids+=($!)
 target/release/portvakt run --config "$dir/portvakt.yaml" >"$dir/portvakt.log" 2>&1 & pv=$!; pids+=($pv)
 
-for port in $UP $NGX $HAP $PV $TOK; do
+for port in $UP $NGX $HAP $PV $TOK ${delay:+$UP_NGX $UP_HAP $UP_PV}; do
   for _ in $(seq 50); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 done
 for port in $NGX $HAP $PV; do
@@ -132,7 +145,7 @@ measure() { # port -> "rps p50_ms p99_ms errors"
     function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
     END {printf "%.0f %.3f %.3f %s\n", rps, ms(p50), ms(p99), (err==""?"-":"errors")}'
 }
-echo "upstream: HTTPS, offering ${h2:+HTTP/2 and }HTTP/1.1${pv_h2:+; the portvakt route sets upstream_http2: false}${hap_alpn:+; HAProxy speaks HTTP/2 to it}"
+echo "upstream: HTTPS, offering ${h2:+HTTP/2 and }HTTP/1.1${pv_h2:+; the portvakt route sets upstream_http2: false}${hap_alpn:+; HAProxy speaks HTTP/2 to it}${delay:+; ${delay} ms each way}"
 printf '%-6s %-10s %10s %9s %9s %s\n' round proxy rps p50_ms p99_ms errors
 declare -a r_ngx r_pv r_hap p_ngx p_pv
 for r in $(seq "$rounds"); do
@@ -141,6 +154,10 @@ for r in $(seq "$rounds"); do
   read -r a b c e <<<"$(measure $HAP)"; printf '%-6s %-10s %10s %9s %9s %s\n' $r haproxy $a $b $c $e; r_hap+=($a)
 done
 rss=$(awk '/VmHWM/ {printf "%.1f", $2/1024}' /proc/$pv/status)
+if [[ -n $delay ]]; then
+  opened() { cat "$dir/opened.$1" 2>/dev/null || echo 0; }
+  echo "upstream connections opened over all rounds: nginx $(opened $UP_NGX), portvakt $(opened $UP_PV), haproxy $(opened $UP_HAP)"
+fi
 python3 - "${r_ngx[*]}" "${r_pv[*]}" "${r_hap[*]}" "${p_ngx[*]}" "${p_pv[*]}" "$rss" <<'EOF'
 import statistics as s, sys
 ngx, pv, hap, pn, pp = ([float(x) for x in a.split()] for a in sys.argv[1:6])
