@@ -3,10 +3,10 @@
 //! hostile, cannot take every place. A place is held to the answer's last byte. A leaf module.
 
 use crate::sync::lock;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Why no place was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,23 +18,29 @@ pub enum Full {
 }
 
 pub struct Permits {
-    places: Arc<Semaphore>,
     max: usize,
     per_address: usize,
-    held: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    held: Arc<Mutex<Held>>,
+}
+
+/// The places taken, in all and by address, under one lock: a place is only ever tried for,
+/// never waited for, so a counter does what a semaphore would, and taking or giving back a place
+/// costs one lock and one hash of the address.
+#[derive(Default)]
+struct Held {
+    total: usize,
+    by_address: HashMap<IpAddr, usize>,
 }
 
 /// One request's place; given back when dropped.
 pub struct Permit {
-    _place: OwnedSemaphorePermit,
     address: IpAddr,
-    held: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    held: Arc<Mutex<Held>>,
 }
 
 impl Permits {
     pub fn new(max: usize, per_address: usize) -> Self {
         Permits {
-            places: Arc::new(Semaphore::new(max)),
             max,
             per_address: per_address.clamp(1, max.max(1)),
             held: Arc::default(),
@@ -43,24 +49,26 @@ impl Permits {
 
     /// Requests admitted and not yet finished.
     pub fn in_flight(&self) -> usize {
-        self.max - self.places.available_permits()
+        lock(&self.held).total
     }
 
     /// A place for a request from `address`, if there is one within its share.
     pub fn take(&self, address: IpAddr) -> Result<Permit, Full> {
         // IPv4 callers on a dual-stack socket arrive as ::ffff:a.b.c.d: one host, one share.
         let address = address.to_canonical();
-        // Every place taken says more than a share taken: it is checked first.
-        let place = Arc::clone(&self.places)
-            .try_acquire_owned()
-            .map_err(|_| Full::All(self.max))?;
         let mut held = lock(&self.held);
-        if held.get(&address).is_some_and(|n| *n >= self.per_address) {
+        // Every place taken says more than a share taken: it is checked first.
+        if held.total >= self.max {
+            return Err(Full::All(self.max));
+        }
+        // A share is full only with at least one place held, so a refusal leaves no empty entry.
+        let mine = held.by_address.entry(address).or_insert(0);
+        if *mine >= self.per_address {
             return Err(Full::Address(self.per_address));
         }
-        *held.entry(address).or_insert(0) += 1;
+        *mine += 1;
+        held.total += 1;
         Ok(Permit {
-            _place: place,
             address,
             held: Arc::clone(&self.held),
         })
@@ -70,10 +78,11 @@ impl Permits {
 impl Drop for Permit {
     fn drop(&mut self) {
         let mut held = lock(&self.held);
-        if let Some(count) = held.get_mut(&self.address) {
-            *count -= 1;
-            if *count == 0 {
-                held.remove(&self.address);
+        held.total = held.total.saturating_sub(1);
+        if let Entry::Occupied(mut mine) = held.by_address.entry(self.address) {
+            *mine.get_mut() -= 1;
+            if *mine.get() == 0 {
+                mine.remove();
             }
         }
     }
@@ -100,6 +109,14 @@ mod tests {
         let _again = permits.take(a).unwrap();
         let c: IpAddr = "127.0.0.3".parse().unwrap();
         assert_eq!(permits.take(c).err(), Some(Full::All(4)));
-        assert!(!lock(&permits.held).contains_key(&c));
+        assert!(!lock(&permits.held).by_address.contains_key(&c));
+        drop(_again);
+        assert_eq!(permits.in_flight(), 3);
+        drop((_second, _b1, _b2));
+        assert_eq!(permits.in_flight(), 0);
+        assert!(
+            lock(&permits.held).by_address.is_empty(),
+            "no address left behind"
+        );
     }
 }
