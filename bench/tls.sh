@@ -126,7 +126,7 @@ haproxy -q -f "$dir/haproxy.cfg" & pids+=($!)
 target/release/portvakt run --config "$dir/portvakt.yaml" >"$dir/portvakt.log" 2>&1 & pv=$!; pids+=($pv)
 
 for port in $UP $NGX $HAP $PV $TOK ${delay:+$UP_NGX $UP_HAP $UP_PV}; do
-  for _ in $(seq 50); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+  for _ in $(seq 50); do (: >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 done
 for port in $NGX $HAP $PV; do
   got=$(curl -s --max-time 5 "http://127.0.0.1:$port/bench/check" || true)
