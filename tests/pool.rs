@@ -109,57 +109,48 @@ async fn seen(echo: &EchoUpstream, n: usize) {
     panic!("the upstream never saw {n} requests");
 }
 
-/// Sends `call` on a new connection, reads what first comes back, and leaves.
-async fn leave_after_first_bytes(proxy: std::net::SocketAddr, call: &[u8], echo: &EchoUpstream) {
-    let mut gone = TcpStream::connect(proxy).await.unwrap();
-    gone.write_all(call).await.unwrap();
-    let before = echo.records().len();
-    seen(echo, before + 1).await;
-    if call.windows(7).any(|w| w == b"/bytes/") {
+/// A caller asks for `target` and leaves before its answer has come or been read (after the first
+/// bytes, for a `/bytes/` answer); a caller after it must go on the same upstream connection, which
+/// portvakt kept by reading the rest of the answer itself.
+async fn leaving_early_keeps_the_connection(target: &str) {
+    let (mock, echo) = mock_and_upstream().await;
+    let proxy = proxy_to(&mock, &echo.url(), "").await;
+    // The token, on a connection that is then kept; the caller below takes it.
+    caller(proxy.listen, 0, 1).await;
+    let mut gone = TcpStream::connect(proxy.listen).await.unwrap();
+    let call = format!("GET /nav{target} HTTP/1.1\r\nHost: p\r\n\r\n");
+    gone.write_all(call.as_bytes()).await.unwrap();
+    seen(&echo, 2).await;
+    if target.contains("/bytes/") {
         let mut some = [0u8; 1024];
         let n = gone.read(&mut some).await.unwrap();
         assert!(some[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &some[..n]);
     }
     drop(gone);
+    // The rest of the answer comes within 300 ms; then the next caller goes on the connection.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    caller(proxy.listen, 1, 2).await;
+    let records = echo.records();
+    assert_eq!(records.len(), 4);
+    assert_eq!(records[1].target, target);
+    assert!(
+        records.iter().all(|r| r.peer == records[0].peer),
+        "one upstream connection for all: {records:?}"
+    );
 }
 
 #[tokio::test]
 async fn a_caller_that_leaves_before_the_answer_does_not_cost_the_connection() {
-    let (mock, echo) = mock_and_upstream().await;
-    let proxy = proxy_to(&mock, &echo.url(), "").await;
-    caller(proxy.listen, 0, 1).await; // the token, on a connection now kept
-                                      // The upstream answers 200 ms after the request reached it; the caller is gone by then.
-    let call = b"GET /nav/delay/200/x HTTP/1.1\r\nHost: p\r\n\r\n";
-    leave_after_first_bytes(proxy.listen, call, &echo).await;
-    // portvakt reads the late answer and keeps the connection: the next caller goes on it.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    caller(proxy.listen, 1, 2).await;
-    let records = echo.records();
-    assert_eq!(records.len(), 4);
-    assert!(
-        records.iter().all(|r| r.peer == records[0].peer),
-        "{records:?}"
-    );
-    assert_eq!(records[1].target, "/delay/200/x");
+    // The upstream answers 200 ms after the request reached it; the caller is gone by then.
+    leaving_early_keeps_the_connection("/delay/200/x").await;
 }
 
 #[tokio::test]
 async fn a_caller_that_leaves_mid_answer_does_not_cost_the_connection_when_little_is_left() {
-    let (mock, echo) = mock_and_upstream().await;
-    let proxy = proxy_to(&mock, &echo.url(), "").await;
-    caller(proxy.listen, 0, 1).await;
-    // 300,000 bytes, the upstream stopping 300 ms after the first 64 KiB: the caller leaves
-    // with 230 KB unread, below the 1 MiB that portvakt reads to keep a connection.
-    let call = b"GET /nav/pause/300/bytes/300000 HTTP/1.1\r\nHost: p\r\n\r\n";
-    leave_after_first_bytes(proxy.listen, call, &echo).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    caller(proxy.listen, 1, 2).await;
-    let records = echo.records();
-    assert_eq!(records.len(), 4);
-    assert!(
-        records.iter().all(|r| r.peer == records[0].peer),
-        "{records:?}"
-    );
+    // 300,000 bytes, the upstream stopping after the first 64 KiB until 300 ms after the head:
+    // the caller leaves with 230 KB unread, below the 1 MiB that portvakt reads to keep a
+    // connection.
+    leaving_early_keeps_the_connection("/pause/300/bytes/300000").await;
 }
 
 #[tokio::test]
