@@ -138,11 +138,6 @@ where
             .authority(authority.clone())
             .path_and_query("/")
             .build()?;
-        // Over TLS, head and body written from one buffer go out as one TLS record, not one each.
-        let mut http1 = http1::Builder::new();
-        if *scheme == Scheme::HTTPS {
-            http1.writev(false);
-        }
         let default_port = if *scheme == Scheme::HTTPS { 443 } else { 80 };
         let host = match authority.port_u16() {
             Some(port) if port != default_port => format!("{}:{port}", authority.host()),
@@ -153,7 +148,7 @@ where
             may_speak_h2: offers_h2 && *scheme == Scheme::HTTPS,
             origin,
             host: HeaderValue::try_from(host)?,
-            http1,
+            http1: http1::Builder::new(),
             http2: http2::Builder::new(TokioExecutor::new()),
             h2_connections: h2_connections(),
             state: Mutex::new(State {
