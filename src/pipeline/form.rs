@@ -32,27 +32,21 @@ pub fn check(head: &Parts) -> Result<(), ProxyError> {
 /// upstream; anything else (raw quotes, braces, `\`, non-ASCII bytes) could be read differently
 /// by the upstream and is refused.
 pub fn is_origin_form(target: &[u8]) -> bool {
-    if target.first() != Some(&b'/') {
-        return false;
-    }
-    let mut i = 0;
-    while i < target.len() {
-        let b = target[i];
-        match b {
-            b'%' => {
-                let hex = |j: usize| target.get(j).is_some_and(u8::is_ascii_hexdigit);
-                if !(hex(i + 1) && hex(i + 2)) {
-                    return false;
-                }
-                i += 3;
-                continue;
-            }
-            // `?` starts the query, and the query may hold more of both.
-            b'?' | b'/' => {}
-            _ if is_pchar(b) => {}
+    // `?` starts the query, and the query may hold more of both.
+    target.first() == Some(&b'/') && is_escaped(target, |b| matches!(b, b'?' | b'/') || is_pchar(b))
+}
+
+/// Every byte of `text` is one `allowed` lets through, or part of a whole `%HH` escape
+/// (RFC 3986 2.1).
+fn is_escaped(text: &[u8], allowed: impl Fn(u8) -> bool) -> bool {
+    let mut rest = text;
+    while let Some((&b, after)) = rest.split_first() {
+        rest = match b {
+            b'%' if after.len() >= 2 && after[..2].iter().all(u8::is_ascii_hexdigit) => &after[2..],
+            b'%' => return false,
+            _ if allowed(b) => after,
             _ => return false,
-        }
-        i += 1;
+        };
     }
     true
 }
@@ -139,18 +133,7 @@ fn is_host(host: &[u8]) -> bool {
     if let Some(literal) = host.strip_prefix(b"[").and_then(|h| h.strip_suffix(b"]")) {
         return is_ip_literal(literal);
     }
-    if host.is_empty() {
-        return false;
-    }
-    let mut rest = host;
-    while let Some((&b, after)) = rest.split_first() {
-        rest = match b {
-            b'%' if after.len() >= 2 && after[..2].iter().all(u8::is_ascii_hexdigit) => &after[2..],
-            _ if is_unreserved_or_sub_delim(b) => after,
-            _ => return false,
-        };
-    }
-    true
+    !host.is_empty() && is_escaped(host, is_unreserved_or_sub_delim)
 }
 
 /// `IPv6address / IPvFuture` (RFC 3986 3.2.2), the inside of the brackets.
