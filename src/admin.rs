@@ -5,9 +5,9 @@ use crate::body::Body;
 use crate::metrics::TokenLabels;
 use crate::proxy::Proxy;
 use crate::route::RouteTable;
+use crate::server::CallerBody;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Either;
-use hyper::body::Incoming;
 use serde_json::json;
 use std::sync::Arc;
 
@@ -17,7 +17,7 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(self: Arc<Self>, request: Request<CallerBody>) -> Response<Body> {
         if request.method() != Method::GET && request.method() != Method::HEAD {
             return text(
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -8,11 +8,11 @@ use crate::keys::rotation::Watched;
 use crate::metrics::Metrics;
 use crate::proxy::{Peer, Proxy};
 use crate::reload::Reloader;
+use crate::server::CallerBody;
 use crate::server::Limits;
 use anyhow::Context as _;
 use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION, SET_COOKIE};
 use http::{Request, Response};
-use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -105,7 +105,7 @@ impl Running {
 /// The inbound service: cross-cutting layers, outermost first, around the pipeline in `proxy.rs`.
 fn stack(
     proxy: Arc<Proxy>,
-) -> impl Service<Request<Incoming>, Response = Response<Body>, Error = Infallible, Future: Send>
+) -> impl Service<Request<CallerBody>, Response = Response<Body>, Error = Infallible, Future: Send>
        + Clone
        + Send
        + Sync
@@ -186,7 +186,7 @@ pub fn start_on(
     tasks.push(tokio::spawn(crate::server::serve(
         listener,
         limits,
-        move |mut req: Request<Incoming>, peer| {
+        move |mut req: Request<CallerBody>, peer| {
             req.extensions_mut().insert(Peer(peer));
             let service = service.clone();
             async move {

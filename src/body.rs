@@ -7,12 +7,13 @@
 use crate::fault::{BodyError, Fault};
 use crate::metrics::Metrics;
 use crate::permits::Permit;
+use crate::server::CallerBody;
 use crate::upstream::Answer;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
-use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -45,8 +46,8 @@ impl Pace {
 }
 
 /// A streamed body under its [`Pace`], with an optional size limit and the request's place: the
-/// caller's body ([`Incoming`]) or the upstream's answer ([`Answer`]).
-pub struct Guarded<B = Incoming> {
+/// caller's body ([`CallerBody`]) or the upstream's answer ([`Answer`]).
+pub struct Guarded<B = CallerBody> {
     inner: B,
     pace: Pace,
     /// Armed while waiting, for the earliest moment the pace is broken.

@@ -12,13 +12,14 @@ use crate::pipeline::{self, retry, Plan, Refused, Snapshot};
 use crate::recent::{RecentError, RecentErrors};
 use crate::request_id;
 use crate::route::Route;
+use crate::server::CallerBody;
 use crate::token::cache::Token;
 use crate::upstream::{self, Answer};
 use arc_swap::ArcSwap;
 use http::header::CONTENT_LENGTH;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::Either;
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -73,7 +74,7 @@ impl Proxy {
 
     /// Serves one inbound request under its request id: the caller's `x-request-id`, or a new one.
     /// The id is on every log line the request causes, goes upstream, and comes back in the answer.
-    pub async fn handle(self: Arc<Self>, mut request: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(self: Arc<Self>, mut request: Request<CallerBody>) -> Response<Body> {
         let id = request_id::of(request.headers_mut());
         // A span per request costs several percent of throughput (docs/performance.md), so there
         // is one only for trace export and debug logging; the lines a request causes at info and
@@ -96,7 +97,7 @@ impl Proxy {
     /// Never fails: a refusal becomes its problem+json answer here, in one place.
     async fn serve(
         self: Arc<Self>,
-        request: Request<Incoming>,
+        request: Request<CallerBody>,
         id: &HeaderValue,
     ) -> Response<Body> {
         let started = Instant::now();
@@ -144,7 +145,7 @@ impl Proxy {
         &self,
         plan: Plan,
         mut head: http::request::Parts,
-        body: Incoming,
+        body: CallerBody,
         request_id: &str,
     ) -> Result<Response<Body>, ProxyError> {
         let Plan {

@@ -3,11 +3,11 @@
 //! of its own lifetime, bare or as a JSON string in quotes (Altinn has done both), and counts calls.
 
 use crate::keys::SigningKey;
+use crate::server::CallerBody;
 use crate::sync::lock;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{json, Map, Value};
 use std::net::SocketAddr;
@@ -111,7 +111,7 @@ fn answer(status: StatusCode, content_type: &'static str, body: String) -> Answe
     crate::body::full(status, content_type, body)
 }
 
-async fn handle(inner: Arc<Inner>, request: Request<Incoming>) -> Answer {
+async fn handle(inner: Arc<Inner>, request: Request<CallerBody>) -> Answer {
     if request.method() != Method::GET || request.uri().path() != EXCHANGE_PATH {
         return answer(StatusCode::NOT_FOUND, "text/plain", "not found\n".into());
     }

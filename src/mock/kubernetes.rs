@@ -2,11 +2,11 @@
 //! and Leases in namespaces, a bearer token required, and `metadata.resourceVersion` enforced on
 //! every update as the real server does (a PUT naming another version is 409 Conflict).
 
+use crate::server::CallerBody;
 use crate::sync::lock;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -156,7 +156,7 @@ fn store(inner: &Inner, mut object: Value, version: String) -> Value {
     object
 }
 
-async fn handle(inner: Arc<Inner>, request: Request<Incoming>) -> Answer {
+async fn handle(inner: Arc<Inner>, request: Request<CallerBody>) -> Answer {
     let authorized = request
         .headers()
         .get(header::AUTHORIZATION)

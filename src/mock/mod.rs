@@ -27,7 +27,7 @@ fn serve<H, F, B>(
     handler: H,
 ) -> tokio::sync::watch::Sender<bool>
 where
-    H: Fn(http::Request<hyper::body::Incoming>, std::net::SocketAddr) -> F
+    H: Fn(http::Request<crate::server::CallerBody>, std::net::SocketAddr) -> F
         + Clone
         + Send
         + Sync

@@ -4,10 +4,11 @@
 //! with `/delay/MS/` in it has its answer's head held back MS milliseconds; one with `/pause/MS/`
 //! before `/bytes/N` has its body stop after the first 64 KiB until MS milliseconds after the head.
 
+use crate::server::CallerBody;
 use bytes::Bytes;
 use http::{header, HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use jsonwebtoken::DecodingKey;
 use serde_json::{json, Map, Value};
 use std::net::SocketAddr;
@@ -242,7 +243,7 @@ fn check_token(
 
 async fn handle(
     inner: Arc<Inner>,
-    request: Request<Incoming>,
+    request: Request<CallerBody>,
     peer: SocketAddr,
 ) -> Response<EchoBody> {
     let (parts, mut body) = request.into_parts();

@@ -2,7 +2,8 @@
 //! connection that is ended while the caller idles and begun again when it sends
 //! ([`super::idle`]).
 
-use super::idle::{Activity, Answered, Idling};
+use super::activity::{Activity, Answered, CallerBody, PARK_AFTER};
+use super::idle::{Idling, Park};
 use hyper::body::Body;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
@@ -11,6 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -50,7 +52,7 @@ pub async fn serve<I, H, F, B>(
     mut shutdown: watch::Receiver<bool>,
 ) where
     I: Socket,
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + Unpin + 'static,
+    H: Fn(Request<CallerBody>) -> F + Clone + Send + Sync + Unpin + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: Body + Send + Unpin + 'static,
     B::Data: Send,
@@ -61,7 +63,8 @@ pub async fn serve<I, H, F, B>(
         return;
     };
     if http2 {
-        let service = hyper::service::service_fn(move |request| {
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let request = request.map(|body| CallerBody::new(body, None));
             let handler = handler.clone();
             // The handler's future is made inside this one, where it stays: it is several
             // kilobytes, and every move of it is a copy.
@@ -77,13 +80,17 @@ pub async fn serve<I, H, F, B>(
         return;
     }
     let mut io = io;
+    let parks = io.parks();
     loop {
-        let activity = Arc::new(Activity::default());
+        let activity = parks.then(|| Arc::new(Activity::default()));
         let service = {
-            let (handler, activity) = (handler.clone(), Arc::clone(&activity));
-            hyper::service::service_fn(move |request| {
-                activity.begin();
-                let (handler, activity) = (handler.clone(), Arc::clone(&activity));
+            let (handler, activity) = (handler.clone(), activity.clone());
+            hyper::service::service_fn(move |request: Request<Incoming>| {
+                if let Some(activity) = &activity {
+                    activity.begin();
+                }
+                let request = request.map(|body| CallerBody::new(body, activity.clone()));
+                let (handler, activity) = (handler.clone(), activity.clone());
                 // The handler's future (several kilobytes) is made inside this one, which hyper
                 // boxes: every move of it would be a copy.
                 async move {
@@ -92,8 +99,18 @@ pub async fn serve<I, H, F, B>(
                 }
             })
         };
-        let parks = io.parks();
-        let idling = Idling::new(io, parks, activity);
+        let Some(activity) = activity else {
+            // No parking here: hyper serves the connection to its end.
+            let connection = protocols.http1.serve_connection(TokioIo::new(io), service);
+            let mut connection = Box::pin(connection);
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                _ = super::stopped(&mut shutdown) => connection.as_mut().graceful_shutdown(),
+            }
+            let _ = connection.await;
+            return;
+        };
+        let idling = Idling::new(io, Arc::clone(&activity));
         // Boxed: hyper's connection state (over a kilobyte) lives in the task only while hyper
         // serves, not while the caller is silent or the connection parked.
         let mut connection = Box::new(
@@ -101,15 +118,23 @@ pub async fn serve<I, H, F, B>(
                 .http1
                 .serve_connection(TokioIo::new(idling), service),
         );
-        // Polled as a future, hyper flushes what it holds and shuts the socket down when the
-        // connection ends; `Idling` skips only the shutdown, and only when it parked.
-        let ended = tokio::select! {
-            ended = &mut *connection => Some(ended),
-            _ = super::stopped(&mut shutdown) => None,
+        let mut park = None;
+        let ended = loop {
+            tokio::select! {
+                ended = &mut *connection => break Some(ended),
+                at = activity.rested(), if park.is_none() => {
+                    // hyper ends the connection now only if it is between messages both ways;
+                    // otherwise it closes after the message in hand, and the park is refused.
+                    park = Some(Park { at });
+                    activity.ask_park();
+                    Pin::new(&mut *connection).graceful_shutdown();
+                }
+                _ = super::stopped(&mut shutdown) => break None,
+            }
         };
         let Some(ended) = ended else {
             // Close once the request in hand is answered; hyper closes at once if there is none.
-            std::pin::Pin::new(&mut *connection).graceful_shutdown();
+            Pin::new(&mut *connection).graceful_shutdown();
             let _ = connection.await;
             return;
         };
@@ -117,12 +142,12 @@ pub async fn serve<I, H, F, B>(
             // The rest of the parts goes here: even empty, hyper's read buffer as `Bytes` keeps
             // its 8 KiB allocation alive.
             let parts = connection.into_parts();
-            let unread = parts.read_buf.len();
             let idling = parts.io.into_inner();
-            if ended.is_err() || !idling.parked() || unread > 0 {
-                // The caller closed, or hyper ended the connection for a reason of its own, or
-                // hyper holds bytes it did not use: nothing is resumed. Dropping the socket
-                // closes it.
+            let kept = park.is_some_and(|park| park.keeps(&ended, &idling, parts.read_buf.len()));
+            if !kept {
+                // The caller closed, hyper ended the connection for a reason of its own, a body
+                // was cut, something happened after the park was asked, or hyper holds bytes it
+                // did not use: nothing is resumed. Dropping the socket closes it.
                 return;
             }
             idling
@@ -132,7 +157,7 @@ pub async fn serve<I, H, F, B>(
             "keep-alive connection parked: hyper's buffers released until the caller sends"
         );
         // Parked: only the socket is kept, until the caller sends or has been silent for `idle`.
-        let deadline = Instant::now() + protocols.idle.saturating_sub(super::idle::PARK_AFTER);
+        let deadline = Instant::now() + protocols.idle.saturating_sub(PARK_AFTER);
         match within(deadline, &mut shutdown, io.readable()).await {
             Some(Ok(())) => {}
             _ => return,

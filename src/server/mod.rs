@@ -1,12 +1,14 @@
 //! Accept loop (plain or TLS) and graceful shutdown, shared by the proxy, the admin listener and
 //! the mocks. hyper reads and writes every byte; this module knows no routes and no domain types.
 
+mod activity;
 mod connection;
 mod idle;
 mod stall;
 
+pub use activity::CallerBody;
 use connection::{Protocols, Socket};
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use hyper::server::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -51,7 +53,7 @@ pub async fn serve<H, F, B>(
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + Unpin + 'static,
+    H: Fn(Request<CallerBody>, SocketAddr) -> F + Clone + Send + Sync + Unpin + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: Body + Send + Unpin + 'static,
     B::Data: Send,
@@ -94,7 +96,7 @@ pub async fn serve<H, F, B>(
                 };
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
-                let handler = move |request: Request<Incoming>| handler(request, peer);
+                let handler = move |request: Request<CallerBody>| handler(request, peer);
                 let (protocols, shutdown, alive) = (Arc::clone(&protocols), shutdown.clone(), alive.clone());
                 let Some(acceptor) = &tls else {
                     let stream = Stalling::new(stream, stall, peer, on_stall.clone());

@@ -8,11 +8,11 @@ mod selfservice;
 pub use selfservice::SelfServiceCall;
 
 use crate::keys::SigningKey;
+use crate::server::CallerBody;
 use crate::sync::lock;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use jsonwebtoken::DecodingKey;
 use rules::{check_grant, refuse, Refusal};
 use serde_json::{json, Map, Value};
@@ -355,7 +355,7 @@ fn now(inner: &Inner) -> i64 {
     crate::token::grant::unix_now() as i64 + inner.clock_offset.load(Ordering::SeqCst)
 }
 
-async fn handle(inner: Arc<Inner>, request: Request<Incoming>) -> Answer {
+async fn handle(inner: Arc<Inner>, request: Request<CallerBody>) -> Answer {
     match (request.method(), request.uri().path()) {
         (&Method::POST, "/token") => token(&inner, request).await,
         (&Method::GET, "/jwk") => json_answer(
@@ -384,7 +384,7 @@ async fn handle(inner: Arc<Inner>, request: Request<Incoming>) -> Answer {
     }
 }
 
-async fn token(inner: &Inner, request: Request<Incoming>) -> Answer {
+async fn token(inner: &Inner, request: Request<CallerBody>) -> Answer {
     let mut answer = token_answer(inner, request).await;
     // Maskinporten's Date header tells a client how far its clock is off.
     if let Ok(date) = http::HeaderValue::from_str(&crate::token::clock::http_date(now(inner))) {
@@ -393,7 +393,7 @@ async fn token(inner: &Inner, request: Request<Incoming>) -> Answer {
     answer
 }
 
-async fn token_answer(inner: &Inner, request: Request<Incoming>) -> Answer {
+async fn token_answer(inner: &Inner, request: Request<CallerBody>) -> Answer {
     inner.token_requests.fetch_add(1, Ordering::SeqCst);
     let delay = inner.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {

@@ -6,10 +6,10 @@
 //! the token endpoint only after the propagation delay.
 
 use super::{json_answer, now, Answer, Inner, Registered};
+use crate::server::CallerBody;
 use crate::sync::lock;
 use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -41,7 +41,7 @@ fn problem(status: StatusCode, message: &str) -> Answer {
     )
 }
 
-pub(super) async fn handle(inner: &Inner, request: Request<Incoming>, client_id: &str) -> Answer {
+pub(super) async fn handle(inner: &Inner, request: Request<CallerBody>, client_id: &str) -> Answer {
     let method = request.method().clone();
     let (answer, body) = answer(inner, request, client_id).await;
     lock(&inner.selfservice_calls).push(SelfServiceCall {
@@ -55,7 +55,7 @@ pub(super) async fn handle(inner: &Inner, request: Request<Incoming>, client_id:
 
 async fn answer(
     inner: &Inner,
-    request: Request<Incoming>,
+    request: Request<CallerBody>,
     client_id: &str,
 ) -> (Answer, Option<Value>) {
     {
@@ -132,7 +132,7 @@ async fn answer(
 /// The organisation of a valid administration token with one of the `needed` scopes.
 fn admin(
     inner: &Inner,
-    request: &Request<Incoming>,
+    request: &Request<CallerBody>,
     needed: &[&str],
 ) -> Result<String, (StatusCode, String)> {
     let unauthorized = || {
