@@ -106,6 +106,10 @@ impl Recorder {
             };
             let target = request.target.clone();
             self.received.lock().unwrap().push(request);
+            if target.contains("/early404") {
+                // Answered as soon as its head was read (read_request).
+                continue;
+            }
             let answer = answer_for(&target).await;
             if stream.write_all(&answer).await.is_err() || stream.flush().await.is_err() {
                 return;
@@ -138,6 +142,11 @@ async fn answer_for(target: &str) -> Vec<u8> {
     if target.starts_with("/slow") {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    if target.contains("/late") {
+        // Past a route's one-second timeout: the caller gets 504, and portvakt reads this answer
+        // of an abandoned exchange.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
     let mut answer = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
         target.len()
@@ -161,9 +170,11 @@ async fn fill(stream: &mut (impl AsyncRead + Unpin), buf: &mut Vec<u8>) -> bool 
     }
 }
 
-/// Reads one request, strictly. `Ok(None)`: the connection ended cleanly between requests.
+/// Reads one request, strictly. `Ok(None)`: the connection ended cleanly between requests. A
+/// target with `/early404` is answered 404 as soon as its head is read, and its body is then read
+/// and dropped, as Tomcat, Go's net/http and nginx do after an early answer.
 async fn read_request(
-    stream: &mut (impl AsyncRead + Unpin),
+    stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
     buf: &mut Vec<u8>,
     conn: usize,
 ) -> Result<Option<Received>, String> {
@@ -225,6 +236,14 @@ async fn read_request(
         .filter(|(n, _)| n == "transfer-encoding")
         .map(|(_, v)| v.as_str())
         .collect();
+    if target.contains("/early404") {
+        let early = b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found";
+        if stream.write_all(early).await.is_err() || stream.flush().await.is_err() {
+            return Err(format!(
+                "aborted: the early answer to {target} could not be sent"
+            ));
+        }
+    }
     let mut at = head_end;
     let body = match (lengths.as_slice(), codings.as_slice()) {
         ([], []) => Vec::new(),
@@ -332,7 +351,7 @@ impl Answer {
 /// Reads one answer: by Content-Length, chunked (decoded), or to the close. `buf` keeps what
 /// arrived beyond it. None when the connection closed before a head.
 pub async fn read_answer(
-    s: &mut TcpStream,
+    s: &mut (impl AsyncRead + Unpin),
     buf: &mut Vec<u8>,
     head_request: bool,
 ) -> Option<Answer> {
@@ -359,7 +378,7 @@ pub async fn read_answer(
     let head: String = headers.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
     buf.drain(..head_len);
     let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v);
-    if head_request || status == 204 || status == 304 {
+    if head_request || status < 200 || status == 204 || status == 304 {
         return Some(Answer {
             status,
             head,
