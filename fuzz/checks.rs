@@ -413,7 +413,7 @@ fn world() -> &'static World {
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join("key.pem"), DEMO_CLIENT_KEY_PEM).unwrap();
             let yaml = format!(
-                "listen: 127.0.0.1:0\nmaskinporten:\n  environment: custom\n  issuer: {issuer}\n  token_endpoint: {endpoint}\nclients:\n  demo:\n    client_id: {DEMO_CLIENT_ID}\n    key:\n      pem: key.pem\n      kid: {DEMO_KID}\nroutes:\n  - name: nav\n    prefix: /nav/\n    upstream: {up}base/\n    client: demo\n    scopes: [demo:echo]\n    idle_timeout_seconds: 1\n    headers:\n      X-Route-Secret: route-value\n  - name: keyed\n    prefix: /keyed/\n    upstream: {up}base/keyed/\n    client: demo\n    scopes: [demo:echo]\n    api_keys: [caller-secret-key-0123456789]\n    idle_timeout_seconds: 1\n  - name: party\n    prefix: /party/\n    upstream: {up}base/party/\n    client: demo\n    scopes: [demo:echo]\n    consumer_orgs: [\"910753614\"]\n    idle_timeout_seconds: 1\n",
+                "listen: 127.0.0.1:0\nmaskinporten:\n  environment: custom\n  issuer: {issuer}\n  token_endpoint: {endpoint}\nclients:\n  demo:\n    client_id: {DEMO_CLIENT_ID}\n    key:\n      pem: key.pem\n      kid: {DEMO_KID}\nroutes:\n  - name: nav\n    prefix: /nav/\n    upstream: {up}base/\n    client: demo\n    scopes: [demo:echo]\n    idle_timeout_seconds: 1\n    headers:\n      X-Route-Secret: route-value\n  - name: keyed\n    prefix: /keyed/\n    upstream: {up}base/keyed/\n    client: demo\n    scopes: [demo:echo]\n    api_keys: [caller-secret-key-0123456789]\n    idle_timeout_seconds: 1\n  - name: party\n    prefix: /party/\n    upstream: {up}base/party/\n    client: demo\n    scopes: [demo:echo]\n    consumer_orgs: [\"910753614\"]\n    idle_timeout_seconds: 1\n  - name: stream\n    prefix: /stream/\n    upstream: {up}base/stream/\n    client: demo\n    scopes: [demo:echo]\n    retry_on_401: false\n    idle_timeout_seconds: 1\n    headers:\n      X-Route-Secret: route-value\n",
                 issuer = mock.issuer(),
                 endpoint = mock.token_endpoint(),
                 up = upstream.url,
@@ -440,11 +440,68 @@ fn world() -> &'static World {
 /// API key or party header; and it gets at most one request per answer the caller got. Returns
 /// how many requests reached the upstream.
 pub fn pipeline(data: &[u8]) -> usize {
+    let Some(timed) = data.strip_prefix(&[PAUSE]) else {
+        return exchange(&[(Vec::new(), data.to_vec())]).len();
+    };
+    // Timed: the same bytes in one write and then in pieces with pauses, so that parked and
+    // resumed connections meet every place a pause can fall. Pauses may only lose requests (a
+    // connection closed with a request half sent), never add or change one.
+    let pieces = timed_pieces(timed);
+    let whole: Vec<u8> = pieces.iter().flat_map(|(_, piece)| piece.clone()).collect();
+    let mut without = requests(&exchange(&[(Vec::new(), whole)]));
+    let with = exchange(&pieces);
+    for r in requests(&with) {
+        let Some(i) = without.iter().position(|w| *w == r) else {
+            panic!("reached the upstream with pauses and not without them: {r:?}");
+        };
+        without.swap_remove(i);
+    }
+    with.len()
+}
+
+/// Marks a timed `pipeline` input at its start, and each pause inside it: the byte after a mark
+/// is the pause, 0 to 150 ms.
+const PAUSE: u8 = 0xFE;
+
+/// At most this much pausing per input, so that a run stays quick.
+const MOST_PAUSED: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// The pieces of a timed input, each with the pause before it (none before the first).
+fn timed_pieces(data: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut parts = data.split(|b| *b == PAUSE);
+    let mut pieces = vec![(Vec::new(), parts.next().unwrap_or_default().to_vec())];
+    for part in parts {
+        let (ms, rest) = part
+            .split_first()
+            .map_or((0, &[][..]), |(ms, rest)| (*ms, rest));
+        pieces.push((vec![ms], rest.to_vec()));
+    }
+    pieces
+}
+
+/// The requests as the upstream got them, as comparable text.
+fn requests(received: &[wire::Received]) -> Vec<(String, String, Vec<u8>)> {
+    received
+        .iter()
+        .map(|r| (r.method.clone(), r.target.clone(), r.body.clone()))
+        .collect()
+}
+
+/// One connection: each piece written after its pause (`[ms]` of 0 to 255 for 0 to 150 ms), then
+/// the end request. Checks what reached the upstream and returns it.
+fn exchange(pieces: &[(Vec<u8>, Vec<u8>)]) -> Vec<wire::Received> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let world = world();
     let answers = world.runtime.block_on(async {
         let mut s = tokio::net::TcpStream::connect(world.proxy).await.unwrap();
-        let _ = s.write_all(data).await;
+        let mut paused = std::time::Duration::ZERO;
+        for (pause, piece) in pieces {
+            let ms = pause.first().map_or(0, |b| u64::from(*b) * 150 / 255);
+            let pause = std::time::Duration::from_millis(ms).min(MOST_PAUSED - paused);
+            paused += pause;
+            tokio::time::sleep(pause).await;
+            let _ = s.write_all(piece).await;
+        }
         // The connection stays open (a caller that closes it has its requests cancelled), and a
         // last request asks portvakt to close it once everything before it is answered. Where the
         // input left a body unfinished, the route's 1 s idle timeout ends it.
@@ -498,7 +555,7 @@ pub fn pipeline(data: &[u8]) -> usize {
             assert_eq!(r.all("x-route-secret"), ["route-value"], "{raw}");
         }
     }
-    received.len()
+    received
 }
 
 /// Digdir's self-service answers: a key listing read gives kids in Digdir's alphabet; a refusal's
