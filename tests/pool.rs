@@ -206,3 +206,57 @@ async fn a_burst_over_http2_makes_a_few_connections_and_shares_them() {
     );
     assert_eq!(mock.token_requests(), 1);
 }
+
+#[tokio::test]
+async fn an_answer_no_request_asked_for_never_reaches_a_caller() {
+    let (up, proxy, _mock) = common::proxy_to_recorder().await;
+    let http = http_client();
+    // The token first, then answers followed, in the same write, by one nobody asked for; each
+    // next call must get its own answer, never that one.
+    for round in 0..20 {
+        let unasked = http
+            .get(format!("http://{}/nav/unasked/{round}", proxy.listen))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(unasked.status(), 200);
+        assert_eq!(
+            unasked.text().await.unwrap(),
+            format!("/api/unasked/{round}")
+        );
+        let next = http
+            .get(format!("http://{}/nav/next/{round}", proxy.listen))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(next.status(), 200, "round {round}");
+        assert_eq!(next.text().await.unwrap(), format!("/api/next/{round}"));
+    }
+    assert!(up.violations().is_empty(), "{:?}", up.violations());
+}
+
+#[tokio::test]
+async fn an_abandoned_answer_slower_than_the_drain_takes_its_connection_with_it() {
+    let (mock, echo) = mock_and_upstream().await;
+    let proxy = proxy_to(&mock, &echo.url(), "").await;
+    caller(proxy.listen, 0, 1).await;
+    let mut gone = TcpStream::connect(proxy.listen).await.unwrap();
+    // The answer comes after 6 s; portvakt reads an abandoned answer for 5 s at most.
+    gone.write_all(b"GET /nav/delay/6000/x HTTP/1.1\r\nHost: p\r\n\r\n")
+        .await
+        .unwrap();
+    seen(&echo, 2).await;
+    drop(gone);
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    caller(proxy.listen, 1, 1).await;
+    let records = echo.records();
+    assert_eq!(records.len(), 3);
+    assert_eq!(
+        records[1].peer, records[0].peer,
+        "the abandoned call took the kept connection"
+    );
+    assert_ne!(
+        records[2].peer, records[1].peer,
+        "a call went on the connection whose drain was cut"
+    );
+}

@@ -142,6 +142,14 @@ async fn answer_for(target: &str) -> Vec<u8> {
     if target.starts_with("/slow") {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    if target.contains("/unasked") {
+        // Right behind the answer, in the same write: an answer no request asked for.
+        let own = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{target}",
+            target.len()
+        );
+        return format!("{own}HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale").into_bytes();
+    }
     if target.contains("/late") {
         // Past a route's one-second timeout: the caller gets 504, and portvakt reads this answer
         // of an abandoned exchange.
