@@ -285,6 +285,7 @@ pub fn assemble(
             max_body_bytes: r.max_body_bytes,
             idle_timeout: r.idle_timeout,
             pace: pace(r, &config.inbound.body),
+            forward_caller_address: r.forward_caller_address,
         }));
     }
     let kept_tokens = cache.settle();

@@ -123,7 +123,7 @@ impl Proxy {
                 let route = Arc::clone(&plan.route.name);
                 (
                     Some(route),
-                    self.forward(plan, head, body, request_id).await,
+                    self.forward(plan, head, body, peer, request_id).await,
                 )
             }
             Err(Refused { route, error }) => (route, Err(error)),
@@ -146,6 +146,7 @@ impl Proxy {
         plan: Plan,
         mut head: http::request::Parts,
         body: CallerBody,
+        peer: IpAddr,
         request_id: &str,
     ) -> Result<Response<Body>, ProxyError> {
         let Plan {
@@ -165,7 +166,7 @@ impl Proxy {
         head.uri = uri;
         head.version = Version::HTTP_11;
         head.extensions = http::Extensions::new();
-        headers::to_upstream(&mut head.headers, &route, framing);
+        headers::to_upstream(&mut head.headers, &route, framing, peer);
         let request = Request::from_parts(head, body);
         let replay = retry::Replay::of(&request);
         let response = send(&route, request, &token).await?;

@@ -37,6 +37,8 @@ pub struct Route {
     pub idle_timeout: Duration,
     /// How the caller's body must keep coming: that pause, a minimum rate, a deadline.
     pub pace: crate::body::Pace,
+    /// Whether the upstream is told the caller's address, and how.
+    pub forward_caller_address: Option<crate::config::CallerAddress>,
 }
 
 impl Route {

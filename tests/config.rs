@@ -889,3 +889,22 @@ fn renewal_settings_are_checked_with_their_paths() {
         "{found:?}"
     );
 }
+
+#[test]
+fn forward_caller_address_takes_forwarded_or_x_forwarded_for() {
+    let with = |v: &str| format!("{GOOD}    forward_caller_address: {v}\n");
+    let config = parse_with(&with("forwarded"), &[]).unwrap();
+    assert_eq!(
+        config.routes[0].forward_caller_address,
+        Some(portvakt::config::CallerAddress::Forwarded)
+    );
+    assert!(parse_with(&with("x-forwarded-for"), &[]).is_ok());
+    assert!(parse_with(GOOD, &[]).unwrap().routes[0].forward_caller_address.is_none());
+    let found = issues(&with("x-real-ip"));
+    assert!(
+        found.iter().any(|i| i.contains("routes[0].forward_caller_address")
+            && i.contains("`forwarded`")
+            && i.contains("`x-forwarded-for`")),
+        "{found:?}"
+    );
+}

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::proxy_to_recorder;
+use common::{config_yaml, mock_and_upstream, proxy_to_recorder, spawn_proxy, SCOPE};
 use common::wire::{closed, read_answer, Received, Recorder};
 use portvakt::app::Running;
 use std::time::Duration;
@@ -452,4 +452,77 @@ async fn no_caller_captures_another_callers_request_or_answer() {
         assert!(String::from_utf8_lossy(&r.body).contains("SMUGGLED") || r.body.is_empty());
     }
     assert_eq!(up.violations(), Vec::<String>::new());
+}
+
+/// Headers that would make the upstream see another path, method or caller (issue 28, finding 4).
+const REWRITING: &str = "X-Original-URL: /admin\r\nX-Original-URI: /admin\r\nX-Rewrite-URL: /admin\r\nX-HTTP-Method-Override: DELETE\r\nX-HTTP-Method: DELETE\r\nX-Method-Override: DELETE\r\nForwarded: for=10.0.0.1;host=internal\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Host: internal\r\nX-Forwarded-Prefix: /admin\r\nX-Forwarded-Proto: https\r\nX-Real-IP: 10.0.0.1\r\nTrue-Client-IP: 10.0.0.1\r\nX-Client-IP: 10.0.0.1\r\nX-Cluster-Client-IP: 10.0.0.1\r\n";
+
+#[tokio::test]
+async fn headers_that_rewrite_the_path_method_or_caller_never_reach_the_upstream() {
+    let (mock, _echo) = mock_and_upstream().await;
+    let up = Recorder::start().await;
+    let route = |name: &str, extra: &str| {
+        format!(
+            "  - name: {name}\n    prefix: /{name}/\n    upstream: {}api/\n    client: vendor\n    scopes: [{SCOPE}]\n{extra}",
+            up.url
+        )
+    };
+    let routes = format!(
+        "{}{}{}",
+        route("nav", ""),
+        route("fwd", "    forward_caller_address: forwarded\n"),
+        route("xff", "    forward_caller_address: x-forwarded-for\n"),
+    );
+    let proxy = spawn_proxy(
+        &config_yaml(&mock.issuer(), &mock.token_endpoint(), &routes),
+        &[],
+    )
+    .await;
+    let mut s = TcpStream::connect(proxy.listen).await.unwrap();
+    let mut buf = Vec::new();
+    for name in ["nav", "fwd", "xff"] {
+        let request = format!("GET /{name}/x HTTP/1.1\r\nHost: p\r\n{REWRITING}\r\n");
+        s.write_all(request.as_bytes()).await.unwrap();
+        let answer = read_answer(&mut s, &mut buf, false).await.unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.head);
+    }
+    let got = up.received();
+    assert_eq!(got.len(), 3);
+    for r in &got {
+        let raw = String::from_utf8_lossy(&r.raw).to_ascii_lowercase();
+        for sent in REWRITING
+            .to_ascii_lowercase()
+            .split("\r\n")
+            .filter(|l| !l.is_empty())
+        {
+            assert!(!raw.contains(sent), "{sent:?} reached the upstream: {raw}");
+        }
+        assert!(
+            !raw.contains("10.0.0.1") && !raw.contains("/admin") && !raw.contains("delete"),
+            "{raw}"
+        );
+        assert!(r.raw.starts_with(b"GET /api/x HTTP/1.1\r\n"), "{raw}");
+    }
+    // Only portvakt's own line, from the peer address, where the route asks for it.
+    let address_lines = |r: &common::wire::Received| {
+        let mut lines: Vec<(String, String)> = r
+            .headers
+            .iter()
+            .filter(|(n, _)| n.contains("forward") || n.ends_with("-ip"))
+            .cloned()
+            .collect();
+        lines.sort();
+        lines
+    };
+    assert_eq!(address_lines(&got[0]), []);
+    assert_eq!(
+        address_lines(&got[1]),
+        [("forwarded".to_string(), "for=127.0.0.1".to_string())]
+    );
+    assert_eq!(
+        address_lines(&got[2]),
+        [("x-forwarded-for".to_string(), "127.0.0.1".to_string())]
+    );
+    assert!(up.violations().is_empty(), "{:?}", up.violations());
+    proxy.shutdown().await;
 }

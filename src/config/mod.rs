@@ -144,6 +144,18 @@ pub struct RouteConfig {
     pub min_body_rate: Option<u64>,
     pub body_rate_grace: Option<Duration>,
     pub body_deadline: Option<Duration>,
+    /// Whether portvakt tells the upstream the caller's address, and in which header.
+    pub forward_caller_address: Option<CallerAddress>,
+}
+
+/// The header in which portvakt writes the caller's address (`forward_caller_address`); the
+/// caller's own address headers never travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallerAddress {
+    /// RFC 7239: `Forwarded: for=192.0.2.7` (an IPv6 address quoted in brackets).
+    Forwarded,
+    /// The de facto `X-Forwarded-For: 192.0.2.7`.
+    XForwardedFor,
 }
 
 impl RouteConfig {

@@ -8,7 +8,7 @@ use super::route_parties::{
     authorization_details, is_systemuser_detail, parties, resource, selector_header, Parties,
 };
 use super::validate::{ca_file, http_url};
-use super::{AllowList, AltinnExchange, ApiKey, Egress, Environment, RouteConfig};
+use super::{AllowList, AltinnExchange, ApiKey, CallerAddress, Egress, Environment, RouteConfig};
 use crate::secret::Secret;
 use http::{HeaderName, HeaderValue, Uri};
 use serde_json::{Map, Value};
@@ -49,6 +49,7 @@ const ROUTE: &[&str] = &[
     "min_body_rate_bytes_per_second",
     "body_rate_grace_seconds",
     "body_deadline_seconds",
+    "forward_caller_address",
 ];
 
 /// Altinn's token exchange, by environment (maskinporten.md section 6).
@@ -152,6 +153,19 @@ fn route(r: &mut Reader, v: &Value, path: &str, cx: &Context) -> Option<RouteCon
     let retry_on_401 = r
         .boolean(m.get("retry_on_401"), &p("retry_on_401"))
         .unwrap_or(true);
+    let forward_caller_address = r
+        .string(m.get("forward_caller_address"), &p("forward_caller_address"))
+        .and_then(|s| match s.as_str() {
+            "forwarded" => Some(CallerAddress::Forwarded),
+            "x-forwarded-for" => Some(CallerAddress::XForwardedFor),
+            other => {
+                r.issue(
+                    &p("forward_caller_address"),
+                    format!("`{other}` is not a way to send the caller's address: write `forwarded` (RFC 7239) or `x-forwarded-for`, or leave it out to send none"),
+                );
+                None
+            }
+        });
     let upstream_http2 = r
         .boolean(m.get("upstream_http2"), &p("upstream_http2"))
         .unwrap_or(true);
@@ -251,6 +265,7 @@ fn route(r: &mut Reader, v: &Value, path: &str, cx: &Context) -> Option<RouteCon
         min_body_rate,
         body_rate_grace,
         body_deadline,
+        forward_caller_address,
     })
 }
 

@@ -5,12 +5,14 @@
 //! headers, and the token once. Framing is never copied from the caller's head: the length or
 //! chunking sent upstream is that of the body portvakt sends.
 
+use crate::config::CallerAddress;
 use crate::route::Route;
 use http::header::{
     HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, COOKIE, EXPECT,
     HOST, TRANSFER_ENCODING, UPGRADE,
 };
 use hyper::body::SizeHint;
+use std::net::IpAddr;
 
 /// Hop-by-hop headers (RFC 9110 7.6.1), and `Upgrade`: they belong to one connection.
 const HOP_BY_HOP: [HeaderName; 9] = [
@@ -24,6 +26,34 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     TRANSFER_ENCODING,
     UPGRADE,
 ];
+
+/// Headers that tell an upstream another path, method or caller than the request's own: an
+/// upstream that honours `X-Original-URL` (IIS), a method override (Symfony, ASP.NET) or
+/// `X-Forwarded-Prefix` (Spring) would route outside the route's base, and a caller's own address
+/// headers would fake its address in a partner's audit log or pass internal addresses on. The
+/// caller's are never sent; `forward_caller_address` has portvakt write its own.
+const REWRITING: [&str; 13] = [
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "forwarded",
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "client-ip",
+    "cf-connecting-ip",
+];
+
+/// Whether `name` is one of [`REWRITING`], or any `X-Forwarded-*` (`-For`, `-Host`, `-Proto`,
+/// `-Prefix`, `-Port`, `-Server`, ...).
+fn rewrites(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    name.starts_with("x-forwarded-") || REWRITING.contains(&name)
+}
 
 /// What the body portvakt sends upstream looks like, for its framing headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +80,8 @@ impl Framing {
 }
 
 /// The request's headers as they go upstream, before the token is added with [`with_token`].
-pub fn to_upstream(headers: &mut HeaderMap, route: &Route, framing: Framing) {
+/// `peer` is the caller's address, written only where the route asks for it.
+pub fn to_upstream(headers: &mut HeaderMap, route: &Route, framing: Framing, peer: IpAddr) {
     // One pass over the names the caller sent, rather than a removal (a hash) per rule: a
     // request carries a handful of headers, the rules name a dozen and more.
     remove_where(headers, |name| {
@@ -62,7 +93,14 @@ pub fn to_upstream(headers: &mut HeaderMap, route: &Route, framing: Framing) {
             || route.parties.headers().any(|h| h == name)
             || *name == route.api_key_header
             || name.as_str().starts_with("portvakt-")
+            || rewrites(name)
     });
+    if let Some((name, value)) = route
+        .forward_caller_address
+        .and_then(|how| address(how, peer))
+    {
+        headers.insert(name, value);
+    }
     for (name, value) in &route.headers {
         headers.insert(name.clone(), value.clone());
     }
@@ -80,6 +118,25 @@ pub fn to_upstream(headers: &mut HeaderMap, route: &Route, framing: Framing) {
             headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         }
     }
+}
+
+/// The header that tells the upstream the caller's address (an IPv4 caller on a dual-stack
+/// socket as its IPv4 address): RFC 7239's `Forwarded: for=192.0.2.7` (`for="[2001:db8::1]"` for
+/// IPv6, quoted as section 4 asks), or `X-Forwarded-For: 192.0.2.7`.
+fn address(how: CallerAddress, peer: IpAddr) -> Option<(HeaderName, HeaderValue)> {
+    let peer = peer.to_canonical();
+    let (name, text) = match (how, peer) {
+        (CallerAddress::Forwarded, IpAddr::V4(v4)) => {
+            (http::header::FORWARDED, format!("for={v4}"))
+        }
+        (CallerAddress::Forwarded, IpAddr::V6(v6)) => {
+            (http::header::FORWARDED, format!("for=\"[{v6}]\""))
+        }
+        (CallerAddress::XForwardedFor, _) => {
+            (HeaderName::from_static("x-forwarded-for"), peer.to_string())
+        }
+    };
+    Some((name, HeaderValue::try_from(text).ok()?))
 }
 
 /// The token, the one `Authorization` the upstream sees.
