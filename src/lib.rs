@@ -29,6 +29,7 @@ pub mod mock;
 pub mod party;
 pub mod permits;
 pub mod pipeline;
+pub mod private_file;
 pub mod proxy;
 pub mod recent;
 pub mod reload;

@@ -899,12 +899,16 @@ fn forward_caller_address_takes_forwarded_or_x_forwarded_for() {
         Some(portvakt::config::CallerAddress::Forwarded)
     );
     assert!(parse_with(&with("x-forwarded-for"), &[]).is_ok());
-    assert!(parse_with(GOOD, &[]).unwrap().routes[0].forward_caller_address.is_none());
+    assert!(parse_with(GOOD, &[]).unwrap().routes[0]
+        .forward_caller_address
+        .is_none());
     let found = issues(&with("x-real-ip"));
     assert!(
-        found.iter().any(|i| i.contains("routes[0].forward_caller_address")
-            && i.contains("`forwarded`")
-            && i.contains("`x-forwarded-for`")),
+        found
+            .iter()
+            .any(|i| i.contains("routes[0].forward_caller_address")
+                && i.contains("`forwarded`")
+                && i.contains("`x-forwarded-for`")),
         "{found:?}"
     );
 }

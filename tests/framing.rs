@@ -6,8 +6,8 @@
 
 mod common;
 
-use common::{config_yaml, mock_and_upstream, proxy_to_recorder, spawn_proxy, SCOPE};
 use common::wire::{closed, read_answer, Received, Recorder};
+use common::{config_yaml, mock_and_upstream, proxy_to_recorder, spawn_proxy, SCOPE};
 use portvakt::app::Running;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;

@@ -222,38 +222,23 @@ impl Keyset {
         self.keys.iter_mut().find(|e| e.kid == kid)
     }
 
-    /// Writes the keyset durably: a 0600 temporary file beside it, fsynced, renamed over it, and
-    /// the directory fsynced. Only when this returns is the new content there after a crash.
+    /// Writes the keyset durably: a new 0600 temporary file beside it under a random name (never
+    /// opened through a link or over a planted file), fsynced, checked to be still the file
+    /// written, renamed over it, and the directory fsynced. Only when this returns is the new
+    /// content there after a crash.
     pub fn store(&self, path: &Path) -> Result<(), KeyError> {
+        let json = serde_json::to_vec_pretty(self)
+            .map_err(|e| KeyError::Invalid(format!("the keyset cannot be written: {e}")))?;
         let failed = |source| KeyError::Read {
             path: path.to_path_buf(),
             source,
         };
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-        let tmp = dir.join(format!(
-            ".{}.{}.tmp",
-            name.unwrap_or_else(|| "keyset".into()),
-            std::process::id()
-        ));
-        let json = serde_json::to_vec_pretty(self)
-            .map_err(|e| KeyError::Invalid(format!("the keyset cannot be written: {e}")))?;
-        let write = || -> std::io::Result<()> {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
+        let (mut file, tmp) = crate::private_file::create_beside(path).map_err(failed)?;
+        let mut write = || -> std::io::Result<()> {
             file.write_all(&json)?;
             file.write_all(b"\n")?;
             file.sync_all()?;
-            std::fs::rename(&tmp, path)?;
-            std::fs::File::open(dir)?.sync_all()
+            crate::private_file::rename_into_place(&file, &tmp, path)
         };
         write().map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
@@ -337,6 +322,27 @@ mod tests {
             exp: None,
             jwk: Secret::new(key.private_jwk.expose().clone()),
         }
+    }
+
+    #[test]
+    fn a_file_or_link_planted_where_the_temporary_file_once_went_gets_nothing() {
+        let dir = tempdir();
+        let path = dir.join("k.json");
+        // The names an earlier build used (pid 1 in a container, or this process's).
+        let planted = dir.join(".k.json.1.tmp");
+        std::fs::write(&planted, b"planted").unwrap();
+        let target = dir.join("stolen");
+        let link = dir.join(format!(".k.json.{}.tmp", std::process::id()));
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let mut set = Keyset::new("c");
+        set.keys.push(entry("b", State::Active));
+        set.store(&path).unwrap();
+        assert_eq!(std::fs::read(&planted).unwrap(), b"planted");
+        assert!(!target.exists(), "the keys went through a planted link");
+        assert_eq!(Keyset::read(&path, "c").unwrap(), set);
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

@@ -64,14 +64,9 @@ impl Store {
         let mut name = path.as_os_str().to_owned();
         name.push(".lock");
         let at = PathBuf::from(name);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&at)
-            .map_err(|e| {
-                StoreError::Failed(format!("cannot open the lock file {}: {e}", at.display()))
-            })?;
+        let file = crate::private_file::open_lock(&at).map_err(|e| {
+            StoreError::Failed(format!("cannot open the lock file {}: {e}", at.display()))
+        })?;
         match file.try_lock() {
             Ok(()) => {
                 *lock = Some(file);
