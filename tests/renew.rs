@@ -888,3 +888,68 @@ async fn force_makes_one_new_key_even_when_one_is_already_pending() {
     assert_eq!(w.kids(State::Pending), Vec::<String>::new());
     assert_eq!(w.keyset().keys.len(), 2);
 }
+
+#[tokio::test]
+async fn the_background_renewer_fetches_a_new_administration_token_once_the_last_expires() {
+    let renew = "      background: true\n      background_interval_seconds: 3\n      activate_after_seconds: 0\n";
+    let w = World::start("admin-token", vendor(), renew).await;
+    assert_eq!(w.rotate(false).await, 0);
+    // From now on every token lives one second; the passes come about three seconds apart.
+    w.mock.set_expires_in(1);
+    let config = portvakt::config::load(&w.config).unwrap();
+    let proxy = portvakt::app::start(&config).await.unwrap();
+    let before = w.mock.selfservice_calls().len();
+    let mut passes = 0;
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        passes = w.mock.selfservice_calls()[before..]
+            .iter()
+            .filter(|c| c.method == "GET")
+            .count();
+        if passes >= 2 {
+            break;
+        }
+    }
+    let statuses: Vec<u16> = w.mock.selfservice_calls()[before..]
+        .iter()
+        .map(|c| c.status)
+        .collect();
+    assert!(passes >= 2, "fewer than two passes: {statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "a pass was refused: {statuses:?}"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_401_is_tried_once_more_with_a_new_token_and_a_second_is_a_refusal() {
+    let w = World::start("admin-401", vendor(), "").await;
+    let tokens = w.mock.token_requests();
+    w.mock.fail_selfservice(401, 1);
+    // 2: the new key is registered and waits to sign, as without the 401.
+    assert_eq!(w.rotate(false).await, 2, "one 401, then through");
+    let statuses: Vec<u16> = w
+        .mock
+        .selfservice_calls()
+        .iter()
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(statuses[0..2], [401, 200]);
+    assert_eq!(
+        w.mock.token_requests() - tokens,
+        2,
+        "a new token after the 401"
+    );
+
+    let w = World::start("admin-401-twice", vendor(), "").await;
+    w.mock.fail_selfservice(401, 2);
+    assert_eq!(w.rotate(false).await, 1, "two 401s are a refusal");
+    let statuses: Vec<u16> = w
+        .mock
+        .selfservice_calls()
+        .iter()
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(statuses, [401, 401]);
+}

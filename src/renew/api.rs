@@ -42,7 +42,9 @@ pub struct Api {
     admin_client_id: String,
     admin_key: std::sync::Arc<crate::keys::SigningKey>,
     scopes: Vec<String>,
-    token: Option<Secret<String>>,
+    /// The administration token and when to fetch another: once 3/4 of its life is gone, so a
+    /// renewer that lives for months never calls with an expired one.
+    token: Option<(Secret<String>, tokio::time::Instant)>,
     /// Pause before another attempt; short in tests.
     pub retry_pause: Duration,
 }
@@ -70,8 +72,10 @@ impl Api {
     }
 
     async fn admin_token(&mut self) -> Result<Secret<String>, ApiError> {
-        if let Some(token) = &self.token {
-            return Ok(token.clone());
+        if let Some((token, renew_at)) = &self.token {
+            if tokio::time::Instant::now() < *renew_at {
+                return Ok(token.clone());
+            }
         }
         let spec = GrantSpec::new(&self.scopes, None, None, &[]);
         let issued = self
@@ -79,7 +83,9 @@ impl Api {
             .request(&self.admin_client_id, &self.admin_key, &spec)
             .await
             .map_err(|e| ApiError::AdminToken(e.to_string()))?;
-        self.token = Some(issued.access_token.clone());
+        let life = Duration::from_secs(issued.expires_in.saturating_mul(3) / 4);
+        let renew_at = tokio::time::Instant::now() + life;
+        self.token = Some((issued.access_token.clone(), renew_at));
         Ok(issued.access_token)
     }
 
@@ -119,6 +125,9 @@ impl Api {
     ) -> Result<Value, ApiError> {
         let url = format!("{}/clients/{client_id}/jwks", self.base_url);
         let mut last = String::new();
+        // A 401 is answered once with a new token (Digdir may have revoked or expired the one
+        // held); a second 401 is a refusal.
+        let mut fresh_after_401 = false;
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
                 tokio::time::sleep(self.retry_pause * attempt).await;
@@ -157,6 +166,11 @@ impl Api {
             let json: Value = serde_json::from_slice(&text).unwrap_or(Value::Null);
             match status {
                 200..=299 => return Ok(json),
+                401 if !fresh_after_401 => {
+                    fresh_after_401 = true;
+                    self.token = None;
+                    last = format!("{status} {}", digdir_message(&json));
+                }
                 500..=599 => last = format!("{status} {}", digdir_message(&json)),
                 _ => {
                     return Err(ApiError::Refused {
