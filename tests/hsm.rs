@@ -642,3 +642,93 @@ fn check_shows_where_the_key_is_and_the_certificate() {
         assert!(!stdout.contains(PIN));
     }
 }
+
+/// OpenSC's pkcs11-spy, which logs every PKCS#11 call it passes on to the module in `PKCS11SPY`.
+fn spy() -> PathBuf {
+    [
+        "/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so",
+        "/usr/lib/x86_64-linux-gnu/pkcs11-spy.so",
+        "/usr/lib/pkcs11/pkcs11-spy.so",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+    .expect("pkcs11-spy (Debian's opensc-pkcs11; scripts/test-deps.sh installs it)")
+}
+
+/// How many `C_Login` calls the spy logged in `log`.
+fn logins(log: &Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("C_Login"))
+        .count()
+}
+
+/// A config with three clients whose keys are in one token, through the spy, with `pin`.
+fn three_clients_in_one_token(pin: &str) -> String {
+    let h = hsm();
+    let key = format!(
+        "    key:\n      pkcs11:\n        module: {}\n        token: registered\n        key: maskinporten\n        pin: {pin}\n      kid: {KID}\n",
+        spy().display()
+    );
+    let clients: String = ["a", "b", "c"]
+        .iter()
+        .map(|c| format!("  {c}:\n    client_id: {CLIENT_ID}-{c}\n{key}"))
+        .collect();
+    let routes: String = ["a", "b", "c"]
+        .iter()
+        .map(|c| format!("  - name: {c}\n    prefix: /{c}/\n    upstream: http://127.0.0.1:9/\n    client: {c}\n    scopes: [{SCOPE}]\n"))
+        .collect();
+    let _ = h;
+    format!("listen: 127.0.0.1:0\nmaskinporten:\n  environment: test\nclients:\n{clients}routes:\n{routes}")
+}
+
+#[test]
+fn a_wrong_pin_is_tried_once_per_process_whatever_the_clients_in_its_token() {
+    let h = hsm();
+    let yaml = h.dir.join("three-wrong.yaml");
+    std::fs::write(&yaml, three_clients_in_one_token("wrong-pin-5678")).unwrap();
+    for command in ["check", "run"] {
+        let log = h.dir.join(format!("spy-{command}.log"));
+        let _ = std::fs::remove_file(&log);
+        let out = Command::new(env!("CARGO_BIN_EXE_portvakt"))
+            .args([command, "--config"])
+            .arg(&yaml)
+            .env("SOFTHSM2_CONF", &h.conf)
+            .env("PKCS11SPY", &h.module)
+            .env("PKCS11SPY_OUTPUT", &log)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{command}: {stderr}");
+        assert!(stderr.contains("the PIN is wrong"), "{command}: {stderr}");
+        assert_eq!(
+            logins(&log),
+            1,
+            "{command}: C_Login calls, three clients in one token"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_reload_that_keeps_the_pin_logs_in_no_more() {
+    let h = hsm();
+    let log = h.dir.join("spy-reload.log");
+    // The spy reads these when this process first loads it, which is here.
+    std::env::set_var("PKCS11SPY", &h.module);
+    std::env::set_var("PKCS11SPY_OUTPUT", &log);
+    let yaml = h.dir.join("three-right.yaml");
+    std::fs::write(&yaml, three_clients_in_one_token(PIN)).unwrap();
+    let config = portvakt::config::load(&yaml).unwrap();
+    let proxy = portvakt::app::start(&config).await.unwrap();
+    assert_eq!(logins(&log), 1, "the first start");
+    proxy.reload(&yaml).await.unwrap();
+    proxy.reload(&yaml).await.unwrap();
+    assert_eq!(
+        logins(&log),
+        1,
+        "a reload that kept the PIN logged in again"
+    );
+    proxy.shutdown().await;
+}

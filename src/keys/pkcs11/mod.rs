@@ -130,8 +130,13 @@ pub fn token(path: &Path, label: &str, pin: Secret<String>) -> Result<Arc<Token>
     let mut tokens = tokens().lock().unwrap_or_else(|e| e.into_inner());
     let key = (path.to_path_buf(), label.to_string());
     if let Some(token) = tokens.get(&key) {
-        // A reloaded configuration may bring a new PIN; the next login uses it.
-        *token.pin.lock().unwrap_or_else(|e| e.into_inner()) = (pin, false);
+        // A reloaded configuration may bring a new PIN; the next login uses it. The same PIN
+        // again (another client in this token, a reload that kept it) keeps its mark: a refused
+        // PIN is never tried twice, lest the HSM lock the user PIN after a few failures.
+        let mut held = token.pin.lock().unwrap_or_else(|e| e.into_inner());
+        if held.0 != pin {
+            *held = (pin, false);
+        }
         return Ok(Arc::clone(token));
     }
     let token = Arc::new(Token {
@@ -298,9 +303,12 @@ impl Token {
                         .into(),
                 ))
             }
-            Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(self.invalid(
-                "the user PIN is locked after too many wrong attempts; the security officer must unlock it".into(),
-            )),
+            Err(CkError::Pkcs11(RvError::PinLocked, _)) => {
+                pin.1 = true;
+                Err(self.invalid(
+                    "the user PIN is locked after too many wrong attempts; the security officer must unlock it".into(),
+                ))
+            }
             Err(e) => Err(self.invalid(format!("the login failed: {}", short(&e)))),
         }
     }
