@@ -294,11 +294,11 @@ fn secret_ref(r: &mut Reader, v: &Value, path: &str) -> Option<SecretRef> {
         .string(m.get("token_file"), &join(path, "token_file"))
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(SERVICE_ACCOUNT).join("token"));
-    let ca_file = match r.string(m.get("ca_file"), &join(path, "ca_file")) {
-        Some(f) => Some(PathBuf::from(f)),
-        None if server.is_none() => Some(Path::new(SERVICE_ACCOUNT).join("ca.crt")),
-        None => None,
-    };
+    // The API server is trusted by this CA alone: the service account's, unless one is given.
+    let ca_file = Some(
+        r.string(m.get("ca_file"), &join(path, "ca_file"))
+            .map_or_else(|| Path::new(SERVICE_ACCOUNT).join("ca.crt"), PathBuf::from),
+    );
     Some(SecretRef {
         namespace: namespace?,
         name: name?,

@@ -30,12 +30,30 @@ struct Inner {
 pub struct MockKubernetes {
     addr: SocketAddr,
     inner: Arc<Inner>,
+    tls: bool,
     _shutdown: watch::Sender<bool>,
 }
 
 impl MockKubernetes {
     /// Starts on 127.0.0.1, accepting `token` as the service account's.
     pub async fn start(token: &str) -> std::io::Result<MockKubernetes> {
+        Self::start_on(token, None).await
+    }
+
+    /// The same over HTTPS with the certificate and key in `cert_pem` and `key_pem`.
+    pub async fn start_tls(
+        token: &str,
+        cert_pem: &std::path::Path,
+        key_pem: &std::path::Path,
+    ) -> std::io::Result<MockKubernetes> {
+        Self::start_on(token, Some(super::tls_acceptor(cert_pem, key_pem)?)).await
+    }
+
+    async fn start_on(
+        token: &str,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> std::io::Result<MockKubernetes> {
+        let tls_url = tls.is_some();
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let inner = Arc::new(Inner {
@@ -46,18 +64,22 @@ impl MockKubernetes {
             holders: Mutex::new(Vec::new()),
         });
         let state = Arc::clone(&inner);
-        let shutdown = super::serve(listener, None, move |req, _peer| {
+        let shutdown = super::serve(listener, tls, move |req, _peer| {
             handle(Arc::clone(&state), req)
         });
         Ok(MockKubernetes {
             addr,
             inner,
+            tls: tls_url,
             _shutdown: shutdown,
         })
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        match self.tls {
+            true => format!("https://localhost:{}", self.addr.port()),
+            false => format!("http://{}", self.addr),
+        }
     }
 
     /// Creates an empty Secret, as an administrator would before the renewer's first pass.
@@ -109,12 +131,31 @@ impl MockKubernetes {
 
     /// Another replica holds the Lease (`None`: nobody), renewed now for `seconds`.
     pub fn set_lease(&self, namespace: &str, name: &str, holder: Option<&str>, seconds: u64) {
+        self.set_lease_renewed(
+            namespace,
+            name,
+            holder,
+            seconds,
+            crate::time::unix_now() as i64,
+        );
+    }
+
+    /// As [`Self::set_lease`], with the holder's `renewTime` at `renewed` (Unix seconds): a
+    /// holder whose clock runs ahead writes times in the future.
+    pub fn set_lease_renewed(
+        &self,
+        namespace: &str,
+        name: &str,
+        holder: Option<&str>,
+        seconds: u64,
+        renewed: i64,
+    ) {
         let version = self
             .inner
             .version
             .fetch_add(1, Ordering::SeqCst)
             .to_string();
-        let stamp = crate::renew::kubernetes::micro_time(crate::time::unix_now() as i64);
+        let stamp = crate::renew::kubernetes::micro_time(renewed);
         lock(&self.inner.objects).insert(
             ("leases".into(), namespace.into(), name.into()),
             json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",

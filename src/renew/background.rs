@@ -33,8 +33,11 @@ pub fn spawn(config: &Config, metrics: &Arc<Metrics>) -> Vec<JoinHandle<()>> {
         let metrics = Arc::clone(metrics);
         tasks.push(tokio::spawn(async move {
             let mut api = api;
-            let holder = std::env::var("HOSTNAME")
-                .unwrap_or_else(|_| format!("portvakt-{:08x}", fastrand::u32(..)));
+            let mut replica = Replica {
+                seen: None,
+                holder: std::env::var("HOSTNAME")
+                    .unwrap_or_else(|_| format!("portvakt-{:08x}", fastrand::u32(..))),
+            };
             // The first pass soon after start, so that a fresh installation gets its first key.
             let mut wait = jittered(
                 renewal
@@ -44,12 +47,26 @@ pub fn spawn(config: &Config, metrics: &Arc<Metrics>) -> Vec<JoinHandle<()>> {
             );
             loop {
                 tokio::time::sleep(wait).await;
-                once(&renewal, &mut api, &endpoint, &scopes, &holder, &metrics).await;
+                once(
+                    &renewal,
+                    &mut api,
+                    &endpoint,
+                    &scopes,
+                    &mut replica,
+                    &metrics,
+                )
+                .await;
                 wait = jittered(renewal.renew.background_interval);
             }
         }));
     }
     tasks
+}
+
+/// This replica in the renewal Lease: its name, and the other holder's record as last seen.
+struct Replica {
+    holder: String,
+    seen: Option<super::kubernetes::Observed>,
 }
 
 fn jittered(interval: Duration) -> Duration {
@@ -63,7 +80,7 @@ async fn once(
     api: &mut super::api::Api,
     endpoint: &crate::token::TokenEndpoint,
     scopes: &Option<Vec<String>>,
-    holder: &str,
+    replica: &mut Replica,
     metrics: &Metrics,
 ) {
     // With a Secret, the replica holding the Lease renews; with a file, the lock file decides.
@@ -72,7 +89,13 @@ async fn once(
             Ok(kube) => {
                 let name = format!("{}-renewer", at.name);
                 match kube
-                    .take_lease(&at.namespace, &name, holder, LEASE_SECONDS)
+                    .take_lease(
+                        &at.namespace,
+                        &name,
+                        &replica.holder,
+                        LEASE_SECONDS,
+                        &mut replica.seen,
+                    )
                     .await
                 {
                     Ok(true) => Some((kube, at.namespace.clone(), name)),
@@ -129,7 +152,7 @@ async fn once(
     };
     count(metrics, renewal, result);
     if let Some((kube, namespace, name)) = lease {
-        if let Err(e) = kube.release_lease(&namespace, &name, holder).await {
+        if let Err(e) = kube.release_lease(&namespace, &name, &replica.holder).await {
             tracing::warn!(client = %renewal.client, "the renewal lease was not given back (it runs out by itself): {e}");
         }
     }

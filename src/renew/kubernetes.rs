@@ -20,6 +20,48 @@ pub enum KubeError {
     Failed(String),
 }
 
+/// What the API server's certificate must chain to: the service account's CA, or the `ca_file`
+/// given for it, and nothing else. The service account's token and the keyset's writes go there;
+/// a publicly issued certificate for the API server's name must not receive them.
+pub fn trust(access: &KubeAccess) -> Result<rustls::RootCertStore, KubeError> {
+    use rustls_pki_types::pem::PemObject;
+    let Some(ca) = &access.ca_file else {
+        return Err(KubeError::Failed(
+            "no CA for the API server: set kubernetes_secret.ca_file".into(),
+        ));
+    };
+    let certs = rustls_pki_types::CertificateDer::pem_file_iter(ca)
+        .and_then(|c| c.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            KubeError::Failed(format!("kubernetes_secret.ca_file {}: {e}", ca.display()))
+        })?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs {
+        roots.add(cert).map_err(|e| {
+            KubeError::Failed(format!(
+                "kubernetes_secret.ca_file {}: not a usable CA certificate: {e}",
+                ca.display()
+            ))
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(KubeError::Failed(format!(
+            "kubernetes_secret.ca_file {} holds no certificate",
+            ca.display()
+        )));
+    }
+    Ok(roots)
+}
+
+/// A Lease held by another replica as this one last saw it, and when (by this replica's clock):
+/// a Lease is free once it has stayed unchanged for its duration since, whatever the clocks of
+/// the API server or of its holder say (client-go's leader election judges it so).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    record: Value,
+    since: tokio::time::Instant,
+}
+
 /// A Secret's data, decoded, and its version.
 pub struct SecretData {
     pub resource_version: String,
@@ -49,15 +91,19 @@ impl Kubernetes {
                 }
             }
         };
-        let mut roots = Vec::new();
-        if let Some(ca) = &access.ca_file {
-            use rustls_pki_types::pem::PemObject;
-            let certs = rustls_pki_types::CertificateDer::pem_file_iter(ca)
-                .and_then(|c| c.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| KubeError::Failed(format!("{}: {e}", ca.display())))?;
-            roots.extend(certs);
-        }
-        let tls = crate::build::tls_config(&roots).map_err(|e| KubeError::Failed(e.to_string()))?;
+        // Plain http:// is allowed only to loopback (a test's stand-in): no CA to read there.
+        let roots = if server.starts_with("https://") {
+            trust(access)?
+        } else {
+            rustls::RootCertStore::empty()
+        };
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| KubeError::Failed(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .no_proxy()
@@ -169,13 +215,16 @@ impl Kubernetes {
         format!("/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}")
     }
 
-    /// Takes the Lease for `holder` if it is free or has run out; false when another holds it.
+    /// Takes the Lease for `holder` if it is free, or another's record of it has stayed unchanged
+    /// for its duration since this replica first saw it (`seen`, kept from one call to the next);
+    /// false when another holds it.
     pub async fn take_lease(
         &self,
         namespace: &str,
         name: &str,
         holder: &str,
         seconds: u64,
+        seen: &mut Option<Observed>,
     ) -> Result<bool, KubeError> {
         let now = crate::time::unix_now() as i64;
         let stamp = micro_time(now);
@@ -207,13 +256,20 @@ impl Kubernetes {
             Err(e) => Err(e),
             Ok(mut lease) => {
                 let held_by = lease["spec"]["holderIdentity"].as_str().unwrap_or_default();
-                let renewed = lease["spec"]["renewTime"]
-                    .as_str()
-                    .and_then(crate::time::parse_rfc3339)
-                    .unwrap_or(0);
-                let duration = lease["spec"]["leaseDurationSeconds"].as_i64().unwrap_or(0);
-                if !held_by.is_empty() && held_by != holder && renewed + duration > now {
-                    return Ok(false);
+                if !held_by.is_empty() && held_by != holder {
+                    let duration = lease["spec"]["leaseDurationSeconds"].as_u64().unwrap_or(0);
+                    let record = lease["spec"].clone();
+                    let at = tokio::time::Instant::now();
+                    let since = match seen {
+                        Some(o) if o.record == record => o.since,
+                        _ => {
+                            *seen = Some(Observed { record, since: at });
+                            at
+                        }
+                    };
+                    if at < since + std::time::Duration::from_secs(duration) {
+                        return Ok(false);
+                    }
                 }
                 lease["spec"] = spec;
                 match self.call(reqwest::Method::PUT, &path, Some(&lease)).await {
