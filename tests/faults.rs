@@ -423,3 +423,70 @@ async fn shutdown_waits_only_the_configured_grace_for_stuck_requests() {
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
 }
+
+/// 50 calls at once, cold, to an HTTPS upstream that accepts TCP and never answers the TLS
+/// handshake: each gets 502 `upstream-unreachable` within the 2 s connect timeout and a margin,
+/// not 504 after the route's 30 s (issue 28, finding 6).
+async fn a_cold_burst_to_a_stuck_handshake_fails_fast(through_proxy: bool) {
+    let (mock, _upstream) = mock_and_upstream().await;
+    let stuck = FaultServer::start(Fault::StallBeforeHeaders).await;
+    let corp = common::faults::ConnectProxy::start(None).await;
+    let proxy_line = match through_proxy {
+        true => format!("    proxy:\n      url: http://{}\n", corp.addr),
+        false => String::new(),
+    };
+    let routes = format!(
+        "  - name: nav\n    prefix: /nav/\n    upstream: https://localhost:{}/\n    client: vendor\n    scopes: [{SCOPE}]\n    ca_file: test-ca.pem\n    connect_timeout_seconds: 2\n    timeout_seconds: 30\n{proxy_line}",
+        stuck.addr.port()
+    );
+    let proxy = spawn_proxy(
+        &config_yaml(&mock.issuer(), &mock.token_endpoint(), &routes),
+        &[],
+    )
+    .await;
+    let http = http_client();
+    let started = std::time::Instant::now();
+    let calls: Vec<_> = (0..50)
+        .map(|i| {
+            let (http, url) = (http.clone(), format!("http://{}/nav/{i}", proxy.listen));
+            tokio::spawn(async move {
+                let r = http.get(url).send().await.unwrap();
+                let status = r.status().as_u16();
+                (
+                    status,
+                    problem(r).await["type"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    started.elapsed(),
+                )
+            })
+        })
+        .collect();
+    for call in calls {
+        let (status, kind, after) = call.await.unwrap();
+        assert_eq!(status, 502, "{kind}");
+        assert!(kind.ends_with("upstream-unreachable"), "{kind}");
+        assert!(
+            after < Duration::from_millis(3500),
+            "answered after {after:?}"
+        );
+    }
+    if through_proxy {
+        assert!(
+            !corp.targets().is_empty(),
+            "the connects did not go through the proxy"
+        );
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_burst_to_a_stuck_tls_handshake_answers_502_within_the_connect_timeout() {
+    a_cold_burst_to_a_stuck_handshake_fails_fast(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_burst_through_the_outbound_proxy_answers_502_within_the_connect_timeout() {
+    a_cold_burst_to_a_stuck_handshake_fails_fast(true).await;
+}

@@ -5,6 +5,8 @@
 mod abandoned;
 mod answer;
 mod egress;
+mod error;
+mod gate;
 mod pool;
 mod target;
 
@@ -44,6 +46,7 @@ pub type Connector = HttpsConnector<EgressConnector>;
 /// connect, and one [`Pool`] per upstream, handed to each route when it is built.
 pub struct Client<B: Outgoing> {
     connector: Connector,
+    connect_timeout: Duration,
     http2: bool,
     pools: Vec<Kept<B>>,
 }
@@ -81,6 +84,7 @@ where
         };
         Client {
             connector,
+            connect_timeout,
             http2,
             pools: Vec::new(),
         }
@@ -97,6 +101,7 @@ where
         }
         let pool = Arc::new(Pool::new(
             self.connector.clone(),
+            self.connect_timeout,
             self.http2,
             &upstream.scheme,
             &upstream.authority,

@@ -10,6 +10,7 @@
 
 use super::abandoned::{Draining, Unanswered};
 use super::answer::Answer;
+use super::gate::Gate;
 use super::{Connector, Outgoing};
 use http::header::HOST;
 use http::uri::Scheme;
@@ -26,7 +27,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower::ServiceExt as _;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long an HTTP/1.1 connection may sit unused. Callers that open a connection per request
 /// still share these, so no upstream connection is opened per request.
@@ -43,49 +43,10 @@ const REAP_EVERY: Duration = Duration::from_secs(30);
 /// tries in all (a request that failed on a fresh connection is not tried again).
 const ATTEMPTS: usize = 4;
 
+pub use super::error::SendError;
+
 /// A request on its way: the answer's head, or why there is none.
 pub type Exchange<B> = Pin<Box<dyn Future<Output = Result<Response<Answer<B>>, SendError>> + Send>>;
-
-/// Why a request got no answer from the upstream.
-#[derive(Debug)]
-pub enum SendError {
-    /// No connection: TCP, the outbound proxy or TLS failed.
-    Connect(BoxError),
-    /// hyper could not begin HTTP on the new connection.
-    Handshake(hyper::Error),
-    /// The connection failed while the request was sent or the answer's head read.
-    Send(hyper::Error),
-    /// No answer's head within the route's time limit.
-    Timeout(Duration),
-}
-
-impl SendError {
-    /// Whether no connection was made (nothing of the request was sent).
-    pub fn is_connect(&self) -> bool {
-        matches!(self, SendError::Connect(_) | SendError::Handshake(_))
-    }
-}
-
-impl std::fmt::Display for SendError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            SendError::Connect(_) => "connecting failed",
-            SendError::Handshake(_) => "starting HTTP on the connection failed",
-            SendError::Send(_) => "the exchange with the upstream failed",
-            SendError::Timeout(_) => "no answer in time",
-        })
-    }
-}
-
-impl std::error::Error for SendError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            SendError::Connect(e) => Some(&**e),
-            SendError::Handshake(e) | SendError::Send(e) => Some(e),
-            SendError::Timeout(_) => None,
-        }
-    }
-}
 
 /// The connections to one upstream (scheme and authority).
 pub struct Pool<B: Outgoing> {
@@ -101,8 +62,12 @@ pub struct Pool<B: Outgoing> {
     /// How many HTTP/2 connections requests are spread over.
     h2_connections: usize,
     state: Mutex<State<B>>,
-    /// Held while the first HTTP/2 connection is made, so that a burst of requests makes one.
-    connecting: tokio::sync::Mutex<()>,
+    /// Everything up to a usable connection (TCP, an outbound proxy's `CONNECT`, TLS, ALPN,
+    /// hyper's handshake) must be done within this.
+    connect_timeout: Duration,
+    /// A few places for connects that may be HTTP/2, so that a burst of requests makes a few
+    /// connections and shares them.
+    connecting: Gate,
     next: AtomicUsize,
     draining: Draining,
 }
@@ -129,6 +94,7 @@ where
 {
     pub fn new(
         connector: Connector,
+        connect_timeout: Duration,
         offers_h2: bool,
         scheme: &Scheme,
         authority: &http::uri::Authority,
@@ -158,7 +124,8 @@ where
                 making_h2: false,
                 reaping: false,
             }),
-            connecting: tokio::sync::Mutex::new(()),
+            connect_timeout,
+            connecting: Gate::default(),
             next: AtomicUsize::new(0),
             draining: Draining::default(),
         })
@@ -222,22 +189,21 @@ where
         if let Some(h1) = self.idle_h1() {
             return Ok((Sender::H1(h1), true));
         }
-        // Nothing to take: make a connection. One that may be HTTP/2 is made under the lock, so
-        // that a burst of requests makes one and shares it.
+        // Nothing to take: make a connection. One that may be HTTP/2 takes one of a few places,
+        // so that a burst of requests makes a few and shares them.
         let h2 = self.may_speak_h2 && crate::sync::lock(&self.state).speaks_h2 != Some(false);
-        let _making = match h2 {
-            true => {
-                let making = self.connecting.lock().await;
-                if let Some(h2) = self.shared_h2() {
-                    return Ok((h2, true));
-                }
-                Some(making)
-            }
-            false => None,
-        };
-        // Boxed: making a connection (TCP, TLS, handshake) takes kilobytes of state, which
-        // every request's future would otherwise carry and copy as it moves.
-        Box::pin(self.connect()).await.map(|s| (s, false))
+        if !h2 {
+            // Boxed: making a connection (TCP, TLS, handshake) takes kilobytes of state, which
+            // every request's future would otherwise carry and copy as it moves.
+            return Box::pin(self.connect()).await.map(|s| (s, false));
+        }
+        let place = self.connecting.enter().await?;
+        if let Some(h2) = self.shared_h2() {
+            return Ok((h2, true));
+        }
+        place.failed_meanwhile()?;
+        let made = Box::pin(self.connect()).await;
+        place.outcome(made).map(|s| (s, false))
     }
 
     /// One of the open HTTP/2 connections, in turn. While fewer than `h2_connections` are open,
@@ -275,7 +241,23 @@ where
         None
     }
 
+    /// A new connection, ready for requests, within the connect timeout.
     async fn connect(self: &Arc<Self>) -> Result<Sender<B>, SendError> {
+        let timeout = self.connect_timeout;
+        tokio::time::timeout(timeout, self.handshake())
+            .await
+            .unwrap_or_else(|_| {
+                Err(SendError::Connect(
+                    format!(
+                        "no connection within {} s (connect_timeout_seconds)",
+                        timeout.as_secs()
+                    )
+                    .into(),
+                ))
+            })
+    }
+
+    async fn handshake(self: &Arc<Self>) -> Result<Sender<B>, SendError> {
         let io = self
             .connector
             .clone()
