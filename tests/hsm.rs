@@ -30,15 +30,23 @@ struct Hsm {
     pin_file: PathBuf,
 }
 
+/// The first of `paths` that is installed; `what` says where it comes from.
+fn installed(paths: &[&str], what: &str) -> PathBuf {
+    paths
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{what} is not installed: run scripts/test-deps.sh"))
+}
+
 fn module_path() -> PathBuf {
-    [
-        "/usr/lib/softhsm/libsofthsm2.so",
-        "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|p| p.exists())
-    .expect("SoftHSM2 is not installed: run scripts/test-deps.sh")
+    installed(
+        &[
+            "/usr/lib/softhsm/libsofthsm2.so",
+            "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+        ],
+        "SoftHSM2",
+    )
 }
 
 fn softhsm(conf: &Path, args: &[&str]) {
@@ -645,15 +653,14 @@ fn check_shows_where_the_key_is_and_the_certificate() {
 
 /// OpenSC's pkcs11-spy, which logs every PKCS#11 call it passes on to the module in `PKCS11SPY`.
 fn spy() -> PathBuf {
-    [
-        "/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so",
-        "/usr/lib/x86_64-linux-gnu/pkcs11-spy.so",
-        "/usr/lib/pkcs11/pkcs11-spy.so",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|p| p.exists())
-    .expect("pkcs11-spy (Debian's opensc-pkcs11; scripts/test-deps.sh installs it)")
+    installed(
+        &[
+            "/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so",
+            "/usr/lib/x86_64-linux-gnu/pkcs11-spy.so",
+            "/usr/lib/pkcs11/pkcs11-spy.so",
+        ],
+        "pkcs11-spy (Debian's opensc-pkcs11)",
+    )
 }
 
 /// How many `C_Login` calls the spy logged in `log`.

@@ -165,6 +165,15 @@ clients:
         (proxy, calls)
     }
 
+    /// The status of every self-service call so far, in order.
+    fn statuses(&self) -> Vec<u16> {
+        self.mock
+            .selfservice_calls()
+            .iter()
+            .map(|c| c.status)
+            .collect()
+    }
+
     fn keyset(&self) -> Keyset {
         Keyset::read(&self.keyset, CLIENT_ID).unwrap()
     }
@@ -549,12 +558,7 @@ async fn digdir_s_5xx_is_tried_again_and_a_4xx_explained_once() {
     let w = World::start("errors", vendor(), "").await;
     w.mock.fail_selfservice(503, 2);
     assert_eq!(w.rotate(false).await, 2, "two 503s, then through");
-    let statuses: Vec<u16> = w
-        .mock
-        .selfservice_calls()
-        .iter()
-        .map(|c| c.status)
-        .collect();
+    let statuses = w.statuses();
     assert_eq!(&statuses[..3], &[503, 503, 200]);
 
     // An administration client without the scope to change keys: one POST, refused, not repeated.
@@ -929,12 +933,7 @@ async fn a_401_is_tried_once_more_with_a_new_token_and_a_second_is_a_refusal() {
     w.mock.fail_selfservice(401, 1);
     // 2: the new key is registered and waits to sign, as without the 401.
     assert_eq!(w.rotate(false).await, 2, "one 401, then through");
-    let statuses: Vec<u16> = w
-        .mock
-        .selfservice_calls()
-        .iter()
-        .map(|c| c.status)
-        .collect();
+    let statuses = w.statuses();
     assert_eq!(statuses[0..2], [401, 200]);
     assert_eq!(
         w.mock.token_requests() - tokens,
@@ -945,11 +944,6 @@ async fn a_401_is_tried_once_more_with_a_new_token_and_a_second_is_a_refusal() {
     let w = World::start("admin-401-twice", vendor(), "").await;
     w.mock.fail_selfservice(401, 2);
     assert_eq!(w.rotate(false).await, 1, "two 401s are a refusal");
-    let statuses: Vec<u16> = w
-        .mock
-        .selfservice_calls()
-        .iter()
-        .map(|c| c.status)
-        .collect();
+    let statuses = w.statuses();
     assert_eq!(statuses, [401, 401]);
 }

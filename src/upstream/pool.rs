@@ -27,7 +27,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower::ServiceExt as _;
 
-
 /// How long an HTTP/1.1 connection may sit unused. Callers that open a connection per request
 /// still share these, so no upstream connection is opened per request.
 const IDLE_FOR: Duration = Duration::from_secs(90);
