@@ -74,11 +74,13 @@ async fn reproduce(listener: Listener, chunked: bool, late: bool) {
         first.extend_from_slice(&body);
         s.write_all(&first).await.unwrap();
         let mut buf = Vec::new();
-        let answer =
-            tokio::time::timeout(Duration::from_secs(5), read_answer(&mut s, &mut buf, false))
-                .await
-                .expect("no answer to the first request")
-                .expect("closed before the first answer");
+        let answer = tokio::time::timeout(
+            Duration::from_secs(15),
+            read_answer(&mut s, &mut buf, false),
+        )
+        .await
+        .expect("no answer to the first request")
+        .expect("closed before the first answer");
         assert_eq!(
             answer.status,
             if late { 504 } else { 404 },
@@ -141,6 +143,9 @@ fn seconds(default: u64) -> Duration {
 }
 
 async fn stress(listener: Listener, callers: usize, default_seconds: u64) {
+    // One stress at a time: the two share two cores with the other tests of this binary.
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _turn = ONE_AT_A_TIME.lock().await;
     let (up, proxy, _mock) = setup(listener).await;
     let run = seconds(default_seconds);
     let judge = Arc::new(stress::Judge::default());
@@ -149,7 +154,7 @@ async fn stress(listener: Listener, callers: usize, default_seconds: u64) {
         let judge = Arc::clone(&judge);
         let addr = proxy.listen;
         tasks.push(tokio::spawn(async move {
-            let bound = run + Duration::from_secs(30);
+            let bound = run + Duration::from_secs(60);
             let played = stress::caller(caller, listener, addr, run, &judge);
             if tokio::time::timeout(bound, played).await.is_err() {
                 panic!("caller {caller} hangs at {:?}", judge.place(caller));
