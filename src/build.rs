@@ -35,6 +35,11 @@ pub fn tls_config(extra_roots: &[CertificateDer<'static>]) -> anyhow::Result<rus
             .add(cert.clone())
             .context("a ca_file certificate is not a usable CA certificate")?;
     }
+    tls_config_trusting(roots)
+}
+
+/// The TLS configuration for outbound connections that trust `roots` and nothing else.
+pub fn tls_config_trusting(roots: rustls::RootCertStore) -> anyhow::Result<rustls::ClientConfig> {
     Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))

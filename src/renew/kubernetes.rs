@@ -97,13 +97,8 @@ impl Kubernetes {
         } else {
             rustls::RootCertStore::empty()
         };
-        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| KubeError::Failed(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let tls = crate::build::tls_config_trusting(roots)
+            .map_err(|e| KubeError::Failed(e.to_string()))?;
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .no_proxy()

@@ -9,6 +9,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::GracefulConnection;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -70,14 +71,8 @@ pub async fn serve<I, H, F, B>(
             // kilobytes, and every move of it is a copy.
             async move { Ok::<_, Infallible>(handler(request).await) }
         });
-        // Boxed, as below: a connection's task holds hyper's state only while hyper serves it.
-        let mut connection = Box::pin(protocols.http2.serve_connection(TokioIo::new(io), service));
-        tokio::select! {
-            _ = connection.as_mut() => return,
-            _ = super::stopped(&mut shutdown) => connection.as_mut().graceful_shutdown(),
-        }
-        let _ = connection.await;
-        return;
+        let connection = protocols.http2.serve_connection(TokioIo::new(io), service);
+        return to_the_end(connection, &mut shutdown).await;
     }
     let mut io = io;
     let parks = io.parks();
@@ -102,13 +97,7 @@ pub async fn serve<I, H, F, B>(
         let Some(activity) = activity else {
             // No parking here: hyper serves the connection to its end.
             let connection = protocols.http1.serve_connection(TokioIo::new(io), service);
-            let mut connection = Box::pin(connection);
-            tokio::select! {
-                _ = connection.as_mut() => return,
-                _ = super::stopped(&mut shutdown) => connection.as_mut().graceful_shutdown(),
-            }
-            let _ = connection.await;
-            return;
+            return to_the_end(connection, &mut shutdown).await;
         };
         let idling = Idling::new(io, Arc::clone(&activity));
         // Boxed: hyper's connection state (over a kilobyte) lives in the task only while hyper
@@ -163,6 +152,18 @@ pub async fn serve<I, H, F, B>(
             _ => return,
         }
     }
+}
+
+/// Serves `connection` until it ends; once portvakt shuts down, hyper closes it after the request
+/// in hand (at once if there is none).
+async fn to_the_end<C: GracefulConnection>(connection: C, shutdown: &mut watch::Receiver<bool>) {
+    // Boxed: a connection's task holds hyper's state only while hyper serves it.
+    let mut connection = Box::pin(connection);
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        _ = super::stopped(shutdown) => connection.as_mut().graceful_shutdown(),
+    }
+    let _ = connection.await;
 }
 
 /// `work`'s result, unless `deadline` passes or portvakt shuts down first.
