@@ -82,7 +82,7 @@ fn readiness(routes: &RouteTable) -> serde_json::Value {
             // `scopes`, `consumer_org` and `token` describe the route's first token (its default
             // party's, when it has one), as before per-call parties; `tokens` lists them all.
             let first = slots.first().map(|(_, slot)| slot);
-            json!({
+            let mut route = json!({
                 "name": r.name.as_str(),
                 "prefix": r.prefix,
                 "upstream": r.upstream.to_string(),
@@ -91,7 +91,13 @@ fn readiness(routes: &RouteTable) -> serde_json::Value {
                 "consumer_org": first.and_then(|s| s.key().grant.consumer_org.clone()),
                 "token": first.map(|s| s.status()),
                 "tokens": tokens,
-            })
+            });
+            // Consent tokens are counted, never listed: each names a person.
+            if let Some(consents) = &r.consent_slots {
+                route["consent_tokens"] = json!(consents.len());
+                route["consent_tokens_max"] = json!(consents.max());
+            }
+            route
         })
         .collect();
     json!({ "status": "ready", "routes": routes })
@@ -103,7 +109,15 @@ fn refresh_gauges(proxy: &Proxy) {
     metrics.in_flight.set(proxy.in_flight() as i64);
     // Rebuilt from the slots in force, so a slot a reload removed leaves no series behind.
     metrics.token_expires_in.clear();
+    metrics.consent_tokens.clear();
     for route in proxy.snapshot().routes.iter() {
+        if let Some(consents) = &route.consent_slots {
+            let labels = crate::metrics::RouteLabels {
+                route: Arc::clone(&route.name),
+            };
+            let count = i64::try_from(consents.len()).unwrap_or(i64::MAX);
+            metrics.consent_tokens.get_or_create(&labels).set(count);
+        }
         for (party, slot) in route.parties.slots() {
             let Some(seconds) = slot.status().expires_in_seconds else {
                 continue;

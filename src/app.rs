@@ -111,12 +111,14 @@ fn stack(
        + Sync
        + 'static {
     ServiceBuilder::new()
-        // The caller's credentials (replaced before forwarding) and cookies both ways are marked
-        // sensitive first, so no later layer or log line can print them.
+        // The caller's credentials (replaced before forwarding), cookies both ways and the
+        // person a consent is from are marked sensitive first, so no later layer or log line can print them.
         .layer(SetSensitiveRequestHeadersLayer::new([
             AUTHORIZATION,
             PROXY_AUTHORIZATION,
             COOKIE,
+            // Whom a consent is from: a fødselsnummer, personal data.
+            http::HeaderName::from_static("portvakt-consent-from"),
         ]))
         .layer(SetSensitiveResponseHeadersLayer::new([SET_COOKIE]))
         .service_fn(move |request| {

@@ -12,11 +12,11 @@ use crate::metrics::Metrics;
 use crate::party::{Parties, PartyKind, Selector};
 use crate::pipeline::Snapshot;
 use crate::route::{Route, RouteTable};
-use crate::token::TokenSource;
 use crate::token::{
     client, AltinnExchange, ClientIdentity, GrantSpec, TokenCache, TokenEndpoint, TokenKey,
     TokenSlot,
 };
+use crate::token::{ConsentSlots, TokenSource};
 use crate::upstream::Target;
 use anyhow::Context as _;
 use rustls_pki_types::CertificateDer;
@@ -151,6 +151,8 @@ pub struct Kept {
     endpoint: Arc<TokenEndpoint>,
     cache: TokenCache,
     clients: HashMap<String, KeptClient>,
+    /// Each consent route's consent slots, by route name.
+    consents: HashMap<String, Arc<ConsentSlots>>,
 }
 
 struct KeptClient {
@@ -243,6 +245,7 @@ pub fn assemble(
     let mut exchanges: HashMap<&str, Arc<AltinnExchange>> = HashMap::new();
     let mut upstreams = UpstreamClients::new(tls);
     let mut routes = Vec::with_capacity(config.routes.len());
+    let mut consents = HashMap::new();
     for r in &config.routes {
         let client = &clients
             .get(&r.client)
@@ -270,6 +273,19 @@ pub fn assemble(
             .with_context(|| format!("route {}", r.name))?
             .pool(&upstream)
             .with_context(|| format!("route {}: upstream {upstream}", r.name))?;
+        // A route's consent tokens outlive a reload, as its party slots do; each remembers the
+        // party slot it was made from, and is made again if that slot was replaced.
+        let consent_slots = r.consent.per_call.then(|| {
+            let kept = previous
+                .and_then(|p| p.consents.get(&r.name))
+                .filter(|s| s.max() == r.consent_tokens_max);
+            let slots = kept.map_or_else(
+                || Arc::new(ConsentSlots::new(r.consent_tokens_max)),
+                Arc::clone,
+            );
+            consents.insert(r.name.clone(), Arc::clone(&slots));
+            slots
+        });
         routes.push(Arc::new(Route {
             name: Arc::new(r.name.clone()),
             prefix: r.prefix.clone(),
@@ -291,6 +307,8 @@ pub fn assemble(
             idle_timeout: r.idle_timeout,
             pace: pace(r, &config.inbound.body),
             forward_caller_address: r.forward_caller_address,
+            consent: r.consent.clone(),
+            consent_slots,
         }));
     }
     let kept_tokens = cache.settle();
@@ -311,6 +329,7 @@ pub fn assemble(
             endpoint,
             cache,
             clients,
+            consents,
         },
     })
 }

@@ -16,6 +16,10 @@ const DEMO_ADMIN_KID: &str = "portvakt-demo-admin";
 /// The supplier (the demo client's own organisation) and the customer it acts for.
 pub const SUPPLIER_ORG: &str = "991825827";
 pub const CUSTOMER_ORG: &str = "910753614";
+/// A consent the demo's mock Altinn holds: from a synthetic person (Altinn's TT02 example, not a
+/// real one) to the customer.
+pub const DEMO_CONSENT_ID: &str = "77ed8698-e619-4066-9eb4-5c1eb3f165a1";
+pub const DEMO_PERSON: &str = "03867199348";
 
 /// A loopback port, the preferred one when free, else any free one.
 async fn bind(preferred: u16) -> std::io::Result<TcpListener> {
@@ -43,6 +47,10 @@ pub async fn run(dir: &Path, once: bool) -> anyhow::Result<()> {
         .scopes(["idporten:dcr.read", "idporten:dcr.modify"]);
     let renewed = MockClient::new(DEMO_RENEWED_ID, SUPPLIER_ORG).scopes(["demo:echo"]);
     let mock = MockMaskinporten::start(vec![client, admin, renewed], 120).await?;
+    // The person has accepted the customer's consent request, valid for a year.
+    let year = crate::time::unix_now() as i64 + 365 * 86_400;
+    mock.consents()
+        .give(DEMO_CONSENT_ID, DEMO_PERSON, CUSTOMER_ORG, year);
     let upstream = EchoUpstream::start(Some(mock.decoding_key())).await?;
     let listener = bind(8080).await?;
     let admin_listener = bind(9090).await?;
@@ -98,6 +106,13 @@ routes:
     client: demo
     scopes: [nav:forsikring/samtykke]
     consumer_org: "{CUSTOMER_ORG}"
+  - name: nav-samtykke-person
+    prefix: /samtykke/
+    upstream: {upstream}forsikring/
+    client: demo
+    scopes: [nav:forsikring/samtykke]
+    consumer_org: "{CUSTOMER_ORG}"
+    consent_per_call: true
 "#,
         issuer = mock.issuer(),
         upstream = upstream.url(),
@@ -128,6 +143,10 @@ routes:
     println!("  curl -s http://{listen}/echo/hello?x=1");
     println!("The same with delegation (consumer_org {CUSTOMER_ORG}, supplier {SUPPLIER_ORG}):");
     println!("  curl -s http://{listen}/nav/samtykke");
+    println!("A person's Altinn consent per call: the token carries the consent (see authorization_details):");
+    println!("  curl -s -H 'Portvakt-Consent-Id: {DEMO_CONSENT_ID}' -H 'Portvakt-Consent-From: {DEMO_PERSON}' http://{listen}/samtykke/inntekt");
+    println!("A consent Altinn does not hold gets 403 consent-refused, and nothing goes upstream:");
+    println!("  curl -s -H 'Portvakt-Consent-Id: 00000000-0000-4000-8000-000000000000' -H 'Portvakt-Consent-From: {DEMO_PERSON}' http://{listen}/samtykke/inntekt");
     println!("A client whose keys portvakt renews; rotate them while it serves, and look:");
     println!("  curl -s http://{listen}/renewed/x");
     println!(
@@ -142,6 +161,16 @@ routes:
             .text()
             .await?;
         println!("{answer}");
+        let consent = reqwest::Client::new()
+            .get(format!("http://{listen}/samtykke/inntekt"))
+            .header("Portvakt-Consent-Id", DEMO_CONSENT_ID)
+            .header("Portvakt-Consent-From", DEMO_PERSON)
+            .send()
+            .await?;
+        println!(
+            "a call with the person's consent: HTTP {}",
+            consent.status().as_u16()
+        );
         println!("token requests made to the mock: {}", mock.token_requests());
         running.shutdown().await;
     } else {

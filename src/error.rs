@@ -1,6 +1,7 @@
 //! Every answer portvakt makes itself: one error type, its status and its problem+json body, in one place.
 
 use crate::body::{full, Body};
+use crate::consent::ConsentError;
 use crate::fault::{cut_by_portvakt, BodyError, Fault};
 use crate::party::PartyError;
 use crate::token::cache::TokenError;
@@ -52,6 +53,8 @@ pub enum ProxyError {
     PathEscapes,
     #[error("{0}")]
     Party(#[from] PartyError),
+    #[error("{0}")]
+    Consent(#[from] ConsentError),
     #[error("reading the request body failed: {0}")]
     RequestBody(String),
     #[error(transparent)]
@@ -94,6 +97,8 @@ impl ProxyError {
             ProxyError::PathEscapes | ProxyError::RequestBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::Party(PartyError::NotAllowed { .. }) => StatusCode::FORBIDDEN,
             ProxyError::Party(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Consent(ConsentError::NotTaken { .. }) => StatusCode::FORBIDDEN,
+            ProxyError::Consent(_) => StatusCode::BAD_REQUEST,
             ProxyError::Token(TokenError::WaitTimeout(_)) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Token(TokenError::Failed { error, .. }) => match error {
                 FetchError::Unavailable(_) | FetchError::Throttled { .. } => {
@@ -102,6 +107,7 @@ impl ProxyError {
                 FetchError::Rejected { .. }
                 | FetchError::InvalidAnswer(_)
                 | FetchError::Exchange { .. } => StatusCode::BAD_GATEWAY,
+                FetchError::ConsentRefused { .. } => StatusCode::FORBIDDEN,
                 FetchError::Signing(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 FetchError::Hsm(_) => StatusCode::SERVICE_UNAVAILABLE,
             },
@@ -154,6 +160,15 @@ impl ProxyError {
             ProxyError::Party(PartyError::Conflict { .. }) => {
                 ("party-conflict", "More than one organisation named")
             }
+            ProxyError::Consent(ConsentError::Missing { .. }) => {
+                ("consent-missing", "No consent named for this route")
+            }
+            ProxyError::Consent(ConsentError::Invalid { .. }) => {
+                ("consent-invalid", "Consent header not valid")
+            }
+            ProxyError::Consent(ConsentError::NotTaken { .. }) => {
+                ("consent-not-allowed", "This route takes no consent")
+            }
             ProxyError::RequestBody(_) => ("request-body-unreadable", "Request body unreadable"),
             ProxyError::Token(TokenError::WaitTimeout(_)) => {
                 ("token-unavailable", "Maskinporten token unavailable")
@@ -164,6 +179,9 @@ impl ProxyError {
                 }
                 FetchError::Rejected { .. } => {
                     ("token-rejected", "Maskinporten rejected the grant")
+                }
+                FetchError::ConsentRefused { .. } => {
+                    ("consent-refused", "Maskinporten refused the consent")
                 }
                 FetchError::InvalidAnswer(_) => (
                     "token-invalid-answer",
@@ -289,7 +307,7 @@ impl ProxyError {
             ProxyError::NoRoute { path, prefixes } => {
                 format!("no route matches {path}; the configured prefixes are {}", prefixes.join(", "))
             }
-            ProxyError::Token(TokenError::Failed { error: FetchError::Rejected { error, description, code, hint, .. }, .. }) => {
+            ProxyError::Token(TokenError::Failed { error: FetchError::Rejected { error, description, code, hint, .. } | FetchError::ConsentRefused { error, description, code, hint }, .. }) => {
                 let mut d = format!("Maskinporten answered {error}");
                 if let Some(code) = code {
                     d.push_str(&format!(" ({code})"));
@@ -348,11 +366,26 @@ impl ProxyError {
             body.insert("route".into(), json!(route));
         }
         if let ProxyError::Token(TokenError::Failed {
-            error: FetchError::Rejected { error, code, .. },
+            error:
+                FetchError::Rejected {
+                    error,
+                    description,
+                    code,
+                    ..
+                }
+                | FetchError::ConsentRefused {
+                    error,
+                    description,
+                    code,
+                    ..
+                },
             ..
         }) = self
         {
             body.insert("maskinporten_error".into(), json!(error));
+            if let Some(description) = description {
+                body.insert("maskinporten_error_description".into(), json!(description));
+            }
             if let Some(code) = code {
                 body.insert("maskinporten_code".into(), json!(code));
             }

@@ -56,6 +56,13 @@ enum Command {
         /// (default: the route's consumer_org or systemuser_org).
         #[arg(long)]
         party: Option<String>,
+        /// The Altinn consent's id, on a route with consent_per_call (goes with --from).
+        #[arg(long, requires = "from")]
+        consent: Option<String>,
+        /// Whom the consent is from: a fødselsnummer or organisation number, bare or as
+        /// urn:altinn:person:identifier-no:... (goes with --consent).
+        #[arg(long, requires = "consent")]
+        from: Option<String>,
     },
     /// Generate an RSA key pair for a Maskinporten client (Samarbeidsportalen): public JWK set,
     /// private JWK, its base64 form and a PKCS#8 PEM.
@@ -229,6 +236,8 @@ fn main() -> ExitCode {
                 route,
                 decode,
                 party,
+                consent,
+                from,
             } => {
                 let loaded = match portvakt::config::load(&config) {
                     Ok(c) => c,
@@ -237,7 +246,15 @@ fn main() -> ExitCode {
                         return ExitCode::from(EXIT_CONFIG);
                     }
                 };
-                match portvakt::token_command::run(&loaded, &route, party.as_deref(), decode).await
+                let consent = consent.as_deref().zip(from.as_deref());
+                match portvakt::token_command::run(
+                    &loaded,
+                    &route,
+                    party.as_deref(),
+                    consent,
+                    decode,
+                )
+                .await
                 {
                     Ok(outcome) => {
                         println!(

@@ -53,10 +53,16 @@ pub struct TokenLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FetchLabels {
     pub client: Arc<String>,
-    /// ok, rejected, unavailable, invalid_answer, signing_failed or exchange_failed.
+    /// ok, rejected, consent_refused, unavailable, invalid_answer, signing_failed,
+    /// hsm_unavailable or exchange_failed.
     pub result: &'static str,
     /// Maskinporten's MP code (or Altinn's status) for a failure that has one; empty otherwise.
     pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: Arc<String>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -135,6 +141,8 @@ pub struct Metrics {
     /// Seconds until each cached token expires, set when scraped.
     pub token_expires_in: Family<TokenLabels, Gauge>,
     pub token_cache_hits: Family<ClientLabels, Counter>,
+    /// Consent tokens kept per route, set when scraped (counted, never listed).
+    pub consent_tokens: Family<RouteLabels, Gauge>,
     pub token_cache_misses: Family<ClientLabels, Counter>,
     /// Seconds Maskinporten's clock is ahead of this machine's (negative: behind).
     pub clock_skew: Gauge,
@@ -197,6 +205,11 @@ impl Metrics {
                 "token_expires_in",
                 "Seconds until each cached token expires; absent while a slot holds no usable token",
                 seconds.clone(),
+            ),
+            consent_tokens: r.add(
+                "consent_tokens",
+                "Consent token slots a route keeps (at most its consent_tokens_max), by route",
+                None,
             ),
             token_cache_hits: r.add(
                 "token_cache_hits",

@@ -4,7 +4,9 @@
 
 use crate::body::UpstreamBody;
 use crate::config::{AllowList, ApiKey};
+use crate::consent::ConsentRule;
 use crate::party::Parties;
+use crate::token::ConsentSlots;
 use crate::upstream::{Pool, Target};
 use http::{HeaderName, HeaderValue};
 use std::sync::Arc;
@@ -39,6 +41,10 @@ pub struct Route {
     pub pace: crate::body::Pace,
     /// Whether the upstream is told the caller's address, and how.
     pub forward_caller_address: Option<crate::config::CallerAddress>,
+    /// Whether the route takes an Altinn consent per call, and its headers.
+    pub consent: ConsentRule,
+    /// The consent tokens, on a route that takes a consent per call.
+    pub consent_slots: Option<Arc<ConsentSlots>>,
 }
 
 impl Route {

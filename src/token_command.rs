@@ -21,6 +21,7 @@ pub async fn run(
     config: &Config,
     route_name: &str,
     party: Option<&str>,
+    consent: Option<(&str, &str)>,
     decode: bool,
 ) -> anyhow::Result<Outcome> {
     let Some(route) = config.routes.iter().find(|r| r.name == route_name) else {
@@ -36,6 +37,18 @@ pub async fn run(
     let tls = crate::build::tls_config(&[])?;
     let endpoint = crate::build::token_endpoint(config, &tls)?;
     let spec = crate::build::party_grant_spec(route, party).map_err(anyhow::Error::msg)?;
+    let spec = match (consent, route.consent.per_call) {
+        (Some((id, from)), true) => {
+            spec.with_detail(named_consent(id, from)?.authorization_detail())
+        }
+        (None, false) => spec,
+        (Some(_), false) => anyhow::bail!(
+            "route {route_name} does not take a consent per call (consent_per_call is not set)"
+        ),
+        (None, true) => anyhow::bail!(
+            "route {route_name} takes a consent per call: name it with --consent ID --from FNR"
+        ),
+    };
     let mut out = json!({
         "route": route.name,
         "client": client.name,
@@ -50,10 +63,19 @@ pub async fn run(
     if let Some(details) = &spec.authorization_details {
         out["authorization_details"] = serde_json::from_str(details).unwrap_or(Value::Null);
     }
-    let issued = match endpoint
+    let asked = endpoint
         .request(&client.client_id, &client.key, &spec)
-        .await
-    {
+        .await;
+    let asked = if crate::token::consents::names_consent(&spec) {
+        asked
+            .map_err(crate::token::consents::refused)
+            .and_then(|issued| {
+                crate::token::consents::bound(&spec, issued, crate::time::unix_now() as i64)
+            })
+    } else {
+        asked
+    };
+    let issued = match asked {
         Ok(issued) => issued,
         Err(e) => return Ok(failed(out, &e)),
     };
@@ -120,6 +142,12 @@ fn failed(mut out: Value, e: &FetchError) -> Outcome {
             description,
             code,
             ..
+        }
+        | FetchError::ConsentRefused {
+            error: code_word,
+            description,
+            code,
+            ..
         } => {
             error["error"] = json!(code_word);
             error["error_description"] = json!(description);
@@ -153,4 +181,12 @@ fn decode_jwt(token: &str) -> Option<(Value, Value)> {
         serde_json::from_slice(&bytes).ok()
     };
     Some((read(header)?, read(claims)?))
+}
+
+/// `--consent` and `--from`, checked as the route's headers are.
+fn named_consent(id: &str, from: &str) -> anyhow::Result<crate::consent::Consent> {
+    let id = uuid::Uuid::try_parse(id.trim())
+        .map_err(|_| anyhow::anyhow!("--consent {id} is not a consent id (a UUID)"))?;
+    let from = crate::consent::Giver::parse(from).map_err(|why| anyhow::anyhow!("--from {why}"))?;
+    Ok(crate::consent::Consent { id, from })
 }

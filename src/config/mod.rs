@@ -146,6 +146,11 @@ pub struct RouteConfig {
     pub body_deadline: Option<Duration>,
     /// Whether portvakt tells the upstream the caller's address, and in which header.
     pub forward_caller_address: Option<CallerAddress>,
+    /// Whether the route takes an Altinn consent per call (`consent_per_call`), and the headers it
+    /// comes in (`consent_id_header`, `consent_from_header`).
+    pub consent: crate::consent::ConsentRule,
+    /// The most consent tokens the route keeps (`consent_tokens_max`); the least recently used go.
+    pub consent_tokens_max: usize,
 }
 
 /// The header in which portvakt writes the caller's address (`forward_caller_address`); the

@@ -6,6 +6,8 @@ use super::headers::RESERVED_HEADERS;
 use super::reader::{index, join, Reader};
 use super::validate::http_url;
 use super::SystemUser;
+use crate::consent::{ConsentRule, CONSENT_TYPE};
+use crate::identifiers::is_org_number;
 use http::HeaderName;
 use serde_json::{Map, Value};
 
@@ -80,6 +82,81 @@ pub(super) fn parties(
         consumer_org_header,
         systemuser_org_header,
     }
+}
+
+/// Whether the route takes an Altinn consent per call, the headers it comes in, and how many
+/// consent tokens are kept.
+pub(super) fn consent(
+    r: &mut Reader,
+    m: &Map<String, Value>,
+    path: &str,
+    parties: &Parties,
+    details: &[Value],
+) -> (ConsentRule, usize) {
+    let p = |k: &str| join(path, k);
+    let per_call = r
+        .boolean(m.get("consent_per_call"), &p("consent_per_call"))
+        .unwrap_or(false);
+    let id_header = selector_header(
+        r,
+        m.get("consent_id_header"),
+        &p("consent_id_header"),
+        "portvakt-consent-id",
+    );
+    let from_header = selector_header(
+        r,
+        m.get("consent_from_header"),
+        &p("consent_from_header"),
+        "portvakt-consent-from",
+    );
+    let max = r
+        .positive_u64(m.get("consent_tokens_max"), &p("consent_tokens_max"))
+        .map_or(crate::token::consents::DEFAULT_MAX, |n| {
+            usize::try_from(n).unwrap_or(usize::MAX)
+        });
+    for field in [
+        "consent_id_header",
+        "consent_from_header",
+        "consent_tokens_max",
+    ] {
+        if m.contains_key(field) && !per_call {
+            r.issue(
+                &p(field),
+                "goes with consent_per_call: true (a route that takes a consent per call)",
+            );
+        }
+    }
+    if id_header == from_header {
+        r.issue(
+            &p("consent_from_header"),
+            "is the same header as consent_id_header: the consent's id and whom it is from come in two headers",
+        );
+    }
+    for (field, name) in [
+        ("consent_id_header", &id_header),
+        ("consent_from_header", &from_header),
+    ] {
+        if *name == parties.consumer_org_header || *name == parties.systemuser_org_header {
+            r.issue(&p(field), "is also a party header: pick another name");
+        }
+    }
+    if per_call {
+        if let Some(i) = details
+            .iter()
+            .position(|d| d.get("type").and_then(Value::as_str) == Some(CONSENT_TYPE))
+        {
+            r.issue(
+                &index(&p("authorization_details"), i),
+                "is a fixed urn:altinn:consent entry, and consent_per_call takes the consent from each call: keep one of them",
+            );
+        }
+    }
+    let rule = ConsentRule {
+        per_call,
+        id_header,
+        from_header,
+    };
+    (rule, max)
 }
 
 /// A consumer organisation for delegation: a valid org number that is not the client's own.
@@ -248,39 +325,6 @@ pub(super) fn authorization_details(r: &mut Reader, v: Option<&Value>, path: &st
                 "expected a list of RFC 9396 authorization_details objects",
             );
             Vec::new()
-        }
-    }
-}
-
-/// Norwegian organisation number: 9 digits, the last a mod-11 check digit with weights 3 2 7 6 5 4 3 2.
-pub fn is_org_number(s: &str) -> bool {
-    let digits: Vec<u32> = s.chars().filter_map(|c| c.to_digit(10)).collect();
-    if digits.len() != 9 || s.len() != 9 {
-        return false;
-    }
-    let sum: u32 = digits[..8]
-        .iter()
-        .zip([3, 2, 7, 6, 5, 4, 3, 2])
-        .map(|(d, w)| d * w)
-        .sum();
-    match 11 - sum % 11 {
-        11 => digits[8] == 0,
-        10 => false,
-        check => digits[8] == check,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_org_number;
-
-    #[test]
-    fn org_numbers_are_checked_with_mod_11() {
-        for good in ["910753614", "974760673", "889640782"] {
-            assert!(is_org_number(good), "{good}");
-        }
-        for bad in ["910753615", "91075361", "9107536140", "91075361a", ""] {
-            assert!(!is_org_number(bad), "{bad}");
         }
     }
 }

@@ -5,7 +5,8 @@ use super::headers::headers;
 use super::inbound::{allow_list, api_keys, body_pace};
 use super::reader::{index, join, Reader};
 use super::route_parties::{
-    authorization_details, is_systemuser_detail, parties, resource, selector_header, Parties,
+    authorization_details, consent, is_systemuser_detail, parties, resource, selector_header,
+    Parties,
 };
 use super::validate::{ca_file, http_url};
 use super::{AllowList, AltinnExchange, ApiKey, CallerAddress, Egress, Environment, RouteConfig};
@@ -50,6 +51,10 @@ const ROUTE: &[&str] = &[
     "body_rate_grace_seconds",
     "body_deadline_seconds",
     "forward_caller_address",
+    "consent_per_call",
+    "consent_id_header",
+    "consent_from_header",
+    "consent_tokens_max",
 ];
 
 /// Altinn's token exchange, by environment (maskinporten.md section 6).
@@ -182,6 +187,7 @@ fn route(r: &mut Reader, v: &Value, path: &str, cx: &Context) -> Option<RouteCon
         &p("authorization_details"),
     );
     let headers = headers(r, m.get("headers"), &p("headers"), base);
+    let (consent, consent_tokens_max) = consent(r, m, path, &parties, &authorization_details);
     if parties.systemuser.is_some() || !parties.systemusers.is_empty() {
         if let Some(i) = authorization_details.iter().position(is_systemuser_detail) {
             r.issue(
@@ -194,6 +200,8 @@ fn route(r: &mut Reader, v: &Value, path: &str, cx: &Context) -> Option<RouteCon
         for (selector, field) in [
             (&parties.consumer_org_header, "consumer_org_header"),
             (&parties.systemuser_org_header, "systemuser_org_header"),
+            (&consent.id_header, "consent_id_header"),
+            (&consent.from_header, "consent_from_header"),
         ] {
             if name == selector {
                 r.issue(
@@ -221,6 +229,14 @@ fn route(r: &mut Reader, v: &Value, path: &str, cx: &Context) -> Option<RouteCon
         }
     }
     let (allow, api_keys, api_key_header) = callers(r, m, path, base, &headers, &parties);
+    if !api_keys.is_empty()
+        && (api_key_header == consent.id_header || api_key_header == consent.from_header)
+    {
+        r.issue(
+            &p("api_key_header"),
+            "is also a consent header: pick another name",
+        );
+    }
     let max_body_bytes = r.positive_u64(m.get("max_body_bytes"), &p("max_body_bytes"));
     let connect_timeout = r
         .positive_u64(
@@ -266,6 +282,8 @@ fn route(r: &mut Reader, v: &Value, path: &str, cx: &Context) -> Option<RouteCon
         body_rate_grace,
         body_deadline,
         forward_caller_address,
+        consent,
+        consent_tokens_max,
     })
 }
 

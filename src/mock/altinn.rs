@@ -1,6 +1,9 @@
 //! A mock of Altinn's token exchange (`GET /authentication/api/v1/exchange/maskinporten`) on
 //! loopback: it accepts only a valid token from the mock Maskinporten, answers with an Altinn JWT
 //! of its own lifetime, bare or as a JSON string in quotes (Altinn has done both), and counts calls.
+//! With a consent store it also takes consent requests (`POST`
+//! [`CONSENT_REQUESTS_PATH`], scope `altinn:consentrequests.write`), and plays the person who
+//! answers one: `POST /mock/consentrequests/{id}/accept` or `.../revoke` (the mock's own paths).
 
 use crate::keys::SigningKey;
 use crate::server::CallerBody;
@@ -17,6 +20,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub const EXCHANGE_PATH: &str = "/authentication/api/v1/exchange/maskinporten";
+pub const CONSENT_REQUESTS_PATH: &str = "/accessmanagement/api/v1/enterprise/consentrequests/";
+/// The scope Altinn asks of a data consumer that requests consents.
+pub const CONSENT_WRITE_SCOPE: &str = "altinn:consentrequests.write";
 const SIGNING_KID: &str = "mock-altinn-1";
 
 struct Inner {
@@ -31,6 +37,7 @@ struct Inner {
     exchanges: AtomicUsize,
     /// The claims of each Maskinporten token exchanged.
     seen: Mutex<Vec<Map<String, Value>>>,
+    consents: Mutex<Option<super::ConsentStore>>,
 }
 
 pub struct MockAltinn {
@@ -56,6 +63,7 @@ impl MockAltinn {
             failing: AtomicU16::new(0),
             exchanges: AtomicUsize::new(0),
             seen: Mutex::new(Vec::new()),
+            consents: Mutex::new(None),
         });
         let state = Arc::clone(&inner);
         let shutdown = super::serve(listener, None, move |req, _peer| {
@@ -97,6 +105,11 @@ impl MockAltinn {
     pub fn decoding_key(&self) -> DecodingKey {
         super::decoding_key(&self.inner.signing)
     }
+    /// Takes consent requests into `store`: the mock Maskinporten's
+    /// ([`super::MockMaskinporten::consents`]), so that it knows them.
+    pub fn serve_consents(&self, store: super::ConsentStore) {
+        *lock(&self.inner.consents) = Some(store);
+    }
 }
 
 impl Drop for MockAltinn {
@@ -112,6 +125,31 @@ fn answer(status: StatusCode, content_type: &'static str, body: String) -> Answe
 }
 
 async fn handle(inner: Arc<Inner>, request: Request<CallerBody>) -> Answer {
+    let store = lock(&inner.consents).clone();
+    if let Some(store) = store {
+        let path = request.uri().path();
+        if request.method() == Method::POST
+            && (path == CONSENT_REQUESTS_PATH
+                || path == CONSENT_REQUESTS_PATH.trim_end_matches('/'))
+        {
+            return consent_request(&inner, &store, request).await;
+        }
+        if let Some(rest) = path.strip_prefix("/mock/consentrequests/") {
+            if request.method() == Method::POST {
+                let done = match rest.split_once('/') {
+                    Some((id, "accept")) => store.accept(id),
+                    Some((id, "revoke")) => store.revoke(id),
+                    _ => false,
+                };
+                let status = if done {
+                    StatusCode::NO_CONTENT
+                } else {
+                    StatusCode::NOT_FOUND
+                };
+                return answer(status, "text/plain", String::new());
+            }
+        }
+    }
     if request.method() != Method::GET || request.uri().path() != EXCHANGE_PATH {
         return answer(StatusCode::NOT_FOUND, "text/plain", "not found\n".into());
     }
@@ -147,6 +185,10 @@ async fn handle(inner: Arc<Inner>, request: Request<CallerBody>) -> Answer {
         "urn:altinn:authlevel": 3,
         "token_type": "altinn",
     });
+    let mut altinn = altinn;
+    if let Some(details) = claims.get("authorization_details") {
+        altinn["authorization_details"] = details.clone();
+    }
     let mut header = jsonwebtoken::Header::new(Algorithm::RS256);
     header.kid = Some(SIGNING_KID.into());
     let signed = inner
@@ -165,4 +207,56 @@ async fn handle(inner: Arc<Inner>, request: Request<CallerBody>) -> Answer {
     } else {
         answer(StatusCode::OK, "text/plain", jwt)
     }
+}
+
+/// `POST .../consentrequests/`: a data consumer asks a person (or organisation) for consent, with
+/// a Maskinporten token for `altinn:consentrequests.write` naming the consumer.
+async fn consent_request(
+    inner: &Inner,
+    store: &super::ConsentStore,
+    request: Request<CallerBody>,
+) -> Answer {
+    use http_body_util::BodyExt as _;
+    let problem = |status: u16, detail: String| {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+        let body = json!({ "status": status.as_u16(), "title": status.canonical_reason(), "detail": detail });
+        answer(status, "application/problem+json", body.to_string())
+    };
+    let claims = super::bearer(request.headers())
+        .and_then(|token| super::verify(token, &inner.maskinporten).ok());
+    let Some(claims) = claims else {
+        return answer(StatusCode::UNAUTHORIZED, "text/plain", String::new());
+    };
+    let scopes = claims["scope"].as_str().unwrap_or_default();
+    if !scopes.split_whitespace().any(|s| s == CONSENT_WRITE_SCOPE) {
+        return problem(403, format!("the token lacks scope {CONSENT_WRITE_SCOPE}"));
+    }
+    let consumer = claims["consumer"]["ID"]
+        .as_str()
+        .and_then(|id| id.strip_prefix("0192:"))
+        .unwrap_or_default()
+        .to_string();
+    let body = match http_body_util::Limited::new(request.into_body(), 64 * 1024)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(_) => return problem(400, "unreadable or too large body".into()),
+    };
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return problem(400, "the body is not JSON".into());
+    };
+    match store.request(&body, &consumer, &format!("http://{}/", inner_addr(inner))) {
+        Ok(created) => answer(StatusCode::CREATED, "application/json", created.to_string()),
+        Err((status, detail)) => problem(status, detail),
+    }
+}
+
+/// The mock's `host:port`, from its issuer URL.
+fn inner_addr(inner: &Inner) -> &str {
+    inner
+        .issuer
+        .strip_prefix("http://")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_default()
 }

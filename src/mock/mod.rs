@@ -3,11 +3,13 @@
 //! Used by `portvakt demo` and the test suite; never by `portvakt run`.
 
 pub mod altinn;
+pub mod consents;
 pub mod kubernetes;
 pub mod maskinporten;
 pub mod upstream;
 
 pub use altinn::MockAltinn;
+pub use consents::ConsentStore;
 pub use kubernetes::MockKubernetes;
 pub use maskinporten::{MockClient, MockMaskinporten, Mode};
 pub use upstream::EchoUpstream;

@@ -91,6 +91,7 @@ pub fn to_upstream(headers: &mut HeaderMap, route: &Route, framing: Framing, pee
             // names, and anything in its own `Portvakt-` namespace, whether this route asks for
             // them or not.
             || route.parties.headers().any(|h| h == name)
+            || route.consent.headers().contains(&name)
             || *name == route.api_key_header
             || name.as_str().starts_with("portvakt-")
             || rewrites(name)

@@ -1,6 +1,7 @@
 //! The one place that decides a request. [`decide`] reads the caller's head and either refuses it
 //! or returns the [`Plan`] it is sent by: its form, who is calling, the route, the path kept under
-//! the route's base, the party, a place among the requests served at once, and the token. Nothing
+//! the route's base, the party and the consent, a place among the requests served at once, and the
+//! token. Nothing
 //! reaches an upstream or Maskinporten before this has said yes, and every protocol path (HTTP/1.1,
 //! HTTP/2, TLS or not) comes through it.
 //!
@@ -81,13 +82,20 @@ pub async fn decide(
     if let Some(limit) = route.max_body_bytes.filter(|limit| body.lower() > *limit) {
         return Err(on_route(ProxyError::BodyTooLarge { limit }));
     }
-    // A party off the route's list is refused here, before any Maskinporten call.
-    let slot = Arc::clone(
-        route
-            .parties
-            .select(&head.headers)
-            .map_err(|e| on_route(e.into()))?,
-    );
+    // A party off the route's list, or a consent that is not one, is refused here, before any
+    // Maskinporten call.
+    let slot = route
+        .parties
+        .select(&head.headers)
+        .map_err(|e| on_route(e.into()))?;
+    let consent = route
+        .consent
+        .named(&head.headers)
+        .map_err(|e| on_route(e.into()))?;
+    let slot = match (consent, &route.consent_slots) {
+        (Some(consent), Some(slots)) => slots.slot(slot, &consent),
+        _ => Arc::clone(slot),
+    };
     let permit = permits.take(peer).map_err(|full| {
         on_route(match full {
             Full::All(max) => ProxyError::Overloaded(max),

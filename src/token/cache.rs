@@ -5,6 +5,7 @@
 
 use super::altinn::AltinnExchange;
 use super::client::{FetchError, Issued};
+use super::consents;
 use super::policy::{self, Schedule};
 use super::{ClientIdentity, TokenKey, TokenSource};
 use crate::metrics::{ClientLabels, FetchLabels, Metrics};
@@ -152,6 +153,52 @@ pub struct TokenSlot {
 }
 
 impl TokenSlot {
+    fn new(
+        key: TokenKey,
+        client: &Arc<ClientIdentity>,
+        origin: Origin,
+        metrics: &Arc<Metrics>,
+        wait_timeout: Duration,
+    ) -> Arc<TokenSlot> {
+        let (changed, _) = watch::channel(0);
+        let labels = ClientLabels {
+            client: Arc::clone(&client.name),
+        };
+        Arc::new(TokenSlot {
+            key,
+            client: Arc::clone(client),
+            origin,
+            hits: metrics.token_cache_hits.get_or_create(&labels).clone(),
+            misses: metrics.token_cache_misses.get_or_create(&labels).clone(),
+            metrics: Arc::clone(metrics),
+            wait_timeout,
+            state: Mutex::new(State::default()),
+            fresh: ArcSwapOption::empty(),
+            changed,
+        })
+    }
+
+    /// A slot of its own for this slot's grant with `detail` added to its `authorization_details`
+    /// (a consent), from the same source: for an Altinn slot, an Altinn slot over a Maskinporten
+    /// slot that has the detail too.
+    pub fn with_detail(&self, detail: serde_json::Value) -> Arc<TokenSlot> {
+        let key = TokenKey {
+            client: Arc::clone(&self.key.client),
+            grant: self.key.grant.with_detail(detail.clone()),
+        };
+        let origin = match &self.origin {
+            Origin::Maskinporten(source) => Origin::Maskinporten(Arc::clone(source)),
+            Origin::Altinn {
+                maskinporten,
+                exchange,
+            } => Origin::Altinn {
+                maskinporten: maskinporten.with_detail(detail),
+                exchange: Arc::clone(exchange),
+            },
+        };
+        TokenSlot::new(key, &self.client, origin, &self.metrics, self.wait_timeout)
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         crate::sync::lock(&self.state)
     }
@@ -346,6 +393,13 @@ impl TokenSlot {
             let result = source
                 .fetch(&self.client.client_id, &key, &self.key.grant)
                 .await;
+            let result = if consents::names_consent(&self.key.grant) {
+                result.map_err(consents::refused).and_then(|issued| {
+                    consents::bound(&self.key.grant, issued, super::grant::unix_now() as i64)
+                })
+            } else {
+                result
+            };
             self.metrics
                 .token_fetch_duration
                 .get_or_create(&client)
@@ -387,7 +441,18 @@ impl TokenSlot {
         };
         let result = with_retries(&self.client.name, &self.key.grant.scope, || async {
             let requested_at = Instant::now();
-            let result = exchange.exchange(token.bearer()).await;
+            let result = exchange.exchange(token.bearer()).await.map(|mut issued| {
+                if consents::names_consent(&self.key.grant) {
+                    // An Altinn token lives by its own exp; one made from a consent token lives
+                    // no longer than that token, which lives no longer than the consent.
+                    let left = token
+                        .schedule
+                        .expires_at
+                        .saturating_duration_since(Instant::now());
+                    issued.expires_in = issued.expires_in.min(left.as_secs().max(1));
+                }
+                issued
+            });
             self.count(&self.metrics.altinn_exchanges, &result);
             result.map(|issued| (issued, requested_at))
         })
@@ -634,25 +699,6 @@ impl TokenCache {
         client: &Arc<ClientIdentity>,
         origin: Origin,
     ) -> Arc<TokenSlot> {
-        let (changed, _) = watch::channel(0);
-        let labels = ClientLabels {
-            client: Arc::clone(&client.name),
-        };
-        Arc::new(TokenSlot {
-            key,
-            client: Arc::clone(client),
-            origin,
-            hits: self.metrics.token_cache_hits.get_or_create(&labels).clone(),
-            misses: self
-                .metrics
-                .token_cache_misses
-                .get_or_create(&labels)
-                .clone(),
-            metrics: Arc::clone(&self.metrics),
-            wait_timeout: self.wait_timeout,
-            state: Mutex::new(State::default()),
-            fresh: ArcSwapOption::empty(),
-            changed,
-        })
+        TokenSlot::new(key, client, origin, &self.metrics, self.wait_timeout)
     }
 }

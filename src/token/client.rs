@@ -20,6 +20,15 @@ pub enum FetchError {
         code: Option<String>,
         hint: String,
     },
+    /// Maskinporten refused a grant for its consent (unknown, expired, withdrawn, not accepted,
+    /// or given to another organisation): the caller's consent, not the route, is at fault.
+    #[error("Maskinporten refused the consent: {error}{}", code.as_ref().map(|c| format!(" ({c})")).unwrap_or_default())]
+    ConsentRefused {
+        error: String,
+        description: Option<String>,
+        code: Option<String>,
+        hint: String,
+    },
     /// Unreachable, timed out, 5xx or 429: worth retrying later.
     #[error("Maskinporten is unavailable: {0}")]
     Unavailable(String),
@@ -52,6 +61,7 @@ impl FetchError {
     pub fn result_label(&self) -> &'static str {
         match self {
             FetchError::Rejected { .. } => "rejected",
+            FetchError::ConsentRefused { .. } => "consent_refused",
             FetchError::Unavailable(_) | FetchError::Throttled { .. } => "unavailable",
             FetchError::InvalidAnswer(_) => "invalid_answer",
             FetchError::Signing(_) => "signing_failed",
@@ -80,7 +90,9 @@ impl FetchError {
     /// Maskinporten's MP code, when it gave one.
     pub fn code(&self) -> Option<&str> {
         match self {
-            FetchError::Rejected { code, .. } => code.as_deref(),
+            FetchError::Rejected { code, .. } | FetchError::ConsentRefused { code, .. } => {
+                code.as_deref()
+            }
             _ => None,
         }
     }
@@ -91,8 +103,13 @@ impl FetchError {
         match self {
             FetchError::Rejected {
                 code: Some(code), ..
+            }
+            | FetchError::ConsentRefused {
+                code: Some(code), ..
             } => code.clone(),
-            FetchError::Rejected { error, .. } => error.clone(),
+            FetchError::Rejected { error, .. } | FetchError::ConsentRefused { error, .. } => {
+                error.clone()
+            }
             FetchError::Exchange {
                 status: Some(status),
                 ..
@@ -104,7 +121,9 @@ impl FetchError {
     /// One line an operator can act on.
     pub fn hint(&self) -> Option<&str> {
         match self {
-            FetchError::Rejected { hint, .. } | FetchError::Exchange { hint, .. } => Some(hint),
+            FetchError::Rejected { hint, .. }
+            | FetchError::ConsentRefused { hint, .. }
+            | FetchError::Exchange { hint, .. } => Some(hint),
             _ => None,
         }
     }
@@ -411,9 +430,11 @@ fn systemuser_org(spec: &GrantSpec) -> Option<String> {
     })
 }
 
-/// Keeps an error field short and printable: it goes into logs and problem+json details.
+/// Keeps an error field short and printable, with no fødselsnummer: it goes into logs and
+/// problem+json details.
 fn clean(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).take(300).collect()
+    let short: String = s.chars().filter(|c| !c.is_control()).take(300).collect();
+    crate::consent::mask_person_numbers(&short).into_owned()
 }
 
 /// What portvakt knows besides the grant when it explains a rejection.

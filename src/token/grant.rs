@@ -11,7 +11,7 @@ use serde_json::Value;
 pub const GRANT_LIFETIME_SECS: u64 = 120;
 
 /// What a route asks Maskinporten for. Everything in it changes the token, so it is part of the cache key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct GrantSpec {
     /// Space-joined, as the grant's `scope` claim.
     pub scope: String,
@@ -36,6 +36,41 @@ impl GrantSpec {
             authorization_details: (!details.is_empty())
                 .then(|| Value::Array(details.to_vec()).to_string()),
         }
+    }
+
+    /// The same grant with `detail` added to its `authorization_details` (a consent).
+    pub fn with_detail(&self, detail: Value) -> GrantSpec {
+        let mut details = match self
+            .authorization_details
+            .as_deref()
+            .map(serde_json::from_str)
+        {
+            Some(Ok(Value::Array(details))) => details,
+            _ => Vec::new(),
+        };
+        details.push(detail);
+        GrantSpec {
+            authorization_details: Some(Value::Array(details).to_string()),
+            ..self.clone()
+        }
+    }
+}
+
+/// A consent's `from` may name a person: its fødselsnummer is masked.
+impl std::fmt::Debug for GrantSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrantSpec")
+            .field("scope", &self.scope)
+            .field("resource", &self.resource)
+            .field("consumer_org", &self.consumer_org)
+            .field(
+                "authorization_details",
+                &self
+                    .authorization_details
+                    .as_deref()
+                    .map(crate::consent::mask_person_numbers),
+            )
+            .finish()
     }
 }
 

@@ -5,12 +5,14 @@ pub mod breaker;
 pub mod cache;
 pub mod client;
 pub mod clock;
+pub mod consents;
 pub mod grant;
 pub mod policy;
 
 pub use altinn::AltinnExchange;
 pub use cache::{SlotStatus, TokenCache, TokenSlot};
 pub use client::{FetchError, TokenEndpoint};
+pub use consents::ConsentSlots;
 pub use grant::GrantSpec;
 
 use crate::keys::{ClientKey, SigningKey};

@@ -156,6 +156,8 @@ struct Inner {
     selfservice_calls: Mutex<Vec<SelfServiceCall>>,
     /// The next N self-service calls answer this status.
     selfservice_failures: Mutex<Option<(u16, u32)>>,
+    /// Altinn's consents, as Maskinporten looks them up for a grant that names one.
+    consents: super::ConsentStore,
 }
 
 /// A running mock Maskinporten.
@@ -226,6 +228,7 @@ impl MockMaskinporten {
             key_propagation: AtomicU64::new(0),
             selfservice_calls: Mutex::new(Vec::new()),
             selfservice_failures: Mutex::new(None),
+            consents: super::ConsentStore::default(),
         });
         let state = Arc::clone(&inner);
         let shutdown = super::serve(listener, tls, move |req, _peer| {
@@ -331,6 +334,12 @@ impl MockMaskinporten {
             .unwrap_or_default();
         kids.sort();
         kids
+    }
+
+    /// The Altinn consents this Maskinporten checks grants against: give the mock Altinn the
+    /// same store ([`super::MockAltinn::serve_consents`]), or fill it directly in a test.
+    pub fn consents(&self) -> super::ConsentStore {
+        self.inner.consents.clone()
     }
 
     pub fn stop(&self) {
@@ -485,12 +494,18 @@ async fn token_answer(inner: &Inner, request: Request<CallerBody>) -> Answer {
 }
 
 fn error_answer(r: &Refusal) -> Answer {
+    let page = "https://docs.digdir.no/docs/Maskinporten/maskinporten_feilsoking";
+    // A refusal without an MP code (a consent's) names none.
+    let (description, uri) = if r.code.is_empty() {
+        (r.description.clone(), page.to_string())
+    } else {
+        (
+            format!("{} ({})", r.description, r.code),
+            format!("{page}#{}", r.code),
+        )
+    };
     json_answer(
         r.status,
-        &json!({
-            "error": r.error,
-            "error_description": format!("{} ({})", r.description, r.code),
-            "error_uri": format!("https://docs.digdir.no/docs/Maskinporten/maskinporten_feilsoking#{}", r.code),
-        }),
+        &json!({ "error": r.error, "error_description": description, "error_uri": uri }),
     )
 }

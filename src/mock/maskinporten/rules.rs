@@ -309,7 +309,9 @@ pub(super) fn check_grant(
         consumer = org.to_string();
     }
     let details = match claims.get("authorization_details") {
-        Some(details) => Some(authorization_details(&client, details)?),
+        Some(details) => Some(authorization_details(
+            inner, &client, details, &consumer, now,
+        )?),
         None => None,
     };
     if let Some(resource) = claims.get("resource") {
@@ -371,7 +373,13 @@ pub(super) fn check_grant(
 /// RFC 9396 `authorization_details` as Maskinporten checks them for Altinn: one system user per
 /// grant, known for this client's system, with the `externalRef` it was created with; consents
 /// with an id and a person. Returns the details as the token carries them.
-fn authorization_details(client: &super::MockClient, details: &Value) -> Result<Value, Refusal> {
+fn authorization_details(
+    inner: &Inner,
+    client: &super::MockClient,
+    details: &Value,
+    consumer: &str,
+    now: i64,
+) -> Result<Value, Refusal> {
     let malformed = |why: &str| {
         refuse(
             "invalid_request",
@@ -450,6 +458,12 @@ fn authorization_details(client: &super::MockClient, details: &Value) -> Result<
                 if !id_ok || !from_ok {
                     return Err(malformed("a consent needs id (a UUID) and from (urn:altinn:person:identifier-no:...)"));
                 }
+                // RFC 9396 section 5's error for details the server will not grant; Digdir
+                // documents no MP code for a consent.
+                item = inner
+                    .consents
+                    .check(&item, consumer, now)
+                    .map_err(|why| refuse("invalid_authorization_details", "", why.0))?;
             }
             _ => {}
         }
