@@ -229,12 +229,22 @@ pub fn answers(data: &[u8]) {
             let token = issued.access_token.expose();
             assert!(!token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic()));
             assert!(issued.expires_in > 0);
+            // A consent token's life is only ever shortened by what it says of its consent.
+            let before = issued.expires_in;
+            let consent = serde_json::json!({"type": "urn:altinn:consent", "id": "77ed8698-e619-4066-9eb4-5c1eb3f165a1", "from": "urn:altinn:person:identifier-no:03867199348"});
+            let grant = portvakt::token::GrantSpec::new(&["s".to_string()], None, None, &[consent]);
+            if let Ok(bounded) = portvakt::token::consents::bound(&grant, issued, 1_700_000_000) {
+                assert!(bounded.expires_in > 0 && bounded.expires_in <= before);
+            }
         }
         Err(portvakt::token::client::Refusal::Rejected {
             error,
             description,
             code,
         }) => {
+            if let Some(description) = &description {
+                assert_no_person_number(description);
+            }
             for text in std::iter::once(&error)
                 .chain(description.as_ref())
                 .chain(code.as_ref())
@@ -573,4 +583,51 @@ fn selfservice_answers(status: u16, body: &[u8]) {
     let explained = portvakt::renew::api::explain(status, &value);
     assert!(!explained.chars().any(char::is_control), "{explained:?}");
     assert!(explained.chars().count() <= 600);
+}
+
+/// No run of exactly 11 digits that reads as a fødselsnummer.
+fn assert_no_person_number(text: &str) {
+    for run in text.split(|c: char| !c.is_ascii_digit()) {
+        assert!(
+            !(run.len() == 11 && portvakt::identifiers::is_person_number(run)),
+            "a fødselsnummer in {text:?}"
+        );
+    }
+}
+
+/// The consent headers as a route that takes a consent per call reads them: the two values are
+/// the input split at its first NUL. A consent read is whole and canonical, and its person never
+/// shows in its `Debug` or `Display`; text masked for the logs keeps no fødselsnummer.
+pub fn consent(data: &[u8]) {
+    use portvakt::consent::{ConsentRule, Giver};
+    let text = String::from_utf8_lossy(data);
+    assert_no_person_number(&portvakt::consent::mask_person_numbers(&text));
+    let (id, from) = match data.iter().position(|b| *b == 0) {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (data, &b""[..]),
+    };
+    let rule = ConsentRule {
+        per_call: true,
+        id_header: http::HeaderName::from_static("portvakt-consent-id"),
+        from_header: http::HeaderName::from_static("portvakt-consent-from"),
+    };
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in [(&rule.id_header, id), (&rule.from_header, from)] {
+        if let Ok(value) = http::HeaderValue::from_bytes(value) {
+            headers.insert(name.clone(), value);
+        }
+    }
+    match rule.named(&headers) {
+        Ok(Some(consent)) => {
+            assert_eq!(Giver::parse(&consent.from.urn()), Ok(consent.from.clone()));
+            let shown = format!("{consent:?} {}", consent.from);
+            if let Giver::Person(number) = &consent.from {
+                assert!(!shown.contains(number.as_str()), "{shown}");
+            }
+            let detail = consent.authorization_detail();
+            assert_eq!(detail["id"], consent.id.hyphenated().to_string());
+        }
+        Ok(None) => panic!("a route that takes a consent per call named none"),
+        Err(e) => assert_no_person_number(&e.to_string()),
+    }
 }

@@ -594,6 +594,71 @@ fn bad_parties_are_refused_at_their_field() {
 }
 
 #[test]
+fn bad_consent_settings_are_refused_at_their_field() {
+    let cases = [
+        (
+            "    consent_per_call: \"yes\"\n",
+            "routes[0].consent_per_call: expected true or false",
+        ),
+        (
+            "    consent_id_header: X-Samtykke\n",
+            "routes[0].consent_id_header: goes with consent_per_call: true",
+        ),
+        (
+            "    consent_tokens_max: 100\n",
+            "routes[0].consent_tokens_max: goes with consent_per_call: true",
+        ),
+        (
+            "    consent_per_call: true\n    consent_tokens_max: 0\n",
+            "routes[0].consent_tokens_max:",
+        ),
+        (
+            "    consent_per_call: true\n    consent_from_header: Portvakt-Consent-Id\n",
+            "routes[0].consent_from_header: is the same header as consent_id_header",
+        ),
+        (
+            "    consent_per_call: true\n    consent_id_header: Portvakt-Consumer-Org\n",
+            "routes[0].consent_id_header: is also a party header",
+        ),
+        (
+            "    consent_per_call: true\n    consent_from_header: Host\n",
+            "routes[0].consent_from_header: `Host` is a header portvakt manages itself",
+        ),
+        (
+            "    consent_per_call: true\n    authorization_details:\n      - type: urn:altinn:consent\n        id: x\n",
+            "routes[0].authorization_details[0]: is a fixed urn:altinn:consent entry",
+        ),
+        (
+            "    consent_per_call: true\n    headers:\n      Portvakt-Consent-From: x\n",
+            "routes[0].headers.portvakt-consent-from: is the route's consent_from_header",
+        ),
+    ];
+    for (extra, want) in cases {
+        let found = issues(&with_route(extra));
+        assert!(
+            found.iter().any(|i| i.starts_with(want)),
+            "{extra}: {found:?}"
+        );
+    }
+}
+
+#[test]
+fn a_consent_route_reads_its_settings() {
+    let config = parse_with(&with_route(
+        "    consent_per_call: true\n    consent_id_header: X-Samtykke-Id\n    consent_tokens_max: 500\n",
+    ), &[])
+    .unwrap();
+    let r = &config.routes[0];
+    assert!(r.consent.per_call);
+    assert_eq!(r.consent.id_header.as_str(), "x-samtykke-id");
+    assert_eq!(r.consent.from_header.as_str(), "portvakt-consent-from");
+    assert_eq!(r.consent_tokens_max, 500);
+    let plain = parse_with(&with_route(""), &[]).unwrap();
+    assert!(!plain.routes[0].consent.per_call);
+    assert_eq!(plain.routes[0].consent_tokens_max, 10_000);
+}
+
+#[test]
 fn a_consumer_cannot_be_the_certificate_s_own_organisation() {
     let yaml = GOOD
         .replace(

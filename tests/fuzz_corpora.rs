@@ -11,7 +11,7 @@ use std::path::Path;
 /// A fuzz target's name and its checks.
 type Target = (&'static str, fn(&[u8]));
 
-const TARGETS: [Target; 8] = [
+const TARGETS: [Target; 9] = [
     ("config", checks::config),
     ("config_values", checks::config_values),
     ("path", checks::path),
@@ -19,6 +19,7 @@ const TARGETS: [Target; 8] = [
     ("key_text", checks::key_text),
     ("answers", checks::answers),
     ("json_log", checks::json_log),
+    ("consent", checks::consent),
     ("pipeline", |data| {
         checks::pipeline(data);
     }),
