@@ -134,9 +134,9 @@ async fn two_hundred_callers_naming_fifty_consents_cost_fifty_grants() {
     assert_no_person_in(&h, &people).await;
 }
 
-async fn futures_join_all<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output>
+async fn futures_join_all<F>(fs: impl Iterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let tasks: Vec<_> = fs.map(tokio::spawn).collect();
@@ -280,7 +280,9 @@ async fn consent_headers_are_checked_before_any_maskinporten_call() {
     let h = Harness::start(&routes, 600).await;
     let anna = person(300);
     let id = consent_id(30);
-    let cases: Vec<(&str, Vec<(&str, &str)>, u16, &str)> = vec![
+    // (path, headers, status, problem type)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         ("/samtykke/x", vec![], 400, "consent-missing"),
         ("/samtykke/x", vec![(ID, &id)], 400, "consent-missing"),
         (

@@ -123,7 +123,7 @@ impl ConsentStore {
             .filter(|t| *t > crate::time::unix_now() as i64)
             .ok_or_else(|| bad("validTo must be an RFC 3339 time in the future"))?;
         let rights = body["consentRights"].clone();
-        if !rights.as_array().is_some_and(|r| !r.is_empty()) {
+        if rights.as_array().is_none_or(|r| r.is_empty()) {
             return Err(bad("consentRights must list at least one right"));
         }
         let mut consents = lock(&self.consents);
