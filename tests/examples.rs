@@ -196,6 +196,27 @@ async fn every_example_starts_and_serves_each_of_its_routes() {
                     &route.systemusers[0].org,
                 );
             }
+            // A route that takes a person's consent per call names one the mock Altinn holds,
+            // given to the organisation the token is for.
+            if route.consent.per_call {
+                let consumer = route
+                    .consumer_org
+                    .clone()
+                    .or_else(|| route.consumer_orgs.first().cloned())
+                    .unwrap_or_else(|| {
+                        let client = config.clients.iter().find(|c| c.name == route.client);
+                        client
+                            .and_then(|c| c.key.certificate())
+                            .and_then(|cert| cert.org_number.clone())
+                            .unwrap_or_else(|| SUPPLIER_ORG.to_string())
+                    });
+                let (id, person) = ("77ed8698-e619-4066-9eb4-5c1eb3f165a1", "03867199348");
+                let year = portvakt::time::unix_now() as i64 + 365 * 86_400;
+                mock.consents().give(id, person, &consumer, year);
+                request = request
+                    .header(route.consent.id_header.clone(), id)
+                    .header(route.consent.from_header.clone(), person);
+            }
             let response = request.send().await.unwrap();
             let status = response.status();
             assert_eq!(
