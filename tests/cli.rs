@@ -358,6 +358,62 @@ async fn token_exits_non_zero_with_maskinporten_s_error_and_a_hint() {
 }
 
 #[tokio::test]
+async fn token_fetches_one_consent_token_as_the_route_would() {
+    let mock = portvakt::mock::MockMaskinporten::start(vec![registered_client()], 120)
+        .await
+        .unwrap();
+    let (id, person) = ("77ed8698-e619-4066-9eb4-5c1eb3f165a1", "03867199348");
+    let year = portvakt::time::unix_now() as i64 + 365 * 86_400;
+    mock.consents().give(id, person, SUPPLIER_ORG, year);
+    let dir = config_dir("token-consent");
+    let yaml = config_yaml(&mock.issuer(), &mock.token_endpoint(), "  - name: samtykke\n    prefix: /samtykke/\n    upstream: https://api.nav.no/\n    client: vendor\n    scopes: [nav:forsikring/samtykke]\n    consent_per_call: true\n");
+    std::fs::write(dir.join("portvakt.yaml"), yaml).unwrap();
+    let config = dir.join("portvakt.yaml").display().to_string();
+    let args = |extra: &[&str]| {
+        let mut args: Vec<String> = [
+            "token", "--config", &config, "--route", "samtykke", "--decode",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let out = portvakt_async(args(&["--consent", id, "--from", person])).await;
+    assert_success(&out);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let consent = &json["claims"]["authorization_details"][0];
+    assert_eq!(consent["type"], "urn:altinn:consent");
+    assert_eq!(consent["id"], id);
+    assert_eq!(consent["to"]["ID"], format!("0192:{SUPPLIER_ORG}"));
+    // An unknown consent: Maskinporten's refusal and what to do.
+    let out = portvakt_async(args(&[
+        "--consent",
+        "00000000-0000-4000-8000-000000000000",
+        "--from",
+        person,
+    ]))
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Maskinporten refused the consent: invalid_authorization_details"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("hint: Altinn holds no usable consent with this id"),
+        "{stderr}"
+    );
+    // The route takes a consent per call: without one, a usage error.
+    let out = portvakt_async(args(&[])).await;
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("takes a consent per call"));
+    let out = portvakt_async(args(&["--consent", id, "--from", "01010012357"])).await;
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--from is not a fødselsnummer"));
+}
+
+#[tokio::test]
 async fn token_acts_for_a_listed_party_and_exchanges_at_altinn() {
     let mock = portvakt::mock::MockMaskinporten::start(vec![registered_client()], 120)
         .await
