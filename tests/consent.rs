@@ -324,6 +324,21 @@ async fn consent_headers_are_checked_before_any_maskinporten_call() {
         );
         assert!(!body.to_string().contains(&anna));
     }
+    // Two consents in one call: which one would be meant is not portvakt's guess.
+    let twice = h
+        .http
+        .get(h.url("/samtykke/x"))
+        .header(ID, &id)
+        .header(ID, consent_id(31))
+        .header(FROM, &anna)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(twice.status(), 400);
+    assert!(problem(twice).await["detail"]
+        .as_str()
+        .unwrap()
+        .contains("is given more than once"));
     assert_eq!(h.mock.token_requests(), 0);
     assert!(h.upstream.records().is_empty());
     // An organisation may give consent too.

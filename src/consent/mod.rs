@@ -169,6 +169,14 @@ impl ConsentRule {
             header: header.clone(),
             why,
         };
+        for header in [&self.id_header, &self.from_header] {
+            if headers.get_all(header).iter().nth(1).is_some() {
+                return Err(invalid(
+                    header,
+                    "is given more than once: name one consent per call",
+                ));
+            }
+        }
         let id = id
             .to_str()
             .ok()
