@@ -18,3 +18,11 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+
+# check-jsonschema from PyPI (tests/schema.rs validates the configuration's JSON Schema and every
+# shipped configuration with it), pinned, in a virtualenv under target/ so the machine stays untouched.
+venv="$(cd "$(dirname "$0")/.." && pwd)/target/check-jsonschema"
+if ! "$venv/bin/check-jsonschema" --version 2>/dev/null | grep -q "0.33.0"; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "check-jsonschema==0.33.0"
+fi

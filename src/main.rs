@@ -1,4 +1,4 @@
-//! The `portvakt` command line: run | check | token | keygen | rotate | keys | health | demo.
+//! The `portvakt` command line: run | check | token | keygen | rotate | keys | health | schema | demo.
 
 use clap::{Parser, Subcommand};
 use portvakt::telemetry::{self, LogFormat};
@@ -132,6 +132,8 @@ enum Command {
         )]
         url: String,
     },
+    /// Print the configuration file's JSON Schema (draft 2020-12), for editors and validators.
+    Schema,
     /// Start a mock Maskinporten, an echo upstream and portvakt on loopback, and show it working.
     Demo {
         /// Where to write demo.yaml and the demo key.
@@ -345,6 +347,14 @@ fn main() -> ExitCode {
                 portvakt::renew::command::adopt(&config, &client, &from, kid.as_deref()).await,
             ),
             Command::Health { url } => health(&url).await,
+            Command::Schema => {
+                let schema = portvakt::config::schema::json_schema();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&schema).unwrap_or_default()
+                );
+                ExitCode::SUCCESS
+            }
             Command::Demo { dir, once } => match portvakt::demo::run(&dir, once).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

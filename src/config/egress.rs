@@ -8,8 +8,6 @@ use serde_json::Value;
 use std::fmt;
 use std::path::Path;
 
-const PROXY: &[&str] = &["url", "username", "password", "password_file", "no_proxy"];
-
 /// How a client reaches the internet.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Egress {
@@ -59,7 +57,7 @@ pub(super) fn egress(r: &mut Reader, v: Option<&Value>, path: &str, base: &Path)
     let v = v?;
     let (url, m) = match v {
         Value::Object(_) => {
-            let m = r.mapping(v, path, PROXY)?;
+            let m = r.mapping(v, path, &super::schema::PROXY.keys())?;
             (
                 r.required_string(m.get("url"), &join(path, "url"))?,
                 Some(m),

@@ -8,9 +8,6 @@ use http::{HeaderName, HeaderValue};
 use serde_json::Value;
 use std::path::Path;
 
-/// A secret value read from a file: `{value_file: path}`.
-const VALUE_FILE: &[&str] = &["value_file"];
-
 /// Headers portvakt owns on the way upstream; a route may not set them.
 pub(super) const RESERVED_HEADERS: &[&str] = &[
     "authorization",
@@ -73,7 +70,7 @@ pub(super) fn headers(
 /// `{value_file: path}`: the value is the file's content, without its trailing newline (as
 /// Kubernetes secrets and `echo` write it).
 pub(super) fn value_file(r: &mut Reader, value: &Value, path: &str, base: &Path) -> Option<String> {
-    let m = r.mapping(value, path, VALUE_FILE)?;
+    let m = r.mapping(value, path, &super::schema::VALUE_FILE.keys())?;
     let file_path = join(path, "value_file");
     let file = base.join(r.required_string(m.get("value_file"), &file_path)?);
     secret_file(r, &file, &file_path)

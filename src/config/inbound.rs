@@ -14,20 +14,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-const INBOUND: &[&str] = &[
-    "allow",
-    "allow_any",
-    "tls",
-    "max_header_bytes",
-    "max_concurrent_requests",
-    "max_concurrent_per_address",
-    "min_body_rate_bytes_per_second",
-    "body_rate_grace_seconds",
-    "body_deadline_seconds",
-    "answer_stall_seconds",
-];
-const TLS: &[&str] = &["cert", "key", "client_ca"];
-
 /// hyper will not read headers into less than this.
 const MIN_HEADER_BYTES: u64 = 8192;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -168,7 +154,9 @@ pub(super) fn inbound(
     let path = "inbound";
     let empty = serde_json::Map::new();
     let m = match v {
-        Some(v) => r.mapping(v, path, INBOUND).unwrap_or(&empty),
+        Some(v) => r
+            .mapping(v, path, &super::schema::INBOUND.keys())
+            .unwrap_or(&empty),
         None => &empty,
     };
     let allow = allow_list(r, m.get("allow"), &join(path, "allow"));
@@ -279,7 +267,7 @@ pub(super) fn allow_list(r: &mut Reader, v: Option<&Value>, path: &str) -> Optio
 
 fn inbound_tls(r: &mut Reader, v: &Value, path: &str, base: &Path) -> Option<InboundTls> {
     use rustls_pki_types::pem::PemObject;
-    let m = r.mapping(v, path, TLS)?;
+    let m = r.mapping(v, path, &super::schema::TLS.keys())?;
     let cert_path = join(path, "cert");
     let key_path = join(path, "key");
     let cert = r

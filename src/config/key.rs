@@ -7,20 +7,6 @@ use crate::secret::Secret;
 use serde_json::Value;
 use std::path::Path;
 
-const KEY: &[&str] = &[
-    "pem",
-    "kid",
-    "jwk",
-    "jwk_base64",
-    "jwk_base64_file",
-    "pkcs12",
-    "password",
-    "password_file",
-    "alias",
-    "x5c_chain",
-    "pkcs11",
-    "keyset",
-];
 const FORMS: [&str; 7] = [
     "pem",
     "jwk",
@@ -30,7 +16,6 @@ const FORMS: [&str; 7] = [
     "pkcs11",
     "keyset",
 ];
-const PKCS11: &[&str] = &["module", "token", "key", "pin", "pin_file"];
 
 pub(super) fn key(
     r: &mut Reader,
@@ -38,7 +23,7 @@ pub(super) fn key(
     path: &str,
     base: &Path,
 ) -> Option<(KeySource, keys::SigningKey)> {
-    let k = r.mapping(v, path, KEY)?;
+    let k = r.mapping(v, path, &super::schema::KEY.keys())?;
     let forms: Vec<&str> = FORMS.into_iter().filter(|f| k.contains_key(*f)).collect();
     if forms.len() != 1 {
         let found = if forms.is_empty() {
@@ -182,7 +167,7 @@ pub(super) fn key(
 
 /// `key.pkcs11`: the module, the token's label, the key's label and the PIN.
 fn pkcs11(r: &mut Reader, v: Option<&Value>, path: &str, base: &Path) -> Option<Pkcs11Source> {
-    let m = r.mapping(v?, path, PKCS11)?;
+    let m = r.mapping(v?, path, &super::schema::PKCS11.keys())?;
     let module = r.required_string(m.get("module"), &join(path, "module"));
     let token = r.required_string(m.get("token"), &join(path, "token"));
     let label = r.required_string(m.get("key"), &join(path, "key"));

@@ -9,6 +9,7 @@ mod reader;
 mod renew;
 mod route_parties;
 mod routes;
+pub mod schema;
 mod telemetry;
 mod validate;
 

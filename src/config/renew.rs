@@ -9,27 +9,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-const SELFSERVICE: &[&str] = &["environment", "base_url", "client_id", "key", "scopes"];
-const RENEW: &[&str] = &[
-    "key_lifetime_days",
-    "rotate_after_days",
-    "renew_before_days",
-    "activate_after_seconds",
-    "overlap_seconds",
-    "bits",
-    "kid_prefix",
-    "kubernetes_secret",
-    "background",
-    "background_interval_seconds",
-];
-const SECRET: &[&str] = &[
-    "namespace",
-    "name",
-    "key",
-    "api_server",
-    "token_file",
-    "ca_file",
-];
 const SERVICE_ACCOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 const DAY: u64 = 86_400;
 /// Digdir keeps a posted key at most a year.
@@ -101,7 +80,7 @@ pub struct Renewal {
 
 pub(super) fn selfservice(r: &mut Reader, v: Option<&Value>, base: &Path) -> Option<SelfService> {
     let path = "selfservice";
-    let m = r.mapping(v?, path, SELFSERVICE)?;
+    let m = r.mapping(v?, path, &super::schema::SELFSERVICE.keys())?;
     let env_path = join(path, "environment");
     let url_path = join(path, "base_url");
     let environment = r.required_string(m.get("environment"), &env_path)?;
@@ -180,7 +159,7 @@ pub(super) fn renew(
     name: &str,
     environment: Option<Environment>,
 ) -> Option<Renew> {
-    let m = r.mapping(v, path, RENEW)?;
+    let m = r.mapping(v, path, &super::schema::RENEW.keys())?;
     let days = |r: &mut Reader, key: &str, default: u64| {
         r.positive_u64(m.get(key), &join(path, key))
             .unwrap_or(default)
@@ -274,7 +253,7 @@ pub(super) fn renew(
 }
 
 fn secret_ref(r: &mut Reader, v: &Value, path: &str) -> Option<SecretRef> {
-    let m = r.mapping(v, path, SECRET)?;
+    let m = r.mapping(v, path, &super::schema::SECRET.keys())?;
     let namespace = r.required_string(m.get("namespace"), &join(path, "namespace"));
     let name = r.required_string(m.get("name"), &join(path, "name"));
     let key = r

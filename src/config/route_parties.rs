@@ -11,8 +11,6 @@ use crate::identifiers::is_org_number;
 use http::HeaderName;
 use serde_json::{Map, Value};
 
-const SYSTEMUSER: &[&str] = &["org", "externalRef"];
-
 /// The party fields of one route.
 pub(super) struct Parties {
     pub consumer_org: Option<String>,
@@ -196,7 +194,7 @@ fn systemuser_org(r: &mut Reader, raw: &str, path: &str) -> Option<String> {
 fn systemuser(r: &mut Reader, v: &Value, path: &str) -> Option<SystemUser> {
     match v {
         Value::Object(_) => {
-            let m = r.mapping(v, path, SYSTEMUSER)?;
+            let m = r.mapping(v, path, &super::schema::SYSTEMUSER.keys())?;
             let org = r.required_string(m.get("org"), &join(path, "org"))?;
             Some(SystemUser {
                 org: systemuser_org(r, &org, &join(path, "org"))?,

@@ -17,46 +17,6 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
-const ROUTE: &[&str] = &[
-    "name",
-    "prefix",
-    "upstream",
-    "client",
-    "scopes",
-    "consumer_org",
-    "resource",
-    "authorization_details",
-    "headers",
-    "timeout_seconds",
-    "ca_file",
-    "consumer_orgs",
-    "consumer_org_header",
-    "systemuser_org",
-    "externalRef",
-    "systemuser_orgs",
-    "systemuser_org_header",
-    "altinn_exchange",
-    "retry_on_401",
-    "retry_body_max_bytes",
-    "allow",
-    "api_keys",
-    "api_key_header",
-    "max_body_bytes",
-    "connect_timeout_seconds",
-    "idle_timeout_seconds",
-    "proxy",
-    "insecure_http",
-    "upstream_http2",
-    "min_body_rate_bytes_per_second",
-    "body_rate_grace_seconds",
-    "body_deadline_seconds",
-    "forward_caller_address",
-    "consent_per_call",
-    "consent_id_header",
-    "consent_from_header",
-    "consent_tokens_max",
-];
-
 /// Altinn's token exchange, by environment (maskinporten.md section 6).
 const ALTINN_EXCHANGE_PATH: &str = "authentication/api/v1/exchange/maskinporten";
 const ALTINN_TT02: &str = "https://platform.tt02.altinn.no/";
@@ -122,7 +82,7 @@ pub(super) fn routes(r: &mut Reader, v: Option<&Value>, cx: &Context) -> Vec<Rou
 
 fn route(r: &mut Reader, v: &Value, path: &str, cx: &Context) -> Option<RouteConfig> {
     let (clients, base) = (cx.clients, cx.base);
-    let m = r.mapping(v, path, ROUTE)?;
+    let m = r.mapping(v, path, &super::schema::ROUTE.keys())?;
     let p = |k: &str| join(path, k);
     let name = r.required_string(m.get("name"), &p("name"));
     let prefix = r

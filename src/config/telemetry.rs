@@ -4,8 +4,6 @@
 use super::reader::{join, Reader};
 use serde_json::Value;
 
-const TELEMETRY: &[&str] = &["otlp_endpoint", "service_name", "sample_ratio"];
-
 /// OpenTelemetry trace export; absent means no export and no cost.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Telemetry {
@@ -18,7 +16,7 @@ pub struct Telemetry {
 
 pub fn telemetry(r: &mut Reader, value: Option<&Value>) -> Option<Telemetry> {
     let path = "telemetry";
-    let m = r.mapping(value?, path, TELEMETRY)?;
+    let m = r.mapping(value?, path, &super::schema::TELEMETRY.keys())?;
     let endpoint_path = join(path, "otlp_endpoint");
     let endpoint = r.required_string(m.get("otlp_endpoint"), &endpoint_path)?;
     let endpoint = endpoint.trim_end_matches('/').to_string();

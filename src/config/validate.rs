@@ -13,31 +13,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-const TOP: &[&str] = &[
-    "listen",
-    "admin_listen",
-    "maskinporten",
-    "clients",
-    "routes",
-    "watch_interval_seconds",
-    "inbound",
-    "egress_proxy",
-    "shutdown_grace_seconds",
-    "telemetry",
-    "selfservice",
-];
-const MASKINPORTEN: &[&str] = &[
-    "environment",
-    "issuer",
-    "token_endpoint",
-    "timeout_seconds",
-    "ca_file",
-    "connect_timeout_seconds",
-    "proxy",
-    "insecure_http",
-];
-const CLIENT: &[&str] = &["client_id", "key", "renew"];
-
 /// `renewing` is for `portvakt rotate` and `portvakt keys`: a client whose keys portvakt renews is
 /// read without loading its keyset, which may have no active key yet.
 pub fn validate(
@@ -63,7 +38,7 @@ pub fn validate(
         );
         return Err(r.issues);
     }
-    let Some(top) = r.mapping(&root, "", TOP) else {
+    let Some(top) = r.mapping(&root, "", &super::schema::TOP.keys()) else {
         return Err(r.issues);
     };
 
@@ -178,7 +153,7 @@ fn maskinporten(
         r.issue(path, "is required: set environment to prod, test or custom");
         return None;
     };
-    let m = r.mapping(v, path, MASKINPORTEN)?;
+    let m = r.mapping(v, path, &super::schema::MASKINPORTEN.keys())?;
     let env_path = join(path, "environment");
     let environment = match r.required_string(m.get("environment"), &env_path)?.as_str() {
         "prod" => Environment::Prod,
@@ -300,7 +275,7 @@ fn clients<'v>(
     let mut renewals = Vec::new();
     for (name, c) in map {
         let path = join("clients", name);
-        let Some(c) = r.mapping(c, &path, CLIENT) else {
+        let Some(c) = r.mapping(c, &path, &super::schema::CLIENT.keys()) else {
             continue;
         };
         let client_id = r.required_string(c.get("client_id"), &join(&path, "client_id"));
