@@ -1,16 +1,23 @@
 # syntax=docker/dockerfile:1
-# Multi-stage build: compile in the Rust image, run in distroless as a non-root user.
+# Multi-stage build: compile in the Rust image, run in distroless as a non-root user. Both bases
+# are build arguments, so that where the public images cannot be pulled the same file builds on
+# bases made from Debian's packages (scripts/image.sh, docs/deployment.md).
 # No OAuth secret is baked in: keys, passwords and the config are mounted at run time
 # (docs/deployment.md). The root filesystem can be read-only: portvakt writes nothing but logs
-# to stderr. Build and measure: scripts/image-size.sh.
-FROM rust:1-slim-bookworm AS build
+# to stderr. Built, run and measured in CI: scripts/image.sh.
+ARG BUILD_IMAGE=rust:1-slim-bookworm
+ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
+
+FROM ${BUILD_IMAGE} AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# `portvakt schema` describes each key from the configuration reference.
+COPY docs/configuration.md ./docs/configuration.md
 RUN cargo build --release --locked && strip target/release/portvakt
 
 # cc: glibc and libgcc only (portvakt links no OpenSSL); nonroot: uid 65532.
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM ${RUNTIME_IMAGE}
 LABEL org.opencontainers.image.title="portvakt" \
       org.opencontainers.image.description="Authenticating egress proxy for Maskinporten" \
       org.opencontainers.image.licenses="MIT OR Apache-2.0"
