@@ -10,10 +10,9 @@ ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 
 FROM ${BUILD_IMAGE} AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
-COPY src ./src
-# `portvakt schema` describes each key from the configuration reference.
-COPY docs/configuration.md ./docs/configuration.md
+# Cargo.toml, Cargo.lock, src/ and docs/configuration.md (`portvakt schema` describes each key from
+# the configuration reference): .dockerignore lets in nothing else.
+COPY . .
 RUN cargo build --release --locked && strip target/release/portvakt
 
 # cc: glibc and libgcc only (portvakt links no OpenSSL); nonroot: uid 65532.
