@@ -28,20 +28,8 @@ fn person(n: u64) -> String {
             k / 336 % 100,
             k / 33_600 % 1000
         );
-        let d: Vec<u32> = base.chars().map(|c| c.to_digit(10).unwrap()).collect();
-        let check = |digits: &[u32], weights: &[u32]| match 11
-            - digits.iter().zip(weights).map(|(a, b)| a * b).sum::<u32>() % 11
-        {
-            11 => Some(0),
-            10 => None,
-            c => Some(c),
-        };
-        if let Some(k1) = check(&d, &[3, 7, 6, 1, 8, 9, 4, 5, 2]) {
-            let mut d2 = d.clone();
-            d2.push(k1);
-            if let Some(k2) = check(&d2, &[5, 4, 3, 2, 7, 6, 5, 4, 3, 2]) {
-                return format!("{base}{k1}{k2}");
-            }
+        if let Some(number) = portvakt::identifiers::person_number(&base) {
+            return number;
         }
         k += 1;
     }

@@ -66,15 +66,8 @@ pub async fn run(
     let asked = endpoint
         .request(&client.client_id, &client.key, &spec)
         .await;
-    let asked = if crate::token::consents::names_consent(&spec) {
-        asked
-            .map_err(crate::token::consents::refused)
-            .and_then(|issued| {
-                crate::token::consents::bound(&spec, issued, crate::time::unix_now() as i64)
-            })
-    } else {
-        asked
-    };
+    // As the route's token slot takes it: a consent's refusal told apart, its life bounded.
+    let asked = crate::token::consents::settle(&spec, asked, crate::time::unix_now() as i64);
     let issued = match asked {
         Ok(issued) => issued,
         Err(e) => return Ok(failed(out, &e)),

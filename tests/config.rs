@@ -496,6 +496,17 @@ fn with_route(extra: &str) -> String {
     format!("{GOOD}{extra}")
 }
 
+/// Each route's extra lines refused with an issue that starts as given.
+fn refused_at(cases: &[(&str, &str)]) {
+    for (extra, want) in cases {
+        let found = issues(&with_route(extra));
+        assert!(
+            found.iter().any(|i| i.starts_with(want)),
+            "{extra}: {found:?}"
+        );
+    }
+}
+
 #[test]
 fn parties_load_and_default_their_headers() {
     let c = parse_with(
@@ -584,13 +595,7 @@ fn bad_parties_are_refused_at_their_field() {
             "routes[0].upstream_http2: expected true or false",
         ),
     ];
-    for (extra, want) in cases {
-        let found = issues(&with_route(extra));
-        assert!(
-            found.iter().any(|i| i.starts_with(want)),
-            "{extra}: {found:?}"
-        );
-    }
+    refused_at(&cases);
 }
 
 #[test]
@@ -633,13 +638,7 @@ fn bad_consent_settings_are_refused_at_their_field() {
             "routes[0].headers.portvakt-consent-from: is the route's consent_from_header",
         ),
     ];
-    for (extra, want) in cases {
-        let found = issues(&with_route(extra));
-        assert!(
-            found.iter().any(|i| i.starts_with(want)),
-            "{extra}: {found:?}"
-        );
-    }
+    refused_at(&cases);
 }
 
 #[test]

@@ -393,13 +393,7 @@ impl TokenSlot {
             let result = source
                 .fetch(&self.client.client_id, &key, &self.key.grant)
                 .await;
-            let result = if consents::names_consent(&self.key.grant) {
-                result.map_err(consents::refused).and_then(|issued| {
-                    consents::bound(&self.key.grant, issued, super::grant::unix_now() as i64)
-                })
-            } else {
-                result
-            };
+            let result = consents::settle(&self.key.grant, result, super::grant::unix_now() as i64);
             self.metrics
                 .token_fetch_duration
                 .get_or_create(&client)

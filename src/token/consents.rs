@@ -102,6 +102,21 @@ pub fn names_consent(grant: &GrantSpec) -> bool {
         .is_some_and(|d| d.contains(CONSENT_TYPE))
 }
 
+/// What a token fetch for `grant` comes to: for a grant that names a consent, a refusal told apart
+/// ([`refused`]) and the token's life bounded by the consent ([`bound`]); any other, as it came.
+pub fn settle(
+    grant: &GrantSpec,
+    result: Result<Issued, FetchError>,
+    now_unix: i64,
+) -> Result<Issued, FetchError> {
+    if !names_consent(grant) {
+        return result;
+    }
+    result
+        .map_err(refused)
+        .and_then(|issued| bound(grant, issued, now_unix))
+}
+
 /// A consent token is kept no longer than its consent's `validTo`, which the token carries (a
 /// JWT's `authorization_details`, read, not verified: it can only shorten the token's life). A
 /// token whose consent has already ended is a refusal.
