@@ -15,20 +15,12 @@ export CARGO_TERM_COLOR=never
 # mmdebstrap, chroot and dpkg in the root need root.
 [ "$(id -u)" -eq 0 ] || exec sudo -E bash "$0" "$@"
 
-need=()
-command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
-command -v lintian >/dev/null 2>&1 || need+=(lintian)
-command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
-command -v curl >/dev/null 2>&1 || need+=(curl)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+fail() { echo "deb: FAILED: $*" >&2; exit 1; }
+# shellcheck source=scripts/peers.sh
+. scripts/peers.sh
+install_missing mmdebstrap:mmdebstrap lintian:lintian systemd-analyze:systemd curl:curl
 command -v cargo-deb >/dev/null 2>&1 || cargo install cargo-deb --locked --quiet
 
-fail() { echo "deb: FAILED: $*" >&2; exit 1; }
-
-cargo build --release --locked --quiet --example mock_peers
 out=target/debian
 rm -rf "$out"
 cargo deb --locked --output "$out/" >/dev/null
@@ -76,14 +68,9 @@ grep -q '^/etc/portvakt/portvakt.yaml$' "$root/var/lib/dpkg/info/portvakt.conffi
   || fail "portvakt.yaml is not a conffile"
 
 # 3. Configured against the mock peers, checked and run as the service would run it.
-target/release/examples/mock_peers "$work/peers" &
-peers_pid=$!
-for _ in $(seq 1 100); do [ -f "$work/peers/peers.env" ] && break; sleep 0.1; done
-[ -f "$work/peers/peers.env" ] || fail "the mock peers did not start"
-# shellcheck disable=SC1091
-. "$work/peers/peers.env"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-admin=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+start_peers "$work/peers"
+port=$(free_port)
+admin=$(free_port)
 cp "$work/peers/client.pem" "$root/etc/portvakt/keys/vendor.pem"
 chroot "$root" chown root:portvakt /etc/portvakt/keys/vendor.pem
 chroot "$root" chmod 0640 /etc/portvakt/keys/vendor.pem
@@ -119,13 +106,7 @@ for _ in $(seq 1 100); do
   curl -fsS "http://127.0.0.1:$admin/healthz" >/dev/null 2>&1 && break
   sleep 0.1
 done
-answer=$(curl -fsS "http://127.0.0.1:$port/nav/hello?x=1") || { cat "$work/run.log" >&2; fail "the proxied call"; }
-echo "$answer" | python3 -c '
-import json, sys
-a = json.load(sys.stdin)
-assert a["token"]["verified"] is True, a["token"]
-assert a["target"] == "/hello?x=1", a["target"]
-' || fail "the upstream did not get the call with a verified token: $answer"
+proxied_call_arrives "$port" || { cat "$work/run.log" >&2; fail "the proxied call"; }
 echo "deb: a proxied call reached the upstream with a verified token"
 kill -TERM "$portvakt_pid"
 wait "$portvakt_pid" || fail "portvakt did not stop cleanly on SIGTERM"

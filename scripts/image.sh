@@ -18,17 +18,10 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 [ "$(id -u)" -eq 0 ] || exec sudo -E bash "$0" "$@"
 
-need=()
-command -v podman >/dev/null 2>&1 || need+=(podman)
-command -v runc >/dev/null 2>&1 || need+=(runc)
-command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
-command -v curl >/dev/null 2>&1 || need+=(curl)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
-
 fail() { echo "image: FAILED: $*" >&2; exit 1; }
+# shellcheck source=scripts/peers.sh
+. scripts/peers.sh
+install_missing podman:podman runc:runc mmdebstrap:mmdebstrap curl:curl
 
 mkdir -p target/podman
 conf="$PWD/target/podman/containers.conf"
@@ -90,14 +83,8 @@ size=$(pm image inspect --format '{{.Size}}' "$image")
 echo "image: built $image, $((size / 1000000)) MB"
 
 # The peers, and a configuration and key mounted read-only as a Kubernetes secret would be.
-cargo build --release --locked --quiet --example mock_peers
-target/release/examples/mock_peers "$work/peers" &
-peers_pid=$!
-for _ in $(seq 1 100); do [ -f "$work/peers/peers.env" ] && break; sleep 0.1; done
-[ -f "$work/peers/peers.env" ] || fail "the mock peers did not start"
-# shellcheck disable=SC1091
-. "$work/peers/peers.env"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+start_peers "$work/peers"
+port=$(free_port)
 mkdir -p "$work/etc"
 cp "$work/peers/client.pem" "$work/etc/client.pem"
 cat >"$work/etc/portvakt.yaml" <<YAML
@@ -134,13 +121,7 @@ for _ in $(seq 1 100); do
   curl -fsS "http://127.0.0.1:9090/healthz" >/dev/null 2>&1 && break
   sleep 0.1
 done
-answer=$(curl -fsS "http://127.0.0.1:$port/nav/hello?x=1") || { pm logs "$name" >&2; fail "the proxied call"; }
-echo "$answer" | python3 -c '
-import json, sys
-a = json.load(sys.stdin)
-assert a["token"]["verified"] is True, a["token"]
-assert a["target"] == "/hello?x=1", a["target"]
-' || fail "the upstream did not get the call with a verified token: $answer"
+proxied_call_arrives "$port" || { pm logs "$name" >&2; fail "the proxied call"; }
 echo "image: a proxied call reached the upstream with a verified token"
 # The image's HEALTHCHECK, run by the engine as it runs it on its interval.
 check=$(pm inspect --format '{{json .Config.Healthcheck.Test}}' "$name")
