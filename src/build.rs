@@ -218,7 +218,7 @@ pub fn assemble(
         rotation::publish(&identity.name, &identity.key.current().1, metrics);
         if let KeySource::Keyset { path } = &c.source {
             if let Ok((set, _)) = crate::keys::keyset::read_active(path) {
-                metrics.publish_keyset(&identity.name, &set);
+                set.publish(metrics, &identity.name);
             }
         }
         keys.push(Watched {

@@ -292,34 +292,35 @@ impl Metrics {
             .inc();
     }
 
-    /// The gauges of a client's keyset: each key's registered `exp`, the last successful pass.
-    pub fn publish_keyset(&self, client: &Arc<String>, keyset: &crate::keys::keyset::Keyset) {
-        let now: Vec<KeysetKeyLabels> = keyset
-            .keys
-            .iter()
-            .filter(|e| e.exp.is_some())
-            .map(|e| KeysetKeyLabels {
+    /// The gauges of a client's keyset: each registered key's `exp` by its kid and state, and
+    /// the last successful renewal pass. Keys gone since the last call lose their series.
+    pub fn publish_keyset(
+        &self,
+        client: &Arc<String>,
+        registered: impl Iterator<Item = (String, &'static str, i64)>,
+        last_success: Option<i64>,
+    ) {
+        let mut now = Vec::new();
+        let mut expiry = Vec::new();
+        for (kid, state, exp) in registered {
+            now.push(KeysetKeyLabels {
                 client: Arc::clone(client),
-                kid: e.kid.clone(),
-                state: e.state.as_str(),
-            })
-            .collect();
+                kid,
+                state,
+            });
+            expiry.push(exp);
+        }
         let mut series = crate::sync::lock(&self.keyset_series);
         for gone in series.get(client).into_iter().flatten() {
             if !now.contains(gone) {
                 self.registered_key_expiry.remove(gone);
             }
         }
-        for (labels, entry) in now
-            .iter()
-            .zip(keyset.keys.iter().filter(|e| e.exp.is_some()))
-        {
-            self.registered_key_expiry
-                .get_or_create(labels)
-                .set(entry.exp.unwrap_or_default());
+        for (labels, exp) in now.iter().zip(expiry) {
+            self.registered_key_expiry.get_or_create(labels).set(exp);
         }
         series.insert(Arc::clone(client), now);
-        if let Some(t) = keyset.last_success {
+        if let Some(t) = last_success {
             self.renewer_last_success
                 .get_or_create(&ClientLabels {
                     client: Arc::clone(client),

@@ -2,7 +2,7 @@
 //! limits) and the per-route `allow` and `api_keys`.
 
 use super::reader::{index, join, Reader};
-use super::validate::ca_file;
+use super::values::ca_file;
 use super::CaFile;
 use crate::secret::Secret;
 use ipnet::IpNet;

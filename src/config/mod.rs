@@ -12,6 +12,7 @@ mod routes;
 pub mod schema;
 mod telemetry;
 mod validate;
+mod values;
 
 pub use egress::{is_loopback, Egress, ProxyServer};
 pub use inbound::{AllowList, ApiKey, BodyPace, Inbound, InboundTls};

@@ -96,7 +96,7 @@ pub(super) fn selfservice(r: &mut Reader, v: Option<&Value>, base: &Path) -> Opt
         ("test", None) => "https://api.test.samarbeid.digdir.no/api/v1".to_string(),
         ("custom", _) => {
             let url = r.required_string(m.get("base_url"), &url_path)?;
-            let uri = super::validate::http_url(r, &url, &url_path)?;
+            let uri = super::values::http_url(r, &url, &url_path)?;
             if uri.scheme_str() == Some("http") && !super::is_loopback(&uri) {
                 r.issue(
                     &url_path,
@@ -261,7 +261,7 @@ fn secret_ref(r: &mut Reader, v: &Value, path: &str) -> Option<SecretRef> {
         .unwrap_or_else(|| "keyset.json".into());
     let server = r.string(m.get("api_server"), &join(path, "api_server"));
     if let Some(s) = &server {
-        let uri = super::validate::http_url(r, s, &join(path, "api_server"))?;
+        let uri = super::values::http_url(r, s, &join(path, "api_server"))?;
         if uri.scheme_str() == Some("http") && !super::is_loopback(&uri) {
             r.issue(
                 &join(path, "api_server"),

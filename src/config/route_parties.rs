@@ -4,12 +4,15 @@
 
 use super::headers::RESERVED_HEADERS;
 use super::reader::{index, join, Reader};
-use super::validate::http_url;
+use super::values::http_url;
 use super::SystemUser;
 use crate::consent::{ConsentRule, CONSENT_TYPE};
 use crate::identifiers::is_org_number;
 use http::HeaderName;
 use serde_json::{Map, Value};
+
+/// The consent tokens a route keeps when it sets no `consent_tokens_max`.
+pub const DEFAULT_CONSENT_TOKENS_MAX: usize = 10_000;
 
 /// The party fields of one route.
 pub(super) struct Parties {
@@ -109,7 +112,7 @@ pub(super) fn consent(
     );
     let max = r
         .positive_u64(m.get("consent_tokens_max"), &p("consent_tokens_max"))
-        .map_or(crate::token::consents::DEFAULT_MAX, |n| {
+        .map_or(DEFAULT_CONSENT_TOKENS_MAX, |n| {
             usize::try_from(n).unwrap_or(usize::MAX)
         });
     for field in [

@@ -8,7 +8,7 @@ use super::route_parties::{
     authorization_details, consent, is_systemuser_detail, parties, resource, selector_header,
     Parties,
 };
-use super::validate::{ca_file, http_url};
+use super::values::{ca_file, http_url};
 use super::{AllowList, AltinnExchange, ApiKey, CallerAddress, Egress, Environment, RouteConfig};
 use crate::secret::Secret;
 use http::{HeaderName, HeaderValue, Uri};

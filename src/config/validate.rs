@@ -4,9 +4,8 @@ use super::egress::check_plain_http;
 use super::reader::{join, EnvLookup, Issue, Reader};
 use super::renew::Renewal;
 use super::routes::{routes, Context};
-use super::{CaFile, Client, Config, Environment, Maskinporten};
-use http::Uri;
-use rustls_pki_types::CertificateDer;
+use super::values::{ca_file, http_url};
+use super::{Client, Config, Environment, Maskinporten};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -236,20 +235,6 @@ fn maskinporten(
     })
 }
 
-pub(super) fn http_url(r: &mut Reader, s: &str, path: &str) -> Option<Uri> {
-    match s.parse::<Uri>() {
-        Ok(uri)
-            if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() =>
-        {
-            Some(uri)
-        }
-        _ => {
-            r.issue(path, format!("`{s}` is not an http:// or https:// URL"));
-            None
-        }
-    }
-}
-
 /// The clients that loaded, the names of all that were declared, and those whose keys portvakt
 /// renews. Routes are checked against every declared client, loaded or not, so a bad key is reported
 /// once, at the key, and not again at each route that uses the client.
@@ -329,36 +314,6 @@ fn clients<'v>(
         r.issue("clients", "is empty: name at least one Maskinporten client");
     }
     (out, map.keys().map(String::as_str).collect(), renewals)
-}
-
-/// A PEM file of extra CA certificates, trusted besides the Mozilla roots.
-pub(super) fn ca_file(r: &mut Reader, file: &Path, path: &str) -> Option<CaFile> {
-    use rustls_pki_types::pem::PemObject;
-    let certs =
-        CertificateDer::pem_file_iter(file).and_then(|certs| certs.collect::<Result<Vec<_>, _>>());
-    match certs {
-        Ok(certs) if !certs.is_empty() => Some(CaFile {
-            path: file.to_path_buf(),
-            certs,
-        }),
-        Ok(_) => {
-            r.issue(
-                path,
-                format!(
-                    "{}: no PEM certificate (BEGIN CERTIFICATE) in the file",
-                    file.display()
-                ),
-            );
-            None
-        }
-        Err(e) => {
-            r.issue(
-                path,
-                format!("{}: cannot read the certificates: {e}", file.display()),
-            );
-            None
-        }
-    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use serde_json::Value;
 use std::fmt;
 use std::io::Write as _;
 use std::path::Path;
+use std::sync::Arc;
 
 /// The one version of the file format.
 const VERSION: u32 = 1;
@@ -134,6 +135,15 @@ pub struct Keyset {
 }
 
 impl Keyset {
+    /// Its gauges: each registered key's `exp`, and the last successful renewal pass.
+    pub fn publish(&self, metrics: &crate::metrics::Metrics, client: &Arc<String>) {
+        let registered = self
+            .keys
+            .iter()
+            .filter_map(|e| Some((e.kid.clone(), e.state.as_str(), e.exp?)));
+        metrics.publish_keyset(client, registered, self.last_success);
+    }
+
     pub fn new(client_id: &str) -> Self {
         Keyset {
             version: VERSION,

@@ -164,7 +164,7 @@ async fn reload(client: &Watched, metrics: &Metrics) {
     let (_, old) = client.key.current();
     let keyset = match &loaded {
         Ok(Ok((_, Some(set)))) => {
-            metrics.publish_keyset(&client.name, set);
+            set.publish(metrics, &client.name);
             Some(set)
         }
         _ => None,

@@ -11,9 +11,6 @@ use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, Weak};
 
-/// The consent slots kept when a route sets no `consent_tokens_max`.
-pub const DEFAULT_MAX: usize = 10_000;
-
 /// The party slot a consent slot was made from, by address: kept alive by the entry's `Weak`, so
 /// the address is not reused while the entry lives.
 type Key = (usize, Consent);

@@ -7,7 +7,6 @@
 //!
 //! HTTP/2 needs none of this: hyper resets the abandoned stream and the connection carries on.
 
-use super::pool::Pool;
 use super::Outgoing;
 use http::{Request, Response};
 use http_body_util::BodyExt as _;
@@ -16,7 +15,7 @@ use hyper::client::conn::{http1, TrySendError};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -43,6 +42,14 @@ pub(super) enum Rest<B> {
     Body(Incoming),
 }
 
+/// Where an HTTP/1.1 connection goes back once its answer is read: the pool, which this file and
+/// `answer.rs` know only through this.
+pub(super) trait Home<B>: Send + Sync {
+    fn checkin(self: Arc<Self>, tx: http1::SendRequest<B>);
+    /// How many abandoned answers are being read.
+    fn draining(&self) -> &Draining;
+}
+
 /// How many abandoned answers of one upstream are being read now.
 #[derive(Default)]
 pub(super) struct Draining(AtomicUsize);
@@ -51,14 +58,14 @@ pub(super) struct Draining(AtomicUsize);
 /// caller left), it hands the rest of the exchange to [`drain`].
 pub(super) struct Unanswered<B: Outgoing> {
     waiting: Option<(Head<B>, http1::SendRequest<B>)>,
-    pool: Weak<Pool<B>>,
+    pool: Weak<dyn Home<B>>,
 }
 
 impl<B: Outgoing> Unanswered<B> {
     pub(super) fn new(
         mut tx: http1::SendRequest<B>,
         request: Request<B>,
-        pool: Weak<Pool<B>>,
+        pool: Weak<dyn Home<B>>,
     ) -> Self {
         let head: Head<B> = Box::pin(tx.try_send_request(request));
         Unanswered {
@@ -96,7 +103,11 @@ impl<B: Outgoing> Drop for Unanswered<B> {
 
 /// Reads the rest of an abandoned exchange in a task of its own and gives its connection back to
 /// the pool, if it ends within the bounds; else the connection closes, as hyper would have.
-pub(super) fn drain<B: Outgoing>(pool: &Weak<Pool<B>>, tx: http1::SendRequest<B>, rest: Rest<B>) {
+pub(super) fn drain<B: Outgoing>(
+    pool: &Weak<dyn Home<B>>,
+    tx: http1::SendRequest<B>,
+    rest: Rest<B>,
+) {
     let Some(strong) = pool.upgrade() else {
         return;
     };

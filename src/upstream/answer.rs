@@ -1,8 +1,7 @@
 //! The body of an upstream's answer, which gives its HTTP/1.1 connection back to the pool when it
 //! has been read to the end, or hands the rest to be read when the caller leaves before.
 
-use super::abandoned::{self, Rest};
-use super::pool::Pool;
+use super::abandoned::{self, Home, Rest};
 use super::Outgoing;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -19,7 +18,7 @@ where
 {
     /// `None` only once dropped.
     body: Option<Incoming>,
-    back: Option<(Weak<Pool<B>>, http1::SendRequest<B>)>,
+    back: Option<(Weak<dyn Home<B>>, http1::SendRequest<B>)>,
     ended: bool,
 }
 
@@ -29,7 +28,7 @@ where
 {
     pub(super) fn new(
         body: Incoming,
-        back: Option<(Weak<Pool<B>>, http1::SendRequest<B>)>,
+        back: Option<(Weak<dyn Home<B>>, http1::SendRequest<B>)>,
     ) -> Self {
         let ended = body.is_end_stream();
         Answer {

@@ -8,7 +8,7 @@
 //! request to wait for that, and a route knows its pool when it is built, so no map is looked up
 //! per request.
 
-use super::abandoned::{Draining, Unanswered};
+use super::abandoned::{Draining, Home, Unanswered};
 use super::answer::Answer;
 use super::gate::Gate;
 use super::{Connector, Outgoing};
@@ -154,13 +154,13 @@ where
                 Sender::H1(tx) => {
                     *request.uri_mut() = origin_form(&absolute);
                     request.headers_mut().insert(HOST, self.host.clone());
-                    let (sent, tx) = Unanswered::new(tx, request, Arc::downgrade(&self)).await;
+                    let (sent, tx) = Unanswered::new(tx, request, self.home()).await;
                     (sent, Some(tx))
                 }
             };
             match sent {
                 Ok(response) => {
-                    let back = back.map(|tx| (Arc::downgrade(&self), tx));
+                    let back = back.map(|tx| (self.home(), tx));
                     return Ok(response.map(|body| Answer::new(body, back)));
                 }
                 Err(mut e) => match e.take_message() {
@@ -175,9 +175,9 @@ where
         }
     }
 
-    /// How many abandoned answers are being read (`abandoned.rs`).
-    pub(super) fn draining(&self) -> &Draining {
-        &self.draining
+    /// Where an answer gives its connection back (`answer.rs`, `abandoned.rs`).
+    fn home(self: &Arc<Self>) -> Weak<dyn Home<B>> {
+        Arc::downgrade(self) as Weak<Self>
     }
 
     /// A connection to send on, and whether it carried requests before.
@@ -289,7 +289,7 @@ where
 
     /// Keeps an HTTP/1.1 connection whose answer was read to the end, once hyper says it can
     /// take the next request (at once, unless the request's body is still being sent).
-    pub(super) fn checkin(self: Arc<Self>, mut tx: http1::SendRequest<B>) {
+    fn give_back(self: Arc<Self>, mut tx: http1::SendRequest<B>) {
         if !tx.is_ready() {
             if tx.is_closed() {
                 return;
@@ -323,6 +323,16 @@ where
 
 /// Closes idle connections past [`IDLE_FOR`] while the pool lives, so that a quiet route does not
 /// hold sockets open at the upstream.
+impl<B: Outgoing> Home<B> for Pool<B> {
+    fn checkin(self: Arc<Self>, tx: http1::SendRequest<B>) {
+        self.give_back(tx);
+    }
+
+    fn draining(&self) -> &Draining {
+        &self.draining
+    }
+}
+
 async fn reap<B: Outgoing>(pool: Weak<Pool<B>>) {
     let mut every = tokio::time::interval(REAP_EVERY);
     every.tick().await;
