@@ -1,7 +1,6 @@
 //! Composition root: builds the proxy from a validated [`Config`] and starts its listeners.
 
 use crate::admin::Admin;
-use crate::body::Body;
 use crate::build::{assemble, Kept};
 use crate::config::{Config, Inbound};
 use crate::keys::rotation::Watched;
@@ -11,9 +10,7 @@ use crate::reload::Reloader;
 use crate::server::CallerBody;
 use crate::server::Limits;
 use anyhow::Context as _;
-use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION, SET_COOKIE};
-use http::{Request, Response};
-use std::convert::Infallible;
+use http::Request;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,10 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
-use tower::{Service, ServiceBuilder, ServiceExt as _};
-use tower_http::sensitive_headers::{
-    SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer,
-};
+use tower::ServiceExt as _;
 
 /// What `build` makes from a config: the request pipeline, and the clients whose key files are
 /// watched for rotation.
@@ -102,31 +96,6 @@ impl Running {
     }
 }
 
-/// The inbound service: cross-cutting layers, outermost first, around the pipeline in `proxy.rs`.
-fn stack(
-    proxy: Arc<Proxy>,
-) -> impl Service<Request<CallerBody>, Response = Response<Body>, Error = Infallible, Future: Send>
-       + Clone
-       + Send
-       + Sync
-       + 'static {
-    ServiceBuilder::new()
-        // The caller's credentials (replaced before forwarding), cookies both ways and the
-        // person a consent is from are marked sensitive first, so no later layer or log line can print them.
-        .layer(SetSensitiveRequestHeadersLayer::new([
-            AUTHORIZATION,
-            PROXY_AUTHORIZATION,
-            COOKIE,
-            // Whom a consent is from: a fødselsnummer, personal data.
-            http::HeaderName::from_static("portvakt-consent-from"),
-        ]))
-        .layer(SetSensitiveResponseHeadersLayer::new([SET_COOKIE]))
-        .service_fn(move |request| {
-            let proxy = Arc::clone(&proxy);
-            async move { Ok::<_, Infallible>(proxy.handle(request).await) }
-        })
-}
-
 /// Binds both listeners (before anything is served, so a port in use fails the start) and serves.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let app = build(config)?;
@@ -164,7 +133,7 @@ pub fn start_on(
         app.keys,
         app.watch_interval,
     ));
-    let service = stack(Arc::clone(&proxy));
+    let service = crate::layers::stack(&proxy);
     let limits = Limits {
         max_header_bytes: app.inbound.max_header_bytes,
         tls: app

@@ -25,6 +25,7 @@ pub mod identifiers;
 pub mod json_log;
 pub mod keygen;
 pub mod keys;
+pub mod layers;
 pub mod log_writer;
 pub mod metrics;
 pub mod mock;

@@ -42,6 +42,16 @@ pub fn scope<F: std::future::Future>(
     CURRENT.scope(id, work)
 }
 
+/// Runs `poll` as work of request `id`: [`scope`] for a future polled by hand.
+pub fn sync_scope<R>(id: HeaderValue, poll: impl FnOnce() -> R) -> R {
+    CURRENT.sync_scope(id, poll)
+}
+
+/// The id [`of`] wrote into a request's headers ("-" for a request that did not pass it).
+pub fn in_headers(headers: &HeaderMap) -> &str {
+    headers.get(&HEADER).map_or("-", as_str)
+}
+
 /// The id of the request this task works for, if any.
 pub fn current() -> Option<HeaderValue> {
     CURRENT.try_with(HeaderValue::clone).ok()

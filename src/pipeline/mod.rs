@@ -1,26 +1,26 @@
 //! The one place that decides a request. [`decide`] reads the caller's head and either refuses it
 //! or returns the [`Plan`] it is sent by: its form, who is calling, the route, the path kept under
-//! the route's base, the party and the consent, a place among the requests served at once, and the
-//! token. Nothing
-//! reaches an upstream or Maskinporten before this has said yes, and every protocol path (HTTP/1.1,
-//! HTTP/2, TLS or not) comes through it.
+//! the route's base, the party and the consent, and the token. Nothing reaches an upstream or
+//! Maskinporten before this has said yes, and every protocol path (HTTP/1.1, HTTP/2, TLS or not)
+//! comes through it. (Its place among the requests served at once is taken before, by the stack's
+//! `places` layer, so that a request waiting for a token holds one.)
 //!
 //! What is done to the request on its way is in [`headers`] (the one header policy) and [`retry`]
-//! (the 401 rule); `proxy.rs` carries it out.
+//! (the 401 rule); `proxy/forward.rs` carries it out.
 
 pub mod access;
 pub mod form;
 pub mod headers;
 pub mod retry;
 
+use crate::body::Body;
 use crate::config::AllowList;
 use crate::error::ProxyError;
-use crate::permits::{Full, Permit, Permits};
 use crate::route::{self, Route, RouteTable};
 use crate::token::cache::{Token, TokenSlot};
 use crate::upstream::Target;
 use http::request::Parts;
-use http::Uri;
+use http::{Request, Response, Uri};
 use hyper::body::SizeHint;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -32,14 +32,20 @@ pub struct Snapshot {
     pub allow: Option<AllowList>,
 }
 
-/// A request portvakt will send: where, for whom, with which token, in which place.
+/// A request portvakt will send: where, for whom, with which token.
 pub struct Plan {
     pub route: Arc<Route>,
     /// The upstream URI: the route's base, the remainder of the caller's path, its query.
     pub uri: Uri,
     pub slot: Arc<TokenSlot>,
     pub token: Arc<Token>,
-    pub permit: Permit,
+}
+
+/// A decided request on its way: the plan, and the request as the caller sent it (its body `B`
+/// wrapped by the layers it passes).
+pub struct Routed<B> {
+    pub plan: Plan,
+    pub request: Request<B>,
 }
 
 /// A request portvakt will not send, and the route it was refused on, if it got that far.
@@ -48,10 +54,15 @@ pub struct Refused {
     pub error: ProxyError,
 }
 
+/// A request portvakt sent, the route it went by, and the upstream's answer as it goes back.
+pub struct Served {
+    pub route: Arc<String>,
+    pub response: Response<Body>,
+}
+
 /// Decides a request from its head (`body` is what its framing says of the body's size).
 pub async fn decide(
     snapshot: &Snapshot,
-    permits: &Permits,
     head: &Parts,
     body: &SizeHint,
     peer: IpAddr,
@@ -96,12 +107,6 @@ pub async fn decide(
         (Some(consent), Some(slots)) => slots.slot(slot, &consent),
         _ => Arc::clone(slot),
     };
-    let permit = permits.take(peer).map_err(|full| {
-        on_route(match full {
-            Full::All(max) => ProxyError::Overloaded(max),
-            Full::Address(share) => ProxyError::AddressOverloaded(share),
-        })
-    })?;
     // No token, no call: the request is never forwarded without one.
     let token = slot.get().await.map_err(|e| on_route(e.into()))?;
     Ok(Plan {
@@ -109,7 +114,6 @@ pub async fn decide(
         uri,
         slot,
         token,
-        permit,
     })
 }
 

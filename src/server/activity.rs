@@ -132,7 +132,7 @@ pub struct CallerBody {
 }
 
 impl CallerBody {
-    pub(super) fn new(inner: Incoming, activity: Option<Arc<Activity>>) -> Self {
+    pub(crate) fn new(inner: Incoming, activity: Option<Arc<Activity>>) -> Self {
         let mut body = CallerBody { inner, activity };
         body.note_end();
         body

@@ -39,6 +39,18 @@ pub struct Token {
 }
 
 impl Token {
+    /// A token for tests of the steps after the decision, which never look inside it.
+    #[cfg(test)]
+    pub fn for_test(bearer: &'static str) -> Arc<Token> {
+        let now = tokio::time::Instant::now();
+        Arc::new(Token {
+            bearer: HeaderValue::from_static(bearer),
+            key_generation: 0,
+            expires_in: 60,
+            schedule: super::policy::schedule(now, std::time::Duration::from_secs(60)),
+        })
+    }
+
     /// `Bearer <token>`, marked sensitive so it is never printed by hyper or tracing.
     pub fn bearer(&self) -> &HeaderValue {
         &self.bearer
