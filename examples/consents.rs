@@ -8,7 +8,7 @@
 mod common;
 
 use common::{free_port, rss_kib};
-use portvakt::demo::{DEMO_CLIENT_ID, DEMO_KID, SUPPLIER_ORG};
+use portvakt::cli::demo::{DEMO_CLIENT_ID, DEMO_KID, SUPPLIER_ORG};
 use portvakt::keys::SigningKey;
 use portvakt::mock::{EchoUpstream, MockClient, MockMaskinporten, DEMO_CLIENT_KEY_PEM};
 use std::process::{Command, Stdio};
@@ -28,7 +28,7 @@ fn person(n: u64) -> String {
             k / 336 % 100,
             k / 33_600 % 1000
         );
-        if let Some(number) = portvakt::identifiers::person_number(&base) {
+        if let Some(number) = portvakt::support::identifiers::person_number(&base) {
             return number;
         }
         k += 1;
@@ -51,7 +51,7 @@ async fn main() {
         .key(&key)
         .scopes(["demo:echo"]);
     let mock = MockMaskinporten::start(vec![client], 3600).await.unwrap();
-    let year = portvakt::time::unix_now() as i64 + 365 * 86_400;
+    let year = portvakt::support::time::unix_now() as i64 + 365 * 86_400;
     let store = mock.consents();
     let people: Vec<String> = (0..total).map(person).collect();
     for (n, p) in people.iter().enumerate() {

@@ -7,7 +7,7 @@
 mod common;
 
 use common::{free_port, rss_kib};
-use portvakt::demo::{DEMO_CLIENT_ID, DEMO_KID, SUPPLIER_ORG};
+use portvakt::cli::demo::{DEMO_CLIENT_ID, DEMO_KID, SUPPLIER_ORG};
 use portvakt::keys::SigningKey;
 use portvakt::mock::{EchoUpstream, MockClient, MockMaskinporten, DEMO_CLIENT_KEY_PEM};
 use std::process::{Command, Stdio};

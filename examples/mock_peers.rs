@@ -5,7 +5,7 @@
 //! it is given, and serves until it is killed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use portvakt::demo::{DEMO_CLIENT_ID, DEMO_KID, SUPPLIER_ORG};
+use portvakt::cli::demo::{DEMO_CLIENT_ID, DEMO_KID, SUPPLIER_ORG};
 use portvakt::keys::SigningKey;
 use portvakt::mock::{EchoUpstream, MockClient, MockMaskinporten, DEMO_CLIENT_KEY_PEM};
 

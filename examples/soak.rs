@@ -15,7 +15,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use jsonwebtoken::{DecodingKey, Validation};
-use portvakt::demo::{DEMO_CLIENT_ID, SUPPLIER_ORG};
+use portvakt::cli::demo::{DEMO_CLIENT_ID, SUPPLIER_ORG};
 use portvakt::mock::{MockClient, MockMaskinporten};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};

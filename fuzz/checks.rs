@@ -77,7 +77,7 @@ pub fn keys(data: &[u8]) {
         certificate_is_sane(&cert);
     }
     for password in [P12_PASSWORD, ""] {
-        let now = portvakt::time::unix_now() as i64;
+        let now = portvakt::support::time::unix_now() as i64;
         let Ok(key) = SigningKey::from_pkcs12(data, password, None, true, now) else {
             continue;
         };
@@ -136,7 +136,7 @@ fn certificate_is_sane(cert: &Certificate) {
             "org number {org:?}"
         );
     }
-    let _ = portvakt::keys::x509::date(cert.not_after);
+    let _ = portvakt::support::time::date(cert.not_after);
 }
 
 /// PEM, JWK, JWK set and base64 JWK: a key that loads is RSA of at least 2048 bits with a kid
@@ -283,8 +283,11 @@ pub fn answers(data: &[u8]) {
 pub fn json_log(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     for (quoted, want) in [
-        (portvakt::json_log::quoted(&text), text.to_string()),
-        (portvakt::json_log::quoted_debug(&text), format!("{text:?}")),
+        (portvakt::observe::json_log::quoted(&text), text.to_string()),
+        (
+            portvakt::observe::json_log::quoted_debug(&text),
+            format!("{text:?}"),
+        ),
     ] {
         assert!(
             !quoted.contains('\n') && !quoted.contains('\r'),
@@ -320,7 +323,7 @@ pub fn path(data: &[u8]) {
     if !portvakt::pipeline::form::is_origin_form(pq.as_str().as_bytes()) {
         return;
     }
-    let Some(rest) = portvakt::route::remainder("/nav", uri.path()) else {
+    let Some(rest) = portvakt::request::route::remainder("/nav", uri.path()) else {
         return;
     };
     assert!(!rest.contains(['?', '#']), "{rest:?}");
@@ -410,7 +413,7 @@ fn world() -> &'static World {
             .build()
             .unwrap();
         let (mock, upstream, running) = runtime.block_on(async {
-            use portvakt::demo::{DEMO_CLIENT_ID, DEMO_KID, SUPPLIER_ORG};
+            use portvakt::cli::demo::{DEMO_CLIENT_ID, DEMO_KID, SUPPLIER_ORG};
             use portvakt::mock::{MockClient, MockMaskinporten, DEMO_CLIENT_KEY_PEM};
             let key = SigningKey::from_pem(DEMO_CLIENT_KEY_PEM.as_bytes(), DEMO_KID).unwrap();
             let client = MockClient::new(DEMO_CLIENT_ID, SUPPLIER_ORG)
@@ -589,7 +592,7 @@ fn selfservice_answers(status: u16, body: &[u8]) {
 fn assert_no_person_number(text: &str) {
     for run in text.split(|c: char| !c.is_ascii_digit()) {
         assert!(
-            !(run.len() == 11 && portvakt::identifiers::is_person_number(run)),
+            !(run.len() == 11 && portvakt::support::identifiers::is_person_number(run)),
             "a fødselsnummer in {text:?}"
         );
     }

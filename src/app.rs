@@ -1,10 +1,10 @@
 //! Composition root: builds the proxy from a validated [`Config`] and starts its listeners.
 
-use crate::admin::Admin;
 use crate::build::{assemble, Kept};
 use crate::config::{Config, Inbound};
 use crate::keys::rotation::Watched;
-use crate::metrics::Metrics;
+use crate::observe::metrics::Metrics;
+use crate::operator::admin::Admin;
 use crate::proxy::{Peer, Proxy};
 use crate::reload::Reloader;
 use crate::server::CallerBody;
@@ -67,7 +67,7 @@ impl Running {
     pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
         self.reloader.stop();
-        let tasks = std::mem::take(&mut *crate::sync::lock(&self.tasks));
+        let tasks = std::mem::take(&mut *crate::support::sync::lock(&self.tasks));
         for task in tasks {
             let _ = task.await;
         }
@@ -147,7 +147,7 @@ pub fn start_on(
             Arc::new(move |_peer| {
                 metrics
                     .slow_callers_cut
-                    .get_or_create(&crate::metrics::CutLabels {
+                    .get_or_create(&crate::observe::metrics::CutLabels {
                         reason: "answer_stall",
                     })
                     .inc();

@@ -2,16 +2,16 @@
 //! clients, and the clients' keys; on a reload, what did not change keeps its state. Used by
 //! `app.rs` at start and by `reload.rs`.
 
-use crate::body::Pace;
-use crate::body::UpstreamBody;
 use crate::config::{BodyPace, Config, Egress, Maskinporten, RouteConfig, SystemUser};
 use crate::keys::rotation::{self, Watched};
 use crate::keys::ClientKey;
 use crate::keys::KeySource;
-use crate::metrics::Metrics;
-use crate::party::{Parties, PartyKind, Selector};
+use crate::observe::metrics::Metrics;
 use crate::pipeline::Snapshot;
-use crate::route::{Route, RouteTable};
+use crate::request::body::Pace;
+use crate::request::body::UpstreamBody;
+use crate::request::party::{Parties, PartyKind, Selector};
+use crate::request::route::{Route, RouteTable};
 use crate::token::{
     client, AltinnExchange, ClientIdentity, GrantSpec, TokenCache, TokenEndpoint, TokenKey,
     TokenSlot,

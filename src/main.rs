@@ -1,7 +1,7 @@
 //! The `portvakt` command line: run | check | token | keygen | rotate | keys | health | schema | demo.
 
 use clap::{Parser, Subcommand};
-use portvakt::telemetry::{self, LogFormat};
+use portvakt::observe::telemetry::{self, LogFormat};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -70,7 +70,7 @@ enum Command {
         /// The key's name; the kid becomes NAME-TEST.YYYY-MM-DD (or -PROD.).
         name: String,
         #[arg(long, value_enum, default_value = "test")]
-        env: portvakt::keygen::Env,
+        env: portvakt::cli::keygen::Env,
         /// RSA key size: 2048, 3072 or 4096.
         #[arg(long, default_value_t = 2048, value_parser = parse_bits)]
         bits: usize,
@@ -183,7 +183,7 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         // A worker out of work writes the log lines it collected (log_writer.rs).
-        .on_thread_park(portvakt::log_writer::on_park)
+        .on_thread_park(portvakt::observe::log_writer::on_park)
         .build()
     {
         Ok(rt) => rt,
@@ -201,7 +201,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Check { config } => match portvakt::config::load(&config) {
                 Ok(c) => {
-                    print!("{}", portvakt::check::summary(&c, &config));
+                    print!("{}", portvakt::cli::check::summary(&c, &config));
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -249,14 +249,8 @@ fn main() -> ExitCode {
                     }
                 };
                 let consent = consent.as_deref().zip(from.as_deref());
-                match portvakt::token_command::run(
-                    &loaded,
-                    &route,
-                    party.as_deref(),
-                    consent,
-                    decode,
-                )
-                .await
+                match portvakt::cli::token::run(&loaded, &route, party.as_deref(), consent, decode)
+                    .await
                 {
                     Ok(outcome) => {
                         println!(
@@ -291,18 +285,18 @@ fn main() -> ExitCode {
                 let today = portvakt::token::grant::unix_now() as i64;
                 let made = match (pkcs11, module, token) {
                     (true, Some(module), Some(token)) => {
-                        let hsm = portvakt::keygen::InToken {
+                        let hsm = portvakt::cli::keygen::InToken {
                             module,
                             token,
                             label,
                             pin_file,
                             pin: std::env::var("PORTVAKT_HSM_PIN")
                                 .ok()
-                                .map(portvakt::secret::Secret::new),
+                                .map(portvakt::support::secret::Secret::new),
                         };
-                        portvakt::keygen::run_in_token(&name, env, bits, &out, today, hsm)
+                        portvakt::cli::keygen::run_in_token(&name, env, bits, &out, today, hsm)
                     }
-                    _ => portvakt::keygen::run(&name, env, bits, &out, today)
+                    _ => portvakt::cli::keygen::run(&name, env, bits, &out, today)
                         .map(|(_, next)| ((), next)),
                 };
                 match made {
@@ -355,7 +349,7 @@ fn main() -> ExitCode {
                 );
                 ExitCode::SUCCESS
             }
-            Command::Demo { dir, once } => match portvakt::demo::run(&dir, once).await {
+            Command::Demo { dir, once } => match portvakt::cli::demo::run(&dir, once).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("portvakt demo: {e:#}");

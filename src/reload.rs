@@ -5,7 +5,7 @@
 use crate::build::{assemble, Kept};
 use crate::config::Config;
 use crate::keys::rotation::{self, Watched};
-use crate::metrics::ResultLabels;
+use crate::observe::metrics::ResultLabels;
 use crate::proxy::Proxy;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -83,21 +83,21 @@ impl Reloader {
 
     /// The settings the listeners were started with.
     pub fn remember(&self, config: &Config) {
-        *crate::sync::lock(&self.fixed) = Some(Fixed::of(config));
+        *crate::support::sync::lock(&self.fixed) = Some(Fixed::of(config));
     }
 
     pub fn add_task(&self, task: JoinHandle<()>) {
-        crate::sync::lock(&self.tasks).push(task);
+        crate::support::sync::lock(&self.tasks).push(task);
     }
 
     pub fn stop(&self) {
-        if let Some(t) = crate::sync::lock(&self.key_watcher).take() {
+        if let Some(t) = crate::support::sync::lock(&self.key_watcher).take() {
             t.abort();
         }
-        for t in crate::sync::lock(&self.tasks).drain(..) {
+        for t in crate::support::sync::lock(&self.tasks).drain(..) {
             t.abort();
         }
-        for t in crate::sync::lock(&self.renewers).drain(..) {
+        for t in crate::support::sync::lock(&self.renewers).drain(..) {
             t.abort();
         }
     }
@@ -105,7 +105,7 @@ impl Reloader {
     /// Starts the background key renewers of `config`, in place of those running.
     pub fn renew(&self, config: &Config) {
         let started = crate::renew::background::spawn(config, &self.proxy.metrics);
-        for old in std::mem::replace(&mut *crate::sync::lock(&self.renewers), started) {
+        for old in std::mem::replace(&mut *crate::support::sync::lock(&self.renewers), started) {
             old.abort();
         }
     }
@@ -116,7 +116,7 @@ impl Reloader {
             Arc::clone(&self.proxy.metrics),
             self.watch_interval,
         ));
-        if let Some(old) = crate::sync::lock(&self.key_watcher).replace(task) {
+        if let Some(old) = crate::support::sync::lock(&self.key_watcher).replace(task) {
             old.abort();
         }
     }
@@ -154,11 +154,11 @@ impl Reloader {
     }
 
     fn apply(&self, config: &Config) -> Result<(), String> {
-        let mut kept = crate::sync::lock(&self.kept);
+        let mut kept = crate::support::sync::lock(&self.kept);
         let built =
             assemble(config, &self.proxy.metrics, Some(&kept)).map_err(|e| format!("{e:#}"))?;
         let fixed = Fixed::of(config);
-        if let Some(old) = crate::sync::lock(&self.fixed).as_ref() {
+        if let Some(old) = crate::support::sync::lock(&self.fixed).as_ref() {
             if *old != fixed {
                 tracing::warn!("listen, admin_listen, inbound.tls, inbound.max_header_bytes, inbound.max_concurrent_requests, inbound.max_concurrent_per_address, inbound.answer_stall_seconds and shutdown_grace_seconds take effect at the next restart; everything else is in force now");
             }

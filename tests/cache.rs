@@ -3,8 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use portvakt::keys::{ClientKey, SigningKey};
-use portvakt::metrics::Metrics;
-use portvakt::secret::Secret;
+use portvakt::observe::metrics::Metrics;
+use portvakt::support::secret::Secret;
 use portvakt::token::cache::TokenError;
 use portvakt::token::client::Issued;
 use portvakt::token::{

@@ -363,7 +363,7 @@ async fn token_fetches_one_consent_token_as_the_route_would() {
         .await
         .unwrap();
     let (id, person) = ("77ed8698-e619-4066-9eb4-5c1eb3f165a1", "03867199348");
-    let year = portvakt::time::unix_now() as i64 + 365 * 86_400;
+    let year = portvakt::support::time::unix_now() as i64 + 365 * 86_400;
     mock.consents().give(id, person, SUPPLIER_ORG, year);
     let dir = config_dir("token-consent");
     let yaml = config_yaml(&mock.issuer(), &mock.token_endpoint(), "  - name: samtykke\n    prefix: /samtykke/\n    upstream: https://api.nav.no/\n    client: vendor\n    scopes: [nav:forsikring/samtykke]\n    consent_per_call: true\n");

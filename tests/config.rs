@@ -403,7 +403,7 @@ fn secrets_never_show_in_debug_output_or_errors() {
         .unwrap()
         .to_string();
     assert!(!debug.contains(&d[..20]));
-    let summary = portvakt::check::summary(&config, Path::new("portvakt.yaml"));
+    let summary = portvakt::cli::check::summary(&config, Path::new("portvakt.yaml"));
     assert!(
         !summary.contains("very-secret-passord")
             && summary.contains("integrasjonpassord (values hidden)"),
@@ -415,7 +415,9 @@ fn secrets_never_show_in_debug_output_or_errors() {
     let config = parse_with(&p12, &[("P12", "test-passord-1234")]).unwrap();
     let debug = format!("{config:?}");
     assert!(!debug.contains("test-passord-1234"), "{debug}");
-    assert!(!portvakt::check::summary(&config, Path::new("p.yaml")).contains("test-passord-1234"));
+    assert!(
+        !portvakt::cli::check::summary(&config, Path::new("p.yaml")).contains("test-passord-1234")
+    );
     let wrong = parse_with(&p12, &[("P12", "wrong-passord-5678")])
         .unwrap_err()
         .to_string();

@@ -33,7 +33,7 @@ fn person(n: u32) -> String {
             70 + k / 336 % 30,
             k % 1000
         );
-        if let Some(number) = portvakt::identifiers::person_number(&base) {
+        if let Some(number) = portvakt::support::identifiers::person_number(&base) {
             // Every number this test sends is a secret for the log check.
             common::logs::secret(&number);
             return number;
@@ -47,7 +47,7 @@ fn consent_id(n: u32) -> String {
 }
 
 fn year_ahead() -> i64 {
-    portvakt::time::unix_now() as i64 + 365 * 86_400
+    portvakt::support::time::unix_now() as i64 + 365 * 86_400
 }
 
 /// The consent entry of a token that reached the upstream.
@@ -200,7 +200,7 @@ async fn expired_foreign_revoked_and_unknown_consents_get_403_with_maskinporten_
     let h = Harness::start(ROUTE, 600).await;
     let store = h.mock.consents();
     let people: Vec<String> = (200..205).map(person).collect();
-    let now = portvakt::time::unix_now() as i64;
+    let now = portvakt::support::time::unix_now() as i64;
     store.give(&consent_id(10), &people[0], SUPPLIER_ORG, now - 60);
     store.give(&consent_id(11), &people[1], CUSTOMER_ORG, year_ahead());
     store.give(&consent_id(12), &people[2], SUPPLIER_ORG, year_ahead());
@@ -372,7 +372,7 @@ async fn a_consent_token_lives_no_longer_than_its_consent() {
     let h = Harness::start(ROUTE, 600).await;
     let anna = person(400);
     // Valid for 3 more seconds: the 600 s token is kept for less than that.
-    let valid_to = portvakt::time::unix_now() as i64 + 3;
+    let valid_to = portvakt::support::time::unix_now() as i64 + 3;
     h.mock
         .consents()
         .give(&consent_id(40), &anna, SUPPLIER_ORG, valid_to);

@@ -211,7 +211,7 @@ async fn every_example_starts_and_serves_each_of_its_routes() {
                             .unwrap_or_else(|| SUPPLIER_ORG.to_string())
                     });
                 let (id, person) = ("77ed8698-e619-4066-9eb4-5c1eb3f165a1", "03867199348");
-                let year = portvakt::time::unix_now() as i64 + 365 * 86_400;
+                let year = portvakt::support::time::unix_now() as i64 + 365 * 86_400;
                 mock.consents().give(id, person, &consumer, year);
                 request = request
                     .header(route.consent.id_header.clone(), id)

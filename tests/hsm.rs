@@ -128,13 +128,13 @@ fn hsm() -> &'static Hsm {
         let token = portvakt::keys::pkcs11::token(
             &module,
             "virksomhet",
-            portvakt::secret::Secret::new(PIN.to_string()),
+            portvakt::support::secret::Secret::new(PIN.to_string()),
         )
         .unwrap();
         let refused = portvakt::keys::pkcs11::token(
             &module,
             "refused",
-            portvakt::secret::Secret::new(PIN.to_string()),
+            portvakt::support::secret::Secret::new(PIN.to_string()),
         )
         .unwrap();
         // TESTKOMMUNE's certificate beside client-a's key: a certificate that is not the key's.
@@ -311,7 +311,7 @@ async fn keygen_makes_a_non_extractable_key_in_the_token_that_signs_accepted_gra
     let token = portvakt::keys::pkcs11::token(
         &h.module,
         "keygen",
-        portvakt::secret::Secret::new(PIN.to_string()),
+        portvakt::support::secret::Secret::new(PIN.to_string()),
     )
     .unwrap();
     let session = token.rw_session().unwrap();
@@ -472,7 +472,7 @@ async fn a_lost_login_is_re_established_and_while_it_cannot_be_the_route_answers
     let token = portvakt::keys::pkcs11::token(
         &h.module,
         "lost",
-        portvakt::secret::Secret::new(PIN.to_string()),
+        portvakt::support::secret::Secret::new(PIN.to_string()),
     )
     .unwrap();
     token.rw_session().unwrap().logout().unwrap();
@@ -562,7 +562,7 @@ async fn a_new_key_label_and_kid_take_effect_on_reload() {
     let made = portvakt::keys::pkcs11::generate(
         &h.module,
         "rotation",
-        portvakt::secret::Secret::new(PIN.to_string()),
+        portvakt::support::secret::Secret::new(PIN.to_string()),
         "second",
         2048,
         "second-TEST.2026-11-30",

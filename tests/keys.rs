@@ -382,10 +382,15 @@ async fn a_broken_key_file_keeps_the_old_key_signing() {
 async fn keygen_output_loads_back_in_every_form_and_its_public_jwk_verifies_the_grant() {
     let out = std::env::temp_dir().join(format!("portvakt-keygen-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let today = portvakt::keys::x509::days_from_civil(2026, 11, 21) * 86_400;
-    let (written, next) =
-        portvakt::keygen::run("forsikring", portvakt::keygen::Env::Test, 2048, &out, today)
-            .unwrap();
+    let today = portvakt::support::time::from_civil(2026, 11, 21, 0, 0, 0).unwrap();
+    let (written, next) = portvakt::cli::keygen::run(
+        "forsikring",
+        portvakt::cli::keygen::Env::Test,
+        2048,
+        &out,
+        today,
+    )
+    .unwrap();
     assert_eq!(written.kid, "forsikring-TEST.2026-11-21");
     assert!(next.contains("Samarbeidsportalen"), "{next}");
     for private in [
@@ -410,10 +415,14 @@ async fn keygen_output_loads_back_in_every_form_and_its_public_jwk_verifies_the_
     fields.sort_unstable();
     assert_eq!(fields, ["alg", "e", "kid", "kty", "n", "use"]);
     // Running it again never overwrites the key.
-    assert!(
-        portvakt::keygen::run("forsikring", portvakt::keygen::Env::Test, 2048, &out, today)
-            .is_err()
-    );
+    assert!(portvakt::cli::keygen::run(
+        "forsikring",
+        portvakt::cli::keygen::Env::Test,
+        2048,
+        &out,
+        today
+    )
+    .is_err());
 
     let b64 = std::fs::read_to_string(&written.private_jwk_base64).unwrap();
     let path = |p: &Path| p.display().to_string();

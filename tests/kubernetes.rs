@@ -57,7 +57,7 @@ async fn a_lease_renewed_in_the_future_by_a_dead_holder_is_taken_after_its_durat
     let kube = MockKubernetes::start("sa-token").await.unwrap();
     let api = Kubernetes::new(&access(&kube.url(), "test-ca.pem")).unwrap();
     // A holder whose clock ran an hour ahead, then died: its renewTime is an hour from now.
-    let ahead = portvakt::time::unix_now() as i64 + 3600;
+    let ahead = portvakt::support::time::unix_now() as i64 + 3600;
     kube.set_lease_renewed("portvakt", "renewer", Some("dead"), 2, ahead);
     let mut seen = None;
     assert!(!api

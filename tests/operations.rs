@@ -312,7 +312,9 @@ async fn alerts_and_dashboard_use_only_metrics_portvakt_exports() {
     let h = Harness::start(ONE_ROUTE, 120).await;
     assert_eq!(h.get("/nav/x").await.status(), 200);
     let exposed = metrics_text(&h.proxy).await;
-    let declared = portvakt::metrics::Metrics::new().declared().to_vec();
+    let declared = portvakt::observe::metrics::Metrics::new()
+        .declared()
+        .to_vec();
     for line in exposed.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
         let name = line.split(' ').next().unwrap();
         assert!(

@@ -26,7 +26,7 @@ struct Clock(Arc<AtomicI64>);
 
 impl Clock {
     fn now(&self) -> i64 {
-        portvakt::time::unix_now() as i64 + self.0.load(Ordering::SeqCst)
+        portvakt::support::time::unix_now() as i64 + self.0.load(Ordering::SeqCst)
     }
     fn advance(&self, seconds: i64) {
         self.0.fetch_add(seconds, Ordering::SeqCst);

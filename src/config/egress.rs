@@ -2,7 +2,7 @@
 //! tokens travel in clear only to loopback (`insecure_http`).
 
 use super::reader::{join, Reader};
-use crate::secret::Secret;
+use crate::support::secret::Secret;
 use http::Uri;
 use serde_json::Value;
 use std::fmt;

@@ -3,7 +3,7 @@
 //! never the value.
 
 use super::reader::{join, Reader};
-use crate::secret::Secret;
+use crate::support::secret::Secret;
 use http::{HeaderName, HeaderValue};
 use serde_json::Value;
 use std::path::Path;

@@ -4,7 +4,7 @@
 use super::reader::{index, join, Reader};
 use super::values::ca_file;
 use super::CaFile;
-use crate::secret::Secret;
+use crate::support::secret::Secret;
 use ipnet::IpNet;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;

@@ -3,7 +3,7 @@
 use super::reader::{join, Reader};
 use crate::keys::pkcs11::Pkcs11Source;
 use crate::keys::{self, KeySource, SecretValue};
-use crate::secret::Secret;
+use crate::support::secret::Secret;
 use serde_json::Value;
 use std::path::Path;
 

@@ -14,14 +14,14 @@ mod telemetry;
 mod validate;
 mod values;
 
+pub use crate::observe::telemetry::Telemetry;
 pub use egress::{is_loopback, Egress, ProxyServer};
 pub use inbound::{AllowList, ApiKey, BodyPace, Inbound, InboundTls};
 pub use reader::Issue;
 pub use renew::{KubeAccess, Renew, Renewal, SecretRef, SelfService};
-pub use telemetry::Telemetry;
 
 use crate::keys::{KeySource, SigningKey};
-use crate::secret::Secret;
+use crate::support::secret::Secret;
 use http::{HeaderName, HeaderValue, Uri};
 use std::fmt;
 use std::net::SocketAddr;

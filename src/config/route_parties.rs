@@ -7,7 +7,7 @@ use super::reader::{index, join, Reader};
 use super::values::http_url;
 use super::SystemUser;
 use crate::consent::{ConsentRule, CONSENT_TYPE};
-use crate::identifiers::is_org_number;
+use crate::support::identifiers::is_org_number;
 use http::HeaderName;
 use serde_json::{Map, Value};
 

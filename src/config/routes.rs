@@ -10,7 +10,7 @@ use super::route_parties::{
 };
 use super::values::{ca_file, http_url};
 use super::{AllowList, AltinnExchange, ApiKey, CallerAddress, Egress, Environment, RouteConfig};
-use crate::secret::Secret;
+use crate::support::secret::Secret;
 use http::{HeaderName, HeaderValue, Uri};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};

@@ -2,17 +2,8 @@
 //! `RUST_LOG`), since they start before the file is read.
 
 use super::reader::{join, Reader};
+use crate::observe::telemetry::Telemetry;
 use serde_json::Value;
-
-/// OpenTelemetry trace export; absent means no export and no cost.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Telemetry {
-    /// The collector's OTLP/HTTP base URL (`http://collector:4318`); spans go to `/v1/traces`.
-    pub otlp_endpoint: String,
-    pub service_name: String,
-    /// The share of new traces recorded; a caller's sampled `traceparent` is always followed.
-    pub sample_ratio: f64,
-}
 
 pub fn telemetry(r: &mut Reader, value: Option<&Value>) -> Option<Telemetry> {
     let path = "telemetry";

@@ -9,7 +9,7 @@
 //! label, `/readyz` or the status page; [`Giver`]'s `Debug` and `Display` mask it, and
 //! [`mask_person_numbers`] cleans text that comes back from Maskinporten.
 
-use crate::identifiers::{is_org_number, is_person_number};
+use crate::support::identifiers::{is_org_number, is_person_number};
 use http::{HeaderMap, HeaderName};
 use serde_json::{json, Value};
 use std::fmt;

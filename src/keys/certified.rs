@@ -1,9 +1,7 @@
 //! Keys that come with a certificate: a virksomhetssertifikat in a PKCS#12 file or in an HSM, and
 //! any key inside an HSM. The certificate is checked (valid now, the key's own) and sent as `x5c`.
 
-use super::{
-    b64, b64url, pkcs11, pkcs12, pkcs8_rsa, x509, Certificate, KeyError, Signer, SigningKey,
-};
+use super::{b64, b64url, pkcs11, pkcs12, pkcs8_rsa, Certificate, KeyError, Signer, SigningKey};
 use jsonwebtoken::Algorithm;
 use std::sync::Arc;
 
@@ -89,14 +87,14 @@ impl SigningKey {
             return Err(KeyError::Invalid(format!(
                 "the certificate ({}) is not valid until {}",
                 leaf.subject,
-                x509::date(leaf.not_before)
+                crate::support::time::date(leaf.not_before)
             )));
         }
         if now_unix > leaf.not_after {
             return Err(KeyError::Invalid(format!(
                 "the certificate ({}) expired on {}: install the renewed virksomhetssertifikat",
                 leaf.subject,
-                x509::date(leaf.not_after)
+                crate::support::time::date(leaf.not_after)
             )));
         }
         let mut x5c = vec![b64(&leaf.der)];

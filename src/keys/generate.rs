@@ -1,7 +1,7 @@
 //! New RSA key pairs, in every form Samarbeidsportalen and portvakt take.
 
 use super::{b64, b64url, der, pkcs8_rsa, KeyError};
-use crate::secret::Secret;
+use crate::support::secret::Secret;
 use aws_lc_rs::rsa::KeyPair;
 
 /// A freshly generated key pair in every form Samarbeidsportalen and portvakt take.

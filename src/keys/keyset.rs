@@ -7,7 +7,7 @@
 //! and the directory fsynced, so a crash leaves the old file or the new one, never half of either.
 
 use super::{jwk, KeyError, SigningKey};
-use crate::secret::Secret;
+use crate::support::secret::Secret;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt;
@@ -45,32 +45,32 @@ impl State {
 pub struct Entry {
     pub kid: String,
     pub state: State,
-    #[serde(deserialize_with = "crate::time::unix_or_rfc3339::required")]
+    #[serde(deserialize_with = "crate::support::time::unix_or_rfc3339::required")]
     pub created: i64,
     /// When Digdir was first seen to list it (set by the renewer).
     #[serde(
         default,
-        deserialize_with = "crate::time::unix_or_rfc3339::optional",
+        deserialize_with = "crate::support::time::unix_or_rfc3339::optional",
         skip_serializing_if = "Option::is_none"
     )]
     pub registered: Option<i64>,
     #[serde(
         default,
-        deserialize_with = "crate::time::unix_or_rfc3339::optional",
+        deserialize_with = "crate::support::time::unix_or_rfc3339::optional",
         skip_serializing_if = "Option::is_none"
     )]
     pub activated: Option<i64>,
     /// A retiring key is removed from Digdir's set after this.
     #[serde(
         default,
-        deserialize_with = "crate::time::unix_or_rfc3339::optional",
+        deserialize_with = "crate::support::time::unix_or_rfc3339::optional",
         skip_serializing_if = "Option::is_none"
     )]
     pub retire_after: Option<i64>,
     /// The `exp` Digdir last reported for it.
     #[serde(
         default,
-        deserialize_with = "crate::time::unix_or_rfc3339::optional",
+        deserialize_with = "crate::support::time::unix_or_rfc3339::optional",
         skip_serializing_if = "Option::is_none"
     )]
     pub exp: Option<i64>,
@@ -128,7 +128,7 @@ pub struct Keyset {
     /// When a renewal pass last reached its end (Unix seconds).
     #[serde(
         default,
-        deserialize_with = "crate::time::unix_or_rfc3339::optional",
+        deserialize_with = "crate::support::time::unix_or_rfc3339::optional",
         skip_serializing_if = "Option::is_none"
     )]
     pub last_success: Option<i64>,
@@ -136,7 +136,7 @@ pub struct Keyset {
 
 impl Keyset {
     /// Its gauges: each registered key's `exp`, and the last successful renewal pass.
-    pub fn publish(&self, metrics: &crate::metrics::Metrics, client: &Arc<String>) {
+    pub fn publish(&self, metrics: &crate::observe::metrics::Metrics, client: &Arc<String>) {
         let registered = self
             .keys
             .iter()
@@ -243,12 +243,12 @@ impl Keyset {
             path: path.to_path_buf(),
             source,
         };
-        let (mut file, tmp) = crate::private_file::create_beside(path).map_err(failed)?;
+        let (mut file, tmp) = crate::support::private_file::create_beside(path).map_err(failed)?;
         let mut write = || -> std::io::Result<()> {
             file.write_all(&json)?;
             file.write_all(b"\n")?;
             file.sync_all()?;
-            crate::private_file::rename_into_place(&file, &tmp, path)
+            crate::support::private_file::rename_into_place(&file, &tmp, path)
         };
         write().map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
@@ -297,7 +297,7 @@ pub fn read_active(path: &Path) -> Result<(Keyset, SigningKey), KeyError> {
 
 /// A JWK kept as a secret: written as its JSON, never printed.
 mod secret_json {
-    use crate::secret::Secret;
+    use crate::support::secret::Secret;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
     use serde_json::Value;
 

@@ -11,7 +11,7 @@ pub mod pkcs12;
 pub mod rotation;
 pub mod x509;
 
-use crate::secret::Secret;
+use crate::support::secret::Secret;
 use aws_lc_rs::rsa::KeyPair;
 use aws_lc_rs::signature::KeyPair as _;
 use base64::Engine as _;
@@ -395,21 +395,26 @@ pub fn load(source: &KeySource) -> Result<SigningKey, KeyError> {
                 password.expose(),
                 alias.as_deref(),
                 *chain,
-                crate::time::unix_now() as i64,
+                crate::support::time::unix_now() as i64,
             )
             .map_err(in_file(path))
         }
         KeySource::Pkcs11 { at, kid, chain } => {
             let found = pkcs11::load(at)?;
-            SigningKey::from_hsm(found, kid.clone(), *chain, crate::time::unix_now() as i64)
-                .map_err(|e| match e {
-                    KeyError::Invalid(m) => KeyError::Invalid(format!(
-                        "token `{}` in {}: {m}",
-                        at.token,
-                        at.module.display()
-                    )),
-                    read => read,
-                })
+            SigningKey::from_hsm(
+                found,
+                kid.clone(),
+                *chain,
+                crate::support::time::unix_now() as i64,
+            )
+            .map_err(|e| match e {
+                KeyError::Invalid(m) => KeyError::Invalid(format!(
+                    "token `{}` in {}: {m}",
+                    at.token,
+                    at.module.display()
+                )),
+                read => read,
+            })
         }
     }
 }

@@ -7,7 +7,7 @@
 //! overlay filesystems). Key files are a few kilobytes, so reading them every few seconds is free.
 
 use super::{load, KeySource, SigningKey};
-use crate::metrics::{ClientLabels, Metrics, ReloadLabels};
+use crate::observe::metrics::{ClientLabels, Metrics, ReloadLabels};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -87,11 +87,7 @@ pub fn created(key: &SigningKey) -> Option<i64> {
     if parts.next().is_some() || y.len() != 4 || m.len() != 2 || d.len() != 2 {
         return None;
     }
-    let (y, m, d) = (y.parse().ok()?, m.parse().ok()?, d.parse().ok()?);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
-        return None;
-    }
-    Some(super::x509::days_from_civil(y, m, d) * 86_400)
+    crate::support::time::from_civil(y.parse().ok()?, m.parse().ok()?, d.parse().ok()?, 0, 0, 0)
 }
 
 /// A warning when the key runs out within [`EXPIRY_WARNING`], worded for the operator.
@@ -101,14 +97,14 @@ pub fn expiry_warning(key: &SigningKey, now_unix: i64) -> Option<String> {
     if end - now_unix > EXPIRY_WARNING.as_secs() as i64 {
         return None;
     }
-    let date = super::x509::date(end);
+    let date = crate::support::time::date(end);
     if key.registration().is_some() {
         return Some(format!("Digdir's registration of this key ends on {date} ({days} days left): `portvakt rotate` renews it before then, so check that its runs succeed (`portvakt keys status`)"));
     }
     Some(match key.certificate() {
         Some(_) if days < 0 => format!("the certificate expired on {date}"),
         Some(_) => format!("the certificate expires on {date} ({days} days left): order the renewed virksomhetssertifikat and install it"),
-        None => format!("the key was created {} and Maskinporten removes registered keys a year after upload (about {date}, {days} days left): make a new key with `portvakt keygen`, register it, then switch", super::x509::date(created(key).unwrap_or(end))),
+        None => format!("the key was created {} and Maskinporten removes registered keys a year after upload (about {date}, {days} days left): make a new key with `portvakt keygen`, register it, then switch", crate::support::time::date(created(key).unwrap_or(end))),
     })
 }
 
@@ -141,7 +137,8 @@ pub async fn watch(clients: Vec<Watched>, metrics: Arc<Metrics>, interval: Durat
             // Once at startup and then daily, not on every tick.
             let due = last_warning[i].is_none_or(|t| t.elapsed() >= Duration::from_secs(86_400));
             if due {
-                if let Some(warning) = expiry_warning(&key, crate::time::unix_now() as i64) {
+                if let Some(warning) = expiry_warning(&key, crate::support::time::unix_now() as i64)
+                {
                     tracing::warn!(client = %client.name, key = %key.label(), "{warning}");
                 }
                 last_warning[i] = Some(std::time::Instant::now());
@@ -216,7 +213,7 @@ pub fn publish(client: &Arc<String>, key: &SigningKey, metrics: &Metrics) {
             .set(cert.not_after);
     }
     if let Some(created) = created(key) {
-        let age = crate::time::unix_now() as i64 - created;
+        let age = crate::support::time::unix_now() as i64 - created;
         metrics.key_age.get_or_create(&labels).set(age.max(0));
     }
 }
@@ -236,14 +233,13 @@ fn fingerprint(source: &KeySource) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::x509::days_from_civil;
 
     fn key(kid: &str) -> SigningKey {
         SigningKey::from_pem(crate::mock::DEMO_CLIENT_KEY_PEM.as_bytes(), kid).unwrap()
     }
 
-    fn day(y: i64, m: i64, d: i64) -> i64 {
-        days_from_civil(y, m, d) * 86_400
+    fn day(y: i64, m: u8, d: u8) -> i64 {
+        crate::support::time::from_civil(y, m, d, 0, 0, 0).unwrap()
     }
 
     #[test]

@@ -2,12 +2,12 @@
 //! access line, and for a refusal a warning and the status page's entry. A refusal becomes its
 //! problem+json answer here, the one place portvakt answers for itself.
 
-use crate::body::Body;
-use crate::metrics::{self, CutLabels, Metrics, RequestLabels};
+use crate::observe::metrics::{self, CutLabels, Metrics, RequestLabels};
+use crate::observe::recent::{RecentError, RecentErrors};
+use crate::observe::request_id;
 use crate::pipeline::{Refused, Served};
 use crate::proxy::Peer;
-use crate::recent::{RecentError, RecentErrors};
-use crate::request_id;
+use crate::request::body::Body;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use std::convert::Infallible;
 use std::future::Future;
@@ -166,7 +166,7 @@ impl Log {
         &self,
         route: Option<&Arc<String>>,
         seen: &Seen,
-        error: &crate::error::ProxyError,
+        error: &crate::request::error::ProxyError,
     ) -> StatusCode {
         let route_label = route.map_or("-", |s| s.as_str());
         let request_id = request_id::as_str(&seen.id);
@@ -198,8 +198,8 @@ impl Log {
 #[allow(clippy::result_large_err, clippy::type_complexity)]
 mod tests {
     use super::*;
-    use crate::error::ProxyError;
     use crate::layers::testing::own;
+    use crate::request::error::ProxyError;
     use http_body_util::BodyExt as _;
     use std::future::{ready, Ready};
     use tower::{service_fn, ServiceExt as _};

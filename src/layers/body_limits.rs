@@ -3,12 +3,12 @@
 //! or endless caller cannot hold a place; the upstream's answer to the route's idle timeout, its
 //! breaks counted as upstream errors. A decided request's refusals get its route here.
 
-use crate::body::{FaultCount, Guarded, Pace};
-use crate::error::ProxyError;
-use crate::metrics::Metrics;
+use crate::observe::metrics::Metrics;
 use crate::pipeline::{Refused, Routed, Served};
 use crate::proxy::forward::Upstream;
-use crate::route::Route;
+use crate::request::body::{FaultCount, Guarded, Pace};
+use crate::request::error::ProxyError;
+use crate::request::route::Route;
 use crate::server::CallerBody;
 use http_body_util::Either;
 use std::future::Future;

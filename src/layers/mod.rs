@@ -11,9 +11,9 @@ pub mod request_id;
 #[cfg(test)]
 mod testing;
 
-use crate::body::Body;
 use crate::proxy::forward::Forward;
 use crate::proxy::{Decide, Proxy};
+use crate::request::body::Body;
 use crate::server::CallerBody;
 use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION, SET_COOKIE};
 use http::{HeaderName, Request, Response};

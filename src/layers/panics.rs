@@ -3,8 +3,8 @@
 //! other requests and every other connection go on; the places and tokens the request held are
 //! given back as the panic unwinds.
 
-use crate::error::ProxyError;
 use crate::pipeline::{Refused, Served};
+use crate::request::error::ProxyError;
 use std::any::Any;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -89,10 +89,12 @@ fn refusal(panic: &(dyn Any + Send)) -> Refused {
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("(no message)");
-    let request_id = crate::request_id::current();
+    let request_id = crate::observe::request_id::current();
     tracing::error!(
         panic = message,
-        request_id = request_id.as_ref().map_or("-", crate::request_id::as_str),
+        request_id = request_id
+            .as_ref()
+            .map_or("-", crate::observe::request_id::as_str),
         "request handler panicked; answered 500"
     );
     Refused {
@@ -108,8 +110,8 @@ mod tests {
     use super::*;
     use crate::layers::access_log::AccessLogLayer;
     use crate::layers::testing::own;
-    use crate::metrics::Metrics;
-    use crate::recent::RecentErrors;
+    use crate::observe::metrics::Metrics;
+    use crate::observe::recent::RecentErrors;
     use http::{Request, StatusCode};
     use std::sync::Arc;
     use tower::{service_fn, ServiceExt as _};

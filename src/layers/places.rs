@@ -3,10 +3,10 @@
 //! done for the request and held to the answer's last byte. A request without a place is refused
 //! 503 at once: places are never waited for, so a flood is answered, not queued.
 
-use crate::error::ProxyError;
-use crate::permits::{Full, Permit, Permits};
 use crate::pipeline::{Refused, Served};
 use crate::proxy::Peer;
+use crate::request::error::ProxyError;
+use crate::request::permits::{Full, Permit, Permits};
 use http::Request;
 use http_body_util::Either;
 use std::future::Future;
@@ -155,7 +155,12 @@ mod tests {
             tokio::task::yield_now().await;
         }
         // The same address again: its share (1) is taken.
-        let refused = service.clone().oneshot(from("10.0.0.1")).await.err().unwrap();
+        let refused = service
+            .clone()
+            .oneshot(from("10.0.0.1"))
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(refused.error, ProxyError::AddressOverloaded(1)));
         assert_eq!(refused.route.as_deref().map(String::as_str), Some("nav"));
         let second = tokio::spawn(service.clone().oneshot(from("10.0.0.2")));

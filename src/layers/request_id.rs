@@ -3,7 +3,7 @@
 //! fetch it starts names it), and put on the answer. With trace export or debug logging, the
 //! request also gets its span here, continuing the caller's trace.
 
-use crate::request_id::{self, HEADER};
+use crate::observe::request_id::{self, HEADER};
 use http::{HeaderValue, Request, Response};
 use std::future::Future;
 use std::pin::Pin;
@@ -44,12 +44,13 @@ where
         // A span per request costs several percent of throughput (docs/performance.md), so there
         // is one only for trace export and debug logging; the lines a request causes at info and
         // above name its id themselves.
-        let span = (crate::telemetry::exporting() || tracing::enabled!(tracing::Level::DEBUG))
-            .then(|| {
-                let span = tracing::info_span!("request", request_id = request_id::as_str(&id));
-                crate::telemetry::continue_trace(&span, request.headers());
-                span
-            });
+        let span = (crate::observe::telemetry::exporting()
+            || tracing::enabled!(tracing::Level::DEBUG))
+        .then(|| {
+            let span = tracing::info_span!("request", request_id = request_id::as_str(&id));
+            crate::observe::telemetry::continue_trace(&span, request.headers());
+            span
+        });
         let inner = in_scope(&id, span.as_ref(), || self.inner.call(request));
         WithId { inner, id, span }
     }

@@ -1,10 +1,10 @@
 //! For the layers' `oneshot` tests: routes from a small configuration, a decided request's plan,
 //! and answers of both kinds.
 
-use crate::body::Body;
 use crate::build::assemble;
-use crate::metrics::Metrics;
+use crate::observe::metrics::Metrics;
 use crate::pipeline::{Plan, Snapshot};
+use crate::request::body::Body;
 use crate::token::cache::Token;
 use http::{HeaderMap, Response, StatusCode};
 use http_body_util::Either;
@@ -53,7 +53,7 @@ pub fn plan(snapshot: &Snapshot, path: &str) -> Plan {
 
 /// One of portvakt's own small answers.
 pub fn own(status: StatusCode, text: &'static str) -> Response<Body> {
-    crate::body::full(status, "text/plain", text).map(Either::Right)
+    crate::request::body::full(status, "text/plain", text).map(Either::Right)
 }
 
 /// A request for `path` as hyper framed it from the bytes of an HTTP/1.1 request whose head

@@ -7,7 +7,7 @@
 
 use crate::keys::SigningKey;
 use crate::server::CallerBody;
-use crate::sync::lock;
+use crate::support::sync::lock;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -121,7 +121,7 @@ impl Drop for MockAltinn {
 type Answer = Response<Full<Bytes>>;
 
 fn answer(status: StatusCode, content_type: &'static str, body: String) -> Answer {
-    crate::body::full(status, content_type, body)
+    crate::request::body::full(status, content_type, body)
 }
 
 async fn handle(inner: Arc<Inner>, request: Request<CallerBody>) -> Answer {

@@ -4,7 +4,7 @@
 //! Tests and the demo play the person: they accept or withdraw a request.
 
 use crate::consent::Giver;
-use crate::sync::lock;
+use crate::support::sync::lock;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -54,14 +54,17 @@ impl ConsentStore {
                 to: to.to_string(),
                 valid_to,
                 rights: default_rights(),
-                state: ConsentState::Accepted(crate::time::unix_now() as i64),
+                state: ConsentState::Accepted(crate::support::time::unix_now() as i64),
             },
         );
     }
 
     /// The person accepts the request `id`; false if there is none.
     pub fn accept(&self, id: &str) -> bool {
-        self.set(id, ConsentState::Accepted(crate::time::unix_now() as i64))
+        self.set(
+            id,
+            ConsentState::Accepted(crate::support::time::unix_now() as i64),
+        )
     }
 
     /// The person withdraws the consent `id`; false if there is none.
@@ -109,7 +112,7 @@ impl ConsentStore {
         let to = body["to"]
             .as_str()
             .and_then(|t| t.strip_prefix("urn:altinn:organization:identifier-no:"))
-            .filter(|t| crate::identifiers::is_org_number(t))
+            .filter(|t| crate::support::identifiers::is_org_number(t))
             .ok_or_else(|| bad("to must be urn:altinn:organization:identifier-no:<orgnr>"))?;
         if to != consumer {
             return Err((
@@ -119,8 +122,8 @@ impl ConsentStore {
         }
         let valid_to = body["validTo"]
             .as_str()
-            .and_then(crate::time::parse_rfc3339)
-            .filter(|t| *t > crate::time::unix_now() as i64)
+            .and_then(crate::support::time::parse_rfc3339)
+            .filter(|t| *t > crate::support::time::unix_now() as i64)
             .ok_or_else(|| bad("validTo must be an RFC 3339 time in the future"))?;
         let rights = body["consentRights"].clone();
         if rights.as_array().is_none_or(|r| r.is_empty()) {
@@ -198,12 +201,5 @@ fn default_rights() -> Value {
 
 /// RFC 3339 in UTC, as Altinn writes `consented` and `validTo`.
 fn rfc3339(unix: i64) -> String {
-    let secs = unix.rem_euclid(86_400);
-    format!(
-        "{}T{:02}:{:02}:{:02}+00:00",
-        crate::keys::x509::date(unix),
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    format!("{}+00:00", crate::support::time::iso(unix))
 }

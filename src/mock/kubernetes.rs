@@ -3,7 +3,7 @@
 //! every update as the real server does (a PUT naming another version is 409 Conflict).
 
 use crate::server::CallerBody;
-use crate::sync::lock;
+use crate::support::sync::lock;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -136,7 +136,7 @@ impl MockKubernetes {
             name,
             holder,
             seconds,
-            crate::time::unix_now() as i64,
+            crate::support::time::unix_now() as i64,
         );
     }
 
@@ -155,7 +155,7 @@ impl MockKubernetes {
             .version
             .fetch_add(1, Ordering::SeqCst)
             .to_string();
-        let stamp = crate::renew::kubernetes::micro_time(renewed);
+        let stamp = crate::support::time::micro_time(renewed);
         lock(&self.inner.objects).insert(
             ("leases".into(), namespace.into(), name.into()),
             json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
@@ -178,7 +178,7 @@ impl MockKubernetes {
 }
 
 fn answer(status: StatusCode, body: &Value) -> Answer {
-    crate::body::full(status, "application/json", body.to_string())
+    crate::request::body::full(status, "application/json", body.to_string())
 }
 
 fn status(code: StatusCode, reason: &str, message: &str) -> Answer {

@@ -130,7 +130,7 @@ impl EchoUpstream {
         format!("{}://{}/", self.scheme, self.addr)
     }
     pub fn records(&self) -> Vec<Recorded> {
-        crate::sync::lock(&self.inner.records).clone()
+        crate::support::sync::lock(&self.inner.records).clone()
     }
     /// From now on answers 401 to every token it has seen so far; new tokens are accepted.
     pub fn revoke_seen_tokens(&self) {
@@ -145,7 +145,7 @@ impl EchoUpstream {
                     .map(str::to_string)
             })
             .collect();
-        crate::sync::lock(&self.inner.revoked).extend(jtis);
+        crate::support::sync::lock(&self.inner.revoked).extend(jtis);
     }
     /// Answers 401 to every request (true) or works normally (false).
     pub fn set_reject_all(&self, reject: bool) {
@@ -266,7 +266,7 @@ async fn handle(
         || token_claims
             .as_ref()
             .and_then(|c| c.get("jti")?.as_str())
-            .is_some_and(|jti| crate::sync::lock(&inner.revoked).contains(jti));
+            .is_some_and(|jti| crate::support::sync::lock(&inner.revoked).contains(jti));
     let target = parts
         .uri
         .path_and_query()
@@ -285,7 +285,7 @@ async fn handle(
         token_claims: token_claims.clone(),
         status: if revoked { 401 } else { 200 },
     };
-    crate::sync::lock(&inner.records).push(record);
+    crate::support::sync::lock(&inner.records).push(record);
     if revoked {
         let mut response = Response::new(EchoBody::Json(Some(Bytes::from_static(
             b"{\"error\":\"invalid_token\"}\n",

@@ -2,8 +2,8 @@
 //! refusal leaves one `portvakt::audit` line.
 
 use crate::config::AllowList;
-use crate::error::ProxyError;
-use crate::route::Route;
+use crate::request::error::ProxyError;
+use crate::request::route::Route;
 use http::HeaderMap;
 use std::net::IpAddr;
 

@@ -3,7 +3,7 @@
 //! are the rules of RFC 9112 it leaves to the server: the target's grammar, the Host line, the
 //! transfer codings, and what a proxy that is not a forward proxy refuses.
 
-use crate::error::ProxyError;
+use crate::request::error::ProxyError;
 use http::header::{HOST, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::{HeaderMap, Method, Version};

@@ -6,7 +6,7 @@
 //! chunking sent upstream is that of the body portvakt sends.
 
 use crate::config::CallerAddress;
-use crate::route::Route;
+use crate::request::route::Route;
 use http::header::{
     HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, COOKIE, EXPECT,
     HOST, TRANSFER_ENCODING, UPGRADE,

@@ -13,10 +13,10 @@ pub mod form;
 pub mod headers;
 pub mod retry;
 
-use crate::body::Body;
 use crate::config::AllowList;
-use crate::error::ProxyError;
-use crate::route::{self, Route, RouteTable};
+use crate::request::body::Body;
+use crate::request::error::ProxyError;
+use crate::request::route::{self, Route, RouteTable};
 use crate::token::cache::{Token, TokenSlot};
 use crate::upstream::Target;
 use http::request::Parts;

@@ -1,10 +1,10 @@
 //! The 401 rule: when the upstream answers 401 the token is dropped for everyone, and a request
 //! whose body portvakt kept goes once more with a fresh token; never twice.
 
-use crate::body::{Guarded, UpstreamBody};
-use crate::error::ProxyError;
-use crate::metrics::{Metrics, RetryLabels};
-use crate::route::Route;
+use crate::observe::metrics::{Metrics, RetryLabels};
+use crate::request::body::{Guarded, UpstreamBody};
+use crate::request::error::ProxyError;
+use crate::request::route::Route;
 use crate::token::cache::{Token, TokenSlot};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, Request, Uri};

@@ -2,14 +2,14 @@
 //! route's token, through the one upstream client, and once more after a 401 when its body was
 //! kept (the 401 rule); the answer's head comes back under the same policy.
 
-use crate::body::{Guarded, UpstreamBody};
-use crate::error::ProxyError;
-use crate::metrics::Metrics;
+use crate::observe::metrics::Metrics;
+use crate::observe::request_id;
 use crate::pipeline::headers::{self, Framing};
 use crate::pipeline::{retry, Plan, Routed};
 use crate::proxy::Peer;
-use crate::request_id;
-use crate::route::Route;
+use crate::request::body::{Guarded, UpstreamBody};
+use crate::request::error::ProxyError;
+use crate::request::route::Route;
 use crate::token::cache::Token;
 use crate::upstream::{self, Answer};
 use http::header::CONTENT_LENGTH;
@@ -91,7 +91,7 @@ async fn forward(metrics: Arc<Metrics>, routed: Routed<Guarded>) -> Result<Upstr
         return Err(ProxyError::UpstreamFailed {
             upstream: route.upstream.to_string(),
             reason: reason.to_string(),
-            fault: crate::fault::Fault::Protocol,
+            fault: crate::support::fault::Fault::Protocol,
         });
     }
     *response.version_mut() = Version::HTTP_11;
@@ -105,7 +105,7 @@ async fn send(
     token: &Token,
 ) -> Result<Upstream, ProxyError> {
     let span = upstream_span(route);
-    crate::telemetry::propagate(&span, request.headers_mut());
+    crate::observe::telemetry::propagate(&span, request.headers_mut());
     headers::with_token(request.headers_mut(), token.bearer());
     upstream::send(&route.http, route.timeout, request)
         .instrument(span)
@@ -116,7 +116,7 @@ async fn send(
 /// The upstream call, as a child of the request's span, when traces are exported. Without export
 /// the request's own span carries every line, and a second span per request would only cost.
 fn upstream_span(route: &Route) -> tracing::Span {
-    if crate::telemetry::exporting() {
+    if crate::observe::telemetry::exporting() {
         tracing::info_span!("upstream", route = %route.name, upstream = %route.upstream)
     } else {
         tracing::Span::none()

@@ -4,17 +4,17 @@
 
 pub mod forward;
 
-use crate::metrics::Metrics;
-use crate::permits::Permits;
+use crate::observe::metrics::Metrics;
+use crate::observe::recent::RecentErrors;
+use crate::observe::request_id;
 use crate::pipeline::{self, Refused, Routed, Served, Snapshot};
-use crate::recent::RecentErrors;
-use crate::request_id;
+use crate::request::permits::Permits;
 use crate::server::CallerBody;
 use arc_swap::ArcSwap;
 use http::Request;
 use hyper::body::Body as _;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};

@@ -3,7 +3,7 @@
 //! explained, since sending it again would get the same answer.
 
 use crate::config::SelfService;
-use crate::secret::Secret;
+use crate::support::secret::Secret;
 use crate::token::{client::TokenEndpoint, grant::GrantSpec};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -155,7 +155,7 @@ impl Api {
                         format!(
                             "cannot reach {}: {}",
                             self.base_url,
-                            crate::cause::chain(&e)
+                            crate::support::cause::chain(&e)
                         )
                     };
                     continue;

@@ -7,7 +7,7 @@
 use super::kubernetes::Kubernetes;
 use super::pass::{self, Context, Options, Outcome};
 use crate::config::{Config, Renewal};
-use crate::metrics::{Metrics, RotationLabels};
+use crate::observe::metrics::{Metrics, RotationLabels};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;

@@ -140,7 +140,7 @@ impl Kubernetes {
             KubeError::Failed(format!(
                 "cannot reach the API server {}: {}",
                 self.server,
-                crate::cause::chain(&e)
+                crate::support::cause::chain(&e)
             ))
         })?;
         let status = answer.status().as_u16();
@@ -221,8 +221,8 @@ impl Kubernetes {
         seconds: u64,
         seen: &mut Option<Observed>,
     ) -> Result<bool, KubeError> {
-        let now = crate::time::unix_now() as i64;
-        let stamp = micro_time(now);
+        let now = crate::support::time::unix_now() as i64;
+        let stamp = crate::support::time::micro_time(now);
         let spec = json!({
             "holderIdentity": holder,
             "leaseDurationSeconds": seconds,
@@ -315,25 +315,4 @@ fn read_secret(secret: &Value) -> Result<SecretData, KubeError> {
         resource_version,
         data,
     })
-}
-
-/// Kubernetes' MicroTime: `2026-11-30T05:20:00.000000Z`.
-pub fn micro_time(unix: i64) -> String {
-    let date = crate::keys::x509::date(unix);
-    let secs = unix.rem_euclid(86_400);
-    format!(
-        "{date}T{:02}:{:02}:{:02}.000000Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn micro_time_reads_back() {
-        let t = 1_796_015_630;
-        assert_eq!(crate::time::parse_rfc3339(&super::micro_time(t)), Some(t));
-    }
 }

@@ -16,7 +16,7 @@ pub mod store;
 
 use crate::config::{Config, Renewal};
 use crate::keys::keyset::{Entry, Keyset, State};
-use crate::secret::Secret;
+use crate::support::secret::Secret;
 use api::Api;
 pub use pass::{Faults, Outcome, Uncut};
 
@@ -78,7 +78,7 @@ pub fn verify_scopes(config: &Config, client: &str) -> Option<Vec<String>> {
 }
 
 pub fn now() -> i64 {
-    crate::time::unix_now() as i64
+    crate::support::time::unix_now() as i64
 }
 
 /// One line per key: the keyset against Digdir's set.
@@ -91,7 +91,7 @@ pub fn status(keyset: &Keyset, registered: &[api::Registered], now: i64) -> Vec<
         Some(r) => r.exp.map_or("registered, no exp".to_string(), |e| {
             format!(
                 "{} ({} days)",
-                crate::keys::x509::date(e),
+                crate::support::time::date(e),
                 (e - now + 43_200).div_euclid(86_400)
             )
         }),
@@ -120,7 +120,7 @@ pub fn status(keyset: &Keyset, registered: &[api::Registered], now: i64) -> Vec<
     if let Some(t) = keyset.last_success {
         lines.push(format!(
             "last renewal pass: {}",
-            crate::keys::x509::datetime(t)
+            crate::support::time::datetime(t)
         ));
     }
     lines

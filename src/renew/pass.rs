@@ -7,7 +7,7 @@ use super::plan::{plan, Facts, Step};
 use super::store::{Store, StoreError};
 use crate::config::Renewal;
 use crate::keys::keyset::{Entry, Keyset, State};
-use crate::secret::Secret;
+use crate::support::secret::Secret;
 use crate::token::{FetchError, GrantSpec, TokenEndpoint};
 use serde_json::Value;
 
@@ -151,7 +151,7 @@ pub async fn run(renewal: &Renewal, cx: &mut Context<'_>, options: &Options<'_>)
                     format!(
                         "the new key {kid} signs once it has been registered {} s more (at {})",
                         until - now,
-                        crate::keys::x509::datetime(*until)
+                        crate::support::time::datetime(*until)
                     ),
                     *until,
                 );
@@ -250,7 +250,7 @@ async fn new_key(
     let kid = format!(
         "{}.{}.{:08x}",
         renewal.renew.kid_prefix,
-        crate::keys::x509::date(now),
+        crate::support::time::date(now),
         fastrand::u32(..)
     );
     let bits = renewal.renew.bits;
@@ -376,7 +376,7 @@ fn describe(step: &Step, f: &Facts) -> String {
         Step::Nothing => "nothing to do".into(),
         Step::Wait { kid, until } => format!(
             "wait: {kid} may sign from {}",
-            crate::keys::x509::datetime(*until)
+            crate::support::time::datetime(*until)
         ),
         Step::Refuse(why) => format!("cannot go on: {why}"),
         Step::Register { why, set } => format!("would register ({why}); {}", change(set)),

@@ -64,7 +64,7 @@ impl Store {
         let mut name = path.as_os_str().to_owned();
         name.push(".lock");
         let at = PathBuf::from(name);
-        let file = crate::private_file::open_lock(&at).map_err(|e| {
+        let file = crate::support::private_file::open_lock(&at).map_err(|e| {
             StoreError::Failed(format!("cannot open the lock file {}: {e}", at.display()))
         })?;
         match file.try_lock() {

@@ -2,7 +2,7 @@
 //! storage, events, notifications) accept only the latter.
 
 use super::client::{FetchError, Issued};
-use crate::secret::Secret;
+use crate::support::secret::Secret;
 use http::header::AUTHORIZATION;
 use http::HeaderValue;
 use serde_json::{Map, Value};
@@ -94,7 +94,7 @@ fn transport(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         "timed out".into()
     } else {
-        crate::cause::chain(e)
+        crate::support::cause::chain(e)
     }
 }
 

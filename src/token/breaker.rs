@@ -49,7 +49,7 @@ impl Breaker {
 
     /// `Ok` when a request may go out now; else how long until one may.
     pub fn admit(&self) -> Result<(), Duration> {
-        let mut st = crate::sync::lock(&self.state);
+        let mut st = crate::support::sync::lock(&self.state);
         let now = Instant::now();
         match st.open_until {
             Some(until) if now < until => Err(until - now),
@@ -63,7 +63,7 @@ impl Breaker {
     }
 
     pub fn record(&self, outcome: Outcome) {
-        let mut st = crate::sync::lock(&self.state);
+        let mut st = crate::support::sync::lock(&self.state);
         let now = Instant::now();
         match outcome {
             Outcome::Answered => {

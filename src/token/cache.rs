@@ -8,7 +8,7 @@ use super::client::{FetchError, Issued};
 use super::consents;
 use super::policy::{self, Schedule};
 use super::{ClientIdentity, TokenKey, TokenSource};
-use crate::metrics::{ClientLabels, FetchLabels, Metrics};
+use crate::observe::metrics::{ClientLabels, FetchLabels, Metrics};
 use arc_swap::ArcSwapOption;
 use http::HeaderValue;
 use prometheus_client::metrics::counter::Counter;
@@ -212,7 +212,7 @@ impl TokenSlot {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        crate::sync::lock(&self.state)
+        crate::support::sync::lock(&self.state)
     }
 
     pub fn key(&self) -> &TokenKey {
@@ -326,10 +326,10 @@ impl TokenSlot {
         st.fetching = true;
         let slot = Arc::clone(self);
         // Under the span of the request that needed the token, so its id and trace show the fetch.
-        let trigger = crate::request_id::current();
+        let trigger = crate::observe::request_id::current();
         let span = tracing::info_span!(
             "token_fetch",
-            request_id = trigger.as_ref().map(crate::request_id::as_str),
+            request_id = trigger.as_ref().map(crate::observe::request_id::as_str),
             client = %self.client.name,
             kind = self.kind(),
             scopes = %self.key.grant.scope,
@@ -630,14 +630,14 @@ impl TokenCache {
 
     /// Offers `previous`'s slots (with their cached tokens) to the slots this cache hands out.
     pub fn inherit(&mut self, previous: &TokenCache) {
-        self.inherited = crate::sync::lock(&previous.slots).clone();
-        self.inherited_altinn = crate::sync::lock(&previous.altinn_slots).clone();
+        self.inherited = crate::support::sync::lock(&previous.slots).clone();
+        self.inherited_altinn = crate::support::sync::lock(&previous.altinn_slots).clone();
     }
 
     /// Forgets the slots no route asked for again; returns how many were asked for again.
     pub fn settle(&mut self) -> usize {
-        let slots = crate::sync::lock(&self.slots);
-        let altinn = crate::sync::lock(&self.altinn_slots);
+        let slots = crate::support::sync::lock(&self.slots);
+        let altinn = crate::support::sync::lock(&self.altinn_slots);
         let reused = slots
             .iter()
             .filter(|(k, s)| self.inherited.get(*k).is_some_and(|o| Arc::ptr_eq(o, s)))
@@ -658,7 +658,7 @@ impl TokenCache {
 
     /// The slot for `key`, created on first use.
     pub fn slot(&self, key: TokenKey, client: &Arc<ClientIdentity>) -> Arc<TokenSlot> {
-        let mut slots = crate::sync::lock(&self.slots);
+        let mut slots = crate::support::sync::lock(&self.slots);
         Arc::clone(slots.entry(key.clone()).or_insert_with(|| {
             match self
                 .inherited
@@ -679,7 +679,7 @@ impl TokenCache {
         exchange: &Arc<AltinnExchange>,
     ) -> Arc<TokenSlot> {
         let maskinporten = self.slot(key.clone(), client);
-        let mut slots = crate::sync::lock(&self.altinn_slots);
+        let mut slots = crate::support::sync::lock(&self.altinn_slots);
         let id = (key.clone(), exchange.url().to_string());
         let inherited = self.inherited_altinn.get(&id).filter(|s| match &s.origin {
             Origin::Altinn {

@@ -4,7 +4,7 @@ use super::breaker::{Breaker, Outcome};
 use super::grant::{self, GrantSpec};
 use crate::config::Egress;
 use crate::keys::SigningKey;
-use crate::secret::Secret;
+use crate::support::secret::Secret;
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
 use std::time::Duration;
@@ -400,7 +400,7 @@ fn describe_transport(e: &reqwest::Error) -> String {
         "timed out".into()
     } else {
         // reqwest's message includes the endpoint URL, which holds no secret; the causes say why.
-        crate::cause::chain(e)
+        crate::support::cause::chain(e)
     }
 }
 
@@ -475,7 +475,7 @@ pub fn hint(code: Option<&str>, error: &str, spec: &GrantSpec, seen: &Seen) -> S
         Some("MP-121") => {
             let made = seen
                 .key_created
-                .map(|t| format!(" (this one dates from {})", crate::keys::x509::date(t)))
+                .map(|t| format!(" (this one dates from {})", crate::support::time::date(t)))
                 .unwrap_or_default();
             format!("the registered key has expired: keys live at most one year after upload{made}; create a new one with portvakt keygen and register it in Samarbeidsportalen")
         }

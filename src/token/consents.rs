@@ -49,7 +49,7 @@ impl ConsentSlots {
 
     /// How many consent slots are kept now.
     pub fn len(&self) -> usize {
-        crate::sync::lock(&self.lru).entries.len()
+        crate::support::sync::lock(&self.lru).entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -59,7 +59,7 @@ impl ConsentSlots {
     /// The slot for `consent` on the party slot `base`, made if there is none.
     pub fn slot(&self, base: &Arc<TokenSlot>, consent: &Consent) -> Arc<TokenSlot> {
         let key: Key = (Arc::as_ptr(base) as usize, consent.clone());
-        let mut lru = crate::sync::lock(&self.lru);
+        let mut lru = crate::support::sync::lock(&self.lru);
         lru.tick += 1;
         let tick = lru.tick;
         let Lru { entries, order, .. } = &mut *lru;
@@ -151,7 +151,7 @@ fn valid_to(token: &str) -> Option<i64> {
         .as_array()?
         .iter()
         .filter(|d| d["type"] == CONSENT_TYPE)
-        .filter_map(|d| crate::time::parse_rfc3339(d["validTo"].as_str()?))
+        .filter_map(|d| crate::support::time::parse_rfc3339(d["validTo"].as_str()?))
         .min()
 }
 

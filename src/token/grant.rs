@@ -129,4 +129,4 @@ pub async fn sign(
     Ok(format!("{message}.{signature}"))
 }
 
-pub use crate::time::unix_now;
+pub use crate::support::time::unix_now;

@@ -59,7 +59,7 @@ impl Place<'_> {
         if self.gate.failed.load(Ordering::Acquire) == self.failed_before {
             return Ok(());
         }
-        let failure = crate::sync::lock(&self.gate.last_failure).clone();
+        let failure = crate::support::sync::lock(&self.gate.last_failure).clone();
         let why = failure.map_or_else(|| "connecting failed".to_string(), |f| f.to_string());
         Err(SendError::Connect(why.into()))
     }
@@ -67,8 +67,8 @@ impl Place<'_> {
     /// Notes how the connect made in this place went, for those waiting.
     pub(super) fn outcome<T>(self, made: Result<T, SendError>) -> Result<T, SendError> {
         if let Err(e) = &made {
-            let why: Arc<str> = crate::cause::chain(e).into();
-            *crate::sync::lock(&self.gate.last_failure) = Some(why);
+            let why: Arc<str> = crate::support::cause::chain(e).into();
+            *crate::support::sync::lock(&self.gate.last_failure) = Some(why);
             self.gate.failed.fetch_add(1, Ordering::AcqRel);
         }
         made

@@ -190,7 +190,8 @@ where
         }
         // Nothing to take: make a connection. One that may be HTTP/2 takes one of a few places,
         // so that a burst of requests makes a few and shares them.
-        let h2 = self.may_speak_h2 && crate::sync::lock(&self.state).speaks_h2 != Some(false);
+        let h2 =
+            self.may_speak_h2 && crate::support::sync::lock(&self.state).speaks_h2 != Some(false);
         if !h2 {
             // Boxed: making a connection (TCP, TLS, handshake) takes kilobytes of state, which
             // every request's future would otherwise carry and copy as it moves.
@@ -208,7 +209,7 @@ where
     /// One of the open HTTP/2 connections, in turn. While fewer than `h2_connections` are open,
     /// another is made beside the requests, which go on the open ones meanwhile.
     fn shared_h2(self: &Arc<Self>) -> Option<Sender<B>> {
-        let mut state = crate::sync::lock(&self.state);
+        let mut state = crate::support::sync::lock(&self.state);
         state.h2.retain(|tx| !tx.is_closed());
         let open = state.h2.len();
         if open == 0 {
@@ -221,7 +222,7 @@ where
                 if let Err(e) = Box::pin(pool.connect()).await {
                     tracing::debug!(error = %e, "another HTTP/2 connection to the upstream failed");
                 }
-                crate::sync::lock(&pool.state).making_h2 = false;
+                crate::support::sync::lock(&pool.state).making_h2 = false;
             });
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % open;
@@ -230,7 +231,7 @@ where
 
     /// The most recently used idle HTTP/1.1 connection that is still open and not too old.
     fn idle_h1(&self) -> Option<http1::SendRequest<B>> {
-        let mut state = crate::sync::lock(&self.state);
+        let mut state = crate::support::sync::lock(&self.state);
         let now = Instant::now();
         while let Some((tx, since)) = state.idle.pop_back() {
             if tx.is_ready() && now.duration_since(since) < IDLE_FOR {
@@ -272,7 +273,7 @@ where
                 .await
                 .map_err(SendError::Handshake)?;
             run(connection);
-            let mut state = crate::sync::lock(&self.state);
+            let mut state = crate::support::sync::lock(&self.state);
             state.speaks_h2 = Some(true);
             state.h2.push(tx.clone());
             return Ok(Sender::H2(tx));
@@ -283,7 +284,7 @@ where
             .await
             .map_err(SendError::Handshake)?;
         run(connection);
-        crate::sync::lock(&self.state).speaks_h2 = Some(false);
+        crate::support::sync::lock(&self.state).speaks_h2 = Some(false);
         Ok(Sender::H1(tx))
     }
 
@@ -308,7 +309,7 @@ where
     }
 
     fn keep(self: Arc<Self>, tx: http1::SendRequest<B>) {
-        let mut state = crate::sync::lock(&self.state);
+        let mut state = crate::support::sync::lock(&self.state);
         if state.idle.len() >= MAX_IDLE {
             state.idle.pop_front();
         }
@@ -339,7 +340,7 @@ async fn reap<B: Outgoing>(pool: Weak<Pool<B>>) {
     loop {
         every.tick().await;
         let Some(pool) = pool.upgrade() else { return };
-        let mut state = crate::sync::lock(&pool.state);
+        let mut state = crate::support::sync::lock(&pool.state);
         let now = Instant::now();
         state
             .idle

@@ -3,7 +3,7 @@
 
 use super::{short, token, Token};
 use crate::keys::{b64url, KeyError};
-use crate::secret::Secret;
+use crate::support::secret::Secret;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, ObjectClass};
 use std::path::Path;

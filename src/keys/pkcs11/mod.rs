@@ -13,7 +13,7 @@ mod key;
 pub use generate::{generate, Made};
 
 use super::{KeyError, SecretValue};
-use crate::secret::Secret;
+use crate::support::secret::Secret;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};

@@ -9,7 +9,7 @@ pub use selfservice::SelfServiceCall;
 
 use crate::keys::SigningKey;
 use crate::server::CallerBody;
-use crate::sync::lock;
+use crate::support::sync::lock;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -82,7 +82,7 @@ impl MockClient {
             part("kid"),
             Registered {
                 jwk: json!({"kty": "RSA", "use": "sig", "alg": "RS256", "n": part("n"), "e": part("e")}),
-                exp: crate::time::unix_now() as i64 + 365 * 86_400,
+                exp: crate::support::time::unix_now() as i64 + 365 * 86_400,
                 usable_from: 0,
             },
         );
@@ -356,7 +356,7 @@ impl Drop for MockMaskinporten {
 type Answer = Response<Full<Bytes>>;
 
 fn json_answer(status: StatusCode, body: &Value) -> Answer {
-    crate::body::full(status, "application/json", body.to_string())
+    crate::request::body::full(status, "application/json", body.to_string())
 }
 
 /// The mock's own time, which tests may set off from the machine's.
@@ -422,7 +422,11 @@ async fn token_answer(inner: &Inner, request: Request<CallerBody>) -> Answer {
             return answer;
         }
         Mode::Garbage => {
-            return crate::body::full(StatusCode::OK, "text/html", "<html>proxy login</html>")
+            return crate::request::body::full(
+                StatusCode::OK,
+                "text/html",
+                "<html>proxy login</html>",
+            )
         }
         Mode::NoAccessToken => {
             return json_answer(

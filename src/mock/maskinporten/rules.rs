@@ -1,7 +1,7 @@
 //! The checks Maskinporten makes on a JWT grant, and the token it issues when they pass.
 
 use super::{Inner, SIGNING_KID};
-use crate::sync::lock;
+use crate::support::sync::lock;
 use http::StatusCode;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{json, Map, Value};

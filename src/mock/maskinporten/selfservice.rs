@@ -7,7 +7,7 @@
 
 use super::{json_answer, now, Answer, Inner, Registered};
 use crate::server::CallerBody;
-use crate::sync::lock;
+use crate::support::sync::lock;
 use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use serde_json::{json, Value};
@@ -32,7 +32,7 @@ fn problem(status: StatusCode, message: &str) -> Answer {
         status,
         &json!({
             "status": status.as_u16(),
-            "timestamp": crate::token::clock::http_date(crate::time::unix_now() as i64),
+            "timestamp": crate::token::clock::http_date(crate::support::time::unix_now() as i64),
             "correlation_id": uuid::Uuid::new_v4().to_string(),
             "errors": [{"errorMessage": message, "isFieldError": true, "objectName": "Client", "fieldIdentifier": "jwks"}],
             "error": "invalid_request",
@@ -105,7 +105,7 @@ async fn answer(
                 c.registered.clear();
             }
             (
-                crate::body::full(StatusCode::NO_CONTENT, "application/json", ""),
+                crate::request::body::full(StatusCode::NO_CONTENT, "application/json", ""),
                 None,
             )
         }

@@ -1,10 +1,10 @@
 //! The admin listener: `/` (the status page for people), `/healthz` (alive), `/readyz` (serving, with each route's token state),
 //! `/metrics` (Prometheus). Nothing here ever shows a token or secret.
 
-use crate::body::Body;
-use crate::metrics::TokenLabels;
+use crate::observe::metrics::TokenLabels;
 use crate::proxy::Proxy;
-use crate::route::RouteTable;
+use crate::request::body::Body;
+use crate::request::route::RouteTable;
 use crate::server::CallerBody;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Either;
@@ -29,7 +29,7 @@ impl Admin {
             "/" => text(
                 StatusCode::OK,
                 "text/html; charset=utf-8",
-                crate::status_page::render(&self.proxy),
+                crate::operator::status_page::render(&self.proxy),
             ),
             "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
             "/readyz" => text(
@@ -112,7 +112,7 @@ fn refresh_gauges(proxy: &Proxy) {
     metrics.consent_tokens.clear();
     for route in proxy.snapshot().routes.iter() {
         if let Some(consents) = &route.consent_slots {
-            let labels = crate::metrics::RouteLabels {
+            let labels = crate::observe::metrics::RouteLabels {
                 route: Arc::clone(&route.name),
             };
             let count = i64::try_from(consents.len()).unwrap_or(i64::MAX);
@@ -141,5 +141,5 @@ fn refresh_gauges(proxy: &Proxy) {
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
-    crate::body::full(status, content_type, body).map(Either::Right)
+    crate::request::body::full(status, content_type, body).map(Either::Right)
 }

@@ -4,10 +4,10 @@
 //! (a slow caller cannot hold a place), a request body past the route's size limit ends it, and
 //! the place of the request it belongs to is held until the body is done.
 
-use crate::fault::{BodyError, Fault};
-use crate::metrics::Metrics;
-use crate::permits::Permit;
+use crate::observe::metrics::Metrics;
+use crate::request::permits::Permit;
 use crate::server::CallerBody;
+use crate::support::fault::{BodyError, Fault};
 use crate::upstream::Answer;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};

@@ -2,8 +2,8 @@
 
 use crate::config::Config;
 use crate::keys::rotation::{created, expiry_warning, not_after};
-use crate::keys::x509::date;
 use crate::keys::SigningKey;
+use crate::support::time::date;
 use std::fmt::Write as _;
 use std::path::Path;
 

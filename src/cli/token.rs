@@ -67,7 +67,8 @@ pub async fn run(
         .request(&client.client_id, &client.key, &spec)
         .await;
     // As the route's token slot takes it: a consent's refusal told apart, its life bounded.
-    let asked = crate::token::consents::settle(&spec, asked, crate::time::unix_now() as i64);
+    let asked =
+        crate::token::consents::settle(&spec, asked, crate::support::time::unix_now() as i64);
     let issued = match asked {
         Ok(issued) => issued,
         Err(e) => return Ok(failed(out, &e)),

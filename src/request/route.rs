@@ -2,10 +2,10 @@
 //! path's remainder stays under the route's base however the upstream decodes it. Pure functions,
 //! tested by table.
 
-use crate::body::UpstreamBody;
 use crate::config::{AllowList, ApiKey};
 use crate::consent::ConsentRule;
-use crate::party::Parties;
+use crate::request::body::UpstreamBody;
+use crate::request::party::Parties;
 use crate::token::ConsentSlots;
 use crate::upstream::{Pool, Target};
 use http::{HeaderName, HeaderValue};
@@ -38,7 +38,7 @@ pub struct Route {
     /// Longest pause inside a body, either way.
     pub idle_timeout: Duration,
     /// How the caller's body must keep coming: that pause, a minimum rate, a deadline.
-    pub pace: crate::body::Pace,
+    pub pace: crate::request::body::Pace,
     /// Whether the upstream is told the caller's address, and how.
     pub forward_caller_address: Option<crate::config::CallerAddress>,
     /// Whether the route takes an Altinn consent per call, and its headers.

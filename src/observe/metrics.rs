@@ -283,7 +283,7 @@ impl Metrics {
         &self.declared
     }
 
-    pub fn count_upstream_error(&self, route: &Arc<String>, fault: crate::fault::Fault) {
+    pub fn count_upstream_error(&self, route: &Arc<String>, fault: crate::support::fault::Fault) {
         self.upstream_errors
             .get_or_create(&UpstreamErrorLabels {
                 route: Arc::clone(route),
@@ -310,7 +310,7 @@ impl Metrics {
             });
             expiry.push(exp);
         }
-        let mut series = crate::sync::lock(&self.keyset_series);
+        let mut series = crate::support::sync::lock(&self.keyset_series);
         for gone in series.get(client).into_iter().flatten() {
             if !now.contains(gone) {
                 self.registered_key_expiry.remove(gone);

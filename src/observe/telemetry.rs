@@ -2,7 +2,6 @@
 //! filtered `RUST_LOG`-style. Traces are exported over OTLP/HTTP only when `telemetry` is
 //! configured; otherwise no OpenTelemetry layer is installed and a request pays one relaxed load.
 
-use crate::config::Telemetry;
 use bytes::Bytes;
 use http::HeaderMap;
 use opentelemetry::propagation::TextMapPropagator as _;
@@ -18,6 +17,16 @@ use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::Layer as _;
+
+/// OpenTelemetry trace export; absent means no export and no cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Telemetry {
+    /// The collector's OTLP/HTTP base URL (`http://collector:4318`); spans go to `/v1/traces`.
+    pub otlp_endpoint: String,
+    pub service_name: String,
+    /// The share of new traces recorded; a caller's sampled `traceparent` is always followed.
+    pub sample_ratio: f64,
+}
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -66,14 +75,14 @@ pub fn init(format: LogFormat, telemetry: Option<&Telemetry>) -> Guard {
             .json()
             .with_current_span(false)
             .with_span_list(true)
-            .event_format(crate::json_log::JsonLines::new())
-            .with_writer(crate::log_writer::Stderr)
+            .event_format(crate::observe::json_log::JsonLines::new())
+            .with_writer(crate::observe::log_writer::Stderr)
             .with_filter(filter)
             .boxed()
     } else {
         tracing_subscriber::fmt::layer()
             .with_ansi(terminal)
-            .with_writer(crate::log_writer::Stderr)
+            .with_writer(crate::observe::log_writer::Stderr)
             .with_filter(filter)
             .boxed()
     };

@@ -203,16 +203,8 @@ fn timestamp(out: &mut impl fmt::Write) -> fmt::Result {
         let mut cached = cached.borrow_mut();
         if cached.0 != secs {
             let unix = i64::try_from(secs).unwrap_or(i64::MAX);
-            let (year, month, day) = crate::keys::x509::civil_from_days(unix.div_euclid(86_400));
-            let s = unix.rem_euclid(86_400);
             cached.1.clear();
-            write!(
-                cached.1,
-                "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
-                s / 3600,
-                s / 60 % 60,
-                s % 60
-            )?;
+            cached.1.push_str(&crate::support::time::iso(unix));
             cached.0 = secs;
         }
         out.write_str(&cached.1)

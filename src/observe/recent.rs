@@ -26,7 +26,7 @@ pub struct RecentErrors {
 
 impl RecentErrors {
     pub fn push(&self, error: RecentError) {
-        let mut entries = crate::sync::lock(&self.entries);
+        let mut entries = crate::support::sync::lock(&self.entries);
         if entries.len() == KEPT {
             entries.pop_front();
         }
@@ -35,7 +35,7 @@ impl RecentErrors {
 
     /// Newest first.
     pub fn list(&self) -> Vec<RecentError> {
-        crate::sync::lock(&self.entries)
+        crate::support::sync::lock(&self.entries)
             .iter()
             .rev()
             .cloned()

@@ -1,8 +1,8 @@
 //! `portvakt keygen`: an RSA key pair for a Maskinporten client, in the forms Samarbeidsportalen
 //! takes (the public JWK set) and portvakt reads (private JWK, its base64 form, PKCS#8 PEM).
 
-use crate::keys::{self, x509, SecretValue};
-use crate::secret::Secret;
+use crate::keys::{self, SecretValue};
+use crate::support::secret::Secret;
 use anyhow::{bail, Context as _};
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -78,7 +78,9 @@ pub fn run_in_token(
     let made = keys::pkcs11::generate(&hsm.module, &hsm.token, pin, &label, bits, &kid)?;
     let public = serde_json::to_string_pretty(&made.public_jwks)?;
     write_file(&public_jwks, format!("{public}\n").as_bytes(), false)?;
-    let expires = x509::date(today_unix + keys::rotation::REGISTERED_KEY_LIFETIME.as_secs() as i64);
+    let expires = crate::support::time::date(
+        today_unix + keys::rotation::REGISTERED_KEY_LIFETIME.as_secs() as i64,
+    );
     let mut next = String::new();
     let _ = writeln!(
         next,
@@ -110,7 +112,11 @@ fn kid(name: &str, env: Env, today_unix: i64) -> anyhow::Result<String> {
     if name.is_empty() || !crate::keys::in_kid_alphabet(name) {
         bail!("the name `{name}` may hold only letters, digits, `.`, `_` and `-` (it becomes part of the kid)");
     }
-    Ok(format!("{name}-{}.{}", env.label(), x509::date(today_unix)))
+    Ok(format!(
+        "{name}-{}.{}",
+        env.label(),
+        crate::support::time::date(today_unix)
+    ))
 }
 
 /// Generates the key and writes its four files into `out`; private files get mode 0600 and no file
@@ -160,7 +166,9 @@ pub fn run(
         true,
     )?;
 
-    let expires = x509::date(today_unix + keys::rotation::REGISTERED_KEY_LIFETIME.as_secs() as i64);
+    let expires = crate::support::time::date(
+        today_unix + keys::rotation::REGISTERED_KEY_LIFETIME.as_secs() as i64,
+    );
     let mut next = String::new();
     let _ = writeln!(next, "Generated RSA {bits} key {kid}");
     let _ = writeln!(

@@ -48,7 +48,7 @@ pub async fn run(dir: &Path, once: bool) -> anyhow::Result<()> {
     let renewed = MockClient::new(DEMO_RENEWED_ID, SUPPLIER_ORG).scopes(["demo:echo"]);
     let mock = MockMaskinporten::start(vec![client, admin, renewed], 120).await?;
     // The person has accepted the customer's consent request, valid for a year.
-    let year = crate::time::unix_now() as i64 + 365 * 86_400;
+    let year = crate::support::time::unix_now() as i64 + 365 * 86_400;
     mock.consents()
         .give(DEMO_CONSENT_ID, DEMO_PERSON, CUSTOMER_ORG, year);
     let upstream = EchoUpstream::start(Some(mock.decoding_key())).await?;

@@ -2,7 +2,7 @@
 //! caller address's share of them (`inbound.max_concurrent_per_address`), so that one host, slow or
 //! hostile, cannot take every place. A place is held to the answer's last byte. A leaf module.
 
-use crate::sync::lock;
+use crate::support::sync::lock;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::net::IpAddr;

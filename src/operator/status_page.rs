@@ -3,9 +3,9 @@
 //! token states, keys and recent errors; never a token, key or secret header value.
 
 use crate::keys::rotation::{expiry_warning, not_after};
-use crate::keys::x509::{date, datetime};
+use crate::observe::recent::RecentError;
 use crate::proxy::Proxy;
-use crate::recent::RecentError;
+use crate::support::time::{date, datetime};
 use crate::token::{SlotStatus, TokenSlot};
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -216,7 +216,7 @@ struct TokenRow<'a> {
     status: SlotStatus,
 }
 
-fn acts_for(slots: &[(Option<crate::party::Party<'_>>, &Arc<TokenSlot>)]) -> String {
+fn acts_for(slots: &[(Option<crate::request::party::Party<'_>>, &Arc<TokenSlot>)]) -> String {
     let parties: Vec<String> = slots
         .iter()
         .filter_map(|(party, slot)| match party {

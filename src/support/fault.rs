@@ -2,7 +2,7 @@
 //! failure an upstream call met ([`Fault`], the `kind` label of `portvakt_upstream_errors_total`).
 //! A leaf module: the body, the metrics, the upstream client and the error answers all read it.
 
-use crate::cause::causes;
+use crate::support::cause::causes;
 use std::fmt;
 use std::time::Duration;
 

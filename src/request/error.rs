@@ -1,9 +1,9 @@
 //! Every answer portvakt makes itself: one error type, its status and its problem+json body, in one place.
 
-use crate::body::{full, Body};
 use crate::consent::ConsentError;
-use crate::fault::{cut_by_portvakt, BodyError, Fault};
-use crate::party::PartyError;
+use crate::request::body::{full, Body};
+use crate::request::party::PartyError;
+use crate::support::fault::{cut_by_portvakt, BodyError, Fault};
 use crate::token::cache::TokenError;
 use crate::token::FetchError;
 use crate::upstream::{SendError, Target};
@@ -212,14 +212,14 @@ impl ProxyError {
             Some(BodyError::Idle(after)) => ProxyError::RequestBodyTimeout(after),
             Some(BodyError::TooSlow(rate)) => ProxyError::RequestBodyTooSlow(rate),
             Some(BodyError::Deadline(after)) => ProxyError::RequestBodyDeadline(after),
-            None => ProxyError::RequestBody(crate::cause::chain(e)),
+            None => ProxyError::RequestBody(crate::support::cause::chain(e)),
         }
     }
 
     /// The caller's body failing on its way upstream, if that is what `e` says: cut by portvakt,
     /// or reported by hyper as a body error of its user (the caller stopped sending).
     pub fn in_request_body(e: &(dyn std::error::Error + 'static)) -> Option<ProxyError> {
-        let callers = crate::cause::causes(e).any(|err| {
+        let callers = crate::support::cause::causes(e).any(|err| {
             err.downcast_ref::<hyper::Error>()
                 .is_some_and(hyper::Error::is_user)
         });
@@ -239,7 +239,7 @@ impl ProxyError {
         if let Some(error) = ProxyError::in_request_body(e) {
             return error;
         }
-        let (reason, fault) = (crate::cause::chain(e), Fault::of(e, connecting));
+        let (reason, fault) = (crate::support::cause::chain(e), Fault::of(e, connecting));
         if connecting {
             ProxyError::UpstreamUnreachable {
                 upstream,
