@@ -82,11 +82,9 @@ where
             started: Instant::now(),
             method: request.method().clone(),
             peer: Peer::of(&request),
-            id: request
-                .headers()
-                .get(request_id::HEADER)
-                .cloned()
-                .unwrap_or(HeaderValue::from_static("-")),
+            // The request's id, from the task (the request id layer set it), not by a second
+            // look through the headers.
+            id: request_id::current().unwrap_or(HeaderValue::from_static("-")),
         };
         Logged {
             inner: self.inner.call(request),
@@ -228,11 +226,7 @@ mod tests {
     }
 
     fn request() -> Request<()> {
-        Request::builder()
-            .method("POST")
-            .header(request_id::HEADER, "id-1")
-            .body(())
-            .unwrap()
+        Request::builder().method("POST").body(()).unwrap()
     }
 
     #[tokio::test]
@@ -243,7 +237,10 @@ mod tests {
                 error: ProxyError::PathEscapes,
             })
         });
-        let answer = service.oneshot(request()).await.unwrap();
+        let id = HeaderValue::from_static("id-1");
+        let answer = request_id::scope(id, service.oneshot(request()))
+            .await
+            .unwrap();
         assert_eq!(answer.status(), 400);
         assert_eq!(answer.headers()["content-type"], "application/problem+json");
         let body = answer.into_body().collect().await.unwrap().to_bytes();

@@ -3,12 +3,14 @@
 //! fetch it starts names it), and put on the answer. With trace export or debug logging, the
 //! request also gets its span here, continuing the caller's trace.
 
-use crate::observe::request_id::{self, HEADER};
+use crate::observe::request_id::{self, Scoped, HEADER};
 use http::{HeaderValue, Request, Response};
+use pin_project_lite::pin_project;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tower::{Layer, Service};
+use tracing::instrument::{Instrument as _, Instrumented};
 
 #[derive(Clone, Copy)]
 pub struct RequestIdLayer;
@@ -29,7 +31,6 @@ pub struct RequestId<S> {
 impl<S, B, R> Service<Request<B>> for RequestId<S>
 where
     S: Service<Request<B>, Response = Response<R>>,
-    S::Future: Unpin,
 {
     type Response = Response<R>;
     type Error = S::Error;
@@ -44,46 +45,46 @@ where
         // A span per request costs several percent of throughput (docs/performance.md), so there
         // is one only for trace export and debug logging; the lines a request causes at info and
         // above name its id themselves.
-        let span = (crate::observe::telemetry::exporting()
-            || tracing::enabled!(tracing::Level::DEBUG))
-        .then(|| {
-            let span = tracing::info_span!("request", request_id = request_id::as_str(&id));
-            crate::observe::telemetry::continue_trace(&span, request.headers());
-            span
-        });
-        let inner = in_scope(&id, span.as_ref(), || self.inner.call(request));
-        WithId { inner, id, span }
+        let span =
+            if crate::observe::telemetry::exporting() || tracing::enabled!(tracing::Level::DEBUG) {
+                let span = tracing::info_span!("request", request_id = request_id::as_str(&id));
+                crate::observe::telemetry::continue_trace(&span, request.headers());
+                span
+            } else {
+                tracing::Span::none()
+            };
+        let inner =
+            request_id::sync_scope(id.clone(), || span.in_scope(|| self.inner.call(request)));
+        WithId {
+            inner: request_id::scope(id.clone(), inner.instrument(span)),
+            id,
+        }
     }
 }
 
-/// The inner future, polled as work of its request (and in its span), its answer given the id.
-pub struct WithId<F> {
-    inner: F,
-    id: HeaderValue,
-    span: Option<tracing::Span>,
+pin_project! {
+    /// The inner future, polled as work of its request (and in its span), its answer given the id.
+    pub struct WithId<F> {
+        #[pin]
+        inner: Scoped<Instrumented<F>>,
+        id: HeaderValue,
+    }
 }
 
 impl<F, R, E> Future for WithId<F>
 where
-    F: Future<Output = Result<Response<R>, E>> + Unpin,
+    F: Future<Output = Result<Response<R>, E>>,
 {
     type Output = Result<Response<R>, E>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let WithId { inner, id, span } = &mut *self;
-        let mut answer = ready!(in_scope(id, span.as_ref(), || Pin::new(inner).poll(cx)));
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut answer = ready!(this.inner.poll(cx));
         if let Ok(response) = &mut answer {
-            response.headers_mut().insert(HEADER, id.clone());
+            response.headers_mut().insert(HEADER, this.id.clone());
         }
         Poll::Ready(answer)
     }
-}
-
-fn in_scope<R>(id: &HeaderValue, span: Option<&tracing::Span>, work: impl FnOnce() -> R) -> R {
-    request_id::sync_scope(id.clone(), || match span {
-        Some(span) => span.in_scope(work),
-        None => work(),
-    })
 }
 
 #[cfg(test)]

@@ -35,21 +35,16 @@ tokio::task_local! {
 
 /// Runs `work` as the work of request `id`. Not an `async fn`: that would hold `work` twice in
 /// its state, once as the argument and once inside the scope.
-pub fn scope<F: std::future::Future>(
-    id: HeaderValue,
-    work: F,
-) -> impl std::future::Future<Output = F::Output> {
+pub fn scope<F: std::future::Future>(id: HeaderValue, work: F) -> Scoped<F> {
     CURRENT.scope(id, work)
 }
 
-/// Runs `poll` as work of request `id`: [`scope`] for a future polled by hand.
-pub fn sync_scope<R>(id: HeaderValue, poll: impl FnOnce() -> R) -> R {
-    CURRENT.sync_scope(id, poll)
-}
+/// A future that runs as the work of a request.
+pub type Scoped<F> = tokio::task::futures::TaskLocalFuture<HeaderValue, F>;
 
-/// The id [`of`] wrote into a request's headers ("-" for a request that did not pass it).
-pub fn in_headers(headers: &HeaderMap) -> &str {
-    headers.get(&HEADER).map_or("-", as_str)
+/// Runs `work` as work of request `id`: [`scope`] for what is done outside a future.
+pub fn sync_scope<R>(id: HeaderValue, work: impl FnOnce() -> R) -> R {
+    CURRENT.sync_scope(id, work)
 }
 
 /// The id of the request this task works for, if any.

@@ -66,11 +66,10 @@ pub async fn decide(
     head: &Parts,
     body: &SizeHint,
     peer: IpAddr,
-    request_id: &str,
 ) -> Result<Plan, Refused> {
     let refused = |error| Refused { route: None, error };
     form::check(head).map_err(refused)?;
-    access::inbound(snapshot.allow.as_ref(), peer, request_id).map_err(refused)?;
+    access::inbound(snapshot.allow.as_ref(), peer).map_err(refused)?;
     let path = head.uri.path();
     let Some((route, rest)) = snapshot.routes.find(path) else {
         return Err(refused(ProxyError::NoRoute {
@@ -87,7 +86,7 @@ pub async fn decide(
         route: Some(Arc::clone(&route.name)),
         error,
     };
-    access::route(route, &head.headers, peer, request_id).map_err(on_route)?;
+    access::route(route, &head.headers, peer).map_err(on_route)?;
     // Checked before the token so that a hostile path costs no Maskinporten call.
     let uri = confine(&route.upstream, rest, head.uri.query()).map_err(on_route)?;
     if let Some(limit) = route.max_body_bytes.filter(|limit| body.lower() > *limit) {

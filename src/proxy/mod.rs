@@ -6,7 +6,6 @@ pub mod forward;
 
 use crate::observe::metrics::Metrics;
 use crate::observe::recent::RecentErrors;
-use crate::observe::request_id;
 use crate::pipeline::{self, Refused, Routed, Served, Snapshot};
 use crate::request::permits::Permits;
 use crate::server::CallerBody;
@@ -124,9 +123,7 @@ where
             let peer = Peer::of(&request);
             let (head, body) = request.into_parts();
             let snapshot = proxy.snapshot();
-            let request_id = request_id::in_headers(&head.headers);
-            let plan =
-                pipeline::decide(&snapshot, &head, &body.size_hint(), peer, request_id).await?;
+            let plan = pipeline::decide(&snapshot, &head, &body.size_hint(), peer).await?;
             let request = Request::from_parts(head, body);
             inner.oneshot(Routed { plan, request }).await
         })
