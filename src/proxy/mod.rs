@@ -17,7 +17,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tower::{Service, ServiceExt as _};
+use tower::Service;
 
 /// The future of a request inside the stack, boxed once, where it is made ([`Decide`]).
 pub type Inner = Pin<Box<dyn Future<Output = Result<Served, Refused>> + Send>>;
@@ -116,7 +116,7 @@ where
     }
 
     fn call(&mut self, request: Request<CallerBody>) -> Inner {
-        let (proxy, inner) = (Arc::clone(&self.proxy), self.inner.clone());
+        let (proxy, mut inner) = (Arc::clone(&self.proxy), self.inner.clone());
         // The request's future is boxed here, once: it is kilobytes, and every layer above
         // (hyper, tower, the server) would otherwise copy it as it moves it into its own state.
         Box::pin(async move {
@@ -125,7 +125,8 @@ where
             let snapshot = proxy.snapshot();
             let plan = pipeline::decide(&snapshot, &head, &body.size_hint(), peer).await?;
             let request = Request::from_parts(head, body);
-            inner.oneshot(Routed { plan, request }).await
+            std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
+            inner.call(Routed { plan, request }).await
         })
     }
 }
