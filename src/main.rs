@@ -179,7 +179,6 @@ fn parse_bits(s: &str) -> Result<usize, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let log_format = cli.log_format;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         // A worker out of work writes the log lines it collected (log_writer.rs).
@@ -192,172 +191,197 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
-        // `run` sets up logging once its configuration (with any trace export) is read.
-        let _logs = match cli.command {
-            Command::Run { .. } => None,
-            _ => Some(telemetry::init(log_format, None)),
-        };
-        match cli.command {
-            Command::Check { config } => match portvakt::config::load(&config) {
-                Ok(c) => {
-                    print!("{}", portvakt::cli::check::summary(&c, &config));
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::from(EXIT_CONFIG)
-                }
-            },
-            Command::Run { config } => {
-                // Every configuration problem is reported before any port is bound.
-                let loaded = match portvakt::config::load(&config) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("{e}");
-                        return ExitCode::from(EXIT_CONFIG);
-                    }
-                };
-                let traces = telemetry::init(log_format, loaded.telemetry.as_ref());
-                let code = match portvakt::app::start(&loaded).await {
-                    Ok(running) => {
-                        running.reload_from(config.clone());
-                        running.until_signal().await;
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("portvakt: {e:#}");
-                        ExitCode::FAILURE
-                    }
-                };
-                traces.shutdown().await;
-                code
-            }
-            Command::Token {
-                config,
-                route,
-                decode,
-                party,
-                consent,
-                from,
-            } => {
-                let loaded = match portvakt::config::load(&config) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("{e}");
-                        return ExitCode::from(EXIT_CONFIG);
-                    }
-                };
-                let consent = consent.as_deref().zip(from.as_deref());
-                match portvakt::cli::token::run(&loaded, &route, party.as_deref(), consent, decode)
-                    .await
-                {
-                    Ok(outcome) => {
-                        println!(
-                            "{}",
-                            serde_json::to_string_pretty(&outcome.json).unwrap_or_default()
-                        );
-                        match outcome.error {
-                            None => ExitCode::SUCCESS,
-                            Some(line) => {
-                                eprintln!("portvakt token: {line}");
-                                ExitCode::FAILURE
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        eprintln!("portvakt token: {e:#}");
-                        ExitCode::from(EXIT_CONFIG)
-                    }
-                }
-            }
-            Command::Keygen {
-                name,
-                env,
-                bits,
-                out,
-                pkcs11,
-                module,
-                token,
-                label,
-                pin_file,
-            } => {
-                let today = portvakt::token::grant::unix_now() as i64;
-                let made = match (pkcs11, module, token) {
-                    (true, Some(module), Some(token)) => {
-                        let hsm = portvakt::cli::keygen::InToken {
-                            module,
-                            token,
-                            label,
-                            pin_file,
-                            pin: std::env::var("PORTVAKT_HSM_PIN")
-                                .ok()
-                                .map(portvakt::support::secret::Secret::new),
-                        };
-                        portvakt::cli::keygen::run_in_token(&name, env, bits, &out, today, hsm)
-                    }
-                    _ => portvakt::cli::keygen::run(&name, env, bits, &out, today)
-                        .map(|(_, next)| ((), next)),
-                };
-                match made {
-                    Ok(((), next)) => {
-                        print!("{next}");
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("portvakt keygen: {e:#}");
-                        ExitCode::FAILURE
-                    }
-                }
-            }
-            Command::Rotate {
-                config,
-                client,
+    runtime.block_on(command(cli.command, cli.log_format))
+}
+
+/// Carries out one command, each in a function of its own.
+async fn command(command: Command, log_format: LogFormat) -> ExitCode {
+    // `run` sets up logging once its configuration (with any trace export) is read.
+    let _logs = match command {
+        Command::Run { .. } => None,
+        _ => Some(telemetry::init(log_format, None)),
+    };
+    match command {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => run(config, log_format).await,
+        Command::Token {
+            config,
+            route,
+            decode,
+            party,
+            consent,
+            from,
+        } => {
+            let consent = consent.as_deref().zip(from.as_deref());
+            token(&config, &route, party.as_deref(), consent, decode).await
+        }
+        Command::Keygen {
+            name,
+            env,
+            bits,
+            out,
+            pkcs11,
+            module,
+            token,
+            label,
+            pin_file,
+        } => {
+            let hsm = match (pkcs11, module, token) {
+                (true, Some(module), Some(token)) => Some(portvakt::cli::keygen::InToken {
+                    module,
+                    token,
+                    label,
+                    pin_file,
+                    pin: std::env::var("PORTVAKT_HSM_PIN")
+                        .ok()
+                        .map(portvakt::support::secret::Secret::new),
+                }),
+                _ => None,
+            };
+            keygen(&name, env, bits, &out, hsm)
+        }
+        Command::Rotate {
+            config,
+            client,
+            force,
+            dry_run,
+            wait,
+        } => {
+            let flags = portvakt::renew::command::Flags {
                 force,
                 dry_run,
                 wait,
-            } => {
-                let flags = portvakt::renew::command::Flags {
-                    force,
-                    dry_run,
-                    wait,
-                };
-                ExitCode::from(
-                    portvakt::renew::command::rotate(&config, client.as_deref(), flags).await,
-                )
-            }
-            Command::Keys {
-                command: KeysCommand::Status { config, client },
-            } => ExitCode::from(portvakt::renew::command::status(&config, client.as_deref()).await),
-            Command::Keys {
-                command:
-                    KeysCommand::Adopt {
-                        config,
-                        client,
-                        from,
-                        kid,
-                    },
-            } => ExitCode::from(
-                portvakt::renew::command::adopt(&config, &client, &from, kid.as_deref()).await,
-            ),
-            Command::Health { url } => health(&url).await,
-            Command::Schema => {
-                let schema = portvakt::config::schema::json_schema();
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&schema).unwrap_or_default()
-                );
-                ExitCode::SUCCESS
-            }
-            Command::Demo { dir, once } => match portvakt::cli::demo::run(&dir, once).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("portvakt demo: {e:#}");
+            };
+            ExitCode::from(
+                portvakt::renew::command::rotate(&config, client.as_deref(), flags).await,
+            )
+        }
+        Command::Keys {
+            command: KeysCommand::Status { config, client },
+        } => ExitCode::from(portvakt::renew::command::status(&config, client.as_deref()).await),
+        Command::Keys {
+            command:
+                KeysCommand::Adopt {
+                    config,
+                    client,
+                    from,
+                    kid,
+                },
+        } => ExitCode::from(
+            portvakt::renew::command::adopt(&config, &client, &from, kid.as_deref()).await,
+        ),
+        Command::Health { url } => health(&url).await,
+        Command::Schema => {
+            let schema = portvakt::config::schema::json_schema();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Demo { dir, once } => match portvakt::cli::demo::run(&dir, once).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => failed("demo", e),
+        },
+    }
+}
+
+/// The configuration at `path`, or its errors on stderr and the exit status for them.
+fn load(path: &std::path::Path) -> Result<portvakt::config::Config, ExitCode> {
+    portvakt::config::load(path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn failed(command: &str, e: anyhow::Error) -> ExitCode {
+    eprintln!("portvakt {command}: {e:#}");
+    ExitCode::FAILURE
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match load(path) {
+        Ok(c) => {
+            print!("{}", portvakt::cli::check::summary(&c, path));
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+async fn run(path: PathBuf, log_format: LogFormat) -> ExitCode {
+    // Every configuration problem is reported before any port is bound.
+    let loaded = match load(&path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let traces = telemetry::init(log_format, loaded.telemetry.as_ref());
+    let code = match portvakt::app::start(&loaded).await {
+        Ok(running) => {
+            running.reload_from(path);
+            running.until_signal().await;
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("portvakt: {e:#}");
+            ExitCode::FAILURE
+        }
+    };
+    traces.shutdown().await;
+    code
+}
+
+async fn token(
+    path: &std::path::Path,
+    route: &str,
+    party: Option<&str>,
+    consent: Option<(&str, &str)>,
+    decode: bool,
+) -> ExitCode {
+    let loaded = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match portvakt::cli::token::run(&loaded, route, party, consent, decode).await {
+        Ok(outcome) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&outcome.json).unwrap_or_default()
+            );
+            match outcome.error {
+                None => ExitCode::SUCCESS,
+                Some(line) => {
+                    eprintln!("portvakt token: {line}");
                     ExitCode::FAILURE
                 }
-            },
+            }
         }
-    })
+        Err(e) => {
+            eprintln!("portvakt token: {e:#}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn keygen(
+    name: &str,
+    env: portvakt::cli::keygen::Env,
+    bits: usize,
+    out: &std::path::Path,
+    hsm: Option<portvakt::cli::keygen::InToken>,
+) -> ExitCode {
+    let today = portvakt::token::grant::unix_now() as i64;
+    let made = match hsm {
+        Some(hsm) => portvakt::cli::keygen::run_in_token(name, env, bits, out, today, hsm),
+        None => portvakt::cli::keygen::run(name, env, bits, out, today).map(|(_, next)| ((), next)),
+    };
+    match made {
+        Ok(((), next)) => {
+            print!("{next}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => failed("keygen", e),
+    }
 }
 
 async fn health(url: &str) -> ExitCode {

@@ -82,9 +82,6 @@ where
             started: Instant::now(),
             method: request.method().clone(),
             peer: Peer::of(&request),
-            // The request's id, from the task (the request id layer set it), not by a second
-            // look through the headers.
-            id: request_id::current().unwrap_or(HeaderValue::from_static("-")),
         };
         Logged {
             inner: self.inner.call(request),
@@ -99,7 +96,6 @@ struct Seen {
     started: Instant,
     method: Method,
     peer: IpAddr,
-    id: HeaderValue,
 }
 
 pub struct Logged<F> {
@@ -116,19 +112,27 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let outcome = ready!(Pin::new(&mut self.inner).poll(cx));
-        Poll::Ready(Ok(self.log.finish(&self.seen, outcome)))
+        // The request's id, from the task (the request id layer set it), not by a second look
+        // through the headers.
+        let id = request_id::current().unwrap_or(HeaderValue::from_static("-"));
+        Poll::Ready(Ok(self.log.finish(&self.seen, &id, outcome)))
     }
 }
 
 impl Log {
     /// The request's metrics and access line, and for a refusal its warning, its status page
     /// entry and its answer.
-    fn finish(&self, seen: &Seen, outcome: Result<Served, Refused>) -> Response<Body> {
-        let request_id = request_id::as_str(&seen.id);
+    fn finish(
+        &self,
+        seen: &Seen,
+        id: &HeaderValue,
+        outcome: Result<Served, Refused>,
+    ) -> Response<Body> {
+        let request_id = request_id::as_str(id);
         let (route, status, answer) = match outcome {
             Ok(Served { route, response }) => (Some(route), response.status(), Ok(response)),
             Err(Refused { route, error }) => {
-                let status = self.refused(route.as_ref(), seen, &error);
+                let status = self.refused(route.as_ref(), seen, request_id, &error);
                 (route, status, Err(error))
             }
         };
@@ -164,10 +168,10 @@ impl Log {
         &self,
         route: Option<&Arc<String>>,
         seen: &Seen,
+        request_id: &str,
         error: &crate::request::error::ProxyError,
     ) -> StatusCode {
         let route_label = route.map_or("-", |s| s.as_str());
-        let request_id = request_id::as_str(&seen.id);
         if let (Some(fault), Some(route)) = (error.upstream_fault(), route) {
             self.metrics.count_upstream_error(route, fault);
         }

@@ -97,9 +97,9 @@ where
                     route: Arc::clone(&route.name),
                 };
                 let response = response.map(|body| {
-                    Either::Left(
+                    Either::Left(Box::new(
                         Guarded::new(body, Pace::idle(route.idle_timeout)).counting_faults(faults),
-                    )
+                    ))
                 });
                 Ok(Served {
                     route: Arc::clone(&route.name),

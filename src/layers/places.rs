@@ -99,7 +99,10 @@ where
                 // The place goes with the answer's body; a refusal gives it back here.
                 let permit = permit.take();
                 let response = response.map(|body| match body {
-                    Either::Left(streamed) => Either::Left(streamed.with_permit(permit)),
+                    Either::Left(mut streamed) => {
+                        streamed.hold(permit);
+                        Either::Left(streamed)
+                    }
                     own => own,
                 });
                 Poll::Ready(Ok(Served { route, response }))

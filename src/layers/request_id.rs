@@ -53,10 +53,11 @@ where
             } else {
                 tracing::Span::none()
             };
-        let inner =
-            request_id::sync_scope(id.clone(), || span.in_scope(|| self.inner.call(request)));
+        // The layers' `call`s only make futures; what they log, they log as they are polled,
+        // inside the scope.
+        let inner = self.inner.call(request).instrument(span);
         WithId {
-            inner: request_id::scope(id.clone(), inner.instrument(span)),
+            inner: request_id::scope(id.clone(), inner),
             id,
         }
     }

@@ -42,11 +42,6 @@ pub fn scope<F: std::future::Future>(id: HeaderValue, work: F) -> Scoped<F> {
 /// A future that runs as the work of a request.
 pub type Scoped<F> = tokio::task::futures::TaskLocalFuture<HeaderValue, F>;
 
-/// Runs `work` as work of request `id`: [`scope`] for what is done outside a future.
-pub fn sync_scope<R>(id: HeaderValue, work: impl FnOnce() -> R) -> R {
-    CURRENT.sync_scope(id, work)
-}
-
 /// The id of the request this task works for, if any.
 pub fn current() -> Option<HeaderValue> {
     CURRENT.try_with(HeaderValue::clone).ok()

@@ -105,9 +105,9 @@ impl<B> Guarded<B> {
         self
     }
 
-    pub fn with_permit(mut self, permit: Option<Permit>) -> Self {
+    /// Holds the request's place until the body is done.
+    pub fn hold(&mut self, permit: Option<Permit>) {
         self._permit = permit;
-        self
     }
 
     /// When the wait under way breaks the pace, and how: the earliest of the idle timeout, the
@@ -223,8 +223,10 @@ where
 /// sent again after a 401.
 pub type UpstreamBody = Either<Guarded, Full<Bytes>>;
 
-/// An answer's body: streamed from the upstream, or one of portvakt's own small answers.
-pub type Body = Either<Guarded<Answer<UpstreamBody>>, Full<Bytes>>;
+/// An answer's body: streamed from the upstream, or one of portvakt's own small answers. The
+/// streamed one is boxed: the answer moves through every layer of the stack and through hyper,
+/// and a pointer moves for less than the body's few hundred bytes of state.
+pub type Body = Either<Box<Guarded<Answer<UpstreamBody>>>, Full<Bytes>>;
 
 /// A small, complete answer: portvakt's own, the admin listener's and the mocks'.
 pub fn full(
