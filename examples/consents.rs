@@ -12,7 +12,8 @@ use portvakt::cli::demo::{DEMO_CLIENT_ID, DEMO_KID, SUPPLIER_ORG};
 use portvakt::keys::SigningKey;
 use portvakt::mock::{EchoUpstream, MockClient, MockMaskinporten, DEMO_CLIENT_KEY_PEM};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Calls under way at once.
 const CONCURRENCY: usize = 32;

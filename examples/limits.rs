@@ -13,9 +13,10 @@ use portvakt::mock::{EchoUpstream, MockClient, MockMaskinporten, DEMO_CLIENT_KEY
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 const GIB: u64 = 1 << 30;
 const IDLE_CALLERS: usize = 10_000;

@@ -20,9 +20,10 @@ use portvakt::mock::{MockClient, MockMaskinporten};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 
 const CALLERS: usize = 64;
 const TOKEN_SECONDS: u64 = 6;

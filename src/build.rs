@@ -195,6 +195,79 @@ pub fn assemble(
     if let Some(p) = previous {
         cache.inherit(&p.cache);
     }
+    let (keys, clients) = identities(config, metrics, previous);
+    let altinn_http = client::http_client(
+        tls.clone(),
+        config.maskinporten.timeout,
+        config.maskinporten.connect_timeout,
+        &config.maskinporten.proxy,
+    )
+    .context("building the Altinn exchange client")?;
+    let mut exchanges: HashMap<&str, Arc<AltinnExchange>> = HashMap::new();
+    let mut upstreams = UpstreamClients::new(tls);
+    let mut routes = Vec::with_capacity(config.routes.len());
+    let mut consents = HashMap::new();
+    for r in &config.routes {
+        let client = &clients
+            .get(&r.client)
+            .with_context(|| format!("route {} names unknown client {}", r.name, r.client))?
+            .identity;
+        let exchange = r.altinn_exchange.as_ref().map(|a| {
+            Arc::clone(exchanges.entry(a.url.as_str()).or_insert_with(|| {
+                Arc::new(AltinnExchange::new(altinn_http.clone(), a.url.clone()))
+            }))
+        });
+        let slot = |grant: GrantSpec| {
+            let key = TokenKey {
+                client: Arc::clone(&client.name),
+                grant,
+            };
+            match &exchange {
+                Some(exchange) => cache.altinn_slot(key, client, exchange),
+                None => cache.slot(key, client),
+            }
+        };
+        let consent_slots = consent_slots(r, previous, &mut consents);
+        routes.push(Arc::new(route(
+            r,
+            config,
+            client,
+            parties(r, &slot),
+            &mut upstreams,
+            consent_slots,
+        )?));
+    }
+    let kept_tokens = cache.settle();
+    if previous.is_some() {
+        tracing::info!(
+            kept_tokens,
+            "token slots carried over from the previous configuration"
+        );
+    }
+    Ok(Built {
+        snapshot: Snapshot {
+            routes: RouteTable::new(routes),
+            allow: config.inbound.allow.clone(),
+        },
+        keys,
+        kept: Kept {
+            maskinporten: config.maskinporten.clone(),
+            endpoint,
+            cache,
+            clients,
+            consents,
+        },
+    })
+}
+
+/// Each client's identity and key, kept from `previous` when its client_id and key source did not
+/// change (its key replaced if the files did), with the key gauges published; and what the key
+/// watcher watches.
+fn identities(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    previous: Option<&Kept>,
+) -> (Vec<Watched>, HashMap<String, KeptClient>) {
     let mut keys = Vec::with_capacity(config.clients.len());
     let mut clients: HashMap<String, KeptClient> = HashMap::new();
     for c in &config.clients {
@@ -235,102 +308,69 @@ pub fn assemble(
             },
         );
     }
-    let altinn_http = client::http_client(
-        tls.clone(),
-        config.maskinporten.timeout,
-        config.maskinporten.connect_timeout,
-        &config.maskinporten.proxy,
-    )
-    .context("building the Altinn exchange client")?;
-    let mut exchanges: HashMap<&str, Arc<AltinnExchange>> = HashMap::new();
-    let mut upstreams = UpstreamClients::new(tls);
-    let mut routes = Vec::with_capacity(config.routes.len());
-    let mut consents = HashMap::new();
-    for r in &config.routes {
-        let client = &clients
-            .get(&r.client)
-            .with_context(|| format!("route {} names unknown client {}", r.name, r.client))?
-            .identity;
-        let exchange = r.altinn_exchange.as_ref().map(|a| {
-            Arc::clone(exchanges.entry(a.url.as_str()).or_insert_with(|| {
-                Arc::new(AltinnExchange::new(altinn_http.clone(), a.url.clone()))
-            }))
-        });
-        let slot = |grant: GrantSpec| {
-            let key = TokenKey {
-                client: Arc::clone(&client.name),
-                grant,
-            };
-            match &exchange {
-                Some(exchange) => cache.altinn_slot(key, client, exchange),
-                None => cache.slot(key, client),
-            }
-        };
-        let upstream = Target::from_uri(&r.upstream)
-            .with_context(|| format!("route {}: upstream has no scheme or host", r.name))?;
-        let http = upstreams
-            .get(r)
-            .with_context(|| format!("route {}", r.name))?
-            .pool(&upstream)
-            .with_context(|| format!("route {}: upstream {upstream}", r.name))?;
-        // A route's consent tokens outlive a reload, as its party slots do; each remembers the
-        // party slot it was made from, and is made again if that slot was replaced.
-        let consent_slots = r.consent.per_call.then(|| {
-            let kept = previous
-                .and_then(|p| p.consents.get(&r.name))
-                .filter(|s| s.max() == r.consent_tokens_max);
-            let slots = kept.map_or_else(
-                || Arc::new(ConsentSlots::new(r.consent_tokens_max)),
-                Arc::clone,
-            );
-            consents.insert(r.name.clone(), Arc::clone(&slots));
-            slots
-        });
-        routes.push(Arc::new(Route {
-            name: Arc::new(r.name.clone()),
-            prefix: r.prefix.clone(),
-            upstream,
-            client: Arc::clone(&client.name),
-            parties: parties(r, &slot),
-            headers: r
-                .headers
-                .iter()
-                .map(|(n, v)| (n.clone(), v.expose().clone()))
-                .collect(),
-            timeout: r.timeout,
-            retry_body_max: r.retry_on_401.then_some(r.retry_body_max_bytes),
-            http,
-            allow: r.allow.clone(),
-            api_keys: r.api_keys.clone(),
-            api_key_header: r.api_key_header.clone(),
-            max_body_bytes: r.max_body_bytes,
-            idle_timeout: r.idle_timeout,
-            pace: pace(r, &config.inbound.body),
-            forward_caller_address: r.forward_caller_address,
-            consent: r.consent.clone(),
-            consent_slots,
-        }));
-    }
-    let kept_tokens = cache.settle();
-    if previous.is_some() {
-        tracing::info!(
-            kept_tokens,
-            "token slots carried over from the previous configuration"
+    (keys, clients)
+}
+
+/// A consent route's consent token slots: those of `previous` (consent tokens outlive a reload,
+/// as party slots do; each remembers the party slot it was made from, and is made again if that
+/// slot was replaced), unless the bound changed.
+fn consent_slots(
+    r: &RouteConfig,
+    previous: Option<&Kept>,
+    consents: &mut HashMap<String, Arc<ConsentSlots>>,
+) -> Option<Arc<ConsentSlots>> {
+    r.consent.per_call.then(|| {
+        let kept = previous
+            .and_then(|p| p.consents.get(&r.name))
+            .filter(|s| s.max() == r.consent_tokens_max);
+        let slots = kept.map_or_else(
+            || Arc::new(ConsentSlots::new(r.consent_tokens_max)),
+            Arc::clone,
         );
-    }
-    Ok(Built {
-        snapshot: Snapshot {
-            routes: RouteTable::new(routes),
-            allow: config.inbound.allow.clone(),
-        },
-        keys,
-        kept: Kept {
-            maskinporten: config.maskinporten.clone(),
-            endpoint,
-            cache,
-            clients,
-            consents,
-        },
+        consents.insert(r.name.clone(), Arc::clone(&slots));
+        slots
+    })
+}
+
+/// One route as requests meet it: its upstream and pool, parties, headers and limits.
+fn route(
+    r: &RouteConfig,
+    config: &Config,
+    client: &ClientIdentity,
+    parties: Parties,
+    upstreams: &mut UpstreamClients,
+    consent_slots: Option<Arc<ConsentSlots>>,
+) -> anyhow::Result<Route> {
+    let upstream = Target::from_uri(&r.upstream)
+        .with_context(|| format!("route {}: upstream has no scheme or host", r.name))?;
+    let http = upstreams
+        .get(r)
+        .with_context(|| format!("route {}", r.name))?
+        .pool(&upstream)
+        .with_context(|| format!("route {}: upstream {upstream}", r.name))?;
+    Ok(Route {
+        name: Arc::new(r.name.clone()),
+        prefix: r.prefix.clone(),
+        upstream,
+        client: Arc::clone(&client.name),
+        parties,
+        headers: r
+            .headers
+            .iter()
+            .map(|(n, v)| (n.clone(), v.expose().clone()))
+            .collect(),
+        timeout: r.timeout,
+        retry_body_max: r.retry_on_401.then_some(r.retry_body_max_bytes),
+        http,
+        allow: r.allow.clone(),
+        api_keys: r.api_keys.clone(),
+        api_key_header: r.api_key_header.clone(),
+        max_body_bytes: r.max_body_bytes,
+        idle_timeout: r.idle_timeout,
+        pace: pace(r, &config.inbound.body),
+        forward_caller_address: r.forward_caller_address,
+        consent: r.consent.clone(),
+        consent_slots,
     })
 }
 

@@ -9,9 +9,10 @@ use common::wire::read_answer;
 use common::*;
 use portvakt::app::Running;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::Instant;
 
 /// portvakt in front of the echo upstream, with `inbound` lines added.
 async fn proxy_with(h: &Harness, inbound: &str) -> Running {

@@ -161,7 +161,7 @@ async fn down_slow_garbage_and_tokenless_answers_each_get_their_own_answer() {
 async fn while_maskinporten_is_down_the_cached_token_serves_until_it_expires() {
     // A 6 s token: normally served until 4 s (its safety margin), refreshed from 4 s.
     let h = Harness::start(ONE_ROUTE, 6).await;
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     assert_eq!(h.get("/nav/x").await.status(), 200);
     h.mock.set_mode(Mode::Failing(503));
     tokio::time::sleep(Duration::from_secs(5).saturating_sub(started.elapsed())).await;
@@ -445,7 +445,7 @@ async fn a_cold_burst_to_a_stuck_handshake_fails_fast(through_proxy: bool) {
     )
     .await;
     let http = http_client();
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let calls: Vec<_> = (0..50)
         .map(|i| {
             let (http, url) = (http.clone(), format!("http://{}/nav/{i}", proxy.listen));

@@ -45,7 +45,7 @@ async fn a_waiting_caller_that_leaves_does_not_cancel_the_fetch_for_others() {
 #[tokio::test]
 async fn short_lived_tokens_are_refreshed_and_never_reach_the_upstream_expired() {
     let h = Harness::start(ONE_ROUTE, 3).await;
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let mut n = 0;
     while started.elapsed() < Duration::from_secs(10) {
         let status = h.get(&format!("/nav/tick/{n}")).await.status();
@@ -234,14 +234,14 @@ async fn maskinporten_down_is_503_with_retry_after_and_recovers() {
     assert!(h.upstream.records().is_empty());
 
     h.mock.set_mode(Mode::Normal);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let status = h.get("/nav/x").await.status();
         if status == 200 {
             break;
         }
         assert_eq!(status, 503);
-        assert!(std::time::Instant::now() < deadline, "did not recover");
+        assert!(tokio::time::Instant::now() < deadline, "did not recover");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(h.upstream.records().len(), 1);

@@ -121,7 +121,7 @@ pub struct Watched {
 pub async fn watch(clients: Vec<Watched>, metrics: Arc<Metrics>, interval: Duration) {
     let mut fingerprints: Vec<Option<Vec<u8>>> =
         clients.iter().map(|c| fingerprint(&c.source)).collect();
-    let mut last_warning: Vec<Option<std::time::Instant>> = vec![None; clients.len()];
+    let mut last_warning: Vec<Option<tokio::time::Instant>> = vec![None; clients.len()];
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -141,7 +141,7 @@ pub async fn watch(clients: Vec<Watched>, metrics: Arc<Metrics>, interval: Durat
                 {
                     tracing::warn!(client = %client.name, key = %key.label(), "{warning}");
                 }
-                last_warning[i] = Some(std::time::Instant::now());
+                last_warning[i] = Some(tokio::time::Instant::now());
             }
         }
     }

@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Instant;
+use tokio::time::Instant;
 use tower::{Layer, Service};
 
 #[derive(Clone)]

@@ -74,74 +74,21 @@ pub async fn serve<I, H, F, B>(
         let connection = protocols.http2.serve_connection(TokioIo::new(io), service);
         return to_the_end(connection, &mut shutdown).await;
     }
+    if !io.parks() {
+        // No parking here: hyper serves the connection to its end.
+        let connection = protocols
+            .http1
+            .serve_connection(TokioIo::new(io), http1_service(handler, None));
+        return to_the_end(connection, &mut shutdown).await;
+    }
     let mut io = io;
-    let parks = io.parks();
     loop {
-        let activity = parks.then(|| Arc::new(Activity::default()));
-        let service = {
-            let (handler, activity) = (handler.clone(), activity.clone());
-            hyper::service::service_fn(move |request: Request<Incoming>| {
-                if let Some(activity) = &activity {
-                    activity.begin();
-                }
-                let request = request.map(|body| CallerBody::new(body, activity.clone()));
-                let (handler, activity) = (handler.clone(), activity.clone());
-                // The handler's future (several kilobytes) is made inside this one, which hyper
-                // boxes: every move of it would be a copy.
-                async move {
-                    let answer = handler(request).await;
-                    Ok::<_, Infallible>(answer.map(|b| Answered::new(b, activity)))
-                }
-            })
-        };
-        let Some(activity) = activity else {
-            // No parking here: hyper serves the connection to its end.
-            let connection = protocols.http1.serve_connection(TokioIo::new(io), service);
-            return to_the_end(connection, &mut shutdown).await;
-        };
-        let idling = Idling::new(io, Arc::clone(&activity));
-        // Boxed: hyper's connection state (over a kilobyte) lives in the task only while hyper
-        // serves, not while the caller is silent or the connection parked.
-        let mut connection = Box::new(
-            protocols
-                .http1
-                .serve_connection(TokioIo::new(idling), service),
-        );
-        let mut park = None;
-        let ended = loop {
-            tokio::select! {
-                ended = &mut *connection => break Some(ended),
-                at = activity.rested(), if park.is_none() => {
-                    // hyper ends the connection now only if it is between messages both ways;
-                    // otherwise it closes after the message in hand, and the park is refused.
-                    park = Some(Park { at });
-                    activity.ask_park();
-                    Pin::new(&mut *connection).graceful_shutdown();
-                }
-                _ = super::stopped(&mut shutdown) => break None,
-            }
-        };
-        let Some(ended) = ended else {
-            // Close once the request in hand is answered; hyper closes at once if there is none.
-            Pin::new(&mut *connection).graceful_shutdown();
-            let _ = connection.await;
+        // One hyper connection, until the caller rests and the park is taken, or it ends.
+        let Some(idling) = until_parked(io, &protocols, handler.clone(), &mut shutdown).await
+        else {
             return;
         };
-        let idling = {
-            // The rest of the parts goes here: even empty, hyper's read buffer as `Bytes` keeps
-            // its 8 KiB allocation alive.
-            let parts = connection.into_parts();
-            let idling = parts.io.into_inner();
-            let kept = park.is_some_and(|park| park.keeps(&ended, &idling, parts.read_buf.len()));
-            if !kept {
-                // The caller closed, hyper ended the connection for a reason of its own, a body
-                // was cut, something happened after the park was asked, or hyper holds bytes it
-                // did not use: nothing is resumed. Dropping the socket closes it.
-                return;
-            }
-            idling
-        };
-        io = idling.into_inner();
+        io = idling;
         tracing::trace!(
             "keep-alive connection parked: hyper's buffers released until the caller sends"
         );
@@ -152,6 +99,97 @@ pub async fn serve<I, H, F, B>(
             _ => return,
         }
     }
+}
+
+/// hyper's HTTP/1.1 service for one connection: each request's body counted by `activity` (when
+/// the connection may park), and its answer noted when taken whole.
+fn http1_service<H, F, B>(
+    handler: H,
+    activity: Option<Arc<Activity>>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Answered<B>>,
+    Error = Infallible,
+    Future: Send,
+>
+where
+    H: Fn(Request<CallerBody>) -> F + Clone + Send + Sync + Unpin + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    hyper::service::service_fn(move |request: Request<Incoming>| {
+        if let Some(activity) = &activity {
+            activity.begin();
+        }
+        let request = request.map(|body| CallerBody::new(body, activity.clone()));
+        let (handler, activity) = (handler.clone(), activity.clone());
+        // The handler's future (several kilobytes) is made inside this one, which hyper
+        // boxes: every move of it would be a copy.
+        async move {
+            let answer = handler(request).await;
+            Ok::<_, Infallible>(answer.map(|b| Answered::new(b, activity)))
+        }
+    })
+}
+
+/// Serves HTTP/1.1 on `io` with one hyper connection until the caller has rested and hyper ended
+/// the connection between messages (a park), and returns the socket then; `None` when the
+/// connection ended for any other reason or portvakt shuts down (the socket is closed).
+async fn until_parked<I, H, F, B>(
+    io: I,
+    protocols: &Protocols,
+    handler: H,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<I>
+where
+    I: Socket,
+    H: Fn(Request<CallerBody>) -> F + Clone + Send + Sync + Unpin + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let activity = Arc::new(Activity::default());
+    let service = http1_service(handler, Some(Arc::clone(&activity)));
+    let idling = Idling::new(io, Arc::clone(&activity));
+    // Boxed: hyper's connection state (over a kilobyte) lives in the task only while hyper
+    // serves, not while the caller is silent or the connection parked.
+    let mut connection = Box::new(
+        protocols
+            .http1
+            .serve_connection(TokioIo::new(idling), service),
+    );
+    let mut park = None;
+    let ended = loop {
+        tokio::select! {
+            ended = &mut *connection => break Some(ended),
+            at = activity.rested(), if park.is_none() => {
+                // hyper ends the connection now only if it is between messages both ways;
+                // otherwise it closes after the message in hand, and the park is refused.
+                park = Some(Park { at });
+                activity.ask_park();
+                Pin::new(&mut *connection).graceful_shutdown();
+            }
+            _ = super::stopped(shutdown) => break None,
+        }
+    };
+    let Some(ended) = ended else {
+        // Close once the request in hand is answered; hyper closes at once if there is none.
+        Pin::new(&mut *connection).graceful_shutdown();
+        let _ = connection.await;
+        return None;
+    };
+    // The rest of the parts goes here: even empty, hyper's read buffer as `Bytes` keeps its
+    // 8 KiB allocation alive.
+    let parts = connection.into_parts();
+    let idling = parts.io.into_inner();
+    // The caller closed, hyper ended the connection for a reason of its own, a body was cut,
+    // something happened after the park was asked, or hyper holds bytes it did not use: nothing
+    // is resumed. Dropping the socket closes it.
+    let kept = park.is_some_and(|park| park.keeps(&ended, &idling, parts.read_buf.len()));
+    kept.then(|| idling.into_inner())
 }
 
 /// Serves `connection` until it ends; once portvakt shuts down, hyper closes it after the request

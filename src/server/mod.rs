@@ -30,6 +30,9 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// sending a request's head.
 const IDLE: Duration = Duration::from_secs(30);
 
+/// Told of each connection closed because its caller stopped reading.
+pub type OnStall = Arc<dyn Fn(SocketAddr) + Send + Sync>;
+
 /// What a listener enforces before a request reaches the handler.
 #[derive(Default)]
 pub struct Limits {
@@ -40,7 +43,7 @@ pub struct Limits {
     /// caller that reads nothing of its answer cannot hold a place forever.
     pub answer_stall: Option<Duration>,
     /// Told of each connection closed that way.
-    pub on_stall: Option<Arc<dyn Fn(SocketAddr) + Send + Sync>>,
+    pub on_stall: Option<OnStall>,
 }
 
 /// Serves HTTP/1.1 and HTTP/2 (h2c, or by ALPN under `tls`) on `listener`, handing each request to
@@ -97,27 +100,13 @@ pub async fn serve<H, F, B>(
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
                 let handler = move |request: Request<CallerBody>| handler(request, peer);
-                let (protocols, shutdown, alive) = (Arc::clone(&protocols), shutdown.clone(), alive.clone());
-                let Some(acceptor) = &tls else {
-                    let stream = Stalling::new(stream, stall, peer, on_stall.clone());
-                    tokio::spawn(async move {
-                        connection::serve(stream, protocols, handler, shutdown).await;
-                        drop(alive);
-                    });
-                    continue;
+                let connection = Connection {
+                    protocols: Arc::clone(&protocols),
+                    shutdown: shutdown.clone(),
+                    stall: (stall, on_stall.clone()),
+                    alive: alive.clone(),
                 };
-                // The handshake runs in the connection's task so a slow client cannot stall the accept loop.
-                let (acceptor, on_stall) = (acceptor.clone(), on_stall.clone());
-                tokio::spawn(async move {
-                    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-                    };
-                    let stream = Stalling::new(stream, stall, peer, on_stall);
-                    connection::serve(stream, protocols, handler, shutdown).await;
-                    drop(alive);
-                });
+                connection.spawn(stream, peer, tls.clone(), handler);
             }
             _ = stopped(&mut shutdown) => break,
         }
@@ -127,6 +116,59 @@ pub async fn serve<H, F, B>(
     tokio::select! {
         _ = all_ended.recv() => {}
         _ = tokio::time::sleep(grace) => tracing::warn!(grace_seconds = grace.as_secs(), "grace period over, closing remaining connections"),
+    }
+}
+
+/// What each accepted connection's task needs of the listener.
+struct Connection {
+    protocols: Arc<Protocols>,
+    shutdown: watch::Receiver<bool>,
+    stall: (Option<Duration>, Option<OnStall>),
+    /// Dropped when the connection ends; the listener waits for all of them at shutdown.
+    alive: mpsc::Sender<()>,
+}
+
+impl Connection {
+    /// Serves `stream` in a task of its own: the TLS handshake (when `tls`) runs there too, so a
+    /// slow client cannot stall the accept loop.
+    fn spawn<H, F, B>(
+        self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        tls: Option<TlsAcceptor>,
+        handler: H,
+    ) where
+        H: Fn(Request<CallerBody>) -> F + Clone + Send + Sync + Unpin + 'static,
+        F: Future<Output = Response<B>> + Send + 'static,
+        B: Body + Send + Unpin + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Connection {
+            protocols,
+            shutdown,
+            stall: (stall, on_stall),
+            alive,
+        } = self;
+        let Some(acceptor) = tls else {
+            let stream = Stalling::new(stream, stall, peer, on_stall);
+            tokio::spawn(async move {
+                connection::serve(stream, protocols, handler, shutdown).await;
+                drop(alive);
+            });
+            return;
+        };
+        tokio::spawn(async move {
+            let stream =
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                };
+            let stream = Stalling::new(stream, stall, peer, on_stall);
+            connection::serve(stream, protocols, handler, shutdown).await;
+            drop(alive);
+        });
     }
 }
 

@@ -401,7 +401,7 @@ impl TokenSlot {
         };
         let result = with_retries(&self.client.name, &self.key.grant.scope, || async {
             let requested_at = Instant::now();
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             let result = source
                 .fetch(&self.client.client_id, &key, &self.key.grant)
                 .await;
