@@ -2,7 +2,7 @@
 
 use crate::build::{assemble, Kept};
 use crate::config::{Config, Inbound};
-use crate::keys::rotation::Watched;
+use crate::keys::client_key::Watched;
 use crate::observe::metrics::Metrics;
 use crate::operator::admin::Admin;
 use crate::proxy::{Peer, Proxy};

@@ -3,7 +3,7 @@
 //! `app.rs` at start and by `reload.rs`.
 
 use crate::config::{BodyPace, Config, Egress, Maskinporten, RouteConfig, SystemUser};
-use crate::keys::rotation::{self, Watched};
+use crate::keys::client_key::{self, Watched};
 use crate::keys::ClientKey;
 use crate::keys::KeySource;
 use crate::observe::metrics::Metrics;
@@ -288,7 +288,7 @@ fn identities(
                 key: Arc::new(ClientKey::new(Arc::clone(&c.key))),
             }),
         };
-        rotation::publish(&identity.name, &identity.key.current().1, metrics);
+        client_key::publish(&identity.name, &identity.key.current().1, metrics);
         if let KeySource::Keyset { path } = &c.source {
             if let Ok((set, _)) = crate::keys::keyset::read_active(path) {
                 set.publish(metrics, &identity.name);

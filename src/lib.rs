@@ -11,7 +11,7 @@
 //! [`consent`] it may carry are shared along the way.
 //!
 //! **Beside the requests**: the [`token`] cache fetches, refreshes and exchanges tokens, signed
-//! with [`keys`] that are watched for rotation and that [`renew`] registers at Digdir; [`build`]
+//! with [`keys`] that [`reload::keys`] watches for rotation and that [`renew`] registers at Digdir; [`build`]
 //! turns a [`config`] into the pipeline at the start, and [`reload`] swaps in a changed one while
 //! it runs; [`app`] starts the listeners.
 //!

@@ -1,7 +1,7 @@
 //! `portvakt check`: what a loaded configuration will do, with every secret left out.
 
 use crate::config::Config;
-use crate::keys::rotation::{created, expiry_warning, not_after};
+use crate::keys::client_key::{created, expiry_warning, not_after};
 use crate::keys::SigningKey;
 use crate::support::time::date;
 use std::fmt::Write as _;

@@ -79,7 +79,7 @@ pub fn run_in_token(
     let public = serde_json::to_string_pretty(&made.public_jwks)?;
     write_file(&public_jwks, format!("{public}\n").as_bytes(), false)?;
     let expires = crate::support::time::date(
-        today_unix + keys::rotation::REGISTERED_KEY_LIFETIME.as_secs() as i64,
+        today_unix + keys::client_key::REGISTERED_KEY_LIFETIME.as_secs() as i64,
     );
     let mut next = String::new();
     let _ = writeln!(
@@ -167,7 +167,7 @@ pub fn run(
     )?;
 
     let expires = crate::support::time::date(
-        today_unix + keys::rotation::REGISTERED_KEY_LIFETIME.as_secs() as i64,
+        today_unix + keys::client_key::REGISTERED_KEY_LIFETIME.as_secs() as i64,
     );
     let mut next = String::new();
     let _ = writeln!(next, "Generated RSA {bits} key {kid}");

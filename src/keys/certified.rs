@@ -1,7 +1,8 @@
 //! Keys that come with a certificate: a virksomhetssertifikat in a PKCS#12 file or in an HSM, and
 //! any key inside an HSM. The certificate is checked (valid now, the key's own) and sent as `x5c`.
 
-use super::{b64, b64url, pkcs11, pkcs12, pkcs8_rsa, Certificate, KeyError, Signer, SigningKey};
+use super::der::pkcs12;
+use super::{b64, b64url, pkcs11, pkcs8_rsa, Certificate, KeyError, Signer, SigningKey};
 use jsonwebtoken::Algorithm;
 use std::sync::Arc;
 

@@ -1,27 +1,25 @@
 //! Client keys: every supported form is loaded into one [`SigningKey`] that signs JWT grants.
 
 mod certified;
+pub mod client_key;
 pub mod der;
 mod generate;
 pub mod jwk;
 pub mod keyset;
 pub mod pem;
 pub mod pkcs11;
-pub mod pkcs12;
-pub mod rotation;
-pub mod x509;
 
 use crate::support::secret::Secret;
 use aws_lc_rs::rsa::KeyPair;
 use aws_lc_rs::signature::KeyPair as _;
 use base64::Engine as _;
+pub use client_key::ClientKey;
+pub use der::x509::Certificate;
 pub use generate::{adoptable, generate, GeneratedKey};
 use jsonwebtoken::{Algorithm, EncodingKey};
-pub use rotation::ClientKey;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-pub use x509::Certificate;
 
 /// Whether every character of `s` is one Digdir allows in a kid: letters, digits, `.`, `_`, `-`.
 pub fn in_kid_alphabet(s: &str) -> bool {

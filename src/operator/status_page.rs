@@ -2,7 +2,7 @@
 //! assets) that tells a person whether every integration works, and if not, why. It shows routes,
 //! token states, keys and recent errors; never a token, key or secret header value.
 
-use crate::keys::rotation::{expiry_warning, not_after};
+use crate::keys::client_key::{expiry_warning, not_after};
 use crate::observe::recent::RecentError;
 use crate::proxy::Proxy;
 use crate::support::time::{date, datetime};

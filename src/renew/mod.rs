@@ -141,7 +141,7 @@ pub fn adopted(
     keyset.keys.push(Entry {
         kid: kid.to_string(),
         state: State::Active,
-        created: crate::keys::rotation::created(key).unwrap_or(now),
+        created: crate::keys::client_key::created(key).unwrap_or(now),
         registered: None,
         activated: Some(now),
         retire_after: None,

@@ -263,7 +263,7 @@ impl TokenEndpoint {
         let seen = Seen {
             supplier_org: key.certificate().and_then(|c| c.org_number.as_deref()),
             clock_skew: skew,
-            key_created: crate::keys::rotation::created(key),
+            key_created: crate::keys::client_key::created(key),
         };
         let hint = hint(code.as_deref(), &error, spec, &seen);
         Err(FetchError::Rejected {

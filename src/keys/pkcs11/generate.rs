@@ -79,8 +79,10 @@ pub fn generate(
         .map_err(|e| token.invalid(format!("the public key cannot be read: {}", short(&e))))?;
     for attr in attrs {
         match attr {
-            Attribute::Modulus(v) => n = Some(crate::keys::x509::trim_leading_zeros(&v)),
-            Attribute::PublicExponent(v) => e = Some(crate::keys::x509::trim_leading_zeros(&v)),
+            Attribute::Modulus(v) => n = Some(crate::keys::der::x509::trim_leading_zeros(&v)),
+            Attribute::PublicExponent(v) => {
+                e = Some(crate::keys::der::x509::trim_leading_zeros(&v))
+            }
             _ => {}
         }
     }

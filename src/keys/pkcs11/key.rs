@@ -40,7 +40,9 @@ impl HsmKey {
                     .get_attributes(handle, &[AttributeType::Modulus])
                 {
                     Ok(attrs) => attrs.into_iter().find_map(|a| match a {
-                        Attribute::Modulus(n) => Some(crate::keys::x509::trim_leading_zeros(&n)),
+                        Attribute::Modulus(n) => {
+                            Some(crate::keys::der::x509::trim_leading_zeros(&n))
+                        }
                         _ => None,
                     }),
                     Err(e) => return Err(short(&e)),

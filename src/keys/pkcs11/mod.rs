@@ -197,7 +197,7 @@ pub fn load(source: &Pkcs11Source) -> Result<Found, KeyError> {
                 source.label
             )));
         };
-        let modulus = super::x509::trim_leading_zeros(&modulus);
+        let modulus = super::der::x509::trim_leading_zeros(&modulus);
         let bits = modulus.len() * 8;
         if bits < super::MIN_RSA_BITS {
             return Err(token.invalid(format!(
@@ -222,7 +222,7 @@ pub fn load(source: &Pkcs11Source) -> Result<Found, KeyError> {
                 label: source.label.clone(),
                 modulus: modulus.clone(),
             },
-            exponent: super::x509::trim_leading_zeros(&exponent),
+            exponent: super::der::x509::trim_leading_zeros(&exponent),
             modulus,
             certificate,
             others,

@@ -4,7 +4,7 @@
 //! which portvakt already uses for TLS; only the two legacy block ciphers need RustCrypto's `des`
 //! and `rc2`, which aws-lc-rs does not offer.
 
-use super::der::{self, Element, Reader};
+use super::{self as der, Element, Reader};
 use aws_lc_rs::{digest, hmac};
 use std::borrow::Cow;
 

@@ -1,7 +1,7 @@
 //! The parts of an X.509 certificate portvakt reads: subject (and the org number in it), validity and
 //! the RSA public key. Chain verification is Maskinporten's job (and the mock's, with webpki).
 
-use super::der::{self, Element, Malformed, Reader};
+use super::{self as der, Element, Malformed, Reader};
 
 /// A certificate from a virksomhetssertifikat file, with the fields `check`, metrics and the key
 /// checks need.
@@ -190,7 +190,7 @@ mod tests {
     #[test]
     fn a_certificate_that_ends_before_it_begins_is_malformed() {
         // Found by the keys fuzzer: notBefore 2030, notAfter 2021.
-        let der = include_bytes!("../../fuzz/regressions/keys/cert-not-before-after-not-after");
+        let der = include_bytes!("../../../fuzz/regressions/keys/cert-not-before-after-not-after");
         let err = Certificate::parse(der).map(|_| ()).unwrap_err();
         assert_eq!(err.0, "validity ends before it begins");
     }

@@ -1,10 +1,13 @@
 //! Hot reload: SIGHUP or a changed config file loads the new configuration and puts it in force
 //! for new requests. A configuration that does not load is logged and the running one keeps
 //! serving; clients and tokens that did not change are kept (see [`crate::build::assemble`]).
+//! [`keys`] watches the key files themselves.
+
+pub mod keys;
 
 use crate::build::{assemble, Kept};
 use crate::config::Config;
-use crate::keys::rotation::{self, Watched};
+use crate::keys::client_key::Watched;
 use crate::observe::metrics::ResultLabels;
 use crate::proxy::Proxy;
 use std::net::SocketAddr;
@@ -111,7 +114,7 @@ impl Reloader {
     }
 
     fn watch_keys(&self, keys: Vec<Watched>) {
-        let task = tokio::spawn(rotation::watch(
+        let task = tokio::spawn(keys::watch(
             keys,
             Arc::clone(&self.proxy.metrics),
             self.watch_interval,

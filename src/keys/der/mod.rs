@@ -2,6 +2,9 @@
 //! BER indefinite lengths some Windows and Java tools write), and the PKCS#1 RSAPrivateKey encoding
 //! for JWK components.
 
+pub mod pkcs12;
+pub mod x509;
+
 use std::borrow::Cow;
 
 /// Why a structure could not be read; the caller says which file and what it expected.
