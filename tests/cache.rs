@@ -5,8 +5,8 @@
 use portvakt::keys::{ClientKey, SigningKey};
 use portvakt::observe::metrics::Metrics;
 use portvakt::support::secret::Secret;
-use portvakt::token::cache::TokenError;
 use portvakt::token::client::Issued;
+use portvakt::token::slot::TokenError;
 use portvakt::token::{
     ClientIdentity, FetchError, FetchFuture, GrantSpec, TokenCache, TokenKey, TokenSlot,
     TokenSource,

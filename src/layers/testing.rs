@@ -5,7 +5,7 @@ use crate::build::assemble;
 use crate::observe::metrics::Metrics;
 use crate::pipeline::{Plan, Snapshot};
 use crate::request::body::Body;
-use crate::token::cache::Token;
+use crate::token::slot::Token;
 use http::{HeaderMap, Response, StatusCode};
 use http_body_util::Either;
 use std::path::Path;

@@ -17,7 +17,7 @@ use crate::config::AllowList;
 use crate::request::body::Body;
 use crate::request::error::ProxyError;
 use crate::request::route::{self, Route, RouteTable};
-use crate::token::cache::{Token, TokenSlot};
+use crate::token::slot::{Token, TokenSlot};
 use crate::upstream::Target;
 use http::request::Parts;
 use http::{Request, Response, Uri};

@@ -5,7 +5,7 @@ use crate::observe::metrics::{Metrics, RetryLabels};
 use crate::request::body::{Guarded, UpstreamBody};
 use crate::request::error::ProxyError;
 use crate::request::route::Route;
-use crate::token::cache::{Token, TokenSlot};
+use crate::token::slot::{Token, TokenSlot};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, Request, Uri};
 use http_body_util::{BodyExt as _, Either, Full};

@@ -10,7 +10,7 @@ use crate::proxy::Peer;
 use crate::request::body::{Guarded, UpstreamBody};
 use crate::request::error::ProxyError;
 use crate::request::route::Route;
-use crate::token::cache::Token;
+use crate::token::slot::Token;
 use crate::upstream::{self, Answer};
 use http::header::CONTENT_LENGTH;
 use http::{Request, Response, StatusCode, Version};

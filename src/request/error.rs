@@ -4,7 +4,7 @@ use crate::consent::ConsentError;
 use crate::request::body::{full, Body};
 use crate::request::party::PartyError;
 use crate::support::fault::{cut_by_portvakt, BodyError, Fault};
-use crate::token::cache::TokenError;
+use crate::token::slot::TokenError;
 use crate::token::FetchError;
 use crate::upstream::{SendError, Target};
 use http::header::{HeaderValue, RETRY_AFTER};

@@ -6,14 +6,17 @@ pub mod cache;
 pub mod client;
 pub mod clock;
 pub mod consents;
+mod fetch;
 pub mod grant;
 pub mod policy;
+pub mod slot;
 
 pub use altinn::AltinnExchange;
-pub use cache::{SlotStatus, TokenCache, TokenSlot};
+pub use cache::TokenCache;
 pub use client::{FetchError, TokenEndpoint};
 pub use consents::ConsentSlots;
 pub use grant::GrantSpec;
+pub use slot::{SlotStatus, TokenSlot};
 
 use crate::keys::{ClientKey, SigningKey};
 use std::future::Future;
