@@ -1,8 +1,14 @@
 #!/usr/bin/env python3
-"""The sizes docs/style.md sets, checked: no source file under src/ over MAX_FILE lines and no
-function over MAX_FN lines, outside tests (`#[cfg(test)]` modules) and the mock peers' rule
-tables (src/mock/, whose functions are tables of the rules a real peer enforces, read top to
-bottom). Usage: scripts/house-sizes.py [SRC_DIR]   (exit 1, with each one over, when any is)
+"""The sizes the house keeps, checked: no source file under src/ over MAX_FILE lines (tests
+included), and no function over MAX_FN lines outside tests (`#[cfg(test)]` items) and the mock
+peers' rule tables (src/mock/, whose functions are tables of the rules a real peer enforces).
+
+The ones over today are listed, with their size, in scripts/house-sizes.allow: a ratchet. The
+check fails when anything not listed is over, when a listed one grows, and when a listed one is
+within the limit again (so the list stays true and only shrinks).
+
+Usage: scripts/house-sizes.py [SRC_DIR]   (exit 1, with what is wrong, when anything is)
+       scripts/house-sizes.py --list      (every one over, in the allow file's form)
 """
 import os
 import re
@@ -11,7 +17,16 @@ import sys
 MAX_FILE = 420  # "about 400": a file a little over is not worth a split that only moves lines
 MAX_FN = 80
 
-src = os.path.normpath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "src"))
+args = [a for a in sys.argv[1:] if a != "--list"]
+listing = "--list" in sys.argv[1:]
+here = os.path.dirname(os.path.abspath(__file__))
+src = os.path.normpath(args[0] if args else os.path.join(here, "..", "src"))
+allow = {}
+for line in open(os.path.join(here, "house-sizes.allow"), encoding="utf-8"):
+    line = line.split("#", 1)[0].strip()
+    if line:
+        what, size = line.rsplit(" ", 1)
+        allow[what] = int(size)
 
 
 def blank_out(text):
@@ -87,12 +102,9 @@ for dirpath, _, names in os.walk(src):
         text = open(path, encoding="utf-8").read()
         code = blank_out(text)
         tests = test_ranges(code)
-        first_test = min((a for a, _ in tests), default=None)
         lines = text.count("\n")
-        # A file's own size leaves out its test module at the end.
-        counted = min(lines, first_test) if first_test is not None else lines
-        if counted > MAX_FILE:
-            over.append(f"{rel}: {counted} lines outside its tests (at most {MAX_FILE})")
+        if lines > MAX_FILE:
+            over.append((rel, lines, MAX_FILE))
         if os.sep + "mock" + os.sep in path:
             continue
         for m in re.finditer(r"\bfn\s+(\w+)[^;{]*\{", code):
@@ -101,9 +113,23 @@ for dirpath, _, names in os.walk(src):
                 continue
             end = code.count("\n", 0, match(code, m.end() - 1))
             if end - start + 1 > MAX_FN:
-                over.append(f"{rel}:{start + 1}: fn {m.group(1)} is {end - start + 1} lines (at most {MAX_FN})")
-for line in over:
+                over.append((f"{rel}::{m.group(1)}", end - start + 1, MAX_FN))
+if listing:
+    for what, size, _ in over:
+        print(f"{what} {size}")
+    sys.exit(0)
+wrong = []
+seen = set()
+for what, size, limit in over:
+    seen.add(what)
+    if what not in allow:
+        wrong.append(f"{what}: {size} lines (at most {limit})")
+    elif size > allow[what]:
+        wrong.append(f"{what}: {size} lines, grown from the {allow[what]} scripts/house-sizes.allow allows")
+for what in sorted(set(allow) - seen):
+    wrong.append(f"{what}: within the limit now; take it off scripts/house-sizes.allow")
+for line in wrong:
     print(line)
-if over:
+if wrong:
     sys.exit(1)
-print(f"every file within {MAX_FILE} lines and every function within {MAX_FN}")
+print(f"files within {MAX_FILE} lines and functions within {MAX_FN}, but for {len(allow)} listed in scripts/house-sizes.allow")

@@ -10,6 +10,7 @@ use super::route_parties::{
 };
 use super::values::{ca_file, http_url};
 use super::{AllowList, AltinnExchange, ApiKey, CallerAddress, Egress, Environment, RouteConfig};
+use crate::consent::ConsentRule;
 use crate::support::secret::Secret;
 use http::{HeaderName, HeaderValue, Uri};
 use serde_json::{Map, Value};
@@ -93,22 +94,7 @@ fn route(r: &mut Reader, v: &Value, path: &str, cx: &Context) -> Option<RouteCon
         .and_then(|s| upstream(r, &s, &p("upstream")));
     let client = r
         .required_string(m.get("client"), &p("client"))
-        .and_then(|c| {
-            if clients.contains(&c.as_str()) {
-                Some(c)
-            } else {
-                let known = if clients.is_empty() {
-                    "none".to_string()
-                } else {
-                    clients.join(", ")
-                };
-                r.issue(
-                    &p("client"),
-                    format!("unknown client \"{c}\" (known: {known})"),
-                );
-                None
-            }
-        });
+        .and_then(|c| known_client(r, c, clients, &p("client")));
     let scopes = scopes(r, m.get("scopes"), &p("scopes"));
     let own_org = client.as_deref().and_then(|c| cx.client_orgs.get(c));
     let parties = parties(r, m, path, own_org);
@@ -119,18 +105,11 @@ fn route(r: &mut Reader, v: &Value, path: &str, cx: &Context) -> Option<RouteCon
         .boolean(m.get("retry_on_401"), &p("retry_on_401"))
         .unwrap_or(true);
     let forward_caller_address = r
-        .string(m.get("forward_caller_address"), &p("forward_caller_address"))
-        .and_then(|s| match s.as_str() {
-            "forwarded" => Some(CallerAddress::Forwarded),
-            "x-forwarded-for" => Some(CallerAddress::XForwardedFor),
-            other => {
-                r.issue(
-                    &p("forward_caller_address"),
-                    format!("`{other}` is not a way to send the caller's address: write `forwarded` (RFC 7239) or `x-forwarded-for`, or leave it out to send none"),
-                );
-                None
-            }
-        });
+        .string(
+            m.get("forward_caller_address"),
+            &p("forward_caller_address"),
+        )
+        .and_then(|s| caller_address(r, &s, &p("forward_caller_address")));
     let upstream_http2 = r
         .boolean(m.get("upstream_http2"), &p("upstream_http2"))
         .unwrap_or(true);
@@ -148,29 +127,14 @@ fn route(r: &mut Reader, v: &Value, path: &str, cx: &Context) -> Option<RouteCon
     );
     let headers = headers(r, m.get("headers"), &p("headers"), base);
     let (consent, consent_tokens_max) = consent(r, m, path, &parties, &authorization_details);
-    if parties.systemuser.is_some() || !parties.systemusers.is_empty() {
-        if let Some(i) = authorization_details.iter().position(is_systemuser_detail) {
-            r.issue(
-                &index(&p("authorization_details"), i),
-                "is a urn:altinn:systemuser entry, and systemuser_org or systemuser_orgs builds one too: keep one of them",
-            );
-        }
-    }
-    for (name, _) in &headers {
-        for (selector, field) in [
-            (&parties.consumer_org_header, "consumer_org_header"),
-            (&parties.systemuser_org_header, "systemuser_org_header"),
-            (&consent.id_header, "consent_id_header"),
-            (&consent.from_header, "consent_from_header"),
-        ] {
-            if name == selector {
-                r.issue(
-                    &join(&p("headers"), name.as_str()),
-                    format!("is the route's {field}, which portvakt removes before forwarding"),
-                );
-            }
-        }
-    }
+    clashes(
+        r,
+        path,
+        &parties,
+        &consent,
+        &authorization_details,
+        &headers,
+    );
     let ca_file = r
         .string(m.get("ca_file"), &p("ca_file"))
         .and_then(|f| ca_file(r, &base.join(f), &p("ca_file")));
@@ -245,6 +209,72 @@ fn route(r: &mut Reader, v: &Value, path: &str, cx: &Context) -> Option<RouteCon
         consent,
         consent_tokens_max,
     })
+}
+
+/// `c` when it names a declared client (loaded or not).
+fn known_client(r: &mut Reader, c: String, clients: &[&str], path: &str) -> Option<String> {
+    if clients.contains(&c.as_str()) {
+        return Some(c);
+    }
+    let known = if clients.is_empty() {
+        "none".to_string()
+    } else {
+        clients.join(", ")
+    };
+    r.issue(path, format!("unknown client \"{c}\" (known: {known})"));
+    None
+}
+
+/// `forward_caller_address`: how the caller's address goes upstream.
+fn caller_address(r: &mut Reader, s: &str, path: &str) -> Option<CallerAddress> {
+    match s {
+        "forwarded" => Some(CallerAddress::Forwarded),
+        "x-forwarded-for" => Some(CallerAddress::XForwardedFor),
+        other => {
+            r.issue(
+                path,
+                format!("`{other}` is not a way to send the caller's address: write `forwarded` (RFC 7239) or `x-forwarded-for`, or leave it out to send none"),
+            );
+            None
+        }
+    }
+}
+
+/// What two of a route's settings would each do alone: a system user both in
+/// `authorization_details` and built from `systemuser_org(s)`, and a route header named like a
+/// header portvakt removes (the party and consent headers).
+fn clashes(
+    r: &mut Reader,
+    path: &str,
+    parties: &Parties,
+    consent: &ConsentRule,
+    authorization_details: &[Value],
+    headers: &[(HeaderName, Secret<HeaderValue>)],
+) {
+    let p = |k: &str| join(path, k);
+    if parties.systemuser.is_some() || !parties.systemusers.is_empty() {
+        if let Some(i) = authorization_details.iter().position(is_systemuser_detail) {
+            r.issue(
+                &index(&p("authorization_details"), i),
+                "is a urn:altinn:systemuser entry, and systemuser_org or systemuser_orgs builds one too: keep one of them",
+            );
+        }
+    }
+    for (name, _) in headers {
+        for (selector, field) in [
+            (&parties.consumer_org_header, "consumer_org_header"),
+            (&parties.systemuser_org_header, "systemuser_org_header"),
+            (&consent.id_header, "consent_id_header"),
+            (&consent.from_header, "consent_from_header"),
+        ] {
+            if name == selector {
+                r.issue(
+                    &join(&p("headers"), name.as_str()),
+                    format!("is the route's {field}, which portvakt removes before forwarding"),
+                );
+            }
+        }
+    }
 }
 
 /// Who may call the route besides `inbound.allow`: its `allow`, its `api_keys` and the header they

@@ -4,7 +4,7 @@
 use super::altinn::AltinnExchange;
 use super::client::FetchError;
 use super::consents;
-use super::policy::{self};
+use super::policy;
 use super::slot::{Failure, Fetched, Origin, State, Token, TokenError, TokenSlot};
 use super::TokenSource;
 use crate::observe::metrics::{ClientLabels, FetchLabels};
