@@ -7,11 +7,10 @@
 
 mod common;
 
-use common::{free_port, rss_kib};
+use common::{rss_kib, start_portvakt};
 use portvakt::cli::demo::{DEMO_CLIENT_ID, DEMO_KID, SUPPLIER_ORG};
 use portvakt::keys::SigningKey;
 use portvakt::mock::{EchoUpstream, MockClient, MockMaskinporten, DEMO_CLIENT_KEY_PEM};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -60,26 +59,13 @@ async fn main() {
     }
     let upstream = EchoUpstream::start(None).await.unwrap();
     let dir = std::env::temp_dir().join(format!("portvakt-consents-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("key.pem"), DEMO_CLIENT_KEY_PEM).unwrap();
-    let (port, admin) = (free_port(), free_port());
-    std::fs::write(
-        dir.join("portvakt.yaml"),
-        format!(
-            "listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin}\nmaskinporten:\n  environment: custom\n  issuer: {}\nclients:\n  demo:\n    client_id: {DEMO_CLIENT_ID}\n    key:\n      pem: key.pem\n      kid: {DEMO_KID}\nroutes:\n  - name: samtykke\n    prefix: /samtykke/\n    upstream: {}\n    client: demo\n    scopes: [demo:echo]\n    consent_per_call: true\n",
-            mock.issuer(),
-            upstream.url()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(&bin)
-        .args(["run", "--config"])
-        .arg(dir.join("portvakt.yaml"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{bin}: {e} (build it with cargo build --release)"));
+    let (mut child, port, admin) = start_portvakt(
+        &bin,
+        &dir,
+        &mock.issuer(),
+        ("samtykke", &upstream.url()),
+        "    consent_per_call: true\n",
+    );
     let pid = child.id();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let started = Instant::now();

@@ -6,11 +6,10 @@
 
 mod common;
 
-use common::{free_port, rss_kib};
+use common::{rss_kib, start_portvakt};
 use portvakt::cli::demo::{DEMO_CLIENT_ID, DEMO_KID, SUPPLIER_ORG};
 use portvakt::keys::SigningKey;
 use portvakt::mock::{EchoUpstream, MockClient, MockMaskinporten, DEMO_CLIENT_KEY_PEM};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,29 +114,10 @@ async fn main() {
     let mock = MockMaskinporten::start(vec![client], 3600).await.unwrap();
     let upstream = EchoUpstream::start(None).await.unwrap();
     let dir = std::env::temp_dir().join(format!("portvakt-limits-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("key.pem"), DEMO_CLIENT_KEY_PEM).unwrap();
-    let (port, admin) = (free_port(), free_port());
-    std::fs::write(
-        dir.join("portvakt.yaml"),
-        format!(
-            "listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin}\nmaskinporten:\n  environment: custom\n  issuer: {}\nclients:\n  demo:\n    client_id: {DEMO_CLIENT_ID}\n    key:\n      pem: key.pem\n      kid: {DEMO_KID}\nroutes:\n  - name: echo\n    prefix: /echo/\n    upstream: {}\n    client: demo\n    scopes: [demo:echo]\n",
-            mock.issuer(),
-            upstream.url()
-        ),
-    )
-    .unwrap();
-
     // Cold start: from spawning the process to its first /healthz answer.
     let started = Instant::now();
-    let mut child = Command::new(&bin)
-        .args(["run", "--config"])
-        .arg(dir.join("portvakt.yaml"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{bin}: {e} (build it with cargo build --release)"));
+    let (mut child, port, admin) =
+        start_portvakt(&bin, &dir, &mock.issuer(), ("echo", &upstream.url()), "");
     let pid = child.id();
     let healthz = loop {
         if let Ok(mut s) = TcpStream::connect(("127.0.0.1", admin)).await {

@@ -227,15 +227,7 @@ async fn command(command: Command, log_format: LogFormat) -> ExitCode {
             pin_file,
         } => {
             let hsm = match (pkcs11, module, token) {
-                (true, Some(module), Some(token)) => Some(portvakt::cli::keygen::InToken {
-                    module,
-                    token,
-                    label,
-                    pin_file,
-                    pin: std::env::var("PORTVAKT_HSM_PIN")
-                        .ok()
-                        .map(portvakt::support::secret::Secret::new),
-                }),
+                (true, Some(module), Some(token)) => Some(in_token(module, token, label, pin_file)),
                 _ => None,
             };
             keygen(&name, env, bits, &out, hsm)
@@ -256,21 +248,8 @@ async fn command(command: Command, log_format: LogFormat) -> ExitCode {
                 portvakt::renew::command::rotate(&config, client.as_deref(), flags).await,
             )
         }
-        Command::Keys {
-            command: KeysCommand::Status { config, client },
-        } => ExitCode::from(portvakt::renew::command::status(&config, client.as_deref()).await),
-        Command::Keys {
-            command:
-                KeysCommand::Adopt {
-                    config,
-                    client,
-                    from,
-                    kid,
-                },
-        } => ExitCode::from(
-            portvakt::renew::command::adopt(&config, &client, &from, kid.as_deref()).await,
-        ),
-        Command::Health { url } => health(&url).await,
+        Command::Keys { command } => keys(command).await,
+        Command::Health { url } => portvakt::cli::health::check(&url).await,
         Command::Schema => {
             let schema = portvakt::config::schema::json_schema();
             println!(
@@ -284,6 +263,38 @@ async fn command(command: Command, log_format: LogFormat) -> ExitCode {
             Err(e) => failed("demo", e),
         },
     }
+}
+
+/// Where `keygen --pkcs11` makes its key: the HSM's module and token, the key's label, and the
+/// PIN (from `PORTVAKT_HSM_PIN`, or a file).
+fn in_token(
+    module: PathBuf,
+    token: String,
+    label: Option<String>,
+    pin_file: Option<PathBuf>,
+) -> portvakt::cli::keygen::InToken {
+    portvakt::cli::keygen::InToken {
+        module,
+        token,
+        label,
+        pin_file,
+        pin: std::env::var("PORTVAKT_HSM_PIN")
+            .ok()
+            .map(portvakt::support::secret::Secret::new),
+    }
+}
+
+async fn keys(command: KeysCommand) -> ExitCode {
+    use portvakt::renew::command::{adopt, status};
+    ExitCode::from(match command {
+        KeysCommand::Status { config, client } => status(&config, client.as_deref()).await,
+        KeysCommand::Adopt {
+            config,
+            client,
+            from,
+            kid,
+        } => adopt(&config, &client, &from, kid.as_deref()).await,
+    })
 }
 
 /// The configuration at `path`, or its errors on stderr and the exit status for them.
@@ -381,30 +392,5 @@ fn keygen(
             ExitCode::SUCCESS
         }
         Err(e) => failed("keygen", e),
-    }
-}
-
-async fn health(url: &str) -> ExitCode {
-    let answer = match reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(3))
-        .no_proxy()
-        .build()
-    {
-        Ok(http) => http.get(url).send().await,
-        Err(e) => {
-            eprintln!("portvakt health: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match answer {
-        Ok(r) if r.status().is_success() => ExitCode::SUCCESS,
-        Ok(r) => {
-            eprintln!("portvakt health: {url} answered {}", r.status());
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("portvakt health: {url}: {e}");
-            ExitCode::FAILURE
-        }
     }
 }

@@ -3,5 +3,6 @@
 
 pub mod check;
 pub mod demo;
+pub mod health;
 pub mod keygen;
 pub mod token;

@@ -2,14 +2,18 @@
 //! clients, and the clients' keys; on a reload, what did not change keeps its state. Used by
 //! `app.rs` at start and by `reload.rs`.
 
-use crate::config::{BodyPace, Config, Egress, Maskinporten, RouteConfig, SystemUser};
+mod clients;
+
+use clients::UpstreamClients;
+pub use clients::{tls_config, tls_config_trusting, token_endpoint};
+
+use crate::config::{BodyPace, Config, Maskinporten, RouteConfig, SystemUser};
 use crate::keys::client_key::{self, Watched};
 use crate::keys::ClientKey;
 use crate::keys::KeySource;
 use crate::observe::metrics::Metrics;
 use crate::pipeline::Snapshot;
 use crate::request::body::Pace;
-use crate::request::body::UpstreamBody;
 use crate::request::party::{Parties, PartyKind, Selector};
 use crate::request::route::{Route, RouteTable};
 use crate::token::{
@@ -19,59 +23,8 @@ use crate::token::{
 use crate::token::{ConsentSlots, TokenSource};
 use crate::upstream::Target;
 use anyhow::Context as _;
-use rustls_pki_types::CertificateDer;
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
-
-/// The TLS configuration for outbound connections: rustls with the Mozilla roots, plus the CA
-/// certificates in `extra_roots` (a route's `ca_file`).
-pub fn tls_config(extra_roots: &[CertificateDer<'static>]) -> anyhow::Result<rustls::ClientConfig> {
-    let mut roots =
-        rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    for cert in extra_roots {
-        roots
-            .add(cert.clone())
-            .context("a ca_file certificate is not a usable CA certificate")?;
-    }
-    tls_config_trusting(roots)
-}
-
-/// The TLS configuration for outbound connections that trust `roots` and nothing else.
-pub fn tls_config_trusting(roots: rustls::RootCertStore) -> anyhow::Result<rustls::ClientConfig> {
-    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .context("TLS setup")?
-    .with_root_certificates(roots)
-    .with_no_client_auth())
-}
-
-/// The configured Maskinporten token endpoint, over `tls` (plus `maskinporten.ca_file`).
-pub fn token_endpoint(
-    config: &Config,
-    tls: &rustls::ClientConfig,
-) -> anyhow::Result<TokenEndpoint> {
-    let token_tls = match &config.maskinporten.ca_file {
-        Some(ca) => tls_config(&ca.certs)
-            .with_context(|| format!("maskinporten.ca_file: {}", ca.path.display()))?,
-        None => tls.clone(),
-    };
-    let http = client::http_client(
-        token_tls,
-        config.maskinporten.timeout,
-        config.maskinporten.connect_timeout,
-        &config.maskinporten.proxy,
-    )
-    .context("building the token endpoint client")?;
-    Ok(TokenEndpoint::new(
-        http,
-        config.maskinporten.token_endpoint.clone(),
-        config.maskinporten.issuer.clone(),
-    ))
-}
 
 /// What a route asks Maskinporten for when acting for `consumer_org` (delegation) and as
 /// `systemuser` (an Altinn system user).
@@ -180,21 +133,7 @@ pub fn assemble(
     let tls = tls_config(&[])?;
     // Tokens from another Maskinporten (environment, endpoint, proxy) are never carried over.
     let previous = previous.filter(|p| p.maskinporten == config.maskinporten);
-    let endpoint = match previous {
-        Some(p) => Arc::clone(&p.endpoint),
-        None => Arc::new(token_endpoint(config, &tls)?.with_metrics(
-            metrics.clock_skew.clone(),
-            metrics.token_endpoint_open.clone(),
-        )),
-    };
-    let mut cache = TokenCache::new(
-        Arc::clone(&endpoint) as Arc<dyn TokenSource>,
-        Arc::clone(metrics),
-        config.maskinporten.timeout,
-    );
-    if let Some(p) = previous {
-        cache.inherit(&p.cache);
-    }
+    let (endpoint, mut cache) = token_cache(config, metrics, previous, &tls)?;
     let (keys, clients) = identities(config, metrics, previous);
     let altinn_http = client::http_client(
         tls.clone(),
@@ -258,6 +197,32 @@ pub fn assemble(
             consents,
         },
     })
+}
+
+/// The token endpoint and a token cache over it: the previous ones' when Maskinporten is the same,
+/// the cache taking over the previous slots that are asked for again.
+fn token_cache(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    previous: Option<&Kept>,
+    tls: &rustls::ClientConfig,
+) -> anyhow::Result<(Arc<TokenEndpoint>, TokenCache)> {
+    let endpoint = match previous {
+        Some(p) => Arc::clone(&p.endpoint),
+        None => Arc::new(token_endpoint(config, tls)?.with_metrics(
+            metrics.clock_skew.clone(),
+            metrics.token_endpoint_open.clone(),
+        )),
+    };
+    let mut cache = TokenCache::new(
+        Arc::clone(&endpoint) as Arc<dyn TokenSource>,
+        Arc::clone(metrics),
+        config.maskinporten.timeout,
+    );
+    if let Some(p) = previous {
+        cache.inherit(&p.cache);
+    }
+    Ok((endpoint, cache))
 }
 
 /// Each client's identity and key, kept from `previous` when its client_id and key source did not
@@ -372,53 +337,6 @@ fn route(
         consent: r.consent.clone(),
         consent_slots,
     })
-}
-
-/// One upstream client per distinct TLS trust, connect timeout, proxy and HTTP/2 setting;
-/// routes that agree on all four share one, and its connections to each upstream.
-struct UpstreamClients {
-    tls: rustls::ClientConfig,
-    made: Vec<(UpstreamKind, UpstreamClient)>,
-}
-
-type UpstreamClient = crate::upstream::Client<UpstreamBody>;
-
-/// What sets two routes' upstream clients apart: extra CA file, connect timeout, proxy, HTTP/2.
-type UpstreamKind = (Option<PathBuf>, Duration, Egress, bool);
-
-impl UpstreamClients {
-    fn new(tls: rustls::ClientConfig) -> Self {
-        UpstreamClients {
-            tls,
-            made: Vec::new(),
-        }
-    }
-
-    /// The route's upstream client: one already made for the same kind, or a new one.
-    fn get(&mut self, r: &RouteConfig) -> anyhow::Result<&mut UpstreamClient> {
-        let key = (
-            r.ca_file.as_ref().map(|c| c.path.clone()),
-            r.connect_timeout,
-            r.proxy.clone(),
-            r.upstream_http2,
-        );
-        let made = match self.made.iter().position(|(k, _)| *k == key) {
-            Some(i) => i,
-            None => {
-                let tls = match &r.ca_file {
-                    None => self.tls.clone(),
-                    Some(ca) => {
-                        tls_config(&ca.certs).with_context(|| ca.path.display().to_string())?
-                    }
-                };
-                let client =
-                    UpstreamClient::new(tls, r.connect_timeout, &r.proxy, r.upstream_http2);
-                self.made.push((key, client));
-                self.made.len() - 1
-            }
-        };
-        Ok(&mut self.made[made].1)
-    }
 }
 
 /// The route's pace for a caller's body: its own settings, else `inbound`'s; zero turns one off.
