@@ -4,6 +4,7 @@
 use crate::keys::SigningKey;
 use crate::mock::{EchoUpstream, MockClient, MockMaskinporten, DEMO_CLIENT_KEY_PEM};
 use anyhow::Context as _;
+use std::net::SocketAddr;
 use std::path::Path;
 use tokio::net::TcpListener;
 
@@ -32,6 +33,57 @@ async fn bind(preferred: u16) -> std::io::Result<TcpListener> {
 /// Starts everything, prints how to try it, and serves until Ctrl-C (or, with `once`, makes one
 /// call through the proxy, prints the answer and stops).
 pub async fn run(dir: &Path, once: bool) -> anyhow::Result<()> {
+    let (mock, upstream) = peers().await?;
+    let listener = bind(8080).await?;
+    let admin_listener = bind(9090).await?;
+    let (listen, admin) = (listener.local_addr()?, admin_listener.local_addr()?);
+
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let key_path = dir.join("demo-client-key.pem");
+    write_private(&key_path, DEMO_CLIENT_KEY_PEM)?;
+    let config_path = dir.join("demo.yaml");
+    let yaml = config(listen, admin, &mock.issuer(), &upstream.url());
+    std::fs::write(&config_path, yaml)
+        .with_context(|| format!("cannot write {}", config_path.display()))?;
+    let _ = std::fs::remove_file(dir.join("demo-renewed.keyset.json"));
+    println!("Key renewal makes the first key of client demo-renewed through the mock's self-service API:");
+    let flags = crate::renew::command::Flags::default();
+    if crate::renew::command::rotate(&config_path, None, flags).await != 0 {
+        anyhow::bail!("the demo's key renewal failed");
+    }
+    println!();
+    let config = crate::config::load(&config_path)?;
+    let app = crate::app::build(&config)?;
+    let running = crate::app::start_on(app, listener, Some(admin_listener))?;
+    how_to_try(&config_path, &mock.issuer(), &upstream.url(), listen, admin);
+    if once {
+        let answer = reqwest::get(format!("http://{listen}/echo/hello?x=1"))
+            .await?
+            .text()
+            .await?;
+        println!("{answer}");
+        let consent = reqwest::Client::new()
+            .get(format!("http://{listen}/samtykke/inntekt"))
+            .header("Portvakt-Consent-Id", DEMO_CONSENT_ID)
+            .header("Portvakt-Consent-From", DEMO_PERSON)
+            .send()
+            .await?;
+        println!(
+            "a call with the person's consent: HTTP {}",
+            consent.status().as_u16()
+        );
+        println!("token requests made to the mock: {}", mock.token_requests());
+        running.shutdown().await;
+    } else {
+        println!("Press Ctrl-C to stop.");
+        running.until_signal().await;
+    }
+    Ok(())
+}
+
+/// The mock Maskinporten with the demo's clients (one with a delegation, an administration client
+/// for the self-service API, one with no key yet) and a person's consent, and the echo upstream.
+async fn peers() -> anyhow::Result<(MockMaskinporten, EchoUpstream)> {
     let key = SigningKey::from_pem(DEMO_CLIENT_KEY_PEM.as_bytes(), DEMO_KID)?;
     let client = MockClient::new(DEMO_CLIENT_ID, SUPPLIER_ORG)
         .key(&key)
@@ -52,15 +104,12 @@ pub async fn run(dir: &Path, once: bool) -> anyhow::Result<()> {
     mock.consents()
         .give(DEMO_CONSENT_ID, DEMO_PERSON, CUSTOMER_ORG, year);
     let upstream = EchoUpstream::start(Some(mock.decoding_key())).await?;
-    let listener = bind(8080).await?;
-    let admin_listener = bind(9090).await?;
-    let (listen, admin) = (listener.local_addr()?, admin_listener.local_addr()?);
+    Ok((mock, upstream))
+}
 
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let key_path = dir.join("demo-client-key.pem");
-    write_private(&key_path, DEMO_CLIENT_KEY_PEM)?;
-    let config_path = dir.join("demo.yaml");
-    let yaml = format!(
+/// The demo's configuration: its listeners, the mock Maskinporten, its clients and routes.
+fn config(listen: SocketAddr, admin: SocketAddr, issuer: &str, upstream: &str) -> String {
+    format!(
         r#"# Written by `portvakt demo`: a mock Maskinporten and an echo upstream on loopback.
 listen: {listen}
 admin_listen: {admin}
@@ -114,28 +163,23 @@ routes:
     consumer_org: "{CUSTOMER_ORG}"
     consent_per_call: true
 "#,
-        issuer = mock.issuer(),
-        upstream = upstream.url(),
-    );
-    std::fs::write(&config_path, yaml)
-        .with_context(|| format!("cannot write {}", config_path.display()))?;
-    let _ = std::fs::remove_file(dir.join("demo-renewed.keyset.json"));
-    println!("Key renewal makes the first key of client demo-renewed through the mock's self-service API:");
-    let flags = crate::renew::command::Flags::default();
-    if crate::renew::command::rotate(&config_path, None, flags).await != 0 {
-        anyhow::bail!("the demo's key renewal failed");
-    }
-    println!();
-    let config = crate::config::load(&config_path)?;
-    let app = crate::app::build(&config)?;
-    let running = crate::app::start_on(app, listener, Some(admin_listener))?;
+    )
+}
 
+/// What the demo prints: where everything runs and what to try.
+fn how_to_try(
+    config_path: &Path,
+    issuer: &str,
+    upstream: &str,
+    listen: SocketAddr,
+    admin: SocketAddr,
+) {
     println!(
         "portvakt demo is running (config: {})",
         config_path.display()
     );
-    println!("  mock Maskinporten  {}", mock.issuer());
-    println!("  echo upstream      {}", upstream.url());
+    println!("  mock Maskinporten  {issuer}");
+    println!("  echo upstream      {upstream}");
     println!("  portvakt           http://{listen}/");
     println!("  status page        http://{admin}/  (and /readyz, /metrics)");
     println!();
@@ -154,30 +198,6 @@ routes:
         config_path.display()
     );
     println!();
-
-    if once {
-        let answer = reqwest::get(format!("http://{listen}/echo/hello?x=1"))
-            .await?
-            .text()
-            .await?;
-        println!("{answer}");
-        let consent = reqwest::Client::new()
-            .get(format!("http://{listen}/samtykke/inntekt"))
-            .header("Portvakt-Consent-Id", DEMO_CONSENT_ID)
-            .header("Portvakt-Consent-From", DEMO_PERSON)
-            .send()
-            .await?;
-        println!(
-            "a call with the person's consent: HTTP {}",
-            consent.status().as_u16()
-        );
-        println!("token requests made to the mock: {}", mock.token_requests());
-        running.shutdown().await;
-    } else {
-        println!("Press Ctrl-C to stop.");
-        running.until_signal().await;
-    }
-    Ok(())
 }
 
 fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {

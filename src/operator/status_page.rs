@@ -51,6 +51,34 @@ pub fn render(proxy: &Proxy) -> String {
             });
         }
     }
+    let mut page = String::with_capacity(16 * 1024);
+    let _ = write!(
+        page,
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+         <meta http-equiv=\"refresh\" content=\"10\">\
+         <title>portvakt status</title><style>{STYLE}</style></head><body>\
+         <header><h1>portvakt</h1><div class=\"summary\">{}</div>\
+         <div class=\"muted\">{} routes · {} in flight · version {}</div></header><main>",
+        summary(&tokens),
+        snapshot.routes.iter().count(),
+        proxy.in_flight(),
+        env!("CARGO_PKG_VERSION"),
+    );
+    routes_table(&mut page, &snapshot);
+    tokens_table(&mut page, &tokens, now);
+    clients_table(&mut page, &clients, now);
+    errors_table(&mut page, &proxy.recent.list());
+    let _ = write!(
+        page,
+        "</main><footer>Generated {} · refreshes every 10 s · machine-readable: <a href=\"/readyz\">/readyz</a>, <a href=\"/metrics\">/metrics</a></footer></body></html>",
+        datetime(now)
+    );
+    page
+}
+
+/// The header's badge: how many tokens fail, or how many are valid.
+fn summary(tokens: &[TokenRow<'_>]) -> String {
     let failing = tokens
         .iter()
         .filter(|t| matches!(t.status.state, "failing" | "stale"))
@@ -59,7 +87,7 @@ pub fn render(proxy: &Proxy) -> String {
         .iter()
         .filter(|t| matches!(t.status.state, "valid" | "refreshing"))
         .count();
-    let summary = if failing > 0 {
+    if failing > 0 {
         format!(
             "<span class=\"state bad\">{failing} of {} tokens failing</span>",
             tokens.len()
@@ -69,22 +97,10 @@ pub fn render(proxy: &Proxy) -> String {
             "<span class=\"state ok\">{valid} of {} tokens valid</span> <span class=\"muted\">(the others are fetched on first use)</span>",
             tokens.len()
         )
-    };
+    }
+}
 
-    let mut page = String::with_capacity(16 * 1024);
-    let _ = write!(
-        page,
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-         <meta http-equiv=\"refresh\" content=\"10\">\
-         <title>portvakt status</title><style>{STYLE}</style></head><body>\
-         <header><h1>portvakt</h1><div class=\"summary\">{summary}</div>\
-         <div class=\"muted\">{} routes · {} in flight · version {}</div></header><main>",
-        snapshot.routes.iter().count(),
-        proxy.in_flight(),
-        env!("CARGO_PKG_VERSION"),
-    );
-
+fn routes_table(page: &mut String, snapshot: &crate::pipeline::Snapshot) {
     page.push_str("<h2 id=\"routes\">Routes</h2><table><tr><th>Route</th><th>Prefix</th><th>Upstream</th><th>Client</th><th>Scopes</th><th>Acts for</th></tr>");
     for route in snapshot.routes.iter() {
         let slots = route.parties.slots();
@@ -105,9 +121,11 @@ pub fn render(proxy: &Proxy) -> String {
         );
     }
     page.push_str("</table>");
+}
 
+fn tokens_table(page: &mut String, tokens: &[TokenRow<'_>], now: i64) {
     page.push_str("<h2 id=\"tokens\">Tokens</h2><table><tr><th>Route</th><th>Kind</th><th>Acts for</th><th>State</th><th>Details</th></tr>");
-    for t in &tokens {
+    for t in tokens {
         let _ = write!(
             page,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -126,9 +144,11 @@ pub fn render(proxy: &Proxy) -> String {
         );
     }
     page.push_str("</table>");
+}
 
+fn clients_table(page: &mut String, clients: &[Arc<crate::token::ClientIdentity>], now: i64) {
     page.push_str("<h2 id=\"clients\">Clients and keys</h2><table><tr><th>Client</th><th>client_id</th><th>Key</th><th>Certificate</th><th>Expires</th></tr>");
-    for client in &clients {
+    for client in clients {
         let (_, key) = client.key.current();
         let certificate = key.certificate().map_or_else(
             || "<span class=\"muted\">none (registered key)</span>".to_string(),
@@ -189,24 +209,19 @@ pub fn render(proxy: &Proxy) -> String {
         );
     }
     page.push_str("</table>");
+}
 
+fn errors_table(page: &mut String, recent: &[RecentError]) {
     page.push_str("<h2 id=\"errors\">Recent errors</h2>");
-    let recent = proxy.recent.list();
     if recent.is_empty() {
         page.push_str("<p class=\"muted\">None since start.</p>");
     } else {
         page.push_str("<table><tr><th>When</th><th>Route</th><th>Status</th><th>Problem</th><th>Message</th><th>Request id</th></tr>");
-        for e in &recent {
+        for e in recent {
             page.push_str(&error_row(e));
         }
         page.push_str("</table>");
     }
-    let _ = write!(
-        page,
-        "</main><footer>Generated {} · refreshes every 10 s · machine-readable: <a href=\"/readyz\">/readyz</a>, <a href=\"/metrics\">/metrics</a></footer></body></html>",
-        datetime(now)
-    );
-    page
 }
 
 struct TokenRow<'a> {
