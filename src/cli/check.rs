@@ -1,6 +1,6 @@
 //! `portvakt check`: what a loaded configuration will do, with every secret left out.
 
-use crate::config::Config;
+use crate::config::{Config, RouteConfig};
 use crate::keys::client_key::{created, expiry_warning, not_after};
 use crate::keys::SigningKey;
 use crate::support::time::date;
@@ -57,69 +57,74 @@ pub fn summary(config: &Config, file: &Path) -> String {
     }
     let _ = writeln!(out, "routes:");
     for r in &config.routes {
-        let _ = writeln!(out, "  {}: {} -> {}", r.name, r.prefix, r.upstream);
-        let _ = writeln!(
-            out,
-            "    client {}, scopes {}",
-            r.client,
-            r.scopes.join(" ")
-        );
-        if let Some(org) = &r.consumer_org {
-            let _ = writeln!(out, "    consumer_org {org} (delegation)");
-        }
-        if !r.consumer_orgs.is_empty() {
-            let _ = writeln!(
-                out,
-                "    consumer_orgs {} (per call, header {})",
-                r.consumer_orgs.join(", "),
-                r.consumer_org_header
-            );
-        }
-        if let Some(user) = &r.systemuser {
-            let _ = writeln!(out, "    systemuser_org {}{}", user.org, external_ref(user));
-        }
-        if !r.systemusers.is_empty() {
-            let users: Vec<String> = r
-                .systemusers
-                .iter()
-                .map(|u| format!("{}{}", u.org, external_ref(u)))
-                .collect();
-            let _ = writeln!(
-                out,
-                "    systemuser_orgs {} (per call, header {})",
-                users.join(", "),
-                r.systemuser_org_header
-            );
-        }
-        if let Some(altinn) = &r.altinn_exchange {
-            let _ = writeln!(out, "    altinn_exchange {} ({})", altinn.name, altinn.url);
-        }
-        if let Some(resource) = &r.resource {
-            let _ = writeln!(out, "    resource {resource}");
-        }
-        if !r.authorization_details.is_empty() {
-            let types: Vec<&str> = r
-                .authorization_details
-                .iter()
-                .filter_map(|d| d["type"].as_str())
-                .collect();
-            let _ = writeln!(out, "    authorization_details {}", types.join(", "));
-        }
-        if !r.headers.is_empty() {
-            let names: Vec<&str> = r.headers.iter().map(|(n, _)| n.as_str()).collect();
-            let _ = writeln!(out, "    headers {} (values hidden)", names.join(", "));
-        }
-        if let Some(ca) = &r.ca_file {
-            let _ = writeln!(
-                out,
-                "    ca_file {} ({} certificates)",
-                ca.path.display(),
-                ca.certs.len()
-            );
-        }
-        let _ = writeln!(out, "    timeout {} s", r.timeout.as_secs());
+        route_lines(&mut out, r);
     }
     out
+}
+
+/// What `check` shows about a route: where it goes, for whom, with what; header values hidden.
+fn route_lines(out: &mut String, r: &RouteConfig) {
+    let _ = writeln!(out, "  {}: {} -> {}", r.name, r.prefix, r.upstream);
+    let _ = writeln!(
+        out,
+        "    client {}, scopes {}",
+        r.client,
+        r.scopes.join(" ")
+    );
+    if let Some(org) = &r.consumer_org {
+        let _ = writeln!(out, "    consumer_org {org} (delegation)");
+    }
+    if !r.consumer_orgs.is_empty() {
+        let _ = writeln!(
+            out,
+            "    consumer_orgs {} (per call, header {})",
+            r.consumer_orgs.join(", "),
+            r.consumer_org_header
+        );
+    }
+    if let Some(user) = &r.systemuser {
+        let _ = writeln!(out, "    systemuser_org {}{}", user.org, external_ref(user));
+    }
+    if !r.systemusers.is_empty() {
+        let users: Vec<String> = r
+            .systemusers
+            .iter()
+            .map(|u| format!("{}{}", u.org, external_ref(u)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "    systemuser_orgs {} (per call, header {})",
+            users.join(", "),
+            r.systemuser_org_header
+        );
+    }
+    if let Some(altinn) = &r.altinn_exchange {
+        let _ = writeln!(out, "    altinn_exchange {} ({})", altinn.name, altinn.url);
+    }
+    if let Some(resource) = &r.resource {
+        let _ = writeln!(out, "    resource {resource}");
+    }
+    if !r.authorization_details.is_empty() {
+        let types: Vec<&str> = r
+            .authorization_details
+            .iter()
+            .filter_map(|d| d["type"].as_str())
+            .collect();
+        let _ = writeln!(out, "    authorization_details {}", types.join(", "));
+    }
+    if !r.headers.is_empty() {
+        let names: Vec<&str> = r.headers.iter().map(|(n, _)| n.as_str()).collect();
+        let _ = writeln!(out, "    headers {} (values hidden)", names.join(", "));
+    }
+    if let Some(ca) = &r.ca_file {
+        let _ = writeln!(
+            out,
+            "    ca_file {} ({} certificates)",
+            ca.path.display(),
+            ca.certs.len()
+        );
+    }
+    let _ = writeln!(out, "    timeout {} s", r.timeout.as_secs());
 }
 
 /// What `check` shows about a client's key: form, kid or certificate, org number, validity.

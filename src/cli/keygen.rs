@@ -166,10 +166,17 @@ pub fn run(
         true,
     )?;
 
+    let next = next_steps(&written, env, bits, today_unix);
+    Ok((written, next))
+}
+
+/// What keygen prints: the files written, and how to register and use the key.
+fn next_steps(written: &Written, env: Env, bits: usize, today_unix: i64) -> String {
     let expires = crate::support::time::date(
         today_unix + keys::client_key::REGISTERED_KEY_LIFETIME.as_secs() as i64,
     );
     let mut next = String::new();
+    let kid = &written.kid;
     let _ = writeln!(next, "Generated RSA {bits} key {kid}");
     let _ = writeln!(
         next,
@@ -220,7 +227,7 @@ pub fn run(
         next,
         "  Keep the private files out of version control; delete copies you no longer need."
     );
-    Ok((written, next))
+    next
 }
 
 fn write_file(path: &Path, contents: &[u8], private: bool) -> anyhow::Result<()> {

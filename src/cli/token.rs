@@ -2,8 +2,9 @@
 //! integration from a shell. The token goes to stdout because that is what was asked for; nothing
 //! is logged.
 
-use crate::config::Config;
+use crate::config::{Config, RouteConfig};
 use crate::token::FetchError;
+use crate::token::GrantSpec;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
@@ -37,18 +38,7 @@ pub async fn run(
     let tls = crate::build::tls_config(&[])?;
     let endpoint = crate::build::token_endpoint(config, &tls)?;
     let spec = crate::build::party_grant_spec(route, party).map_err(anyhow::Error::msg)?;
-    let spec = match (consent, route.consent.per_call) {
-        (Some((id, from)), true) => {
-            spec.with_detail(named_consent(id, from)?.authorization_detail())
-        }
-        (None, false) => spec,
-        (Some(_), false) => anyhow::bail!(
-            "route {route_name} does not take a consent per call (consent_per_call is not set)"
-        ),
-        (None, true) => anyhow::bail!(
-            "route {route_name} takes a consent per call: name it with --consent ID --from FNR"
-        ),
-    };
+    let spec = with_consent(spec, route, consent)?;
     let mut out = json!({
         "route": route.name,
         "client": client.name,
@@ -89,14 +79,47 @@ pub async fn run(
             error: None,
         });
     };
-    out["altinn_exchange"] = json!(altinn.url);
+    exchanged(config, tls, &altinn.url, token, out, decode).await
+}
+
+/// The route's grant with the consent named on the command line, where the route takes one.
+fn with_consent(
+    spec: GrantSpec,
+    route: &RouteConfig,
+    consent: Option<(&str, &str)>,
+) -> anyhow::Result<GrantSpec> {
+    let route_name = &route.name;
+    Ok(match (consent, route.consent.per_call) {
+        (Some((id, from)), true) => {
+            spec.with_detail(named_consent(id, from)?.authorization_detail())
+        }
+        (None, false) => spec,
+        (Some(_), false) => anyhow::bail!(
+            "route {route_name} does not take a consent per call (consent_per_call is not set)"
+        ),
+        (None, true) => anyhow::bail!(
+            "route {route_name} takes a consent per call: name it with --consent ID --from FNR"
+        ),
+    })
+}
+
+/// The Maskinporten token exchanged at Altinn (`url`), added to `out`.
+async fn exchanged(
+    config: &Config,
+    tls: rustls::ClientConfig,
+    url: &str,
+    token: &str,
+    mut out: Value,
+    decode: bool,
+) -> anyhow::Result<Outcome> {
+    out["altinn_exchange"] = json!(url);
     let http = crate::token::client::http_client(
         tls,
         config.maskinporten.timeout,
         config.maskinporten.connect_timeout,
         &config.maskinporten.proxy,
     )?;
-    let exchange = crate::token::AltinnExchange::new(http, altinn.url.clone());
+    let exchange = crate::token::AltinnExchange::new(http, url.to_string());
     let bearer = http::HeaderValue::try_from(format!("Bearer {token}"))?;
     match exchange.exchange(&bearer).await {
         Ok(altinn) => {
