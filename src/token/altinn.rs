@@ -1,7 +1,8 @@
 //! Altinn's token exchange: a Maskinporten token in, an Altinn token out. Many Altinn APIs (apps,
 //! storage, events, notifications) accept only the latter.
 
-use super::client::{FetchError, Issued};
+use super::client::Issued;
+use super::fetch_error::FetchError;
 use crate::support::secret::Secret;
 use http::header::AUTHORIZATION;
 use http::HeaderValue;

@@ -4,7 +4,8 @@
 //! persons cannot grow memory without limit. A slot evicted while a request still holds it serves
 //! that request and is then gone.
 
-use super::client::{FetchError, Issued};
+use super::client::Issued;
+use super::fetch_error::FetchError;
 use super::{GrantSpec, TokenSlot};
 use crate::consent::{Consent, CONSENT_TYPE};
 use serde_json::Value;

@@ -2,8 +2,8 @@
 //! Altinn of another slot's token; its outcome settled under the slot's lock.
 
 use super::altinn::AltinnExchange;
-use super::client::FetchError;
 use super::consents;
+use super::fetch_error::FetchError;
 use super::policy;
 use super::slot::{Failure, Fetched, Origin, State, Token, TokenError, TokenSlot};
 use super::TokenSource;

@@ -7,14 +7,16 @@ pub mod client;
 pub mod clock;
 pub mod consents;
 mod fetch;
+pub mod fetch_error;
 pub mod grant;
 pub mod policy;
 pub mod slot;
 
 pub use altinn::AltinnExchange;
 pub use cache::TokenCache;
-pub use client::{FetchError, TokenEndpoint};
+pub use client::TokenEndpoint;
 pub use consents::ConsentSlots;
+pub use fetch_error::FetchError;
 pub use grant::GrantSpec;
 pub use slot::{SlotStatus, TokenSlot};
 

@@ -3,7 +3,8 @@
 //! keeps serving, backoff after failures). The fetch itself is in `fetch.rs`.
 
 use super::altinn::AltinnExchange;
-use super::client::{FetchError, Issued};
+use super::client::Issued;
+use super::fetch_error::FetchError;
 use super::policy::Schedule;
 use super::{ClientIdentity, TokenKey, TokenSource};
 use crate::observe::metrics::{ClientLabels, Metrics};
