@@ -6,4 +6,5 @@ pub mod body;
 pub mod error;
 pub mod party;
 pub mod permits;
+pub mod problem;
 pub mod route;
