@@ -2,6 +2,7 @@
 //! BER indefinite lengths some Windows and Java tools write), and the PKCS#1 RSAPrivateKey encoding
 //! for JWK components.
 
+mod pbe;
 pub mod pkcs12;
 pub mod x509;
 
