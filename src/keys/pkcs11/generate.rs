@@ -14,6 +14,37 @@ pub struct Made {
     pub public_jwks: serde_json::Value,
 }
 
+/// The attributes of the new pair's two halves: the private one sensitive, never extractable and
+/// for signing only; the public one for verifying; both kept in the token, with one label and id.
+fn templates(label: &str, kid: &str, bits: usize) -> ([Attribute; 9], [Attribute; 10]) {
+    // The same CKA_ID ties the two halves together, as PKCS#11 tools expect.
+    let id = kid.as_bytes().to_vec();
+    let public = [
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::Verify(true),
+        Attribute::Encrypt(false),
+        Attribute::Wrap(false),
+        Attribute::ModulusBits((bits as u64).into()),
+        Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(id.clone()),
+    ];
+    let private = [
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Sign(true),
+        Attribute::Decrypt(false),
+        Attribute::Unwrap(false),
+        Attribute::Derive(false),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(id),
+    ];
+    (public, private)
+}
+
 /// Makes a `bits`-bit RSA key pair labelled `label` in the token, with `kid` in its public JWK.
 /// Refuses a label a private key has already.
 pub fn generate(
@@ -42,31 +73,7 @@ pub fn generate(
             "a private key labelled `{label}` is in the token already: keygen never replaces a key; choose another --label"
         )));
     }
-    // The same CKA_ID ties the two halves together, as PKCS#11 tools expect.
-    let id = kid.as_bytes().to_vec();
-    let public = [
-        Attribute::Token(true),
-        Attribute::Private(false),
-        Attribute::Verify(true),
-        Attribute::Encrypt(false),
-        Attribute::Wrap(false),
-        Attribute::ModulusBits((bits as u64).into()),
-        Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
-        Attribute::Label(label.as_bytes().to_vec()),
-        Attribute::Id(id.clone()),
-    ];
-    let private = [
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Sign(true),
-        Attribute::Decrypt(false),
-        Attribute::Unwrap(false),
-        Attribute::Derive(false),
-        Attribute::Label(label.as_bytes().to_vec()),
-        Attribute::Id(id),
-    ];
+    let (public, private) = templates(label, kid, bits);
     let (public_key, _) = session
         .generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private)
         .map_err(|e| token.invalid(format!("the key pair could not be made: {}", short(&e))))?;
