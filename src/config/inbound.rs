@@ -1,17 +1,14 @@
 //! Who may call portvakt: the `inbound` section (address allow-list, TLS with client certificates,
 //! limits) and the per-route `allow` and `api_keys`.
 
+use super::inbound_tls::{inbound_tls, InboundTls};
 use super::reader::{index, join, Reader};
-use super::values::ca_file;
-use super::CaFile;
 use crate::support::secret::Secret;
 use ipnet::IpNet;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::Duration;
 
 /// hyper will not read headers into less than this.
@@ -94,24 +91,6 @@ impl fmt::Display for AllowList {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let nets: Vec<String> = self.0.iter().map(IpNet::to_string).collect();
         f.write_str(&nets.join(", "))
-    }
-}
-
-/// TLS on the proxy listener, loaded and checked at startup.
-#[derive(Clone)]
-pub struct InboundTls {
-    pub cert: PathBuf,
-    /// When set, callers must present a certificate issued by one of these CAs.
-    pub client_ca: Option<PathBuf>,
-    pub server: Arc<rustls::ServerConfig>,
-}
-
-impl fmt::Debug for InboundTls {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("InboundTls")
-            .field("cert", &self.cert)
-            .field("client_ca", &self.client_ca)
-            .finish_non_exhaustive()
     }
 }
 
@@ -264,127 +243,6 @@ pub(super) fn allow_list(r: &mut Reader, v: Option<&Value>, path: &str) -> Optio
     }
     Some(AllowList(nets))
 }
-
-fn inbound_tls(r: &mut Reader, v: &Value, path: &str, base: &Path) -> Option<InboundTls> {
-    use rustls_pki_types::pem::PemObject;
-    let m = r.mapping(v, path, &super::schema::TLS.keys())?;
-    let cert_path = join(path, "cert");
-    let key_path = join(path, "key");
-    let cert = r
-        .required_string(m.get("cert"), &cert_path)
-        .map(|c| base.join(c));
-    let key = r
-        .required_string(m.get("key"), &key_path)
-        .map(|k| base.join(k));
-    let client_ca = r
-        .string(m.get("client_ca"), &join(path, "client_ca"))
-        .and_then(|f| ca_file(r, &base.join(f), &join(path, "client_ca")));
-    let (cert, key) = (cert?, key?);
-    let chain =
-        match CertificateDer::pem_file_iter(&cert).and_then(|c| c.collect::<Result<Vec<_>, _>>()) {
-            Ok(chain) if !chain.is_empty() => chain,
-            Ok(_) => {
-                r.issue(
-                    &cert_path,
-                    format!(
-                        "{}: no PEM certificate (BEGIN CERTIFICATE) in the file",
-                        cert.display()
-                    ),
-                );
-                return None;
-            }
-            Err(e) => {
-                r.issue(
-                    &cert_path,
-                    format!("{}: cannot read the certificates: {e}", cert.display()),
-                );
-                return None;
-            }
-        };
-    // The key's own bytes never reach an error message.
-    let private = match PrivateKeyDer::from_pem_file(&key) {
-        Ok(k) => k,
-        Err(e) => {
-            r.issue(
-                &key_path,
-                format!(
-                    "{}: no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {}",
-                    key.display(),
-                    describe_pem(&e)
-                ),
-            );
-            return None;
-        }
-    };
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = match rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-    {
-        Ok(b) => b,
-        Err(e) => {
-            r.issue(path, format!("TLS setup failed: {e}"));
-            return None;
-        }
-    };
-    let builder = match &client_ca {
-        None => builder.with_no_client_auth(),
-        Some(CaFile {
-            certs,
-            path: ca_path,
-        }) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in certs {
-                if let Err(e) = roots.add(c.clone()) {
-                    r.issue(
-                        &join(path, "client_ca"),
-                        format!("{}: not a usable CA certificate: {e}", ca_path.display()),
-                    );
-                    return None;
-                }
-            }
-            match rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider,
-            )
-            .build()
-            {
-                Ok(verifier) => builder.with_client_cert_verifier(verifier),
-                Err(e) => {
-                    r.issue(
-                        &join(path, "client_ca"),
-                        format!("{}: {e}", ca_path.display()),
-                    );
-                    return None;
-                }
-            }
-        }
-    };
-    let mut server = match builder.with_single_cert(chain, private) {
-        Ok(s) => s,
-        Err(e) => {
-            r.issue(
-                &key_path,
-                format!("{} does not go with {}: {e}", key.display(), cert.display()),
-            );
-            return None;
-        }
-    };
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Some(InboundTls {
-        cert,
-        client_ca: client_ca.map(|c| c.path),
-        server: Arc::new(server),
-    })
-}
-
-fn describe_pem(e: &rustls_pki_types::pem::Error) -> String {
-    match e {
-        rustls_pki_types::pem::Error::Io(io) => io.to_string(),
-        rustls_pki_types::pem::Error::NoItemsFound => "no key found".into(),
-        _ => "the file is not valid PEM".into(),
-    }
-}
-
 /// `api_keys`: strings (`${ENV}` expanded) or `{value_file: path}` entries.
 pub(super) fn api_keys(r: &mut Reader, v: Option<&Value>, path: &str, base: &Path) -> Vec<ApiKey> {
     let Some(v) = v else { return Vec::new() };

@@ -4,6 +4,7 @@
 mod egress;
 mod headers;
 mod inbound;
+mod inbound_tls;
 mod key;
 mod reader;
 mod renew;
@@ -16,7 +17,8 @@ mod values;
 
 pub use crate::observe::telemetry::Telemetry;
 pub use egress::{is_loopback, Egress, ProxyServer};
-pub use inbound::{AllowList, ApiKey, BodyPace, Inbound, InboundTls};
+pub use inbound::{AllowList, ApiKey, BodyPace, Inbound};
+pub use inbound_tls::InboundTls;
 pub use reader::Issue;
 pub use renew::{KubeAccess, Renew, Renewal, SecretRef, SelfService};
 
