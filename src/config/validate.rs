@@ -20,27 +20,11 @@ pub fn validate(
     env: EnvLookup<'_>,
     renewing: bool,
 ) -> Result<Config, Vec<Issue>> {
-    let root: Value = match serde_saphyr::from_str_with_options(text, yaml_options()) {
-        Ok(v) => v,
-        Err(e) => {
-            return Err(vec![Issue {
-                path: String::new(),
-                message: format!("not valid YAML: {e}"),
-            }])
-        }
-    };
+    let root = parse(text)?;
     let mut r = Reader::new(env);
-    if root.is_null() {
-        r.issue(
-            "",
-            "the file is empty: it needs at least listen, maskinporten, clients and routes",
-        );
-        return Err(r.issues);
-    }
-    let Some(top) = r.mapping(&root, "", &super::schema::TOP.keys()) else {
+    let Some(top) = top(&mut r, &root) else {
         return Err(r.issues);
     };
-
     let listen = socket_addr(&mut r, top.get("listen"), "listen", true);
     let admin_listen = socket_addr(&mut r, top.get("admin_listen"), "admin_listen", false);
     let inbound = super::inbound::inbound(&mut r, top.get("inbound"), listen, base);
@@ -62,13 +46,7 @@ pub fn validate(
     }
     let cx = Context {
         clients: &declared,
-        client_orgs: clients
-            .iter()
-            .filter_map(|c| {
-                let org = c.key.certificate()?.org_number.clone()?;
-                Some((c.name.clone(), org))
-            })
-            .collect(),
+        client_orgs: client_orgs(&clients),
         environment,
         egress_proxy: &egress_proxy,
         base,
@@ -84,15 +62,7 @@ pub fn validate(
             .unwrap_or(30),
     );
 
-    if let (Some(a), Some(b)) = (listen, admin_listen) {
-        if a == b && a.port() != 0 {
-            r.issue(
-                "admin_listen",
-                format!("is the same address as listen ({a}): pick another port"),
-            );
-        }
-    }
-
+    distinct_listeners(&mut r, listen, admin_listen);
     match (listen, maskinporten) {
         (Some(listen), Some(maskinporten)) if r.issues.is_empty() => Ok(Config {
             listen,
@@ -112,6 +82,51 @@ pub fn validate(
 }
 
 /// YAML 1.2 booleans only: `no`, `on`, `yes` stay strings (the "Norway problem" matters here).
+/// The file as a YAML tree (YAML 1.2: `no` stays a string).
+fn parse(text: &str) -> Result<Value, Vec<Issue>> {
+    serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| {
+        vec![Issue {
+            path: String::new(),
+            message: format!("not valid YAML: {e}"),
+        }]
+    })
+}
+
+/// The file's top-level mapping, its keys checked; an empty file says what it needs.
+fn top<'v>(r: &mut Reader, root: &'v Value) -> Option<&'v serde_json::Map<String, Value>> {
+    if root.is_null() {
+        r.issue(
+            "",
+            "the file is empty: it needs at least listen, maskinporten, clients and routes",
+        );
+        return None;
+    }
+    r.mapping(root, "", &super::schema::TOP.keys())
+}
+
+/// Each client's organisation number, where its virksomhetssertifikat names one.
+fn client_orgs(clients: &[Client]) -> std::collections::HashMap<String, String> {
+    clients
+        .iter()
+        .filter_map(|c| {
+            let org = c.key.certificate()?.org_number.clone()?;
+            Some((c.name.clone(), org))
+        })
+        .collect()
+}
+
+/// The admin listener may not take the proxy's own address.
+fn distinct_listeners(r: &mut Reader, listen: Option<SocketAddr>, admin: Option<SocketAddr>) {
+    if let (Some(a), Some(b)) = (listen, admin) {
+        if a == b && a.port() != 0 {
+            r.issue(
+                "admin_listen",
+                format!("is the same address as listen ({a}): pick another port"),
+            );
+        }
+    }
+}
+
 fn yaml_options() -> serde_saphyr::Options {
     serde_saphyr::options! { strict_booleans: true }
 }
@@ -141,6 +156,60 @@ fn socket_addr(
     }
 }
 
+/// The issuer and token endpoint: fixed by environment `prod` and `test`, given (and checked)
+/// with `custom`.
+fn endpoints(
+    r: &mut Reader,
+    m: &serde_json::Map<String, Value>,
+    environment: Environment,
+) -> Option<(String, String)> {
+    let path = "maskinporten";
+    let issuer_path = join(path, "issuer");
+    let endpoint_path = join(path, "token_endpoint");
+    match environment {
+        Environment::Prod | Environment::Test => {
+            for (key, p) in [("issuer", &issuer_path), ("token_endpoint", &endpoint_path)] {
+                if m.contains_key(key) {
+                    r.issue(
+                        p,
+                        format!(
+                            "is fixed by environment {}: use environment: custom to set your own",
+                            environment.as_str()
+                        ),
+                    );
+                }
+            }
+            let host = if environment == Environment::Prod {
+                "maskinporten.no"
+            } else {
+                "test.maskinporten.no"
+            };
+            Some((format!("https://{host}/"), format!("https://{host}/token")))
+        }
+        Environment::Custom => {
+            let issuer = r.required_string(m.get("issuer"), &issuer_path)?;
+            http_url(r, &issuer, &issuer_path)?;
+            let endpoint = match r.string(m.get("token_endpoint"), &endpoint_path) {
+                Some(e) => e,
+                None if issuer.ends_with('/') => format!("{issuer}token"),
+                None => format!("{issuer}/token"),
+            };
+            let endpoint_uri = http_url(r, &endpoint, &endpoint_path)?;
+            let insecure = r
+                .boolean(m.get("insecure_http"), &join(path, "insecure_http"))
+                .unwrap_or(false);
+            check_plain_http(
+                r,
+                &endpoint_uri,
+                &endpoint_path,
+                insecure,
+                "maskinporten.insecure_http",
+            );
+            Some((issuer, endpoint))
+        }
+    }
+}
+
 fn maskinporten(
     r: &mut Reader,
     v: Option<&Value>,
@@ -166,53 +235,10 @@ fn maskinporten(
             return None;
         }
     };
-    let issuer_path = join(path, "issuer");
-    let endpoint_path = join(path, "token_endpoint");
     let timeout = r
         .positive_u64(m.get("timeout_seconds"), &join(path, "timeout_seconds"))
         .unwrap_or(10);
-    let (issuer, token_endpoint) = match environment {
-        Environment::Prod | Environment::Test => {
-            for (key, p) in [("issuer", &issuer_path), ("token_endpoint", &endpoint_path)] {
-                if m.contains_key(key) {
-                    r.issue(
-                        p,
-                        format!(
-                            "is fixed by environment {}: use environment: custom to set your own",
-                            environment.as_str()
-                        ),
-                    );
-                }
-            }
-            let host = if environment == Environment::Prod {
-                "maskinporten.no"
-            } else {
-                "test.maskinporten.no"
-            };
-            (format!("https://{host}/"), format!("https://{host}/token"))
-        }
-        Environment::Custom => {
-            let issuer = r.required_string(m.get("issuer"), &issuer_path)?;
-            http_url(r, &issuer, &issuer_path)?;
-            let endpoint = match r.string(m.get("token_endpoint"), &endpoint_path) {
-                Some(e) => e,
-                None if issuer.ends_with('/') => format!("{issuer}token"),
-                None => format!("{issuer}/token"),
-            };
-            let endpoint_uri = http_url(r, &endpoint, &endpoint_path)?;
-            let insecure = r
-                .boolean(m.get("insecure_http"), &join(path, "insecure_http"))
-                .unwrap_or(false);
-            check_plain_http(
-                r,
-                &endpoint_uri,
-                &endpoint_path,
-                insecure,
-                "maskinporten.insecure_http",
-            );
-            (issuer, endpoint)
-        }
-    };
+    let (issuer, token_endpoint) = endpoints(r, m, environment)?;
     let ca_file = r
         .string(m.get("ca_file"), &join(path, "ca_file"))
         .and_then(|f| ca_file(r, &base.join(f), &join(path, "ca_file")));
