@@ -4,7 +4,7 @@ use super::reader::{join, Reader};
 use crate::keys::pkcs11::Pkcs11Source;
 use crate::keys::{self, KeySource, SecretValue};
 use crate::support::secret::Secret;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::path::Path;
 
 const FORMS: [&str; 7] = [
@@ -17,13 +17,8 @@ const FORMS: [&str; 7] = [
     "keyset",
 ];
 
-pub(super) fn key(
-    r: &mut Reader,
-    v: &Value,
-    path: &str,
-    base: &Path,
-) -> Option<(KeySource, keys::SigningKey)> {
-    let k = r.mapping(v, path, &super::schema::KEY.keys())?;
+/// The one key form a key is given in.
+fn one_form(r: &mut Reader, k: &Map<String, Value>, path: &str) -> Option<&'static str> {
     let forms: Vec<&str> = FORMS.into_iter().filter(|f| k.contains_key(*f)).collect();
     if forms.len() != 1 {
         let found = if forms.is_empty() {
@@ -37,10 +32,20 @@ pub(super) fn key(
         );
         return None;
     }
-    let form = forms[0];
-    let form_path = join(path, form);
+    Some(forms[0])
+}
+
+/// What may go with the form: a password only with pkcs12, `x5c_chain` only where a chain is
+/// sent, a kid in Digdir's alphabet. Returns `x5c_chain`.
+fn companions(
+    r: &mut Reader,
+    k: &Map<String, Value>,
+    path: &str,
+    form: &str,
+    kid: Option<&str>,
+) -> Option<Option<bool>> {
     let kid_path = join(path, "kid");
-    let kid = r.string(k.get("kid"), &kid_path);
+    let chain = r.boolean(k.get("x5c_chain"), &join(path, "x5c_chain"));
     if form != "pkcs12" {
         for only in ["password", "password_file", "alias"] {
             if k.contains_key(only) {
@@ -48,7 +53,6 @@ pub(super) fn key(
             }
         }
     }
-    let chain = r.boolean(k.get("x5c_chain"), &join(path, "x5c_chain"));
     if k.contains_key("x5c_chain") {
         match form {
             "pkcs12" => {}
@@ -66,12 +70,93 @@ pub(super) fn key(
             ),
         }
     }
-    if let Some(kid) = &kid {
+    if let Some(kid) = kid {
         if !crate::keys::in_kid_alphabet(kid) {
             r.issue(&kid_path, "may hold only letters, digits, `.`, `_` and `-`");
             return None;
         }
     }
+    Some(chain)
+}
+
+/// A virksomhetssertifikat's PKCS#12 file with its password (inline or in a file) and alias.
+fn pkcs12(
+    r: &mut Reader,
+    k: &Map<String, Value>,
+    path: &str,
+    base: &Path,
+    chain: Option<bool>,
+) -> Option<KeySource> {
+    let file = r.required_string(k.get("pkcs12"), &join(path, "pkcs12"));
+    let password = match (k.get("password"), k.get("password_file")) {
+        (Some(_), Some(_)) => {
+            r.issue(path, "has both password and password_file: keep one");
+            None
+        }
+        (Some(p), None) => r
+            .string(Some(p), &join(path, "password"))
+            .map(|p| SecretValue::Inline(Secret::new(p))),
+        (None, Some(f)) => r
+            .required_string(Some(f), &join(path, "password_file"))
+            .map(|f| SecretValue::File(base.join(f))),
+        (None, None) => {
+            r.issue(path, "pkcs12 needs the file's password: set password (e.g. ${P12_PASSWORD}) or password_file");
+            None
+        }
+    };
+    let alias = r.string(k.get("alias"), &join(path, "alias"));
+    Some(KeySource::Pkcs12 {
+        path: base.join(file?),
+        password: password?,
+        alias,
+        chain: chain.unwrap_or(false),
+    })
+}
+
+/// The key loaded from its source; a file that does not load is reported at its own field.
+fn loaded(
+    r: &mut Reader,
+    source: KeySource,
+    path: &str,
+    form_path: String,
+) -> Option<(KeySource, keys::SigningKey)> {
+    match keys::load(&source) {
+        Ok(key) => Some((source, key)),
+        Err(e) => {
+            // A password file that cannot be read is reported at password_file, not at the key.
+            let at = match (&e, &source) {
+                (
+                    keys::KeyError::Read { path: unread, .. },
+                    KeySource::Pkcs12 {
+                        password: SecretValue::File(password_file),
+                        ..
+                    },
+                ) if unread == password_file => join(path, "password_file"),
+                (keys::KeyError::Read { path: unread, .. }, KeySource::Pkcs11 { at, .. })
+                    if at.pin.file() == Some(unread.as_path()) =>
+                {
+                    join(&form_path, "pin_file")
+                }
+                _ => form_path,
+            };
+            r.issue(&at, e.to_string());
+            None
+        }
+    }
+}
+
+pub(super) fn key(
+    r: &mut Reader,
+    v: &Value,
+    path: &str,
+    base: &Path,
+) -> Option<(KeySource, keys::SigningKey)> {
+    let k = r.mapping(v, path, &super::schema::KEY.keys())?;
+    let form = one_form(r, k, path)?;
+    let form_path = join(path, form);
+    let kid_path = join(path, "kid");
+    let kid = r.string(k.get("kid"), &kid_path);
+    let chain = companions(r, k, path, form, kid.as_deref())?;
     let source = match form {
         "pem" => {
             let Some(kid) = kid else {
@@ -113,56 +198,9 @@ pub(super) fn key(
                 base.join(r.required_string(k.get("jwk_base64_file"), &form_path)?),
             ),
         },
-        _ => {
-            let file = r.required_string(k.get("pkcs12"), &form_path);
-            let password = match (k.get("password"), k.get("password_file")) {
-                (Some(_), Some(_)) => {
-                    r.issue(path, "has both password and password_file: keep one");
-                    None
-                }
-                (Some(p), None) => r
-                    .string(Some(p), &join(path, "password"))
-                    .map(|p| SecretValue::Inline(Secret::new(p))),
-                (None, Some(f)) => r
-                    .required_string(Some(f), &join(path, "password_file"))
-                    .map(|f| SecretValue::File(base.join(f))),
-                (None, None) => {
-                    r.issue(path, "pkcs12 needs the file's password: set password (e.g. ${P12_PASSWORD}) or password_file");
-                    None
-                }
-            };
-            let alias = r.string(k.get("alias"), &join(path, "alias"));
-            KeySource::Pkcs12 {
-                path: base.join(file?),
-                password: password?,
-                alias,
-                chain: chain.unwrap_or(false),
-            }
-        }
+        _ => pkcs12(r, k, path, base, chain)?,
     };
-    match keys::load(&source) {
-        Ok(key) => Some((source, key)),
-        Err(e) => {
-            // A password file that cannot be read is reported at password_file, not at the key.
-            let at = match (&e, &source) {
-                (
-                    keys::KeyError::Read { path: unread, .. },
-                    KeySource::Pkcs12 {
-                        password: SecretValue::File(password_file),
-                        ..
-                    },
-                ) if unread == password_file => join(path, "password_file"),
-                (keys::KeyError::Read { path: unread, .. }, KeySource::Pkcs11 { at, .. })
-                    if at.pin.file() == Some(unread.as_path()) =>
-                {
-                    join(&form_path, "pin_file")
-                }
-                _ => form_path,
-            };
-            r.issue(&at, e.to_string());
-            None
-        }
-    }
+    loaded(r, source, path, form_path)
 }
 
 /// `key.pkcs11`: the module, the token's label, the key's label and the PIN.
