@@ -151,22 +151,14 @@ pub(super) fn selfservice(r: &mut Reader, v: Option<&Value>, base: &Path) -> Opt
     })
 }
 
-/// `clients.<name>.renew`, for a client whose key is `keyset`.
-pub(super) fn renew(
+/// A key must live longer than it waits to be rotated or renewed, and no longer than Digdir keeps it.
+fn lifetimes_agree(
     r: &mut Reader,
-    v: &Value,
     path: &str,
-    name: &str,
-    environment: Option<Environment>,
-) -> Option<Renew> {
-    let m = r.mapping(v, path, &super::schema::RENEW.keys())?;
-    let days = |r: &mut Reader, key: &str, default: u64| {
-        r.positive_u64(m.get(key), &join(path, key))
-            .unwrap_or(default)
-    };
-    let lifetime = days(r, "key_lifetime_days", 90);
-    let rotate_after = days(r, "rotate_after_days", 60);
-    let renew_before = days(r, "renew_before_days", 30);
+    lifetime: u64,
+    rotate_after: u64,
+    renew_before: u64,
+) {
     if lifetime > MAX_KEY_LIFETIME_DAYS {
         r.issue(
             &join(path, "key_lifetime_days"),
@@ -184,6 +176,64 @@ pub(super) fn renew(
             );
         }
     }
+}
+
+/// The size of the keys portvakt makes (2048 unless set).
+fn bits(r: &mut Reader, v: Option<&Value>, path: &str) -> Option<usize> {
+    match v {
+        None => Some(2048),
+        Some(v) => match r.positive_u64(Some(v), path) {
+            Some(b @ (2048 | 3072 | 4096)) => Some(b as usize),
+            Some(other) => {
+                r.issue(path, format!("is {other}: choose 2048, 3072 or 4096"));
+                None
+            }
+            None => None,
+        },
+    }
+}
+
+/// What the kids of new keys start with: `kid_prefix`, else the client's name and environment.
+fn kid_prefix(
+    r: &mut Reader,
+    v: Option<&Value>,
+    path: &str,
+    name: &str,
+    environment: Option<Environment>,
+) -> Option<String> {
+    let env = match environment {
+        Some(Environment::Prod) => "PROD",
+        Some(Environment::Test) => "TEST",
+        _ => "CUSTOM",
+    };
+    let kid_prefix = r.string(v, path).unwrap_or_else(|| format!("{name}-{env}"));
+    if kid_prefix.is_empty() || !crate::keys::in_kid_alphabet(&kid_prefix) {
+        r.issue(
+            path,
+            "may hold only letters, digits, `.`, `_` and `-` (Digdir's rule for kids)",
+        );
+        return None;
+    }
+    Some(kid_prefix)
+}
+
+/// `clients.<name>.renew`, for a client whose key is `keyset`.
+pub(super) fn renew(
+    r: &mut Reader,
+    v: &Value,
+    path: &str,
+    name: &str,
+    environment: Option<Environment>,
+) -> Option<Renew> {
+    let m = r.mapping(v, path, &super::schema::RENEW.keys())?;
+    let days = |r: &mut Reader, key: &str, default: u64| {
+        r.positive_u64(m.get(key), &join(path, key))
+            .unwrap_or(default)
+    };
+    let lifetime = days(r, "key_lifetime_days", 90);
+    let rotate_after = days(r, "rotate_after_days", 60);
+    let renew_before = days(r, "renew_before_days", 30);
+    lifetimes_agree(r, path, lifetime, rotate_after, renew_before);
     let activate_after = r
         .u64_or_zero(
             m.get("activate_after_seconds"),
@@ -193,35 +243,14 @@ pub(super) fn renew(
     let overlap = r
         .u64_or_zero(m.get("overlap_seconds"), &join(path, "overlap_seconds"))
         .unwrap_or(7 * DAY);
-    let bits = match m.get("bits") {
-        None => Some(2048),
-        Some(v) => match r.positive_u64(Some(v), &join(path, "bits")) {
-            Some(b @ (2048 | 3072 | 4096)) => Some(b as usize),
-            Some(other) => {
-                r.issue(
-                    &join(path, "bits"),
-                    format!("is {other}: choose 2048, 3072 or 4096"),
-                );
-                None
-            }
-            None => None,
-        },
-    };
-    let env = match environment {
-        Some(Environment::Prod) => "PROD",
-        Some(Environment::Test) => "TEST",
-        _ => "CUSTOM",
-    };
-    let kid_prefix = r
-        .string(m.get("kid_prefix"), &join(path, "kid_prefix"))
-        .unwrap_or_else(|| format!("{name}-{env}"));
-    let prefix_ok = !kid_prefix.is_empty() && crate::keys::in_kid_alphabet(&kid_prefix);
-    if !prefix_ok {
-        r.issue(
-            &join(path, "kid_prefix"),
-            "may hold only letters, digits, `.`, `_` and `-` (Digdir's rule for kids)",
-        );
-    }
+    let bits = bits(r, m.get("bits"), &join(path, "bits"));
+    let kid_prefix = kid_prefix(
+        r,
+        m.get("kid_prefix"),
+        &join(path, "kid_prefix"),
+        name,
+        environment,
+    );
     let kubernetes_secret = match m.get("kubernetes_secret") {
         None => Some(None),
         Some(v) => secret_ref(r, v, &join(path, "kubernetes_secret")).map(Some),
@@ -235,9 +264,6 @@ pub(super) fn renew(
             &join(path, "background_interval_seconds"),
         )
         .unwrap_or(6 * 3600);
-    if !prefix_ok {
-        return None;
-    }
     Some(Renew {
         kubernetes_secret: kubernetes_secret?,
         background,
@@ -248,7 +274,7 @@ pub(super) fn renew(
         renew_before: Duration::from_secs(renew_before * DAY),
         activate_after: Duration::from_secs(activate_after),
         overlap: Duration::from_secs(overlap),
-        kid_prefix,
+        kid_prefix: kid_prefix?,
     })
 }
 
