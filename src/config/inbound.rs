@@ -124,20 +124,13 @@ fn digest(value: &[u8]) -> [u8; 32] {
     out
 }
 
-pub(super) fn inbound(
+/// `inbound.allow` (or `allow_any`), required when portvakt listens beyond loopback.
+fn who_may_call(
     r: &mut Reader,
-    v: Option<&Value>,
+    m: &serde_json::Map<String, Value>,
+    path: &str,
     listen: Option<SocketAddr>,
-    base: &Path,
-) -> Inbound {
-    let path = "inbound";
-    let empty = serde_json::Map::new();
-    let m = match v {
-        Some(v) => r
-            .mapping(v, path, &super::schema::INBOUND.keys())
-            .unwrap_or(&empty),
-        None => &empty,
-    };
+) -> Option<AllowList> {
     let allow = allow_list(r, m.get("allow"), &join(path, "allow"));
     let allow_any = r
         .boolean(m.get("allow_any"), &join(path, "allow_any"))
@@ -158,20 +151,11 @@ pub(super) fn inbound(
             ),
         );
     }
-    let tls = m
-        .get("tls")
-        .and_then(|t| inbound_tls(r, t, &join(path, "tls"), base));
-    let max_header_bytes = r
-        .positive_u64(m.get("max_header_bytes"), &join(path, "max_header_bytes"))
-        .map_or(DEFAULT_MAX_HEADER_BYTES, |n| {
-            if n < MIN_HEADER_BYTES {
-                r.issue(
-                    &join(path, "max_header_bytes"),
-                    format!("must be at least {MIN_HEADER_BYTES}"),
-                );
-            }
-            usize::try_from(n).unwrap_or(usize::MAX)
-        });
+    allow
+}
+
+/// The requests served at once, and one caller address's share of them.
+fn places(r: &mut Reader, m: &serde_json::Map<String, Value>, path: &str) -> (usize, usize) {
     let max_concurrent_requests = r
         .positive_u64(
             m.get("max_concurrent_requests"),
@@ -194,6 +178,39 @@ pub(super) fn inbound(
             format!("is more than max_concurrent_requests ({max_concurrent_requests})"),
         );
     }
+    (max_concurrent_requests, max_concurrent_per_address)
+}
+
+pub(super) fn inbound(
+    r: &mut Reader,
+    v: Option<&Value>,
+    listen: Option<SocketAddr>,
+    base: &Path,
+) -> Inbound {
+    let path = "inbound";
+    let empty = serde_json::Map::new();
+    let m = match v {
+        Some(v) => r
+            .mapping(v, path, &super::schema::INBOUND.keys())
+            .unwrap_or(&empty),
+        None => &empty,
+    };
+    let allow = who_may_call(r, m, path, listen);
+    let tls = m
+        .get("tls")
+        .and_then(|t| inbound_tls(r, t, &join(path, "tls"), base));
+    let max_header_bytes = r
+        .positive_u64(m.get("max_header_bytes"), &join(path, "max_header_bytes"))
+        .map_or(DEFAULT_MAX_HEADER_BYTES, |n| {
+            if n < MIN_HEADER_BYTES {
+                r.issue(
+                    &join(path, "max_header_bytes"),
+                    format!("must be at least {MIN_HEADER_BYTES}"),
+                );
+            }
+            usize::try_from(n).unwrap_or(usize::MAX)
+        });
+    let (max_concurrent_requests, max_concurrent_per_address) = places(r, m, path);
     let (min_rate, grace, deadline) = body_pace(r, m, path);
     let answer_stall = r
         .positive_u64(
