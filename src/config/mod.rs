@@ -9,6 +9,7 @@ mod key;
 mod reader;
 mod renew;
 mod route_parties;
+mod route_transport;
 mod routes;
 pub mod schema;
 mod telemetry;

@@ -1,29 +1,27 @@
 //! The `routes` list: each route's fields, checked with their YAML paths.
 
-use super::egress::{check_plain_http, egress};
+use super::egress::check_plain_http;
 use super::headers::headers;
-use super::inbound::{allow_list, api_keys, body_pace};
+use super::inbound::{allow_list, api_keys};
 use super::reader::{index, join, Reader};
 use super::route_parties::{
     authorization_details, consent, is_systemuser_detail, parties, resource, selector_header,
     Parties,
 };
-use super::values::{ca_file, http_url};
-use super::{AllowList, AltinnExchange, ApiKey, CallerAddress, Egress, Environment, RouteConfig};
+use super::route_transport::transport;
+use super::values::http_url;
+use super::{AllowList, AltinnExchange, ApiKey, Egress, Environment, RouteConfig};
 use crate::consent::ConsentRule;
 use crate::support::secret::Secret;
 use http::{HeaderName, HeaderValue, Uri};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::time::Duration;
 
 /// Altinn's token exchange, by environment (maskinporten.md section 6).
 const ALTINN_EXCHANGE_PATH: &str = "authentication/api/v1/exchange/maskinporten";
 const ALTINN_TT02: &str = "https://platform.tt02.altinn.no/";
 const ALTINN_PROD: &str = "https://platform.altinn.no/";
-/// A request body up to this size is kept so the request can be sent again after an upstream 401.
-const DEFAULT_RETRY_BODY_MAX_BYTES: u64 = 64 * 1024;
 
 /// What routes are checked against: the declared clients (with the organisation of those that
 /// sign with a virksomhetssertifikat), the Maskinporten environment and the config file's folder.
@@ -101,24 +99,6 @@ fn route(r: &mut Reader, v: &Value, path: &str, cx: &Context) -> Option<RouteCon
     let altinn_exchange = r
         .string(m.get("altinn_exchange"), &p("altinn_exchange"))
         .and_then(|s| altinn_exchange(r, &s, &p("altinn_exchange"), cx.environment));
-    let retry_on_401 = r
-        .boolean(m.get("retry_on_401"), &p("retry_on_401"))
-        .unwrap_or(true);
-    let forward_caller_address = r
-        .string(
-            m.get("forward_caller_address"),
-            &p("forward_caller_address"),
-        )
-        .and_then(|s| caller_address(r, &s, &p("forward_caller_address")));
-    let upstream_http2 = r
-        .boolean(m.get("upstream_http2"), &p("upstream_http2"))
-        .unwrap_or(true);
-    let retry_body_max_bytes = match m.get("retry_body_max_bytes") {
-        Some(Value::Number(n)) if n.as_u64() == Some(0) => 0,
-        v => r
-            .positive_u64(v, &p("retry_body_max_bytes"))
-            .unwrap_or(DEFAULT_RETRY_BODY_MAX_BYTES),
-    };
     let resource = resource(r, m.get("resource"), &p("resource"));
     let authorization_details = authorization_details(
         r,
@@ -135,45 +115,10 @@ fn route(r: &mut Reader, v: &Value, path: &str, cx: &Context) -> Option<RouteCon
         &authorization_details,
         &headers,
     );
-    let ca_file = r
-        .string(m.get("ca_file"), &p("ca_file"))
-        .and_then(|f| ca_file(r, &base.join(f), &p("ca_file")));
-    let timeout = r
-        .positive_u64(m.get("timeout_seconds"), &p("timeout_seconds"))
-        .unwrap_or(30);
-    let insecure = r
-        .boolean(m.get("insecure_http"), &p("insecure_http"))
-        .unwrap_or(false);
-    if let Some(u) = &upstream {
-        check_plain_http(r, u, &p("upstream"), insecure, "insecure_http");
-    }
-    if let Some(a) = &altinn_exchange {
-        if let Ok(u) = a.url.parse::<Uri>() {
-            check_plain_http(r, &u, &p("altinn_exchange"), insecure, "insecure_http");
-        }
-    }
-    let (allow, api_keys, api_key_header) = callers(r, m, path, base, &headers, &parties);
-    if !api_keys.is_empty()
-        && (api_key_header == consent.id_header || api_key_header == consent.from_header)
-    {
-        r.issue(
-            &p("api_key_header"),
-            "is also a consent header: pick another name",
-        );
-    }
-    let max_body_bytes = r.positive_u64(m.get("max_body_bytes"), &p("max_body_bytes"));
-    let connect_timeout = r
-        .positive_u64(
-            m.get("connect_timeout_seconds"),
-            &p("connect_timeout_seconds"),
-        )
-        .unwrap_or(10);
-    let idle_timeout = r
-        .positive_u64(m.get("idle_timeout_seconds"), &p("idle_timeout_seconds"))
-        .unwrap_or(60);
-    let proxy =
-        egress(r, m.get("proxy"), &p("proxy"), base).unwrap_or_else(|| cx.egress_proxy.clone());
-    let (min_body_rate, body_rate_grace, body_deadline) = body_pace(r, m, path);
+    plain_http(r, m, path, upstream.as_ref(), altinn_exchange.as_ref());
+    let (allow, api_keys, api_key_header) =
+        callers(r, m, path, base, &headers, (&parties, &consent));
+    let t = transport(r, m, path, base, cx.egress_proxy);
     Some(RouteConfig {
         name: name?,
         prefix: prefix?,
@@ -189,26 +134,49 @@ fn route(r: &mut Reader, v: &Value, path: &str, cx: &Context) -> Option<RouteCon
         resource,
         authorization_details,
         headers,
-        timeout: Duration::from_secs(timeout),
-        ca_file,
+        timeout: t.timeout,
+        ca_file: t.ca_file,
         altinn_exchange,
-        retry_on_401,
-        retry_body_max_bytes,
+        retry_on_401: t.retry_on_401,
+        retry_body_max_bytes: t.retry_body_max_bytes,
         allow,
         api_keys,
         api_key_header,
-        max_body_bytes,
-        connect_timeout: Duration::from_secs(connect_timeout),
-        idle_timeout: Duration::from_secs(idle_timeout),
-        proxy,
-        upstream_http2,
-        min_body_rate,
-        body_rate_grace,
-        body_deadline,
-        forward_caller_address,
+        max_body_bytes: t.max_body_bytes,
+        connect_timeout: t.connect_timeout,
+        idle_timeout: t.idle_timeout,
+        proxy: t.proxy,
+        upstream_http2: t.upstream_http2,
+        min_body_rate: t.min_body_rate,
+        body_rate_grace: t.body_rate_grace,
+        body_deadline: t.body_deadline,
+        forward_caller_address: t.forward_caller_address,
         consent,
         consent_tokens_max,
     })
+}
+
+/// Plain http:// to another machine only where the route says the network is trusted
+/// (`insecure_http`): its upstream and its Altinn exchange.
+fn plain_http(
+    r: &mut Reader,
+    m: &Map<String, Value>,
+    path: &str,
+    upstream: Option<&Uri>,
+    altinn_exchange: Option<&AltinnExchange>,
+) {
+    let p = |k: &str| join(path, k);
+    let insecure = r
+        .boolean(m.get("insecure_http"), &p("insecure_http"))
+        .unwrap_or(false);
+    if let Some(u) = upstream {
+        check_plain_http(r, u, &p("upstream"), insecure, "insecure_http");
+    }
+    if let Some(a) = altinn_exchange {
+        if let Ok(u) = a.url.parse::<Uri>() {
+            check_plain_http(r, &u, &p("altinn_exchange"), insecure, "insecure_http");
+        }
+    }
 }
 
 /// `c` when it names a declared client (loaded or not).
@@ -223,21 +191,6 @@ fn known_client(r: &mut Reader, c: String, clients: &[&str], path: &str) -> Opti
     };
     r.issue(path, format!("unknown client \"{c}\" (known: {known})"));
     None
-}
-
-/// `forward_caller_address`: how the caller's address goes upstream.
-fn caller_address(r: &mut Reader, s: &str, path: &str) -> Option<CallerAddress> {
-    match s {
-        "forwarded" => Some(CallerAddress::Forwarded),
-        "x-forwarded-for" => Some(CallerAddress::XForwardedFor),
-        other => {
-            r.issue(
-                path,
-                format!("`{other}` is not a way to send the caller's address: write `forwarded` (RFC 7239) or `x-forwarded-for`, or leave it out to send none"),
-            );
-            None
-        }
-    }
 }
 
 /// What two of a route's settings would each do alone: a system user both in
@@ -285,7 +238,7 @@ fn callers(
     path: &str,
     base: &Path,
     headers: &[(HeaderName, Secret<HeaderValue>)],
-    parties: &Parties,
+    (parties, consent): (&Parties, &ConsentRule),
 ) -> (Option<AllowList>, Vec<ApiKey>, HeaderName) {
     let p = |k: &str| join(path, k);
     let allow = allow_list(r, m.get("allow"), &p("allow"));
@@ -317,6 +270,13 @@ fn callers(
         r.issue(
             &p("api_key_header"),
             "is also a party header: pick another name",
+        );
+    }
+    let consent_header = [&consent.id_header, &consent.from_header].contains(&&api_key_header);
+    if !api_keys.is_empty() && consent_header {
+        r.issue(
+            &p("api_key_header"),
+            "is also a consent header: pick another name",
         );
     }
     (allow, api_keys, api_key_header)
