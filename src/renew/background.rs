@@ -75,16 +75,15 @@ fn jittered(interval: Duration) -> Duration {
         + Duration::from_millis(fastrand::u64(0..=2 * tenth))
 }
 
-async fn once(
+/// The renewal lease, for a keyset kept in a Kubernetes Secret: `Ok(Some)` when this replica
+/// holds it, `Ok(None)` for a keyset in a file (its lock file decides), `Err` when another replica
+/// holds it or it cannot be had (counted as a failed pass).
+async fn lease(
     renewal: &Renewal,
-    api: &mut super::api::Api,
-    endpoint: &crate::token::TokenEndpoint,
-    scopes: &Option<Vec<String>>,
     replica: &mut Replica,
     metrics: &Metrics,
-) {
-    // With a Secret, the replica holding the Lease renews; with a file, the lock file decides.
-    let lease = match &renewal.renew.kubernetes_secret {
+) -> Result<Option<(Kubernetes, String, String)>, ()> {
+    Ok(match &renewal.renew.kubernetes_secret {
         Some(at) => match Kubernetes::new(&at.api) {
             Ok(kube) => {
                 let name = format!("{}-renewer", at.name);
@@ -101,22 +100,36 @@ async fn once(
                     Ok(true) => Some((kube, at.namespace.clone(), name)),
                     Ok(false) => {
                         tracing::debug!(client = %renewal.client, "another replica holds the renewal lease");
-                        return;
+                        return Err(());
                     }
                     Err(e) => {
                         tracing::error!(client = %renewal.client, "background key renewal: the lease: {e}");
                         count(metrics, renewal, "failed");
-                        return;
+                        return Err(());
                     }
                 }
             }
             Err(e) => {
                 tracing::error!(client = %renewal.client, "background key renewal: {e}");
                 count(metrics, renewal, "failed");
-                return;
+                return Err(());
             }
         },
         None => None,
+    })
+}
+
+async fn once(
+    renewal: &Renewal,
+    api: &mut super::api::Api,
+    endpoint: &crate::token::TokenEndpoint,
+    scopes: &Option<Vec<String>>,
+    replica: &mut Replica,
+    metrics: &Metrics,
+) {
+    // With a Secret, the replica holding the Lease renews; with a file, the lock file decides.
+    let Ok(lease) = lease(renewal, replica, metrics).await else {
+        return;
     };
     let mut cx = Context {
         api,
