@@ -3,7 +3,7 @@
 //! set); a pass cut between any two starts the next one from what was written.
 
 use super::api::{Api, ApiError};
-use super::plan::{plan, Facts, Step};
+use super::plan::{describe, plan, Facts, Step};
 use super::store::{Store, StoreError};
 use crate::config::Renewal;
 use crate::keys::keyset::{Entry, Keyset, State};
@@ -97,17 +97,7 @@ pub async fn run(renewal: &Renewal, cx: &mut Context<'_>, options: &Options<'_>)
             Ok(r) => r,
             Err(e) => return Outcome::Failed(e.to_string()),
         };
-        // What Digdir says of portvakt's keys: their `exp`, and when each was first seen listed.
-        let mut seen = false;
-        for entry in &mut keyset.keys {
-            if let Some(r) = registered.iter().find(|r| r.kid == entry.kid) {
-                if entry.registered.is_none() || entry.exp != r.exp {
-                    entry.registered.get_or_insert(now);
-                    entry.exp = r.exp;
-                    seen = true;
-                }
-            }
-        }
+        let seen = observe(&mut keyset, &registered, now);
         if seen && !options.dry_run {
             match write(&mut store, &keyset, cx, "observed").await {
                 Ok(()) => {}
@@ -125,12 +115,7 @@ pub async fn run(renewal: &Renewal, cx: &mut Context<'_>, options: &Options<'_>)
         let step = plan(&facts);
         if options.dry_run {
             cx.report.push(describe(&step, &facts));
-            return match step {
-                Step::Nothing => Outcome::Nothing,
-                Step::Wait { kid, until } => Outcome::Waiting(kid, until),
-                Step::Refuse(why) => Outcome::Failed(why),
-                _ => Outcome::Done,
-            };
+            return planned(step);
         }
         let result = match &step {
             Step::Nothing => {
@@ -147,44 +132,10 @@ pub async fn run(renewal: &Renewal, cx: &mut Context<'_>, options: &Options<'_>)
             }
             Step::Wait { kid, until } => {
                 let _ = note_success(&mut store, &mut keyset, cx, now).await;
-                return Outcome::Waiting(
-                    format!(
-                        "the new key {kid} signs once it has been registered {} s more (at {})",
-                        until - now,
-                        crate::support::time::datetime(*until)
-                    ),
-                    *until,
-                );
+                return waiting(kid, *until, now);
             }
             Step::Refuse(why) => return Outcome::Failed(why.clone()),
-            Step::Register { why, set } => {
-                cx.report.push(format!("register: {why}"));
-                post(cx, renewal, &keyset, set, "registered").await
-            }
-            Step::NewKey { why } => {
-                new_key(cx, renewal, &mut store, &mut keyset, &registered, now, why).await
-            }
-            Step::Activate { kid } => {
-                activate(cx, renewal, &mut store, &mut keyset, kid, now).await
-            }
-            Step::RenewInPlace { why, set } => {
-                cx.report.push(format!("renew in place: {why}"));
-                if let Err(Halt::Stop(o)) = post(cx, renewal, &keyset, set, "renewed").await {
-                    return o;
-                }
-                return Outcome::Failed(format!("renewed in place, not rotated: {why}"));
-            }
-            Step::Retire { kids, set } => {
-                cx.report
-                    .push(format!("retire {}: their overlap is over", kids.join(", ")));
-                post(cx, renewal, &keyset, set, "retired").await
-            }
-            Step::Forget { kids } => {
-                cx.report
-                    .push(format!("forget {}: no longer registered", kids.join(", ")));
-                keyset.keys.retain(|e| !kids.contains(&e.kid));
-                write(&mut store, &keyset, cx, "forgotten").await
-            }
+            step => take(step, cx, renewal, &mut store, &mut keyset, &registered, now).await,
         };
         match result {
             Ok(()) => done = true,
@@ -195,6 +146,86 @@ pub async fn run(renewal: &Renewal, cx: &mut Context<'_>, options: &Options<'_>)
     Outcome::Failed(format!(
         "the pass took {MAX_STEPS} steps without settling; run it again"
     ))
+}
+
+/// Notes what Digdir says of portvakt's keys: their `exp`, and when each was first seen listed.
+/// Whether anything changed.
+fn observe(keyset: &mut Keyset, registered: &[super::api::Registered], now: i64) -> bool {
+    let mut seen = false;
+    for entry in &mut keyset.keys {
+        if let Some(r) = registered.iter().find(|r| r.kid == entry.kid) {
+            if entry.registered.is_none() || entry.exp != r.exp {
+                entry.registered.get_or_insert(now);
+                entry.exp = r.exp;
+                seen = true;
+            }
+        }
+    }
+    seen
+}
+
+/// A pass that ends waiting for a new key's registration to settle.
+fn waiting(kid: &str, until: i64, now: i64) -> Outcome {
+    Outcome::Waiting(
+        format!(
+            "the new key {kid} signs once it has been registered {} s more (at {})",
+            until - now,
+            crate::support::time::datetime(until)
+        ),
+        until,
+    )
+}
+
+/// What a dry run reports: the outcome the step would lead to.
+fn planned(step: Step) -> Outcome {
+    match step {
+        Step::Nothing => Outcome::Nothing,
+        Step::Wait { kid, until } => Outcome::Waiting(kid, until),
+        Step::Refuse(why) => Outcome::Failed(why),
+        _ => Outcome::Done,
+    }
+}
+
+/// Takes one step that writes: to Digdir's set, or to the keyset.
+async fn take(
+    step: &Step,
+    cx: &mut Context<'_>,
+    renewal: &Renewal,
+    store: &mut Store,
+    keyset: &mut Keyset,
+    registered: &[super::api::Registered],
+    now: i64,
+) -> Result<(), Halt> {
+    match step {
+        Step::Register { why, set } => {
+            cx.report.push(format!("register: {why}"));
+            post(cx, renewal, keyset, set, "registered").await
+        }
+        Step::NewKey { why } => new_key(cx, renewal, store, keyset, registered, now, why).await,
+        Step::Activate { kid } => activate(cx, renewal, store, keyset, kid, now).await,
+        Step::RenewInPlace { why, set } => {
+            cx.report.push(format!("renew in place: {why}"));
+            if let Err(Halt::Stop(o)) = post(cx, renewal, keyset, set, "renewed").await {
+                return Err(Halt::Stop(o));
+            }
+            Err(Halt::Stop(Outcome::Failed(format!(
+                "renewed in place, not rotated: {why}"
+            ))))
+        }
+        Step::Retire { kids, set } => {
+            cx.report
+                .push(format!("retire {}: their overlap is over", kids.join(", ")));
+            post(cx, renewal, keyset, set, "retired").await
+        }
+        Step::Forget { kids } => {
+            cx.report
+                .push(format!("forget {}: no longer registered", kids.join(", ")));
+            keyset.keys.retain(|e| !kids.contains(&e.kid));
+            write(store, keyset, cx, "forgotten").await
+        }
+        // These write nothing: `run` ends the pass on them.
+        Step::Nothing | Step::Wait { .. } | Step::Refuse(_) => Ok(()),
+    }
 }
 
 async fn write(
@@ -360,37 +391,4 @@ async fn note_success(
     }
     keyset.last_success = Some(now);
     write(store, keyset, cx, "noted").await
-}
-
-/// The step as `--dry-run` prints it: what would be done and how Digdir's set would change.
-fn describe(step: &Step, f: &Facts) -> String {
-    let kids = |set: &[Value]| {
-        set.iter()
-            .filter_map(|k| k["kid"].as_str().map(str::to_string))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let now: Vec<String> = f.registered.iter().map(|r| r.kid.clone()).collect();
-    let change = |set: &[Value]| format!("Digdir's set: [{}] -> [{}]", now.join(", "), kids(set));
-    match step {
-        Step::Nothing => "nothing to do".into(),
-        Step::Wait { kid, until } => format!(
-            "wait: {kid} may sign from {}",
-            crate::support::time::datetime(*until)
-        ),
-        Step::Refuse(why) => format!("cannot go on: {why}"),
-        Step::Register { why, set } => format!("would register ({why}); {}", change(set)),
-        Step::NewKey { why } => format!(
-            "would make a {}-bit key, store it as pending and register it ({why}); Digdir's set: [{}] -> [{}, <new>]",
-            f.renew.bits,
-            now.join(", "),
-            kids(&f.set(&[], &[]))
-        ),
-        Step::Activate { kid } => {
-            format!("would prove {kid} with a grant and make it the active key")
-        }
-        Step::RenewInPlace { why, set } => format!("would renew in place ({why}); {}", change(set)),
-        Step::Retire { kids: k, set } => format!("would retire {}; {}", k.join(", "), change(set)),
-        Step::Forget { kids: k } => format!("would forget {} (no longer registered)", k.join(", ")),
-    }
 }

@@ -3,7 +3,7 @@
 
 use super::api::Registered;
 use crate::config::Renew;
-use crate::keys::keyset::{Keyset, State};
+use crate::keys::keyset::{Entry, Keyset, State};
 use serde_json::Value;
 
 /// Digdir keeps at most this many keys per client.
@@ -112,66 +112,62 @@ impl Facts<'_> {
     }
 }
 
-pub fn plan(f: &Facts) -> Step {
-    let ks = f.keyset;
-    let active = ks.active();
-    let pending = ks.pending();
-    // 1. What portvakt signs with, or is about to, must be registered.
+/// Step 1: a Register (or a refusal, Digdir's set being full) for the active or pending key
+/// that is not in Digdir's set.
+fn unregistered(f: &Facts, active: Option<&Entry>, pending: Option<&Entry>) -> Option<Step> {
     for (entry, what) in [(active, "active"), (pending, "pending")] {
         if let Some(e) = entry {
             if !f.is_registered(&e.kid) {
                 let set = f.set(&[], &[]);
                 if set.len() > MAX_KEYS {
-                    return Step::Refuse(format!(
+                    return Some(Step::Refuse(format!(
                         "the {what} key {} is not registered and Digdir's set is full ({} keys, {MAX_KEYS} at most); remove a key you do not use in Samarbeidsportalen",
                         e.kid,
                         f.registered.len()
-                    ));
+                    )));
                 }
-                return Step::Register {
+                return Some(Step::Register {
                     why: format!("the {what} key {} is not in Digdir's set", e.kid),
                     set,
-                };
+                });
             }
         }
     }
-    // 2. A registered pending key becomes active once it has been registered long enough.
-    if let Some(p) = pending {
-        let since = p.registered.unwrap_or(f.now);
-        let until = since + f.renew.activate_after.as_secs() as i64;
-        return if f.now >= until {
-            Step::Activate { kid: p.kid.clone() }
-        } else {
-            Step::Wait {
-                kid: p.kid.clone(),
-                until,
-            }
-        };
-    }
-    // 3. Keys that have left Digdir's set leave the keyset; retiring keys past their overlap leave Digdir's.
-    let gone: Vec<String> = ks
+    None
+}
+
+/// Step 3: keys gone from Digdir's set are forgotten; retiring keys past their overlap are taken
+/// out of it (while there is an active key).
+fn leaving(f: &Facts, has_active: bool) -> Option<Step> {
+    let gone: Vec<String> = f
+        .keyset
         .keys
         .iter()
         .filter(|e| e.state == State::Retiring && !f.is_registered(&e.kid))
         .map(|e| e.kid.clone())
         .collect();
     if !gone.is_empty() {
-        return Step::Forget { kids: gone };
+        return Some(Step::Forget { kids: gone });
     }
-    let due: Vec<&str> = ks
+    let due: Vec<&str> = f
+        .keyset
         .keys
         .iter()
         .filter(|e| e.state == State::Retiring && e.retire_after.is_some_and(|t| f.now >= t))
         .map(|e| e.kid.as_str())
         .collect();
-    if !due.is_empty() && active.is_some() {
-        return Step::Retire {
+    if !due.is_empty() && has_active {
+        return Some(Step::Retire {
             kids: due.iter().map(|k| k.to_string()).collect(),
             set: f.set(&due, &[]),
-        };
+        });
     }
-    // 4. A new key when there is none, when asked, or when the active one is old or near its `exp`.
-    let why = match active {
+    None
+}
+
+/// Step 4's reason for a new key: none yet, asked for, or the active one old or near its `exp`.
+fn why_new(f: &Facts, active: Option<&Entry>) -> Option<String> {
+    match active {
         None => Some("the keyset has no key yet (bootstrap)".to_string()),
         Some(_) if f.force => Some("asked for with --force".to_string()),
         Some(a) => {
@@ -193,7 +189,36 @@ pub fn plan(f: &Facts) -> Step {
                 None
             }
         }
-    };
+    }
+}
+
+pub fn plan(f: &Facts) -> Step {
+    let ks = f.keyset;
+    let active = ks.active();
+    let pending = ks.pending();
+    // 1. What portvakt signs with, or is about to, must be registered.
+    if let Some(step) = unregistered(f, active, pending) {
+        return step;
+    }
+    // 2. A registered pending key becomes active once it has been registered long enough.
+    if let Some(p) = pending {
+        let since = p.registered.unwrap_or(f.now);
+        let until = since + f.renew.activate_after.as_secs() as i64;
+        return if f.now >= until {
+            Step::Activate { kid: p.kid.clone() }
+        } else {
+            Step::Wait {
+                kid: p.kid.clone(),
+                until,
+            }
+        };
+    }
+    // 3. Keys that have left Digdir's set leave the keyset; retiring keys past their overlap leave Digdir's.
+    if let Some(step) = leaving(f, active.is_some()) {
+        return step;
+    }
+    // 4. A new key when there is none, when asked, or when the active one is old or near its `exp`.
+    let why = why_new(f, active);
     let Some(why) = why else {
         return Step::Nothing;
     };
@@ -213,5 +238,38 @@ pub fn plan(f: &Facts) -> Step {
         None => Step::Refuse(format!(
             "{why}, but Digdir's set is full ({kept} keys): remove a key you do not use in Samarbeidsportalen"
         )),
+    }
+}
+
+/// The step as `--dry-run` prints it: what would be done and how Digdir's set would change.
+pub fn describe(step: &Step, f: &Facts) -> String {
+    let kids = |set: &[Value]| {
+        set.iter()
+            .filter_map(|k| k["kid"].as_str().map(str::to_string))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let now: Vec<String> = f.registered.iter().map(|r| r.kid.clone()).collect();
+    let change = |set: &[Value]| format!("Digdir's set: [{}] -> [{}]", now.join(", "), kids(set));
+    match step {
+        Step::Nothing => "nothing to do".into(),
+        Step::Wait { kid, until } => format!(
+            "wait: {kid} may sign from {}",
+            crate::support::time::datetime(*until)
+        ),
+        Step::Refuse(why) => format!("cannot go on: {why}"),
+        Step::Register { why, set } => format!("would register ({why}); {}", change(set)),
+        Step::NewKey { why } => format!(
+            "would make a {}-bit key, store it as pending and register it ({why}); Digdir's set: [{}] -> [{}, <new>]",
+            f.renew.bits,
+            now.join(", "),
+            kids(&f.set(&[], &[]))
+        ),
+        Step::Activate { kid } => {
+            format!("would prove {kid} with a grant and make it the active key")
+        }
+        Step::RenewInPlace { why, set } => format!("would renew in place ({why}); {}", change(set)),
+        Step::Retire { kids: k, set } => format!("would retire {}; {}", k.join(", "), change(set)),
+        Step::Forget { kids: k } => format!("would forget {} (no longer registered)", k.join(", ")),
     }
 }
