@@ -155,123 +155,161 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
+/// One metric's declaration: its name (after `portvakt_`), its help text, and whether it counts
+/// seconds (the unit suffix).
+struct Def {
+    name: &'static str,
+    help: &'static str,
+    seconds: bool,
+}
+
+const REQUESTS: Def = Def {
+    name: "requests",
+    help: "Requests answered, by route, method and status",
+    seconds: false,
+};
+const REQUEST_DURATION: Def = Def {
+    name: "request_duration",
+    help: "Time from request received to response headers sent, by route, method and status",
+    seconds: true,
+};
+const UPSTREAM_ERRORS: Def = Def {
+    name: "upstream_errors",
+    help: "Upstream calls that failed, by route and kind (connect, timeout, reset, tls, protocol)",
+    seconds: false,
+};
+const IN_FLIGHT: Def = Def {
+    name: "in_flight_requests",
+    help: "Requests being served now, from admission to the last body byte",
+    seconds: false,
+};
+const SLOW_CALLERS_CUT: Def = Def {
+    name: "slow_callers_cut",
+    help: "Connections and request bodies portvakt cut because the caller was too slow, by reason",
+    seconds: false,
+};
+const UNAUTHORIZED_RETRIES: Def = Def {
+    name: "upstream_unauthorized",
+    help: "Upstream 401 answers to requests that carried a token, by route and what portvakt did",
+    seconds: false,
+};
+const TOKEN_FETCHES: Def = Def {
+    name: "token_fetches",
+    help: "Token requests to Maskinporten, by client, result and MP code",
+    seconds: false,
+};
+const TOKEN_FETCH_DURATION: Def = Def {
+    name: "token_fetch_duration",
+    help: "Time one token request to Maskinporten took, by client",
+    seconds: true,
+};
+const TOKEN_EXPIRES_IN: Def = Def {
+    name: "token_expires_in",
+    help: "Seconds until each cached token expires; absent while a slot holds no usable token",
+    seconds: true,
+};
+const CONSENT_TOKENS: Def = Def {
+    name: "consent_tokens",
+    help: "Consent token slots a route keeps (at most its consent_tokens_max), by route",
+    seconds: false,
+};
+const TOKEN_CACHE_HITS: Def = Def {
+    name: "token_cache_hits",
+    help: "Requests served with a cached token, by client",
+    seconds: false,
+};
+const TOKEN_CACHE_MISSES: Def = Def {
+    name: "token_cache_misses",
+    help: "Requests that had to wait for a token fetch (or found none), by client",
+    seconds: false,
+};
+const TOKEN_ENDPOINT_OPEN: Def = Def {
+    name: "token_endpoint_circuit_open",
+    help: "1 while token requests are held back after repeated failures of the token endpoint",
+    seconds: false,
+};
+const CLOCK_SKEW: Def = Def {
+    name: "clock_skew",
+    help: "How far Maskinporten's clock (its Date header) is ahead of this machine's; Maskinporten refuses grants more than 10 s off",
+    seconds: true,
+};
+const ALTINN_EXCHANGES: Def = Def {
+    name: "altinn_exchanges",
+    help: "Maskinporten tokens exchanged for Altinn tokens, by client and result",
+    seconds: false,
+};
+const CERTIFICATE_NOT_AFTER: Def = Def {
+    name: "certificate_not_after",
+    help: "When the client's virksomhetssertifikat expires, as a Unix timestamp",
+    seconds: true,
+};
+const KEY_AGE: Def = Def {
+    name: "key_age",
+    help: "Age of the client's key, where known (certificate not-before, the keyset's record, or the date in the kid)",
+    seconds: true,
+};
+const KEY_RELOADS: Def = Def {
+    name: "key_reloads",
+    help: "Key files that changed on disk and were reloaded, by client and result",
+    seconds: false,
+};
+const REGISTERED_KEY_EXPIRY: Def = Def {
+    name: "registered_key_expiry",
+    help: "When Digdir's registration of each key of a keyset ends (its exp), as a Unix timestamp, by client, kid and state",
+    seconds: true,
+};
+const RENEWER_LAST_SUCCESS: Def = Def {
+    name: "renewer_last_success_timestamp",
+    help: "When a renewal pass for the client's keyset last reached its end, as a Unix timestamp",
+    seconds: true,
+};
+const KEY_ROTATIONS: Def = Def {
+    name: "key_rotations",
+    help: "Renewal passes made by portvakt run (renew.background), by client and result",
+    seconds: false,
+};
+const CONFIG_RELOADS: Def = Def {
+    name: "config_reloads",
+    help: "Configuration reloads (SIGHUP or a changed file), by result",
+    seconds: false,
+};
+
 impl Metrics {
     pub fn new() -> Self {
         let mut r = Declare {
             registry: Registry::with_prefix("portvakt"),
             names: Vec::new(),
         };
-        let seconds = Some(Unit::Seconds);
         Metrics {
-            requests: r.add("requests", "Requests answered, by route, method and status", None),
+            requests: r.add(&REQUESTS),
             request_duration: r.add_with(
-                "request_duration",
-                "Time from request received to response headers sent, by route, method and status",
-                seconds.clone(),
+                &REQUEST_DURATION,
                 Family::new_with_constructor(latency_histogram),
             ),
-            upstream_errors: r.add(
-                "upstream_errors",
-                "Upstream calls that failed, by route and kind (connect, timeout, reset, tls, protocol)",
-                None,
-            ),
-            in_flight: r.add(
-                "in_flight_requests",
-                "Requests being served now, from admission to the last body byte",
-                None,
-            ),
-            slow_callers_cut: r.add(
-                "slow_callers_cut",
-                "Connections and request bodies portvakt cut because the caller was too slow, by reason",
-                None,
-            ),
-            unauthorized_retries: r.add(
-                "upstream_unauthorized",
-                "Upstream 401 answers to requests that carried a token, by route and what portvakt did",
-                None,
-            ),
-            token_fetches: r.add(
-                "token_fetches",
-                "Token requests to Maskinporten, by client, result and MP code",
-                None,
-            ),
+            upstream_errors: r.add(&UPSTREAM_ERRORS),
+            in_flight: r.add(&IN_FLIGHT),
+            slow_callers_cut: r.add(&SLOW_CALLERS_CUT),
+            unauthorized_retries: r.add(&UNAUTHORIZED_RETRIES),
+            token_fetches: r.add(&TOKEN_FETCHES),
             token_fetch_duration: r.add_with(
-                "token_fetch_duration",
-                "Time one token request to Maskinporten took, by client",
-                seconds.clone(),
+                &TOKEN_FETCH_DURATION,
                 Family::new_with_constructor(latency_histogram),
             ),
-            token_expires_in: r.add(
-                "token_expires_in",
-                "Seconds until each cached token expires; absent while a slot holds no usable token",
-                seconds.clone(),
-            ),
-            consent_tokens: r.add(
-                "consent_tokens",
-                "Consent token slots a route keeps (at most its consent_tokens_max), by route",
-                None,
-            ),
-            token_cache_hits: r.add(
-                "token_cache_hits",
-                "Requests served with a cached token, by client",
-                None,
-            ),
-            token_cache_misses: r.add(
-                "token_cache_misses",
-                "Requests that had to wait for a token fetch (or found none), by client",
-                None,
-            ),
-            token_endpoint_open: r.add(
-                "token_endpoint_circuit_open",
-                "1 while token requests are held back after repeated failures of the token endpoint",
-                None,
-            ),
-            clock_skew: r.add(
-                "clock_skew",
-                "How far Maskinporten's clock (its Date header) is ahead of this machine's; Maskinporten refuses grants more than 10 s off",
-                seconds.clone(),
-            ),
-            altinn_exchanges: r.add(
-                "altinn_exchanges",
-                "Maskinporten tokens exchanged for Altinn tokens, by client and result",
-                None,
-            ),
-            certificate_not_after: r.add(
-                "certificate_not_after",
-                "When the client's virksomhetssertifikat expires, as a Unix timestamp",
-                seconds.clone(),
-            ),
-            key_age: r.add(
-                "key_age",
-                "Age of the client's key, where known (certificate not-before, the keyset's record, or the date in the kid)",
-                seconds.clone(),
-            ),
-            key_reloads: r.add(
-                "key_reloads",
-                "Key files that changed on disk and were reloaded, by client and result",
-                None,
-            ),
-            registered_key_expiry: r.add(
-                "registered_key_expiry",
-                "When Digdir's registration of each key of a keyset ends (its exp), as a Unix timestamp, by client, kid and state",
-                seconds.clone(),
-            ),
-            renewer_last_success: r.add(
-                "renewer_last_success_timestamp",
-                "When a renewal pass for the client's keyset last reached its end, as a Unix timestamp",
-                seconds,
-            ),
-            key_rotations: r.add(
-                "key_rotations",
-                "Renewal passes made by portvakt run (renew.background), by client and result",
-                None,
-            ),
+            token_expires_in: r.add(&TOKEN_EXPIRES_IN),
+            consent_tokens: r.add(&CONSENT_TOKENS),
+            token_cache_hits: r.add(&TOKEN_CACHE_HITS),
+            token_cache_misses: r.add(&TOKEN_CACHE_MISSES),
+            token_endpoint_open: r.add(&TOKEN_ENDPOINT_OPEN),
+            clock_skew: r.add(&CLOCK_SKEW),
+            altinn_exchanges: r.add(&ALTINN_EXCHANGES),
+            certificate_not_after: r.add(&CERTIFICATE_NOT_AFTER),
+            key_age: r.add(&KEY_AGE),
+            key_reloads: r.add(&KEY_RELOADS),
+            registered_key_expiry: r.add(&REGISTERED_KEY_EXPIRY),
+            renewer_last_success: r.add(&RENEWER_LAST_SUCCESS),
+            key_rotations: r.add(&KEY_ROTATIONS),
+            config_reloads: r.add(&CONFIG_RELOADS),
             keyset_series: std::sync::Mutex::new(std::collections::HashMap::new()),
-            config_reloads: r.add(
-                "config_reloads",
-                "Configuration reloads (SIGHUP or a changed file), by result",
-                None,
-            ),
             declared: r.names,
             registry: r.registry,
         }
@@ -345,32 +383,23 @@ struct Declare {
 }
 
 impl Declare {
-    fn add<M: Metric + Clone + Default>(
-        &mut self,
-        name: &str,
-        help: &str,
-        unit: Option<Unit>,
-    ) -> M {
-        self.add_with(name, help, unit, M::default())
+    fn add<M: Metric + Clone + Default>(&mut self, def: &Def) -> M {
+        self.add_with(def, M::default())
     }
 
-    fn add_with<M: Metric + Clone>(
-        &mut self,
-        name: &str,
-        help: &str,
-        unit: Option<Unit>,
-        metric: M,
-    ) -> M {
-        let declared = match &unit {
-            Some(unit) => format!("portvakt_{name}_{}", unit.as_str()),
-            None => format!("portvakt_{name}"),
-        };
-        self.names.push(declared);
-        match unit {
-            Some(unit) => self
-                .registry
-                .register_with_unit(name, help, unit, metric.clone()),
-            None => self.registry.register(name, help, metric.clone()),
+    fn add_with<M: Metric + Clone>(&mut self, def: &Def, metric: M) -> M {
+        let Def {
+            name,
+            help,
+            seconds,
+        } = *def;
+        if seconds {
+            self.names.push(format!("portvakt_{name}_seconds"));
+            self.registry
+                .register_with_unit(name, help, Unit::Seconds, metric.clone());
+        } else {
+            self.names.push(format!("portvakt_{name}"));
+            self.registry.register(name, help, metric.clone());
         }
         metric
     }
