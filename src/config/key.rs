@@ -88,22 +88,13 @@ fn pkcs12(
     chain: Option<bool>,
 ) -> Option<KeySource> {
     let file = r.required_string(k.get("pkcs12"), &join(path, "pkcs12"));
-    let password = match (k.get("password"), k.get("password_file")) {
-        (Some(_), Some(_)) => {
-            r.issue(path, "has both password and password_file: keep one");
-            None
-        }
-        (Some(p), None) => r
-            .string(Some(p), &join(path, "password"))
-            .map(|p| SecretValue::Inline(Secret::new(p))),
-        (None, Some(f)) => r
-            .required_string(Some(f), &join(path, "password_file"))
-            .map(|f| SecretValue::File(base.join(f))),
-        (None, None) => {
-            r.issue(path, "pkcs12 needs the file's password: set password (e.g. ${P12_PASSWORD}) or password_file");
-            None
-        }
-    };
+    let password = inline_or_file(
+        r,
+        k,
+        (path, base),
+        "password",
+        "pkcs12 needs the file's password: set password (e.g. ${P12_PASSWORD}) or password_file",
+    );
     let alias = r.string(k.get("alias"), &join(path, "alias"));
     Some(KeySource::Pkcs12 {
         path: base.join(file?),
@@ -209,29 +200,45 @@ fn pkcs11(r: &mut Reader, v: Option<&Value>, path: &str, base: &Path) -> Option<
     let module = r.required_string(m.get("module"), &join(path, "module"));
     let token = r.required_string(m.get("token"), &join(path, "token"));
     let label = r.required_string(m.get("key"), &join(path, "key"));
-    let pin = match (m.get("pin"), m.get("pin_file")) {
-        (Some(_), Some(_)) => {
-            r.issue(path, "has both pin and pin_file: keep one");
-            None
-        }
-        (Some(p), None) => r
-            .string(Some(p), &join(path, "pin"))
-            .map(|p| SecretValue::Inline(Secret::new(p))),
-        (None, Some(f)) => r
-            .required_string(Some(f), &join(path, "pin_file"))
-            .map(|f| SecretValue::File(base.join(f))),
-        (None, None) => {
-            r.issue(
-                path,
-                "needs the token's user PIN: set pin (e.g. ${HSM_PIN}) or pin_file",
-            );
-            None
-        }
-    };
+    let pin = inline_or_file(
+        r,
+        m,
+        (path, base),
+        "pin",
+        "needs the token's user PIN: set pin (e.g. ${HSM_PIN}) or pin_file",
+    );
     Some(Pkcs11Source {
         module: base.join(module?),
         token: token?,
         label: label?,
         pin: pin?,
     })
+}
+
+/// A secret given inline as `name` (usually `${ENV}`) or read from the file `name_file`: one of
+/// the two, never both; `missing` is the problem when neither is set.
+fn inline_or_file(
+    r: &mut Reader,
+    m: &Map<String, Value>,
+    (path, base): (&str, &Path),
+    name: &str,
+    missing: &str,
+) -> Option<SecretValue> {
+    let file_key = format!("{name}_file");
+    match (m.get(name), m.get(&file_key)) {
+        (Some(_), Some(_)) => {
+            r.issue(path, format!("has both {name} and {file_key}: keep one"));
+            None
+        }
+        (Some(p), None) => r
+            .string(Some(p), &join(path, name))
+            .map(|p| SecretValue::Inline(Secret::new(p))),
+        (None, Some(f)) => r
+            .required_string(Some(f), &join(path, &file_key))
+            .map(|f| SecretValue::File(base.join(f))),
+        (None, None) => {
+            r.issue(path, missing);
+            None
+        }
+    }
 }
