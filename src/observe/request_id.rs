@@ -20,14 +20,6 @@ pub fn of(headers: &mut HeaderMap) -> HeaderValue {
     id
 }
 
-/// The id for a request whose `x-request-id` value (if any) is `caller`.
-pub fn from_caller(caller: Option<&[u8]>) -> HeaderValue {
-    caller
-        .filter(|v| usable(v))
-        .and_then(|v| HeaderValue::from_bytes(v).ok())
-        .unwrap_or_else(generate)
-}
-
 tokio::task_local! {
     /// The id of the request a task works for, so work it starts (a token fetch) can name it.
     static CURRENT: HeaderValue;
