@@ -1,6 +1,6 @@
 //! `portvakt check`: what a loaded configuration will do, with every secret left out.
 
-use crate::config::{Config, RouteConfig};
+use crate::config::{CaFile, Config, RouteConfig};
 use crate::keys::client_key::{created, expiry_warning, not_after};
 use crate::keys::SigningKey;
 use crate::support::time::date;
@@ -27,14 +27,7 @@ pub fn summary(config: &Config, file: &Path) -> String {
         m.issuer,
         m.token_endpoint
     );
-    if let Some(ca) = &m.ca_file {
-        let _ = writeln!(
-            out,
-            "              ca_file {} ({} certificates)",
-            ca.path.display(),
-            ca.certs.len()
-        );
-    }
+    ca_line(&mut out, "              ", m.ca_file.as_ref());
     let _ = writeln!(out, "clients:");
     let now = crate::token::grant::unix_now() as i64;
     for c in &config.clients {
@@ -116,15 +109,16 @@ fn route_lines(out: &mut String, r: &RouteConfig) {
         let names: Vec<&str> = r.headers.iter().map(|(n, _)| n.as_str()).collect();
         let _ = writeln!(out, "    headers {} (values hidden)", names.join(", "));
     }
-    if let Some(ca) = &r.ca_file {
-        let _ = writeln!(
-            out,
-            "    ca_file {} ({} certificates)",
-            ca.path.display(),
-            ca.certs.len()
-        );
-    }
+    ca_line(out, "    ", r.ca_file.as_ref());
     let _ = writeln!(out, "    timeout {} s", r.timeout.as_secs());
+}
+
+/// A `ca_file` line, indented by `indent`: the file and how many certificates it holds.
+fn ca_line(out: &mut String, indent: &str, ca: Option<&CaFile>) {
+    if let Some(ca) = ca {
+        let (path, certs) = (ca.path.display(), ca.certs.len());
+        let _ = writeln!(out, "{indent}ca_file {path} ({certs} certificates)");
+    }
 }
 
 /// What `check` shows about a client's key: form, kid or certificate, org number, validity.
